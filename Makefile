@@ -1,0 +1,32 @@
+# Quick start: `make demo` runs the main job on built-in defaults, `make test` runs the tests.
+# Both install into .venv first when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# torch first and pinned: the CPU build comes from local disk; anything else pulls CUDA.
+	$(PIP) install -q -c constraints.txt torch==2.13.0 triton==3.8.0
+	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt -e '.[sat,visualglm,test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/porter plugins
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

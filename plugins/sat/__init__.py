@@ -1,0 +1,1 @@
+"""porter_sat: the SwissArmyTransformer target plugin (rules and checks for `porter patch sat`)."""

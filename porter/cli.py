@@ -1,0 +1,308 @@
+"""The `porter` command line: parses, calls the core, prints. No patching logic lives here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, patcher, plugins
+from .errors import EXIT_FAILED, EXIT_OK, PorterError
+from .plan import make_plan
+from .render import Console
+from .target import locate
+from .verify import verify
+
+EXIT_CODES = """\
+exit codes:
+  0  success (also: nothing to do)
+  1  a verify stage or check failed
+  2  usage error
+  3  the rules cannot be applied (required rule unmatched, conflict, unsupported version)
+  4  the installed files are in a state porter will not touch (drifted, interrupted, locked)
+  5  a plugin failed to load (with --strict)
+  6  unknown target, rule, model or recipe; package not installed
+"""
+
+MAIN_HELP = """\
+porter ports PyTorch model code to new accelerators by rewriting installed libraries with documented rules,
+as one journaled transaction that `porter revert` undoes byte for byte.
+
+examples:
+  porter patch sat --dry-run          show the diff and the per-rule table, change nothing
+  porter patch sat --verify           patch the installed SwissArmyTransformer and prove the result
+  porter status                       clean / patched / drifted / interrupted, per target
+  porter revert                       put every byte back
+  porter rules sat                    the rule catalogue with why / how / upstream / removal
+  porter plugins                      installed plugins and what each registers
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _site_packages_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site-packages", type=Path, metavar="DIR",
+                   help="patch the copy installed in DIR instead of this environment's")
+
+
+def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="porter", description=MAIN_HELP, epilog=EXIT_CODES, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"porter {__version__}")
+    _global_args(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("patch", help="rewrite an installed library with its rules", formatter_class=_Formatter,
+                       description="Plan every rule in memory, then apply them as one journaled transaction.\n"
+                                   "A failed plan touches nothing. Patching a patched target is a no-op.",
+                       epilog="examples:\n  porter patch sat --dry-run --report plan.json\n"
+                              "  porter patch sat --only sat.imports.wandb\n"
+                              "  porter patch sat --site-packages /opt/env/lib/python3.11/site-packages --verify\n\n"
+                              + EXIT_CODES)
+    p.add_argument("target", help="target name, e.g. sat")
+    p.add_argument("--dry-run", action="store_true", help="print the diff and the per-rule table; write nothing")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="write the plan (diff, matches) as JSON")
+    p.add_argument("--only", metavar="RULE,...", help="apply only these rule ids")
+    p.add_argument("--verify", action="store_true", help="run `porter verify` after patching")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    _site_packages_arg(p)
+
+    p = sub.add_parser("status", help="clean / patched / drifted / interrupted", formatter_class=_Formatter,
+                       description="Compare the journal with the files on disk.",
+                       epilog="examples:\n  porter status\n  porter status sat --json\n\n" + EXIT_CODES)
+    p.add_argument("target", nargs="?", help="one target (default: every registered target that is installed)")
+    p.add_argument("--json", action="store_true")
+    _site_packages_arg(p)
+
+    p = sub.add_parser("revert", help="restore every patched file byte for byte", formatter_class=_Formatter,
+                       description="Restore the saved originals, check their sha256, drop the journal.\n"
+                                   "Refuses, naming the files, when a file matches neither its original nor its\n"
+                                   "patched version (hand edit, reinstall, upgrade) unless --force.",
+                       epilog="examples:\n  porter revert\n  porter revert sat --force\n\n" + EXIT_CODES)
+    p.add_argument("target", nargs="?", help="one target (default: every patched target)")
+    p.add_argument("--force", action="store_true", help="restore the originals even over files changed since")
+    _site_packages_arg(p)
+
+    p = sub.add_parser("verify", help="prove a patched target: journal, compile, import, fixpoint, checks",
+                       formatter_class=_Formatter,
+                       description="Stages: files vs journal; compile; import of every patched module in a fresh\n"
+                                   "interpreter; the rules are a fixpoint; then the target plugin's checks.",
+                       epilog="examples:\n  porter verify sat\n  porter verify sat --json\n\n" + EXIT_CODES)
+    p.add_argument("target")
+    p.add_argument("--json", action="store_true")
+    _site_packages_arg(p)
+
+    p = sub.add_parser("rules", help="the rule catalogue of a target, with docs", formatter_class=_Formatter,
+                       epilog="examples:\n  porter rules sat\n  porter rules sat --json\n")
+    p.add_argument("target")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("plugins", help="installed plugins and what each registers", formatter_class=_Formatter,
+                       epilog="examples:\n  porter plugins\n  PORTER_DISABLE_PLUGINS=visualglm porter plugins\n")
+    p.add_argument("--json", action="store_true")
+
+    for command in registry.commands.values():
+        if command.name in sub.choices:
+            continue
+        cp = sub.add_parser(command.name, help=command.help, formatter_class=_Formatter)
+        command.add_arguments(cp)
+    return parser
+
+
+def _global_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="load a plugin from a module or .py file (repeatable)")
+    parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is fatal")
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+def cmd_patch(args, registry, con: Console) -> int:
+    installed = locate(registry.target(args.target), args.site_packages)
+    rules = registry.rules_for(installed.name)
+    only = [r.strip() for r in (args.only or "").split(",") if r.strip()]
+    if args.dry_run:
+        current = patcher.status(installed)
+        plan = make_plan(installed, rules, only, read=patcher.read_original(installed, current.journal))
+        if args.report:
+            plan.write_report(args.report)
+        if args.json:
+            con.print(json.dumps(plan.to_json(), indent=2))
+            return EXIT_OK
+        con.print(con.diff(plan.diff()))
+        _print_plan_table(plan, con)
+        con.note(f"dry run: {len(plan.changed)} file(s) would change in {installed.package_dir} "
+                 f"({installed.target.distribution} {installed.version}, currently {current.state})")
+        return EXIT_OK
+    outcome = patcher.apply_patch(installed, rules, only, progress=con.note)
+    if args.report and outcome.plan:
+        outcome.plan.write_report(args.report)
+    for note in outcome.notes:
+        con.note(note)
+    if args.json:
+        con.print(json.dumps({"action": outcome.action, "files": outcome.files, "target": installed.name,
+                              "version": installed.version, "site_packages": str(installed.site_packages)}, indent=2))
+    else:
+        if outcome.plan and outcome.action in ("applied", "repatched"):
+            _print_plan_table(outcome.plan, con)
+        words = {"applied": f"patched {len(outcome.files)} file(s)", "repatched": f"re-patched {len(outcome.files)} file(s)",
+                 "already-patched": "already patched; nothing to do", "nothing-to-change": "the rules change nothing"}
+        con.print(f"{installed.name} {installed.version}: {words[outcome.action]} in {installed.package_dir}")
+        if outcome.action in ("applied", "repatched"):
+            con.print(f"undo with: porter revert {installed.name}" +
+                      (f" --site-packages {installed.site_packages}" if args.site_packages else ""))
+    if args.verify:
+        return _run_verify(installed, registry, con, as_json=False)
+    return EXIT_OK
+
+
+def _print_plan_table(plan, con: Console) -> None:
+    rows = [(m.path, f"{m.start_line}-{m.end_line}" if m.end_line != m.start_line else str(m.start_line), m.rule_id, m.message)
+            for m in plan.matches()]
+    counts = plan.rule_counts()
+    unmatched = [rid for rid, n in counts.items() if n == 0]
+    con.print(con.table(("file", "lines", "rule", "change"), rows))
+    if unmatched:
+        con.print("optional rules with no match: " + ", ".join(unmatched))
+    for rid, why in plan.skipped:
+        con.print(f"skipped {rid}: {why}")
+
+
+def _targets_for(args, registry):
+    if args.target:
+        return [locate(registry.target(args.target), args.site_packages)]
+    found = []
+    for target in registry.targets.values():
+        try:
+            found.append(locate(target, args.site_packages))
+        except PorterError:
+            continue  # not installed here: nothing to report
+    return found
+
+
+def cmd_status(args, registry, con: Console) -> int:
+    statuses = [patcher.status(i) for i in _targets_for(args, registry)]
+    if args.json:
+        con.print(json.dumps([s.to_json() for s in statuses], indent=2))
+        return EXIT_OK
+    if not statuses:
+        con.print("no registered target is installed here")
+    for s in statuses:
+        con.print(f"{s.target} {s.version}: {con.status(s.state)}" +
+                  (f" (patched {s.journal.created}, {len(s.journal.rules)} rules)" if s.journal else ""))
+        if s.files and s.state != "patched":
+            con.print(con.table(("file", "state"), sorted(s.files.items()), status_col=1))
+        if s.state == "interrupted":
+            con.print(f"repair with: porter revert {s.target} (or run porter patch {s.target} again)")
+    return EXIT_OK
+
+
+def cmd_revert(args, registry, con: Console) -> int:
+    targets = _targets_for(args, registry)
+    reverted = 0
+    for installed in targets:
+        outcome = patcher.revert(installed, force=args.force, progress=con.note)
+        if outcome.action == "reverted":
+            reverted += 1
+            con.print(f"{installed.name} {installed.version}: restored {len(outcome.files)} file(s); every "
+                      f"journaled file matches its original sha256")
+        elif args.target:
+            con.print(f"{installed.name} {installed.version}: not patched; nothing to revert")
+    if not args.target and not reverted:
+        con.print("nothing to revert")
+    return EXIT_OK
+
+
+def _run_verify(installed, registry, con: Console, as_json: bool) -> int:
+    report = verify(installed, registry.rules_for(installed.name), registry.checks_for(installed.name),
+                    progress=con.note)
+    if as_json:
+        con.print(json.dumps(report.to_json(), indent=2))
+    else:
+        rows = [(r.stage, r.item, r.status, r.detail) for r in report.results]
+        con.print(con.table(("stage", "item", "result", "detail"), rows, status_col=2))
+        failed = sum(r.status == "fail" for r in report.results)
+        con.print(f"verify {installed.name}: " + (con.paint("passed", "green") if report.ok
+                                                   else con.paint(f"{failed} failed", "red")))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_verify(args, registry, con: Console) -> int:
+    return _run_verify(locate(registry.target(args.target), args.site_packages), registry, con, args.json)
+
+
+def cmd_rules(args, registry, con: Console) -> int:
+    registry.target(args.target)
+    rules = registry.rules_for(args.target)
+    if args.json:
+        con.print(json.dumps([{"id": r.id, "category": r.category, "summary": r.summary, "files": list(r.files),
+                               "required": r.required, "versions": r.versions, "after": list(r.after),
+                               "why": r.docs.why, "how": r.docs.how, "upstream": r.docs.upstream,
+                               "removal": r.docs.removal} for r in rules], indent=2))
+        return EXIT_OK
+    for r in rules:
+        con.print(con.paint(r.id, "bold") + f"  [{r.category}{', optional' if not r.required else ''}]  {r.summary}")
+        con.print(f"  files:    {', '.join(r.files)}")
+        if r.versions:
+            con.print(f"  versions: {r.versions}")
+        if r.after:
+            con.print(f"  after:    {', '.join(r.after)}")
+        for label in ("why", "how", "upstream", "removal"):
+            text = getattr(r.docs, label)
+            if text:
+                con.print(f"  {label + ':':9} {text}")
+        con.print()
+    con.print(f"{len(rules)} rules for {args.target}")
+    return EXIT_OK
+
+
+def cmd_plugins(args, registry, con: Console) -> int:
+    if args.json:
+        con.print(json.dumps([{"name": p.name, "version": p.version, "source": p.source,
+                               "registered": p.registered, "error": p.error} for p in registry.plugins], indent=2))
+        return EXIT_OK
+    rows = []
+    for p in registry.plugins:
+        what = "; ".join(f"{kind}: {', '.join(keys)}" for kind, keys in p.registered.items()) or "-"
+        rows.append((p.name, p.version, p.source, "fail" if p.error else "ok", p.error or what))
+    con.print(con.table(("plugin", "version", "source", "status", "registers"), rows, status_col=3))
+    return EXIT_OK
+
+
+COMMANDS = {"patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
+            "rules": cmd_rules, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    con = Console()
+    pre = argparse.ArgumentParser(add_help=False)
+    _global_args(pre)
+    early, _ = pre.parse_known_args(argv)
+    try:
+        registry = plugins.load(extra=early.plugin, strict=early.strict)
+        for info in registry.errors:
+            con.note(con.paint("warning:", "yellow") + f" plugin {info.name!r} was not loaded: {info.error}")
+        parser = build_parser(registry)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_OK
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args, registry, con)
+        return registry.commands[args.command].run(args, registry)
+    except PorterError as exc:
+        con.note(con.paint("error:", "red") + f" {exc.message}")
+        if exc.hint:
+            con.note(f"hint: {exc.hint}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        con.note("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

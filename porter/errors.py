@@ -1,0 +1,43 @@
+"""One family of errors, raised where the fault is found and printed once by the CLI."""
+from __future__ import annotations
+
+# Exit codes, documented in `porter --help`.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a verify stage or check failed
+EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
+EXIT_PLAN = 3  # the rules cannot be applied: required rule unmatched, conflict, bad version
+EXIT_STATE = 4  # the installed files are not in a state porter may touch: drift, interrupted, locked
+EXIT_PLUGIN = 5  # a plugin failed to load (fatal only under --strict)
+EXIT_NOT_FOUND = 6  # unknown target, rule, model or recipe; package not installed
+
+
+class PorterError(Exception):
+    """An error a user can act on: what went wrong, and what to do about it."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PlanError(PorterError):
+    exit_code = EXIT_PLAN
+
+
+class StateError(PorterError):
+    exit_code = EXIT_STATE
+
+
+class PluginError(PorterError):
+    exit_code = EXIT_PLUGIN
+
+
+class NotFoundError(PorterError):
+    exit_code = EXIT_NOT_FOUND

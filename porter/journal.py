@@ -1,0 +1,111 @@
+"""The journal: what a patch changed, written before the first file is touched.
+
+Layout, beside the target's package in site-packages::
+
+    .porter-state/<target>.lock         the inter-process lock
+    .porter-state/<target>/journal.json  this record
+    .porter-state/<target>/originals/... byte-exact copies of every file before patching
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .diskio import atomic_write, sha256_file
+from .errors import StateError
+
+FORMAT = 1
+PENDING = "pending"  # originals saved, files being replaced: a crash here is "interrupted"
+APPLIED = "applied"
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to site-packages
+    original_sha256: str
+    patched_sha256: str
+    mode: int
+    rules: list[str]
+
+
+@dataclass
+class Journal:
+    target: str
+    distribution: str
+    version: str
+    status: str
+    rules: list[str]
+    files: list[FileEntry]
+    porter_version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    format: int = FORMAT
+
+    # -- storage -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def path_in(state_dir: Path) -> Path:
+        return Path(state_dir) / "journal.json"
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "Journal | None":
+        path = cls.path_in(state_dir)
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != FORMAT:
+                raise StateError(f"{path}: journal format {raw.get('format')} is not {FORMAT}",
+                                 hint="use the porter version that wrote it to revert")
+            raw["files"] = [FileEntry(**f) for f in raw["files"]]
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"{path}: unreadable journal ({exc})",
+                             hint="the saved originals are in the originals/ folder beside it") from None
+
+    def save(self, state_dir: Path) -> None:
+        data = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        atomic_write(self.path_in(state_dir), data.encode())
+
+    # -- what the files on disk say --------------------------------------------------------------------
+
+    def file_states(self, site_packages: Path) -> dict[str, str]:
+        """Each file's state on disk: 'original', 'patched', 'missing' or 'drifted'."""
+        states = {}
+        for entry in self.files:
+            digest = sha256_file(Path(site_packages) / entry.path)
+            if digest is None:
+                states[entry.path] = "missing"
+            elif digest == entry.patched_sha256:
+                states[entry.path] = "patched"
+            elif digest == entry.original_sha256:
+                states[entry.path] = "original"
+            else:
+                states[entry.path] = "drifted"
+        return states
+
+
+def originals_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "originals"
+
+
+def saved_original(state_dir: Path, entry: FileEntry) -> bytes:
+    """The saved original of ``entry``, checked against the hash recorded before the patch."""
+    path = originals_dir(state_dir) / entry.path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StateError(f"saved original {path} is missing; cannot restore {entry.path}") from None
+    if sha256_file(path) != entry.original_sha256:
+        raise StateError(f"saved original {path} does not match its recorded sha256; cannot restore {entry.path}")
+    return data
+
+
+def remove_state(state_dir: Path) -> None:
+    """Drop the journal first, so a crash half-way through leaves 'clean' and not a broken journal."""
+    state_dir = Path(state_dir)
+    Journal.path_in(state_dir).unlink(missing_ok=True)
+    shutil.rmtree(state_dir, ignore_errors=True)

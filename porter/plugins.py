@@ -1,0 +1,208 @@
+"""Finding plugins, calling their hooks, and keeping what they register."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import importlib.util
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pluggy
+
+from . import hookspecs
+from .errors import NotFoundError, PluginError
+
+ENTRY_POINT_GROUP = "porter"
+DISABLE_ENV = "PORTER_DISABLE_PLUGINS"  # comma-separated plugin names, or "*" for every entry point
+EXTRA_ENV = "PORTER_PLUGINS"  # comma-separated modules or .py files to load as plugins (like --plugin)
+
+# registry kind -> hook that fills it
+KINDS = {
+    "targets": "porter_register_targets",
+    "rules": "porter_register_rules",
+    "checks": "porter_register_checks",
+    "devices": "porter_register_devices",
+    "models": "porter_register_models",
+    "datasets": "porter_register_datasets",
+    "recipes": "porter_register_recipes",
+    "commands": "porter_register_commands",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable
+    run: Callable
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    source: str  # "entry point <dist>" or "--plugin"
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def item_key(item: Any) -> str:
+    """The registry key of an item: its ``key`` attribute, else ``id``, else ``name``."""
+    for attr in ("key", "id", "name"):
+        value = getattr(item, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    raise TypeError(f"{item!r} has no key, id or name")
+
+
+@dataclass
+class Registry:
+    plugins: list[PluginInfo] = field(default_factory=list)
+    items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, key) -> plugin name
+
+    def __getattr__(self, kind: str) -> dict[str, Any]:
+        if kind in KINDS:
+            return self.items[kind]
+        raise AttributeError(kind)
+
+    @property
+    def errors(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.error]
+
+    def target(self, name: str):
+        try:
+            return self.items["targets"][name]
+        except KeyError:
+            known = ", ".join(sorted(self.items["targets"])) or "none"
+            raise NotFoundError(f"unknown target {name!r} (known: {known})",
+                                hint="`porter plugins` shows what each plugin registers") from None
+
+    def rules_for(self, target: str) -> list:
+        return sorted((r for r in self.items["rules"].values() if r.target == target), key=lambda r: r.id)
+
+    def checks_for(self, target: str) -> list:
+        return sorted((c for c in self.items["checks"].values() if c.target == target), key=lambda c: c.id)
+
+
+def _load_module(spec: str):
+    """A plugin given as a module name or a path to a .py file."""
+    if spec.endswith(".py") or os.sep in spec:
+        path = Path(spec).resolve()
+        name = f"porter_plugin_{path.stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        if mod_spec is None or not path.exists():
+            raise FileNotFoundError(f"no plugin file {path}")
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        mod_spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(spec)
+
+
+def _error_text(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+class _PluginManager(pluggy.PluginManager):
+    """Treat every ``porter_*`` function as a hook, decorated or not, so a misspelt name fails loudly."""
+
+    def parse_hookimpl_opts(self, plugin, name):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("porter_") and callable(getattr(plugin, name, None)):
+            return {}
+        return opts
+
+
+def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str] | None = None) -> Registry:
+    """Load plugins from entry points and ``extra`` and fill a registry.
+
+    A plugin that fails to import, has a misspelt hook, raises in a hook or registers a key another plugin
+    owns is recorded with its error and dropped; with ``strict`` the first such failure raises.
+    """
+    pm = _PluginManager("porter")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    if disable is None:
+        disable = [d.strip() for d in os.environ.get(DISABLE_ENV, "").split(",") if d.strip()]
+    extra = list(extra) + [e.strip() for e in os.environ.get(EXTRA_ENV, "").split(",") if e.strip()]
+
+    candidates: list[tuple[str, str, str, Callable[[], Any]]] = []
+    if "*" not in disable:
+        seen = set()
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in disable or ep.name in seen:
+                continue
+            seen.add(ep.name)
+            dist = ep.dist
+            candidates.append((ep.name, dist.version if dist else "?",
+                               f"entry point of {dist.metadata['Name'] if dist else '?'}", ep.load))
+    for spec in extra:
+        candidates.append((Path(spec).stem if spec.endswith(".py") else spec, "-", "--plugin",
+                           lambda spec=spec: _load_module(spec)))
+
+    def fail(info: PluginInfo, message: str) -> None:
+        info.error = message
+        registry.plugins.append(info)
+        if strict:
+            raise PluginError(f"plugin {info.name!r} failed: {message}",
+                              hint=f"fix or uninstall it, or disable it with {DISABLE_ENV}={info.name}")
+
+    loaded: list[tuple[PluginInfo, Any]] = []
+    for name, version, source, loader in candidates:
+        info = PluginInfo(name=name, version=version, source=source)
+        try:
+            module = loader()
+            pm.register(module, name=name)
+            unknown = [h.name for h in pm.hook.__dict__.values()
+                       if isinstance(h, pluggy.HookCaller) and not h.has_spec() and h.get_hookimpls()]
+            if unknown:
+                pm.unregister(module)
+                raise PluginError(f"unknown hook(s) {', '.join(unknown)}: see porter/hookspecs.py")
+        except Exception as exc:  # a broken plugin must not take the others down
+            fail(info, _error_text(exc) if not isinstance(exc, PluginError) else exc.message)
+            continue
+        loaded.append((info, module))
+    pm.check_pending()
+
+    for info, module in loaded:
+        staged: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        try:
+            for kind, hook_name in KINDS.items():
+                impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is module]
+                if not impls:
+                    continue
+
+                def register(*args, kind=kind, **kwargs):
+                    item = Command(*args, **kwargs) if kind == "commands" else args[0]
+                    key = item_key(item)
+                    owner = registry.owners.get((kind, key))
+                    if owner is not None or key in staged[kind]:
+                        raise PluginError(f"{kind[:-1]} {key!r} is already registered by {owner or info.name!r}")
+                    staged[kind][key] = item
+
+                impls[0].function(register=register)
+        except Exception as exc:
+            fail(info, exc.message if isinstance(exc, PluginError) else _error_text(exc))
+            pm.unregister(module)
+            continue
+        for kind, items in staged.items():
+            for key, item in items.items():
+                registry.items[kind][key] = item
+                registry.owners[(kind, key)] = info.name
+            if items:
+                info.registered[kind] = sorted(items)
+        registry.plugins.append(info)
+    return registry

@@ -1,0 +1,119 @@
+"""The rewrite engine: run an ordered set of rules over one file's text, in memory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper
+
+from .errors import PlanError
+from .rules import Match, Rule, TextRewrite
+
+
+@dataclass
+class FileRewrite:
+    """One file's text before and after its rules, and what each rule changed."""
+
+    path: str
+    before: str
+    after: str
+    matches: list[Match] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    @property
+    def rule_ids(self) -> list[str]:
+        return sorted({m.rule_id for m in self.matches})
+
+
+def apply_rule(rule: Rule, path: str, text: str) -> tuple[str, list[Match]]:
+    """Apply one rule to ``text`` (the contents of ``path``); return the new text and its matches."""
+    if isinstance(rule.rewrite, TextRewrite):
+        return rule.rewrite.rewrite(text, rule.id, path)
+    try:
+        module = cst.parse_module(text)
+    except cst.ParserSyntaxError as exc:
+        raise PlanError(f"{path}:{exc.raw_line}: cannot parse ({exc.message}); rule {rule.id} not applied") from None
+    transformer = rule.rewrite(rule.id, path)
+    new_module = MetadataWrapper(module, unsafe_skip_copy=True).visit(transformer)
+    return new_module.code, transformer.matches
+
+
+def order_rules(rules: Sequence[Rule]) -> list[Rule]:
+    """Topological order by ``after`` (ties by id, so runs are reproducible); cycles are errors."""
+    by_id = {r.id: r for r in rules}
+    order: list[Rule] = []
+    state: dict[str, str] = {}
+
+    def visit(rule: Rule, chain: tuple[str, ...]) -> None:
+        if state.get(rule.id) == "done":
+            return
+        if state.get(rule.id) == "visiting":
+            raise PlanError("rule ordering cycle: " + " -> ".join(chain + (rule.id,)))
+        state[rule.id] = "visiting"
+        for dep in sorted(rule.after):
+            if dep in by_id:  # a dependency left out by --only or a version range simply does not run
+                visit(by_id[dep], chain + (rule.id,))
+        state[rule.id] = "done"
+        order.append(rule)
+
+    for rule in sorted(rules, key=lambda r: r.id):
+        visit(rule, ())
+    return order
+
+
+def _ordered_pairs(rules: Sequence[Rule]) -> set[frozenset[str]]:
+    """Pairs of rules related through ``after`` (transitively): they compose on purpose."""
+    by_id = {r.id: r for r in rules}
+    ancestors: dict[str, set[str]] = {}
+
+    def collect(rid: str) -> set[str]:
+        if rid not in ancestors:
+            ancestors[rid] = set()
+            for dep in by_id[rid].after:
+                if dep in by_id:
+                    ancestors[rid] |= {dep} | collect(dep)
+        return ancestors[rid]
+
+    return {frozenset((a, b)) for a in by_id for b in collect(a)}
+
+
+def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
+    """Run ``rules`` over one file.
+
+    Each rule is first run alone on the original text, so two rules that rewrite the same code are caught
+    as a conflict (unless one is declared ``after`` the other). Then the rules run in order, each on the
+    previous one's output, and a required rule that matches nothing is an error naming rule and file.
+    """
+    ordered = order_rules(list(rules))
+    related = _ordered_pairs(ordered)
+    solo: dict[str, list[Match]] = {}
+    for rule in ordered:
+        solo[rule.id] = apply_rule(rule, path, text)[1]
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1:]:
+            if frozenset((a.id, b.id)) in related:
+                continue
+            for ma in solo[a.id]:
+                for mb in solo[b.id]:
+                    if ma.overlaps(mb):
+                        raise PlanError(
+                            f"{path}:{ma.start_line}: rules {a.id} and {b.id} both rewrite the same code",
+                            hint=f"declare one rule `after` the other, or narrow one of them "
+                                 f"(lines {ma.start_line}-{ma.end_line} and {mb.start_line}-{mb.end_line})",
+                        )
+    current = text
+    matches: list[Match] = []
+    for rule in ordered:
+        current, found = apply_rule(rule, path, current)
+        if enforce_required and rule.required and not found:
+            raise PlanError(
+                f"required rule {rule.id} matched nothing in {path}",
+                hint="the installed file no longer has the code this rule rewrites (an upstream change?); "
+                     "update the rule, or leave it out with --only",
+            )
+        matches.extend(found)
+    return FileRewrite(path=path, before=text, after=current, matches=matches)

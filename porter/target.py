@@ -1,0 +1,110 @@
+"""Targets: installed libraries porter may patch, and where they live on disk."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from .errors import NotFoundError, PlanError
+
+STATE_DIR_NAME = ".porter-state"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A library porter knows how to patch, as a plugin describes it."""
+
+    name: str  # what users type: `porter patch sat`
+    distribution: str  # the installed distribution: "SwissArmyTransformer"
+    package: str  # its top-level package directory in site-packages: "sat"
+    versions: str = ""  # PEP 440 specifiers of the versions the plugin supports; "" means any
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def supports(self, version: str) -> bool:
+        return version_in(version, self.versions)
+
+
+@dataclass(frozen=True)
+class InstalledTarget:
+    """A target resolved to one installed copy: which site-packages, which version."""
+
+    target: Target
+    site_packages: Path
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def package_dir(self) -> Path:
+        return self.site_packages / self.target.package
+
+    @property
+    def state_dir(self) -> Path:
+        """Journal and saved originals live beside the package, so they follow that environment."""
+        return self.site_packages / STATE_DIR_NAME / self.target.name
+
+    @property
+    def lock_path(self) -> Path:
+        return self.site_packages / STATE_DIR_NAME / f"{self.target.name}.lock"
+
+    def path(self, rel: str) -> Path:
+        return self.site_packages / rel
+
+
+def version_in(version: str, specifiers: str) -> bool:
+    if not specifiers:
+        return True
+    try:
+        return Version(version) in SpecifierSet(specifiers)
+    except InvalidSpecifier as exc:
+        raise PlanError(f"invalid version range {specifiers!r}: {exc}") from exc
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locate(target: Target, site_packages: Path | None = None) -> InstalledTarget:
+    """Find the installed copy of ``target``; ``site_packages`` picks another environment."""
+    wanted = _normalise(target.distribution)
+    if site_packages is not None:
+        site_packages = Path(site_packages).resolve()
+        if not site_packages.is_dir():
+            raise NotFoundError(f"--site-packages {site_packages}: no such directory")
+        dists = [d for d in md.distributions(path=[str(site_packages)]) if _normalise(d.metadata["Name"] or "") == wanted]
+        if not dists:
+            raise NotFoundError(
+                f"{target.distribution} is not installed in {site_packages}",
+                hint=f"no {target.distribution}-*.dist-info folder there",
+            )
+        dist = dists[0]
+    else:
+        try:
+            dist = md.distribution(target.distribution)
+        except md.PackageNotFoundError:
+            raise NotFoundError(
+                f"{target.distribution} is not installed in this environment",
+                hint=f"install it, or point porter at another environment with --site-packages DIR",
+            ) from None
+        site_packages = Path(dist.locate_file("")).resolve()
+    version = dist.version
+    if not (site_packages / target.package).is_dir():
+        raise NotFoundError(f"{target.distribution} {version} is registered in {site_packages} but its package "
+                            f"folder {target.package}/ is missing")
+    if not target.supports(version):
+        raise PlanError(
+            f"{target.distribution} {version} is outside the versions the {target.name!r} target supports "
+            f"({target.versions})",
+            hint="install a supported version, or update the plugin's rules for this release",
+        )
+    return InstalledTarget(target=target, site_packages=site_packages, version=version)

@@ -1,0 +1,169 @@
+"""`porter verify`: prove a patched target is what the journal says, and that it works.
+
+Generic stages run for every target; a target plugin adds its own checks (numeric parity, smoke runs).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .diskio import sha256_file
+from .journal import APPLIED, Journal, saved_original
+from .rewrite import rewrite_file
+from .rules import Rule
+from .target import InstalledTarget
+
+OK, FAIL, SKIP = "ok", "fail", "skip"
+
+
+@dataclass
+class CheckResult:
+    stage: str
+    item: str
+    status: str  # ok | fail | skip
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "item": self.item, "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class VerifyContext:
+    """What a plugin check may use: where the target is, what was patched, and the original sources."""
+
+    installed: InstalledTarget
+    journal: Journal
+
+    @property
+    def site_packages(self) -> Path:
+        return self.installed.site_packages
+
+    def original_source(self, rel: str) -> str:
+        """The file as it was before the patch (from the journal's saved originals)."""
+        for entry in self.journal.files:
+            if entry.path == rel:
+                return saved_original(self.installed.state_dir, entry).decode("utf-8")
+        return self.installed.path(rel).read_text(encoding="utf-8")  # a file the patch did not touch
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    target: str
+    description: str
+    run: Callable[[VerifyContext], Iterable[CheckResult]]
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+
+@dataclass
+class Report:
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.status != FAIL for r in self.results)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "results": [r.to_json() for r in self.results]}
+
+
+def module_name(rel: str) -> str | None:
+    """``sat/training/utils.py`` -> ``sat.training.utils``; non-Python files have none."""
+    if not rel.endswith(".py"):
+        return None
+    parts = rel[:-3].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+_IMPORT_PROBE = textwrap.dedent("""
+    import importlib, json, sys, traceback
+    sys.path.insert(0, sys.argv[1])
+    results = {}
+    for name in sys.argv[2:]:
+        try:
+            mod = importlib.import_module(name)
+            results[name] = ["ok", getattr(mod, "__file__", "") or ""]
+        except BaseException as exc:
+            results[name] = ["fail", f"{type(exc).__name__}: {exc}"]
+    print("PORTER-IMPORT-RESULTS " + json.dumps(results))
+""")
+
+
+def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: float = 600) -> dict[str, tuple[str, str]]:
+    """Import ``modules`` in a fresh interpreter with ``site_packages`` first on sys.path."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(site_packages), *modules],
+                          capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PORTER-IMPORT-RESULTS "):
+            return {k: tuple(v) for k, v in json.loads(line.split(" ", 1)[1]).items()}
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {m: ("fail", f"interpreter exited {proc.returncode}: {tail[0]}") for m in modules}
+
+
+def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[Check],
+           progress: Callable[[str], None] = lambda _m: None) -> Report:
+    report = Report()
+    add = report.results.append
+    journal = Journal.load(installed.state_dir)
+    if journal is None:
+        add(CheckResult("journal", installed.name, FAIL, "not patched: no journal"))
+        return report
+    if journal.status != APPLIED:
+        add(CheckResult("journal", installed.name, FAIL, f"journal is {journal.status}: the last patch was interrupted"))
+        return report
+
+    progress("checking files against the journal")
+    for entry in journal.files:
+        digest = sha256_file(installed.path(entry.path))
+        ok = digest == entry.patched_sha256
+        add(CheckResult("journal", entry.path, OK if ok else FAIL,
+                        "matches patched sha256" if ok else "differs from the patched sha256 in the journal"))
+
+    py_files = [e.path for e in journal.files if e.path.endswith(".py")]
+    progress("compiling patched modules")
+    for rel in py_files:
+        try:
+            compile(installed.path(rel).read_bytes(), str(installed.path(rel)), "exec")
+            add(CheckResult("compile", rel, OK))
+        except SyntaxError as exc:
+            add(CheckResult("compile", rel, FAIL, f"line {exc.lineno}: {exc.msg}"))
+
+    progress("importing patched modules in a fresh interpreter")
+    names = [module_name(rel) for rel in py_files]
+    for name, (status, detail) in import_in_subprocess(installed.site_packages, names).items():
+        if status == OK and detail and not Path(detail).resolve().is_relative_to(installed.site_packages):
+            status, detail = FAIL, f"imported from {detail}, not from {installed.site_packages}"
+        add(CheckResult("import", name, status, detail if status == FAIL else ""))
+
+    progress("re-running the rules over their own output")
+    applied = [r for r in rules if r.id in journal.rules]
+    missing = sorted(set(journal.rules) - {r.id for r in applied})
+    if missing:
+        add(CheckResult("fixpoint", ", ".join(missing), FAIL, "rules in the journal are no longer installed"))
+    for entry in journal.files:
+        text = installed.path(entry.path).read_text(encoding="utf-8")
+        again = rewrite_file(entry.path, text, [r for r in applied if entry.path in r.files], enforce_required=False)
+        add(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
+                        "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))
+
+    context = VerifyContext(installed, journal)
+    for check in checks:
+        progress(f"check {check.id}: {check.description}")
+        try:
+            results = list(check.run(context))
+            if not results:
+                results = [CheckResult(check.id, "-", FAIL, "the check reported nothing")]
+        except Exception as exc:  # a crashing check is a failed check, reported with its reason
+            results = [CheckResult(check.id, "-", FAIL, f"{type(exc).__name__}: {exc}")]
+        report.results.extend(results)
+    return report
