@@ -2,8 +2,8 @@
 
 Layout, beside the target's package in site-packages::
 
-    .porter-state/<target>.lock         the inter-process lock
     .porter-state/<target>/journal.json  this record
+(the inter-process lock is an flock on the package directory itself, so no lock file exists)
     .porter-state/<target>/originals/... byte-exact copies of every file before patching
 """
 from __future__ import annotations
@@ -109,3 +109,7 @@ def remove_state(state_dir: Path) -> None:
     state_dir = Path(state_dir)
     Journal.path_in(state_dir).unlink(missing_ok=True)
     shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        state_dir.parent.rmdir()  # the shared .porter-state folder, once no target has state in it
+    except OSError:
+        pass

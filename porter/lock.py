@@ -12,11 +12,13 @@ from .errors import StateError
 
 
 @contextmanager
-def file_lock(path: Path, timeout: float = 300.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path``; the kernel releases it if the holder dies (even SIGKILL)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def dir_lock(path: Path, timeout: float = 300.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the directory ``path``; the kernel releases it if the holder dies.
+
+    Locking the target's own package directory means no lock file is ever created, so a plan that fails
+    leaves site-packages exactly as it was, and a revert leaves nothing behind.
+    """
+    fd = os.open(path, os.O_RDONLY)
     try:
         deadline = time.monotonic() + timeout
         told = False
@@ -44,7 +46,7 @@ def is_locked(path: Path) -> bool:
     """True while another process holds the lock (a patch or revert is running right now)."""
     if not Path(path).exists():
         return False
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from .diskio import atomic_write, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import APPLIED, PENDING, FileEntry, Journal, originals_dir, remove_state, saved_original
-from .lock import file_lock, is_locked
+from .lock import dir_lock, is_locked
 from .plan import Plan, make_plan
 from .rules import Rule
 from .target import InstalledTarget
@@ -70,7 +70,7 @@ def status(installed: InstalledTarget) -> Status:
         return Status(installed.name, installed.version, CLEAN, {}, None)
     files = journal.file_states(installed.site_packages)
     if journal.status == PENDING:
-        state = IN_PROGRESS if is_locked(installed.lock_path) else INTERRUPTED
+        state = IN_PROGRESS if is_locked(installed.package_dir) else INTERRUPTED
     elif all(s == "patched" for s in files.values()) and journal.version == installed.version:
         state = PATCHED
     else:
@@ -80,7 +80,7 @@ def status(installed: InstalledTarget) -> Status:
 
 def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
                 progress: Progress = _quiet) -> Outcome:
-    with file_lock(installed.lock_path, on_wait=progress):
+    with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         notes = []
         if journal is not None:
@@ -148,7 +148,7 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
 
 
 def revert(installed: InstalledTarget, force: bool = False, progress: Progress = _quiet) -> Outcome:
-    with file_lock(installed.lock_path, on_wait=progress):
+    with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         if journal is None:
             return Outcome("nothing-to-revert")

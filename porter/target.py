@@ -53,10 +53,6 @@ class InstalledTarget:
         """Journal and saved originals live beside the package, so they follow that environment."""
         return self.site_packages / STATE_DIR_NAME / self.target.name
 
-    @property
-    def lock_path(self) -> Path:
-        return self.site_packages / STATE_DIR_NAME / f"{self.target.name}.lock"
-
     def path(self, rel: str) -> Path:
         return self.site_packages / rel
 

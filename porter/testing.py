@@ -1,0 +1,95 @@
+"""Helpers for testing porter plugins: rules as text in / text out, and throwaway installs.
+
+Plugin authors use these from pytest::
+
+    from porter.testing import assert_rewrites, assert_untouched
+    def test_gelu(): assert_rewrites(GELU, before, after)
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Mapping
+
+from .rewrite import apply_rule
+from .rules import Rule
+
+
+def _dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def rewrite(rule: Rule, source: str, path: str | None = None) -> tuple[str, list]:
+    """Apply one rule to ``source`` (dedented); returns the new source and the matches."""
+    return apply_rule(rule, path or rule.files[0], _dedent(source))
+
+
+def assert_rewrites(rule: Rule, before: str, after: str, path: str | None = None) -> list:
+    """``rule`` turns ``before`` into exactly ``after``, records at least one match, and is a fixpoint."""
+    out, matches = rewrite(rule, before, path)
+    expected = _dedent(after)
+    assert out == expected, f"rule {rule.id} produced:\n{out}\n--- expected:\n{expected}"
+    assert matches, f"rule {rule.id} changed the source but recorded no match"
+    again, more = apply_rule(rule, path or rule.files[0], out)
+    assert again == out and not more, f"rule {rule.id} is not a fixpoint: a second run changed:\n{again}"
+    return matches
+
+
+def assert_untouched(rule: Rule, source: str, path: str | None = None) -> None:
+    """``rule`` leaves ``source`` alone and records nothing."""
+    out, matches = rewrite(rule, source, path)
+    assert out == _dedent(source) and not matches, f"rule {rule.id} should not have changed:\n{source}\ngot:\n{out}"
+
+
+def make_distribution(site_packages: Path, name: str, version: str, files: Mapping[str, str]) -> Path:
+    """Install a small package into ``site_packages``: ``files`` maps relative paths to text, plus dist-info."""
+    site_packages = Path(site_packages)
+    for rel, text in files.items():
+        path = site_packages / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_dedent(text))
+    info = site_packages / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files))
+    return site_packages
+
+
+def copy_distribution(distribution: str, dest: Path) -> Path:
+    """Copy an installed distribution (its packages and dist-info) into ``dest``, a site-packages to patch."""
+    dist = md.distribution(distribution)
+    root = Path(dist.locate_file(""))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tops = {Path(str(f)).parts[0] for f in dist.files or []}
+    for top in sorted(tops):
+        src = root / top
+        if src.is_dir():
+            shutil.copytree(src, dest / top, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, dest / top)
+    return dest
+
+
+def tree_digest(path: Path) -> str:
+    """sha256 over every file's relative path and bytes, ``__pycache__`` excluded (porter drops stale bytecode)."""
+    h = hashlib.sha256()
+    path = Path(path)
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(file.relative_to(path)).encode() + b"\0")
+        h.update(hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def run_porter(*args: str, env: Mapping[str, str] | None = None, timeout: float = 600,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run the porter CLI in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "porter.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, **kwargs)

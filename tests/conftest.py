@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from porter.testing import copy_distribution, make_distribution
+
+TESTS = Path(__file__).parent
+FIXTURE_PLUGIN = str(TESTS / "fixture_plugin.py")
+sys.path.insert(0, str(TESTS))
+
+from fixture_plugin import TOYLIB_FILES  # noqa: E402
+
+
+@pytest.fixture
+def toylib_site(tmp_path) -> Path:
+    """A temporary site-packages holding the toylib 1.0 fixture distribution."""
+    return make_distribution(tmp_path / "site-packages", "toylib", "1.0", TOYLIB_FILES)
+
+
+@pytest.fixture
+def porter_env(monkeypatch) -> dict:
+    """Environment for CLI subprocesses: the fixture plugin loaded as a third-party plugin would be."""
+    monkeypatch.setenv("PORTER_PLUGINS", FIXTURE_PLUGIN)
+    return {"PORTER_PLUGINS": FIXTURE_PLUGIN}
+
+
+@pytest.fixture(scope="session")
+def sat_pristine(tmp_path_factory) -> Path:
+    """One copy of the real installed SwissArmyTransformer, never patched: copy it, don't touch it."""
+    return copy_distribution("SwissArmyTransformer", tmp_path_factory.mktemp("sat-pristine"))
+
+
+@pytest.fixture
+def sat_site(sat_pristine, tmp_path) -> Path:
+    """A throwaway site-packages with a copy of the real installed SAT, for patching."""
+    import shutil
+
+    dest = tmp_path / "sat-site"
+    shutil.copytree(sat_pristine, dest)
+    return dest

@@ -1,0 +1,105 @@
+"""The rule engine: ordering, conflicts, required rules, fixpoints, data-file rules."""
+import pytest
+
+from fixture_plugin import DOCS, RULES, ReplaceText, rename_call, replace_string
+from porter.errors import PlanError
+from porter.rewrite import order_rules, rewrite_file
+from porter.rules import Rule
+from porter.testing import assert_rewrites, assert_untouched
+
+
+def rule(id, rewrite, files=("pkg/mod.py",), **kw):
+    return Rule(id=id, target="pkg", files=files, category="test", summary=id, rewrite=rewrite, docs=DOCS, **kw)
+
+
+SOURCE = "BACKEND = 'nccl'\nOTHER = 'x'\n"
+
+
+def test_rules_run_in_memory_and_report_lines():
+    out = rewrite_file("pkg/mod.py", SOURCE, [rule("a", replace_string("nccl", "gloo"))])
+    assert out.after == "BACKEND = 'gloo'\nOTHER = 'x'\n"
+    assert [(m.rule_id, m.path, m.start_line) for m in out.matches] == [("a", "pkg/mod.py", 1)]
+
+
+def test_required_rule_without_match_names_rule_and_file():
+    with pytest.raises(PlanError, match=r"required rule a matched nothing in pkg/mod\.py"):
+        rewrite_file("pkg/mod.py", "X = 1\n", [rule("a", replace_string("nccl", "gloo"))])
+
+
+def test_optional_rule_without_match_is_fine():
+    out = rewrite_file("pkg/mod.py", "X = 1\n", [rule("a", replace_string("nccl", "gloo"), required=False)])
+    assert not out.changed
+
+
+def test_two_rules_rewriting_the_same_node_conflict():
+    rules = [rule("a", replace_string("nccl", "gloo")), rule("b", replace_string("nccl", "hccl"))]
+    with pytest.raises(PlanError, match=r"pkg/mod\.py:1: rules a and b both rewrite the same code"):
+        rewrite_file("pkg/mod.py", SOURCE, rules)
+
+
+def test_rules_on_different_nodes_of_one_line_do_not_conflict():
+    rules = [rule("a", replace_string("nccl", "gloo")), rule("b", replace_string("x", "y"))]
+    out = rewrite_file("pkg/mod.py", "A, B = 'nccl', 'x'\n", rules)
+    assert out.after == "A, B = 'gloo', 'y'\n"
+
+
+def test_after_orders_rules_and_lets_them_compose():
+    first = rule("z.first", replace_string("nccl", "gloo"))
+    second = rule("a.second", replace_string("gloo", "hccl"), after=("z.first",))
+    assert [r.id for r in order_rules([second, first])] == ["z.first", "a.second"]
+    out = rewrite_file("pkg/mod.py", SOURCE, [second, first])
+    assert out.after == "BACKEND = 'hccl'\nOTHER = 'x'\n"
+
+
+def test_ordering_cycle_is_an_error():
+    a = rule("a", replace_string("p", "q"), after=("b",))
+    b = rule("b", replace_string("q", "r"), after=("a",))
+    with pytest.raises(PlanError, match="cycle"):
+        order_rules([a, b])
+
+
+def test_unparsable_source_names_file_and_line():
+    with pytest.raises(PlanError, match=r"pkg/mod\.py:2: cannot parse"):
+        rewrite_file("pkg/mod.py", "X = 1\ndef (:\n", [rule("a", replace_string("nccl", "gloo"))])
+
+
+def test_text_rule_rewrites_data_files():
+    r = rule("c", ReplaceText('"a": 1', '"a": 2'), files=("pkg/conf.json",))
+    out = rewrite_file("pkg/conf.json", '{\n"a": 1}\n', [r])
+    assert out.after == '{\n"a": 2}\n' and out.matches[0].start_line == 2
+
+
+def test_python_rule_needs_a_transformer():
+    with pytest.raises(TypeError, match="RuleTransformer"):
+        rule("bad", ReplaceText("a", "b"))
+    with pytest.raises(ValueError, match="category"):
+        Rule(id="x", target="t", files=("a.py",), category="misc", summary="", rewrite=replace_string("a", "b"), docs=DOCS)
+
+
+@pytest.mark.parametrize("r", RULES, ids=lambda r: r.id)
+def test_every_fixture_rule_is_a_fixpoint(r):
+    from fixture_plugin import TOYLIB_FILES
+
+    path = r.files[0]
+    before = TOYLIB_FILES[path]
+    from porter.testing import rewrite
+
+    after, _ = rewrite(r, before, path)
+    assert after != before.strip()
+    assert_untouched(r, after, path)
+
+
+def test_assert_rewrites_helper_catches_a_non_fixpoint_rule():
+    from porter.rules import RuleTransformer
+
+    class Grow(RuleTransformer):
+        def leave_SimpleString(self, original_node, updated_node):
+            self.record(original_node, "grow")
+            return updated_node.with_changes(value=updated_node.value[:-1] + "a'")
+
+    with pytest.raises(AssertionError, match="not a fixpoint"):
+        assert_rewrites(rule("grow", Grow), "X = 'a'\n", "X = 'aa'\n")
+
+
+def test_rename_call_example():
+    assert_rewrites(rule("s", rename_call("f", "g")), "f()\nh()\n", "g()\nh()\n")
