@@ -1,0 +1,47 @@
+"""The command line as a user meets it: help, exit codes, plain output when piped."""
+import pytest
+
+from porter.testing import run_porter
+
+COMMANDS = ["patch", "status", "revert", "verify", "rules", "plugins"]
+
+
+def test_main_help_documents_exit_codes_and_examples():
+    r = run_porter("--help")
+    assert r.returncode == 0
+    for text in ("exit codes:", "4  the installed files are in a state", "porter patch sat --verify", *COMMANDS):
+        assert text in r.stdout
+
+
+def test_no_command_prints_help():
+    r = run_porter()
+    assert r.returncode == 0 and "usage: porter" in r.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command):
+    r = run_porter(command, "--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and f"porter {command}" in r.stdout
+
+
+def test_unknown_target_is_a_clear_error():
+    r = run_porter("patch", "nosuch")
+    assert r.returncode == 6
+    assert r.stderr.startswith("error: unknown target 'nosuch' (known: sat)")
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_site_packages_dir():
+    r = run_porter("status", "sat", "--site-packages", "/nonexistent/dir")
+    assert r.returncode == 6 and "/nonexistent/dir: no such directory" in r.stderr
+
+
+def test_piped_output_has_no_colour(toylib_site, porter_env):
+    r = run_porter("patch", "toylib", "--dry-run", "--site-packages", str(toylib_site), env=porter_env)
+    assert r.returncode == 0 and "\033[" not in r.stdout + r.stderr
+
+
+def test_rules_lists_docs(porter_env):
+    r = run_porter("rules", "toylib", env=porter_env)
+    assert r.returncode == 0
+    assert r.stdout.count("why:") == 3 and "3 rules for toylib" in r.stdout

@@ -1,0 +1,112 @@
+"""Plugin discovery and isolation: a broken plugin is named, the others keep working."""
+import json
+import textwrap
+
+import pytest
+
+from conftest import FIXTURE_PLUGIN
+from porter import plugins
+from porter.errors import PluginError
+from porter.testing import run_porter
+
+
+def write_plugin(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text("import porter\n" + textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.fixture
+def broken(tmp_path):
+    return {
+        "import_fails": write_plugin(tmp_path, "import_fails", "raise ImportError('needs a thing that is missing')\n"),
+        "misspelt": write_plugin(tmp_path, "misspelt", """
+            @porter.hookimpl
+            def porter_register_rulez(register):
+                pass
+        """),
+        "undecorated_misspelt": write_plugin(tmp_path, "undecorated_misspelt", """
+            def porter_register_target(register):
+                pass
+        """),
+        "hook_raises": write_plugin(tmp_path, "hook_raises", """
+            @porter.hookimpl
+            def porter_register_rules(register):
+                raise RuntimeError('rule table is corrupt')
+        """),
+        "duplicate": write_plugin(tmp_path, "duplicate", """
+            from porter.target import Target
+            @porter.hookimpl
+            def porter_register_targets(register):
+                register(Target(name="sat", distribution="x", package="x"))
+        """),
+    }
+
+
+def test_entry_point_plugins_are_discovered_with_versions():
+    registry = plugins.load(disable=[])
+    info = {p.name: p for p in registry.plugins}
+    assert info["sat"].source == "entry point of porter" and info["sat"].error is None
+    assert "sat" in registry.targets and "sat.imports.wandb" in registry.rules
+    assert info["sat"].registered["targets"] == ["sat"]
+
+
+@pytest.mark.parametrize("name, error", [
+    ("import_fails", "ImportError: needs a thing that is missing"),
+    ("misspelt", "unknown hook(s) porter_register_rulez"),
+    ("undecorated_misspelt", "unknown hook(s) porter_register_target"),
+    ("hook_raises", "RuntimeError: rule table is corrupt"),
+    ("duplicate", "target 'sat' is already registered by 'sat'"),
+])
+def test_a_broken_plugin_is_reported_by_name_and_the_rest_work(broken, name, error):
+    registry = plugins.load(extra=[broken[name], FIXTURE_PLUGIN])
+    failed = {p.name: p.error for p in registry.errors}
+    assert list(failed) == [name] and error in failed[name]
+    assert "toylib" in registry.targets and "sat" in registry.targets
+    assert registry.targets["sat"].distribution == "SwissArmyTransformer"
+    # what a failed plugin staged before raising is not half-registered
+    assert all(owner != name for owner in registry.owners.values())
+
+
+def test_strict_makes_a_broken_plugin_fatal(broken):
+    with pytest.raises(PluginError, match="plugin 'hook_raises' failed"):
+        plugins.load(extra=[broken["hook_raises"]], strict=True)
+
+
+def test_cli_warns_names_the_plugin_and_keeps_going(broken):
+    r = run_porter("--plugin", broken["import_fails"], "rules", "sat")
+    assert r.returncode == 0
+    assert "plugin 'import_fails' was not loaded: ImportError" in r.stderr
+    assert "sat.imports.wandb" in r.stdout
+    r = run_porter("--strict", "--plugin", broken["import_fails"], "rules", "sat")
+    assert r.returncode == 5 and "plugin 'import_fails' failed" in r.stderr
+
+
+def test_disable_env_var(monkeypatch):
+    r = run_porter("plugins", "--json", env={"PORTER_DISABLE_PLUGINS": "sat"})
+    assert [p["name"] for p in json.loads(r.stdout)] == []
+    r = run_porter("rules", "sat", env={"PORTER_DISABLE_PLUGINS": "*"})
+    assert r.returncode == 6 and "unknown target 'sat'" in r.stderr
+
+
+def test_porter_plugins_lists_what_each_registers(porter_env):
+    r = run_porter("plugins", env=porter_env)
+    assert r.returncode == 0
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert "rules: sat.imports.wandb" in lines["sat"]
+    assert "targets: toylib; rules: toylib.backend, toylib.config, toylib.sync" in lines["fixture_plugin"]
+
+
+def test_plugin_commands_are_added_to_the_cli(tmp_path):
+    plugin = write_plugin(tmp_path, "hello", """
+        @porter.hookimpl
+        def porter_register_commands(register):
+            def add(parser):
+                parser.add_argument("--name", default="world")
+            def run(args, registry):
+                print(f"hello {args.name}, {len(registry.targets)} targets")
+                return 0
+            register("hello", "say hello", add, run)
+    """)
+    r = run_porter("--plugin", plugin, "hello", "--name", "npu")
+    assert r.returncode == 0 and r.stdout.strip() == "hello npu, 1 targets"
