@@ -82,7 +82,7 @@ def test_cli_warns_names_the_plugin_and_keeps_going(broken):
     assert r.returncode == 5 and "plugin 'import_fails' failed" in r.stderr
 
 
-def test_disable_env_var(monkeypatch):
+def test_disable_env_var():
     r = run_porter("plugins", "--json", env={"PORTER_DISABLE_PLUGINS": "sat"})
     assert [p["name"] for p in json.loads(r.stdout)] == []
     r = run_porter("rules", "sat", env={"PORTER_DISABLE_PLUGINS": "*"})
