@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import dataclasses
+import difflib
+
 import libcst as cst
 from libcst.metadata import MetadataWrapper
 
@@ -108,6 +111,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     current = text
     matches: list[Match] = []
     for rule in ordered:
+        rule_input = current
         current, found = apply_rule(rule, path, current)
         if enforce_required and rule.required and not found:
             raise PlanError(
@@ -115,5 +119,19 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
                 hint="the installed file no longer has the code this rule rewrites (an upstream change?); "
                      "update the rule, or leave it out with --only",
             )
-        matches.extend(found)
+        matches.extend(_to_original_lines(found, text, rule_input))
+    matches.sort(key=lambda m: (m.start_line, m.start_col, m.rule_id))
     return FileRewrite(path=path, before=text, after=current, matches=matches)
+
+
+def _to_original_lines(matches: list[Match], original: str, seen: str) -> list[Match]:
+    """Report lines of the file as installed, not of the intermediate text a later rule saw."""
+    if not matches or seen == original:
+        return matches
+    line_of = {}
+    ops = difflib.SequenceMatcher(None, original.splitlines(), seen.splitlines(), autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        for j in range(j1, j2):
+            line_of[j + 1] = (i1 + (j - j1) + 1) if tag == "equal" else min(i1 + 1, max(i2, 1))
+    return [dataclasses.replace(m, start_line=line_of.get(m.start_line, m.start_line),
+                                end_line=line_of.get(m.end_line, m.end_line)) for m in matches]

@@ -58,11 +58,54 @@ class RuleTransformer(cst.CSTTransformer):
         self.rule_id = rule_id
         self.path = path
         self.matches: list[Match] = []
+        self._imports: dict[str, str] = {}  # module -> alias, added to the module once it is rewritten
 
     def record(self, node: cst.CSTNode, message: str) -> None:
         pos = self.get_metadata(PositionProvider, node)
         self.matches.append(Match(self.rule_id, self.path, pos.start.line, pos.end.line, message,
                                   pos.start.column, pos.end.column))
+
+    def require_import(self, module: str, alias: str) -> cst.Name:
+        """Make ``import module as alias`` present in the rewritten module; returns the alias as a Name.
+
+        The import goes after the docstring and ``__future__`` imports, once, and only if not already there,
+        so a rule that uses it stays a fixpoint. Subclasses that override ``leave_Module`` call super.
+        """
+        self._imports[module] = alias
+        return cst.Name(alias)
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        if not self._imports:
+            return updated_node
+        body = list(updated_node.body)
+        present = {(m, a) for m, a in _module_imports(body)}
+        new = [cst.parse_statement(f"import {m} as {a}") for m, a in sorted(self._imports.items()) if (m, a) not in present]
+        if not new:
+            return updated_node
+        at = 0
+        for i, stmt in enumerate(body):
+            if _is_docstring(stmt) and i == 0 or _is_future_import(stmt):
+                at = i + 1
+        return updated_node.with_changes(body=body[:at] + new + body[at:])
+
+
+def _is_docstring(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
+
+
+def _is_future_import(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.ImportFrom)
+            and isinstance(stmt.body[0].module, cst.Name) and stmt.body[0].module.value == "__future__")
+
+
+def _module_imports(body):
+    """(module, alias) of every top-level ``import a.b as c``."""
+    for stmt in body:
+        if isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Import):
+            for alias in stmt.body[0].names:
+                if alias.asname is not None:
+                    yield cst.Module([]).code_for_node(alias.name), alias.asname.name.value
 
 
 class TextRewrite:
@@ -70,6 +113,37 @@ class TextRewrite:
 
     def rewrite(self, text: str, rule_id: str, path: str) -> tuple[str, list[Match]]:  # pragma: no cover
         raise NotImplementedError
+
+
+class JsonValue(TextRewrite):
+    """Change one JSON field's value by editing its text, so the file keeps its layout and comments-free diff.
+
+    ``key`` names the field (anywhere in the document), ``old`` and ``new`` are the JSON texts of the value.
+    The result is parsed to check the edit did what it says.
+    """
+
+    def __init__(self, key: str, old: str, new: str):
+        self.key, self.old, self.new = key, old, new
+
+    def rewrite(self, text: str, rule_id: str, path: str) -> tuple[str, list[Match]]:
+        import json
+        import re
+
+        pattern = re.compile(r'("%s"\s*:\s*)%s(?=\s*[,}\n])' % (re.escape(self.key), re.escape(self.old)))
+        matches, out, last = [], [], 0
+        for found in pattern.finditer(text):
+            line = text.count("\n", 0, found.start()) + 1
+            matches.append(Match(rule_id, path, line, line, f'"{self.key}": {self.old} -> {self.new}'))
+            out.append(text[last:found.start()] + found.group(1) + self.new)
+            last = found.end()
+        if not matches:
+            return text, []
+        new_text = "".join(out) + text[last:]
+        try:
+            json.loads(new_text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: rule {rule_id} produced invalid JSON ({exc})") from None
+        return new_text, matches
 
 
 Rewrite = Union[type[RuleTransformer], TextRewrite]

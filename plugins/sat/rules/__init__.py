@@ -1,4 +1,4 @@
 """The SAT rule catalogue, one module per category."""
-from . import imports
+from . import compat, device, fused, imports, rotary
 
-ALL_RULES = [*imports.RULES]
+ALL_RULES = [*device.RULES, *imports.RULES, *rotary.RULES, *fused.RULES, *compat.RULES]

@@ -6,6 +6,8 @@ import libcst.matchers as m
 
 from porter.rules import Rule, RuleDocs, RuleTransformer
 
+from .runtime import OPTIONAL, code
+
 
 class DropUnguardedWandbImport(RuleTransformer):
     """Remove a module-level ``import wandb`` that is not inside a ``try``.
@@ -48,4 +50,42 @@ WANDB = Rule(
     ),
 )
 
-RULES = [WANDB]
+
+class GuardTritonImport(RuleTransformer):
+    """``from .triton_rotary import apply_rotary`` -> the same inside try/except ImportError with a stand-in."""
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        if len(updated_node.body) == 1 and code(updated_node) == "from.triton_rotaryimportapply_rotary":
+            self.record(original_node, "triton import guarded; apply_rotary raises a clear ImportError when used")
+            alias = self.require_import(*OPTIONAL).value
+            guarded = cst.parse_statement(
+                "try:\n"
+                "    from .triton_rotary import apply_rotary\n"
+                "except ImportError as porter_import_error:  # triton is optional: only FastRotaryEmbedding needs it\n"
+                f"    apply_rotary = {alias}.missing('triton', 'apply_rotary', porter_import_error)\n")
+            return cst.FlattenSentinel([guarded])
+        return updated_node
+
+    def visit_Try(self, node):
+        return False
+
+
+TRITON = Rule(
+    id="sat.imports.triton",
+    target="sat",
+    files=("sat/model/position_embedding/triton_rotary_embeddings.py",),
+    category="imports",
+    summary="triton becomes optional: only FastRotaryEmbedding needs it",
+    rewrite=GuardTritonImport,
+    docs=RuleDocs(
+        why="Since 0.4.7 `import sat` imports triton (through sat.model.position_embedding and five official "
+            "models) although only FastRotaryEmbedding uses it. triton is undeclared and has no NPU build, so "
+            "SAT cannot be imported on an Ascend machine or any machine without triton.",
+        how="The one import of the triton kernels is wrapped in try/except ImportError; when it fails, "
+            "apply_rotary is a stand-in that raises ImportError naming triton the moment it is used.",
+        upstream="sat/model/position_embedding/triton_rotary_embeddings.py (FastRotaryEmbedding, added in 0.4.7)",
+        removal="When SAT imports triton lazily or declares it.",
+    ),
+)
+
+RULES = [TRITON, WANDB]

@@ -1,0 +1,42 @@
+"""compat: SAT 0.4.12 against today's DeepSpeed (0.19)."""
+from __future__ import annotations
+
+import libcst as cst
+
+from porter.rules import JsonValue, Rule, RuleDocs, RuleTransformer
+
+from .runtime import code
+
+MIN_LOSS_SCALE = Rule(
+    id="sat.compat.zero0-min-loss-scale", target="sat", category="compat",
+    files=("sat/training/deepspeed_zero0.json",),
+    summary='deepspeed_zero0.json "min_loss_scale": 0.01 -> 1', rewrite=JsonValue("min_loss_scale", "0.01", "1"),
+    docs=RuleDocs(
+        why="SAT's default ZeRO-0 config sets fp16.min_loss_scale to 0.01; DeepSpeed's config validation now "
+            "requires a positive integer and rejects the file, so every default ZeRO-0 run fails at start.",
+        how="The value becomes 1, DeepSpeed's own default and what SAT's ZeRO-1 and ZeRO-2 configs already use.",
+        upstream="sat/training/deepspeed_zero0.json; deepspeed/runtime/precision_config.py (min_loss_scale: int)",
+        removal="When SAT ships an integer min_loss_scale."))
+
+
+class UnwrappedOptimizer(RuleTransformer):
+    """``optimizer.optimizer.__class__`` -> ``getattr(optimizer, 'optimizer', optimizer).__class__``."""
+
+    def leave_Attribute(self, original_node, updated_node):
+        if code(updated_node) == "optimizer.optimizer.__class__":
+            self.record(original_node, "optimizer.optimizer -> getattr(optimizer, 'optimizer', optimizer)")
+            return updated_node.with_changes(value=cst.parse_expression("getattr(optimizer, 'optimizer', optimizer)"))
+        return updated_node
+
+
+UNWRAPPED_OPTIMIZER = Rule(
+    id="sat.compat.unwrapped-optimizer", target="sat", category="compat", files=("sat/training/model_io.py",),
+    summary="save_checkpoint accepts an optimizer DeepSpeed did not wrap", rewrite=UnwrappedOptimizer,
+    docs=RuleDocs(
+        why="save_checkpoint reads optimizer.optimizer to look for FusedEmaAdam; at ZeRO 0 in fp32 DeepSpeed "
+            "returns the plain torch optimizer, which has no .optimizer, so every checkpoint save raises.",
+        how="The lookup falls back to the optimizer itself when it is not wrapped.",
+        upstream="sat/training/model_io.py save_checkpoint",
+        removal="When SAT checks for the wrapper."))
+
+RULES = [MIN_LOSS_SCALE, UNWRAPPED_OPTIMIZER]

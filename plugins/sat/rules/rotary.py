@@ -1,0 +1,91 @@
+"""rotary: the rotary position embedding through porter.runtime.ops.rotary_mul (npu_rotary_mul on Ascend).
+
+Only the application of cos/sin is rewritten. RotaryEmbedding.forward, where 0.4.x fixed two dtype bugs of
+0.3.6 (time steps built in float32, cos/sin cast to the input's dtype), is left exactly as installed: the old
+recipe's copied file silently undid those fixes.
+"""
+from __future__ import annotations
+
+import libcst as cst
+import libcst.matchers as m
+
+from porter.rules import Rule, RuleDocs, RuleTransformer
+
+from .runtime import OPS, call, code
+
+ROTARY_FILE = "sat/model/position_embedding/rotary_embeddings.py"
+APPLY_FUNCTIONS = ("apply_rotary_pos_emb", "apply_rotary_pos_emb_torch", "apply_rotary_pos_emb_index",
+                   "apply_rotary_pos_emb_index_single", "apply_rotary_pos_emb_index_torch")
+
+
+class RotaryMul(RuleTransformer):
+    """``(x * cos) + (rotate_half(x) * sin)`` -> ``porter_ops.rotary_mul(x, cos, sin)`` in SAT's apply functions."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.inside: list[str] = []
+
+    def visit_FunctionDef(self, node):
+        self.inside.append(node.name.value)
+
+    def leave_FunctionDef(self, original_node, updated_node):
+        self.inside.pop()
+        return updated_node
+
+    def leave_BinaryOperation(self, original_node, updated_node):
+        if not self.inside or self.inside[-1] not in APPLY_FUNCTIONS:
+            return updated_node
+        pattern = m.BinaryOperation(
+            left=m.BinaryOperation(operator=m.Multiply()),
+            operator=m.Add(),
+            right=m.BinaryOperation(left=m.Call(func=m.Name("rotate_half"), args=[m.Arg()]), operator=m.Multiply()))
+        if not m.matches(updated_node, pattern):
+            return updated_node
+        x, cos = updated_node.left.left, updated_node.left.right
+        rotated, sin = updated_node.right.left.args[0].value, updated_node.right.right
+        if code(x) != code(rotated):
+            return updated_node
+        self.record(original_node, f"({code(x)} * cos) + (rotate_half({code(x)}) * sin) -> porter_ops.rotary_mul")
+        strip = dict(lpar=[], rpar=[])
+        return call(self, OPS, "rotary_mul", [x.with_changes(**strip) if hasattr(x, "lpar") else x, cos, sin]) \
+            .with_changes(lpar=updated_node.lpar, rpar=updated_node.rpar)
+
+
+INDEX = Rule(
+    id="sat.rotary.index", target="sat", category="rotary", files=(ROTARY_FILE,),
+    summary="apply_rotary_pos_emb(_index, _single, _torch) through porter_ops.rotary_mul", rewrite=RotaryMul,
+    docs=RuleDocs(
+        why="ChatGLM's 2-D rotary embedding applies cos/sin with plain elementwise math four times per layer; on "
+            "Ascend npu_rotary_mul fuses it. The old recipe called npu_rotary_mul unconditionally, then rolled it "
+            "back without a reason (its shape limits are the likely cause).",
+        how="x*cos + rotate_half(x)*sin becomes porter_ops.rotary_mul(x, cos, sin): npu_rotary_mul on an NPU when "
+            "the shapes, dtypes and layout are within its documented limits, the same elementwise math otherwise.",
+        upstream="sat/model/position_embedding/rotary_embeddings.py; Ascend ModelZoo VisualGLM rotary_embeddings.py",
+        removal="When SAT dispatches rotary application per device itself."))
+
+
+class RotateHalfByChunk(RuleTransformer):
+    """``x1, x2 = x[..., :x.shape[-1] // 2], x[..., x.shape[-1] // 2:]`` -> ``x1, x2 = x.chunk(2, dim=x.ndim - 1)``."""
+
+    SLICES = "x1,x2=x[...,:x.shape[-1]//2],x[...,x.shape[-1]//2:]"
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        if code(updated_node) == self.SLICES:
+            self.record(original_node, "rotate_half halves by torch.chunk")
+            return updated_node.with_changes(body=[cst.parse_statement("x1, x2 = x.chunk(2, dim=x.ndim - 1)").body[0]])
+        return updated_node
+
+
+ROTATE_HALF = Rule(
+    id="sat.rotary.rotate-half", target="sat", category="rotary", files=(ROTARY_FILE,),
+    summary="rotate_half by torch.chunk", rewrite=RotateHalfByChunk,
+    docs=RuleDocs(
+        why="rotate_half splits the head dimension with two strided slices; the Ascend port split it with one "
+            "torch.chunk, which NPU graph compilation handles as a single split. Values are identical for the even "
+            "head dimensions rotary embeddings use.",
+        how="The two slices become x.chunk(2, dim=x.ndim - 1); the last-dim index stays explicit, as SAT's own "
+            "comment asks (dim=-1 trips a bug in old torch versions).",
+        upstream="sat/model/position_embedding/rotary_embeddings.py rotate_half",
+        removal="When measured NPU performance shows no difference."))
+
+RULES = [INDEX, ROTATE_HALF]

@@ -1,0 +1,23 @@
+"""How rewritten SAT code names porter's runtime: one import each, under fixed aliases."""
+from __future__ import annotations
+
+import libcst as cst
+
+DEVICE = ("porter.runtime.device", "porter_device")
+OPS = ("porter.runtime.ops", "porter_ops")
+OPTIONAL = ("porter.runtime.optional", "porter_optional")
+
+
+def code(node: cst.CSTNode) -> str:
+    """Source text of a node, whitespace-normalised, for matching small expressions."""
+    return "".join(cst.Module([]).code_for_node(node).split())
+
+
+def call(transformer, runtime: tuple[str, str], function: str, args=(), keywords: dict | None = None) -> cst.Call:
+    """``alias.function(*args, **keywords)``, with the runtime import added to the module."""
+    alias = transformer.require_import(*runtime)
+    arguments = [a if isinstance(a, cst.Arg) else cst.Arg(a) for a in args]
+    for name, value in (keywords or {}).items():
+        arguments.append(cst.Arg(value, keyword=cst.Name(name), equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))))
+    return cst.Call(func=cst.Attribute(alias, cst.Name(function)), args=arguments)
