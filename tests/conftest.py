@@ -41,3 +41,29 @@ def sat_site(sat_pristine, tmp_path) -> Path:
     dest = tmp_path / "sat-site"
     shutil.copytree(sat_pristine, dest)
     return dest
+
+
+@pytest.fixture
+def cpu_device(monkeypatch):
+    """The runtime's device forced to the CPU (as PORTER_DEVICE=cpu does), selection reset afterwards."""
+    from porter.runtime import device, ops
+
+    monkeypatch.setenv("PORTER_DEVICE", "cpu")
+    device.reset()
+    ops.reset_counts()
+    yield device.current()
+    device.reset()
+
+
+@pytest.fixture
+def fake_npu(monkeypatch):
+    """FAKE Ascend NPU: tests/fakes/torch_npu.py as torch_npu, and the runtime's device set to it."""
+    from fakes import torch_npu as fake
+    from porter.runtime import device, ops
+
+    monkeypatch.setattr(device, "_extra", {})
+    monkeypatch.delenv("PORTER_DEVICE", raising=False)
+    fake.reset()
+    ops.reset_counts()
+    yield fake.install(monkeypatch)
+    device.reset()

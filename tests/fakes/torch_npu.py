@@ -1,0 +1,152 @@
+"""FAKE torch_npu for tests on machines without an Ascend NPU.
+
+It is not the real library. Each kernel checks the preconditions torch_npu documents (shapes, dtypes,
+layouts; see shared/reference/torch_npu-ops.md), records the call, and computes the reference math on the
+CPU. Passing tests with it prove porter's dispatch and argument layout, not the NPU kernels themselves.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+import torch.nn.functional as F
+
+calls: list[dict] = []
+
+
+class PreconditionError(AssertionError):
+    """A kernel was called outside its documented limits: porter's guard should have prevented it."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise PreconditionError(message)
+
+
+def _record(name: str, **info) -> None:
+    calls.append({"kernel": name, **info})
+
+
+def reset() -> None:
+    calls.clear()
+
+
+def _rotate_half(x):
+    x1, x2 = torch.chunk(x, 2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def npu_rotary_mul(x, r1, r2):
+    _require(x.dim() == 4 and r1.dim() == 4 and r2.dim() == 4, "npu_rotary_mul: x, r1, r2 must be 4-D")
+    _require(x.dtype in (torch.float16, torch.bfloat16, torch.float32), f"npu_rotary_mul: dtype {x.dtype}")
+    _require(r1.shape == r2.shape and r1.dtype == x.dtype == r2.dtype, "npu_rotary_mul: r1/r2 shape or dtype")
+    a, b, c, d = x.shape
+    _require(r1.shape[3] == d and d % 64 == 0, f"npu_rotary_mul: last dim {d} (r {tuple(r1.shape)})")
+    layouts = []
+    if r1.shape[2] == 1 and r1.shape[0] == a and r1.shape[1] in (1, b):
+        layouts.append("SBND")
+    if r1.shape[2] == 1 and r1.shape[0] in (1, a) and r1.shape[1] == b:
+        layouts.append("BSND")
+    if r1.shape[1] == 1 and r1.shape[0] in (1, a) and r1.shape[2] == c:
+        layouts.append("BNSD")
+    _require(bool(layouts), f"npu_rotary_mul: no layout for x {tuple(x.shape)} r {tuple(r1.shape)}")
+    _record("npu_rotary_mul", x=tuple(x.shape), r=tuple(r1.shape), dtype=x.dtype, layouts=layouts)
+    return r1 * x + r2 * _rotate_half(x)
+
+
+def npu_scaled_masked_softmax(x, mask, scale=1.0, fixed_triu_mask=False):
+    _require(x.dim() == 4, "npu_scaled_masked_softmax: x must be 4-D")
+    _require(x.dtype in (torch.float16, torch.bfloat16, torch.float32), f"npu_scaled_masked_softmax: {x.dtype}")
+    for dim in x.shape[-2:]:
+        _require(32 <= dim <= 4096 and dim % 32 == 0, f"npu_scaled_masked_softmax: last dims {tuple(x.shape[-2:])}")
+    _require(mask.dtype == torch.bool, "npu_scaled_masked_softmax: mask must be bool")
+    torch.broadcast_shapes(mask.shape, x.shape)
+    _record("npu_scaled_masked_softmax", x=tuple(x.shape), mask=tuple(mask.shape), scale=scale,
+            fixed_triu_mask=fixed_triu_mask)
+    scores = (x.float() * scale).masked_fill(mask, float("-inf"))
+    return F.softmax(scores, dim=-1).to(x.dtype)
+
+
+def _fast_gelu_math(x):
+    # torch_npu's documented fast GELU: x / (1 + exp(-1.702 |x|)) * exp(0.851 (x - |x|))
+    xf = x.float()
+    return (xf / (1 + torch.exp(-1.702 * xf.abs())) * torch.exp(0.851 * (xf - xf.abs()))).to(x.dtype)
+
+
+def fast_gelu(x):
+    _require(x.dtype in (torch.float16, torch.float32), f"fast_gelu: dtype {x.dtype} (fp16/fp32 only)")
+    _record("fast_gelu", x=tuple(x.shape), dtype=x.dtype)
+    return _fast_gelu_math(x)
+
+
+def npu_fast_gelu(x):
+    _require(x.dtype in (torch.float16, torch.bfloat16, torch.float32), f"npu_fast_gelu: dtype {x.dtype}")
+    _require(x.dim() <= 8, "npu_fast_gelu: up to 8-D")
+    _record("npu_fast_gelu", x=tuple(x.shape), dtype=x.dtype)
+    return _fast_gelu_math(x)
+
+
+def npu_fusion_attention(query, key, value, head_num, input_layout, pse=None, padding_mask=None, atten_mask=None,
+                         scale=1.0, keep_prob=1.0, pre_tockens=2147483647, next_tockens=2147483647,
+                         inner_precise=0, prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None,
+                         sparse_mode=0, gen_mask_parallel=True, sync=False):
+    _require(input_layout in ("BSH", "SBH", "BSND", "BNSD", "TND"), f"npu_fusion_attention: layout {input_layout}")
+    _require(query.dtype in (torch.float16, torch.bfloat16), f"npu_fusion_attention: dtype {query.dtype}")
+    _require(input_layout == "BNSD", "fake supports BNSD only")
+    _require(query.dim() == 4 and query.shape[1] == head_num, "npu_fusion_attention: BNSD with N == head_num")
+    sq, sk = query.shape[2], key.shape[2]
+    if atten_mask is not None:
+        _require(atten_mask.dtype == torch.bool, "npu_fusion_attention: atten_mask must be bool")
+        _require(atten_mask.shape[-2:] == (sq, sk) and atten_mask.dim() in (2, 4),
+                 f"npu_fusion_attention: atten_mask {tuple(atten_mask.shape)} (SS, 11SS, B1SS or BNSS)")
+    _require(keep_prob == 1.0, "fake computes no dropout")
+    _record("npu_fusion_attention", q=tuple(query.shape), layout=input_layout, head_num=head_num, scale=scale,
+            mask=None if atten_mask is None else tuple(atten_mask.shape))
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    if atten_mask is not None:
+        scores = scores.masked_fill(atten_mask, float("-inf"))
+    out = torch.matmul(F.softmax(scores, dim=-1), value.float()).to(query.dtype)
+    return out, None, None, None
+
+
+def torch_npu_module() -> types.SimpleNamespace:
+    """The fake ``torch.npu``: one device, index 0, generators backed by the CPU's."""
+    state = {"device": 0}
+    return types.SimpleNamespace(
+        is_available=lambda: True, device_count=lambda: 1, current_device=lambda: state["device"],
+        set_device=lambda d: state.__setitem__("device", getattr(d, "index", d) or 0), synchronize=lambda: None,
+        manual_seed=lambda s: None, manual_seed_all=lambda s: None, get_rng_state=torch.get_rng_state,
+        set_rng_state=torch.set_rng_state, memory_allocated=lambda: 0, max_memory_allocated=lambda: 0,
+        memory_reserved=lambda: 0, max_memory_reserved=lambda: 0)
+
+
+def install(monkeypatch=None):
+    """Put this fake in sys.modules as torch_npu and a fake torch.npu on torch; select a FakeNPU device."""
+    import sys
+
+    from porter.runtime import device
+
+    module = sys.modules[__name__]
+    if monkeypatch is not None:
+        monkeypatch.setitem(sys.modules, "torch_npu", module)
+        monkeypatch.setattr(torch, "npu", torch_npu_module(), raising=False)
+    else:
+        sys.modules["torch_npu"] = module
+        torch.npu = torch_npu_module()
+
+    class FakeNPU(device.NPU):
+        """The NPU device class, except that 'NPU tensors' are CPU tensors (there is no NPU here)."""
+
+        def owns(self, tensor):
+            return tensor.device.type == "cpu"
+
+        def current_device(self):
+            return torch.device("cpu")
+
+        def as_device(self, spec):
+            return torch.device("cpu")
+
+    device.register(FakeNPU)
+    device.reset()
+    return device.select("npu")
