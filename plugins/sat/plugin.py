@@ -14,3 +14,11 @@ def porter_register_targets(register):
 def porter_register_rules(register):
     for rule in ALL_RULES:
         register(rule)
+
+
+@porter.hookimpl
+def porter_register_checks(register):
+    from .checks import CHECKS
+
+    for check in CHECKS:
+        register(check)

@@ -1,0 +1,169 @@
+"""Numbers from patched vs original SAT, for `porter verify sat` and the tests.
+
+Two entry points, each run in a fresh interpreter with the SAT under test first on sys.path:
+
+- ``ops --originals DIR``: each rewritten op, patched function vs the same function loaded from the journal's
+  saved original file under another module name, on random inputs; prints ``PORTER-PARITY {json}``.
+- ``model --out FILE``: a tiny random ChatGLM (seeded) on a fixed batch: logits, gradients and a 20-step
+  loss curve, saved with torch.save. Run once against the patched tree and once against the original tree
+  rebuilt from the saved originals, then compared by :func:`compare_model_runs`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from porter_sat.smoke import BOS, GMASK, PAD, model_args, sample
+
+# op -> (dtype -> max abs diff allowed). fp32 rewrites reorder nothing, so they match to float rounding.
+TOLERANCES = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 2e-3}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_original(originals: Path, rel: str, name: str):
+    """The saved original of ``rel`` as module ``name``; its own absolute imports resolve to the patched SAT."""
+    spec = importlib.util.spec_from_file_location(name, Path(originals) / rel)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def op_parity(originals: Path, dtypes=("fp32", "bf16")) -> list[dict]:
+    import sat.model.official.chatglm_model as chatglm
+    import sat.model.official.glm130B_model as glm130b
+    import sat.model.position_embedding.rotary_embeddings as rotary
+    import sat.transformer_defaults as defaults
+
+    orig_chatglm = load_original(originals, "sat/model/official/chatglm_model.py", "porter_original_chatglm")
+    orig_rotary = load_original(originals, "sat/model/position_embedding/rotary_embeddings.py", "porter_original_rotary")
+    orig_defaults = load_original(originals, "sat/transformer_defaults.py", "porter_original_defaults")
+    orig_glm = load_original(originals, "sat/model/official/glm130B_model.py", "porter_original_glm130b")
+    results = []
+
+    def add(op, dtype, diff, detail=""):
+        results.append({"op": op, "dtype": dtype, "max_abs_diff": diff, "tolerance": TOLERANCES[dtype],
+                        "ok": diff <= TOLERANCES[dtype], "detail": detail})
+
+    g = torch.Generator().manual_seed(0)
+    for name in dtypes:
+        dt = DTYPES[name]
+        x = torch.randn(64, 256, generator=g).to(dt)
+        add("gelu", name, _diff(orig_chatglm.gelu_impl(x), chatglm.gelu_impl(x)))
+
+        q, k = (torch.randn(32, 2, 4, 64, generator=g).to(dt) for _ in range(2))
+        emb = rotary.RotaryEmbedding(64, precision=dt)
+        cos, sin = emb(q, seq_len=40)
+        pos = torch.randint(0, 40, (32, 2), generator=g)
+        want = orig_rotary.apply_rotary_pos_emb_index(q, k, cos, sin, pos)
+        got = rotary.apply_rotary_pos_emb_index(q, k, cos, sin, pos)
+        add("rotary_mul", name, max(_diff(want[0], got[0]), _diff(want[1], got[1])), "apply_rotary_pos_emb_index")
+
+        q, k, v = (torch.randn(2, 4, 16, 32, generator=g).to(dt) for _ in range(3))
+        for label, mask in (("full", torch.ones(1, 1, 16, 16)), ("causal", torch.ones(1, 1, 16, 16).tril())):
+            add("attention", name, _diff(orig_defaults.attention_fn_default(q, k, v, mask),
+                                         defaults.attention_fn_default(q, k, v, mask)), f"{label} mask")
+
+    # GLM-130B attention runs in fp16 only (it casts probabilities to half).
+    q, k, v = (torch.randn(16, 2, 4, 32, generator=g).half() for _ in range(3))
+    mask = torch.ones(16, 16, dtype=torch.bool).triu(1)[None, None].expand(2, 1, 16, 16)
+    want = orig_glm.SelfAttentionWithFP32SoftmaxMixin(128, 4, 1)
+    got = glm130b.SelfAttentionWithFP32SoftmaxMixin(128, 4, 1)
+    with _cuda_current_device_on_cpu():  # the original allocates its scores on torch.cuda.current_device()
+        a = want.attention_fn(q, k, v, mask, output_this_layer={}, layer_id=0)
+    b = got.attention_fn(q, k, v, mask, output_this_layer={}, layer_id=0)
+    add("scaled_masked_softmax", "fp16", _diff(a, b), "GLM-130B attention_fn (bmm + masked softmax)")
+    return results
+
+
+class _cuda_current_device_on_cpu:
+    """On a machine without CUDA, let the *original* code's torch.cuda.current_device() mean the CPU."""
+
+    def __enter__(self):
+        self.saved = torch.cuda.current_device
+        if not torch.cuda.is_available():
+            torch.cuda.current_device = lambda: torch.device("cpu")
+
+    def __exit__(self, *exc):
+        torch.cuda.current_device = self.saved
+
+
+def build_tiny_chatglm(seed: int = 1234):
+    import argparse as ap
+
+    from sat import get_args
+    from sat.model.official.chatglm_model import ChatGLMModel
+
+    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(var, default)
+    parser = ap.ArgumentParser()
+    ChatGLMModel.add_model_specific_args(parser)
+    args = get_args(["--mode", "inference", "--distributed-backend", "gloo", *model_args(seed)], parser)
+    torch.manual_seed(seed)
+    return ChatGLMModel(args).float()
+
+
+def model_run(steps: int = 20, seed: int = 1234) -> dict:
+    from porter_sat.smoke import lm_loss
+
+    model = build_tiny_chatglm(seed)
+    batch = torch.stack([sample(i) for i in range(4)])
+    model.train()
+    logits = model(input_ids=batch)[0]
+    loss = lm_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(steps):
+        batch = torch.stack([sample(100 + step * 4 + i) for i in range(4)])
+        loss = lm_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return {"logits": logits.detach(), "grads": grads, "losses": losses}
+
+
+def compare_model_runs(original: dict, patched: dict) -> list[dict]:
+    """logits <= 1e-5 max abs diff, gradients likewise, and each loss within 1e-5 relative."""
+    rows = [{"what": "logits", "max_abs_diff": _diff(original["logits"], patched["logits"]), "tolerance": 1e-5}]
+    grad_diff = max(_diff(original["grads"][n], patched["grads"][n]) for n in original["grads"])
+    assert set(original["grads"]) == set(patched["grads"])
+    rows.append({"what": f"gradients ({len(original['grads'])} tensors)", "max_abs_diff": grad_diff, "tolerance": 1e-5})
+    rel = max(abs(a - b) / abs(a) for a, b in zip(original["losses"], patched["losses"]))
+    rows.append({"what": f"loss curve ({len(original['losses'])} steps)", "max_rel_diff": rel, "tolerance": 1e-5})
+    for row in rows:
+        row["ok"] = row.get("max_abs_diff", row.get("max_rel_diff")) <= row["tolerance"]
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="patched vs original SAT numbers")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("ops")
+    p.add_argument("--originals", type=Path, required=True)
+    p = sub.add_parser("model")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.mode == "ops":
+        print("PORTER-PARITY " + json.dumps(op_parity(args.originals)), flush=True)
+    else:
+        torch.save(model_run(args.steps), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
