@@ -34,6 +34,7 @@ examples:
   porter patch sat --verify           patch the installed SwissArmyTransformer and prove the result
   porter status                       clean / patched / drifted / interrupted, per target
   porter revert                       put every byte back
+  porter scan sat                     CUDA-only sites no rule covers, by file:line
   porter rules sat                    the rule catalogue with why / how / upstream / removal
   porter plugins                      installed plugins and what each registers
 """
@@ -91,6 +92,17 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                                    "interpreter; the rules are a fixpoint; then the target plugin's checks.",
                        epilog="examples:\n  porter verify sat\n  porter verify sat --json\n\n" + EXIT_CODES)
     p.add_argument("target")
+    p.add_argument("--json", action="store_true")
+    _site_packages_arg(p)
+
+    p = sub.add_parser("scan", help="CUDA-only sites the rules leave, by file:line", formatter_class=_Formatter,
+                       description="Run the rules in memory, then list every CUDA-only site left in the target's\n"
+                                   "package (torch.cuda.*, .cuda(), 'nccl', cudnn flags, @torch.jit.script,\n"
+                                   "unguarded CUDA-only imports, pin_memory=True). Sites the plugin leaves on\n"
+                                   "purpose are counted apart, with the plugin's reason (--all lists them).",
+                       epilog="examples:\n  porter scan sat\n  porter scan sat --all\n  porter scan sat --json\n")
+    p.add_argument("target")
+    p.add_argument("--all", action="store_true", help="also list the sites the plugin leaves on purpose")
     p.add_argument("--json", action="store_true")
     _site_packages_arg(p)
 
@@ -234,6 +246,26 @@ def cmd_verify(args, registry, con: Console) -> int:
     return _run_verify(locate(registry.target(args.target), args.site_packages), registry, con, args.json)
 
 
+def cmd_scan(args, registry, con: Console) -> int:
+    from .scan import scan
+
+    installed = locate(registry.target(args.target), args.site_packages)
+    sites = scan(installed, registry.rules_for(installed.name), progress=con.note)
+    open_sites = [s for s in sites if not s.exempt]
+    if args.json:
+        con.print(json.dumps({"open": [s.to_json() for s in open_sites],
+                              "exempt": [s.to_json() for s in sites if s.exempt]}, indent=2))
+        return EXIT_OK
+    shown = sites if args.all else open_sites
+    if shown:
+        rows = [(f"{s.path}:{s.line}", s.scope, s.kind, s.code if not s.exempt else f"{s.code}  [{s.exempt}]")
+                for s in shown]
+        con.print(con.table(("site", "in", "kind", "code"), rows))
+    con.print(f"{installed.name} {installed.version}: {len(open_sites)} CUDA-only site(s) not covered by a rule, "
+              f"{len(sites) - len(open_sites)} left on purpose" + ("" if args.all else " (--all lists them)"))
+    return EXIT_OK
+
+
 def cmd_rules(args, registry, con: Console) -> int:
     registry.target(args.target)
     rules = registry.rules_for(args.target)
@@ -272,7 +304,7 @@ def cmd_plugins(args, registry, con: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
+COMMANDS = {"scan": cmd_scan, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
             "rules": cmd_rules, "plugins": cmd_plugins}
 
 

@@ -32,17 +32,25 @@ class FileRewrite:
         return sorted({m.rule_id for m in self.matches})
 
 
-def apply_rule(rule: Rule, path: str, text: str) -> tuple[str, list[Match]]:
-    """Apply one rule to ``text`` (the contents of ``path``); return the new text and its matches."""
-    if isinstance(rule.rewrite, TextRewrite):
-        return rule.rewrite.rewrite(text, rule.id, path)
+def _parse(path: str, text: str, rule_id: str) -> MetadataWrapper:
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
-        raise PlanError(f"{path}:{exc.raw_line}: cannot parse ({exc.message}); rule {rule.id} not applied") from None
+        raise PlanError(f"{path}:{exc.raw_line}: cannot parse ({exc.message}); rule {rule_id} not applied") from None
+    return MetadataWrapper(module, unsafe_skip_copy=True)
+
+
+def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None) -> tuple[str, list[Match]]:
+    """Apply one rule to ``text`` (the contents of ``path``); return the new text and its matches.
+
+    ``parsed`` is ``text`` already parsed: several rules over the same text share one parse and one
+    position-metadata pass (CST nodes are immutable, so a transform never disturbs the shared tree).
+    """
+    if isinstance(rule.rewrite, TextRewrite):
+        return rule.rewrite.rewrite(text, rule.id, path)
+    wrapper = parsed or _parse(path, text, rule.id)
     transformer = rule.rewrite(rule.id, path)
-    new_module = MetadataWrapper(module, unsafe_skip_copy=True).visit(transformer)
-    return new_module.code, transformer.matches
+    return wrapper.visit(transformer).code, transformer.matches
 
 
 def order_rules(rules: Sequence[Rule]) -> list[Rule]:
@@ -93,9 +101,9 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     """
     ordered = order_rules(list(rules))
     related = _ordered_pairs(ordered)
-    solo: dict[str, list[Match]] = {}
-    for rule in ordered:
-        solo[rule.id] = apply_rule(rule, path, text)[1]
+    parsed = _parse(path, text, ordered[0].id) if ordered and path.endswith(".py") else None
+    solo_runs = {rule.id: apply_rule(rule, path, text, parsed) for rule in ordered}
+    solo = {rid: found for rid, (_, found) in solo_runs.items()}
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
             if frozenset((a.id, b.id)) in related:
@@ -112,7 +120,12 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     matches: list[Match] = []
     for rule in ordered:
         rule_input = current
-        current, found = apply_rule(rule, path, current)
+        if current == text:
+            current, found = solo_runs[rule.id]  # same input as its solo run
+        elif not solo[rule.id] and not rule.after:
+            found = []  # independent of the others and matched nothing in the original: still nothing
+        else:
+            current, found = apply_rule(rule, path, current)
         if enforce_required and rule.required and not found:
             raise PlanError(
                 f"required rule {rule.id} matched nothing in {path}",

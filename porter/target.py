@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -23,6 +23,9 @@ class Target:
     package: str  # its top-level package directory in site-packages: "sat"
     versions: str = ""  # PEP 440 specifiers of the versions the plugin supports; "" means any
     description: str = ""
+    # CUDA-only sites the plugin leaves on purpose, for `porter scan`: fnmatch pattern over
+    # "path::qualified.function" -> why it is left (not reached by the supported models, guarded, ...)
+    scan_exempt: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def key(self) -> str:
