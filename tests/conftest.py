@@ -67,3 +67,17 @@ def fake_npu(monkeypatch):
     ops.reset_counts()
     yield fake.install(monkeypatch)
     device.reset()
+
+
+@pytest.fixture(scope="session")
+def sat_patched(sat_pristine, tmp_path_factory) -> Path:
+    """A copy of the real installed SAT, patched once with the whole catalogue. Read-only for tests."""
+    import shutil
+
+    from porter.testing import run_porter
+
+    dest = tmp_path_factory.mktemp("sat-patched") / "site-packages"
+    shutil.copytree(sat_pristine, dest)
+    r = run_porter("patch", "sat", "--site-packages", str(dest))
+    assert r.returncode == 0, r.stderr
+    return dest
