@@ -98,7 +98,7 @@ class _cuda_current_device_on_cpu:
         torch.cuda.current_device = self.saved
 
 
-def build_tiny_chatglm(seed: int = 1234):
+def build_tiny_chatglm(seed: int = 1234, hidden: int = 64, heads: int = 4):
     import argparse as ap
 
     from sat import get_args
@@ -108,7 +108,8 @@ def build_tiny_chatglm(seed: int = 1234):
         os.environ.setdefault(var, default)
     parser = ap.ArgumentParser()
     ChatGLMModel.add_model_specific_args(parser)
-    args = get_args(["--mode", "inference", "--distributed-backend", "gloo", *model_args(seed)], parser)
+    sizes = ["--hidden-size", str(hidden), "--num-attention-heads", str(heads), "--inner-hidden-size", str(2 * hidden)]
+    args = get_args(["--mode", "inference", "--distributed-backend", "gloo", *model_args(seed), *sizes], parser)
     torch.manual_seed(seed)
     return ChatGLMModel(args).float()
 
