@@ -93,7 +93,8 @@ def test_porter_plugins_lists_what_each_registers(porter_env):
     r = run_porter("plugins", env=porter_env)
     assert r.returncode == 0
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
-    assert "rules: sat.imports.wandb" in lines["sat"]
+    assert "targets: sat; rules: sat.compat.unwrapped-optimizer" in lines["sat"] and "sat.imports.wandb" in lines["sat"]
+    assert "checks: sat.parity.model, sat.parity.ops, sat.smoke" in lines["sat"]
     assert "targets: toylib; rules: toylib.backend, toylib.config, toylib.sync" in lines["fixture_plugin"]
 
 
