@@ -18,10 +18,10 @@ def test_every_rule_matches_the_installed_sat():
 
 
 def test_patch_verify_revert_round_trip_on_a_copy_of_sat(sat_site):
-    before = tree_digest(sat_site)
+    before, package_before = tree_digest(sat_site), tree_digest(sat_site / "sat")
     r = run_porter("patch", "sat", "--site-packages", str(sat_site))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert tree_digest(sat_site / "sat") != before
+    assert tree_digest(sat_site / "sat") != package_before
     once = tree_digest(sat_site / "sat")
     r = run_porter("patch", "sat", "--site-packages", str(sat_site))
     assert r.returncode == 0 and "already patched" in r.stdout
