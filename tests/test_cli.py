@@ -45,3 +45,12 @@ def test_rules_lists_docs(porter_env):
     r = run_porter("rules", "toylib", env=porter_env)
     assert r.returncode == 0
     assert r.stdout.count("why:") == 3 and "3 rules for toylib" in r.stdout
+
+
+def test_docs_rule_catalogue_is_current():
+    from pathlib import Path
+
+    page = Path(__file__).parents[1] / "docs" / "sat-rules.md"
+    r = run_porter("rules", "sat", "--markdown")
+    assert r.returncode == 0
+    assert page.read_text() == r.stdout, "regenerate: porter rules sat --markdown > docs/sat-rules.md"
