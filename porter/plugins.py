@@ -205,4 +205,10 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
             if items:
                 info.registered[kind] = sorted(items)
         registry.plugins.append(info)
+    if registry.items["devices"]:
+        # Plugin devices join the runtime's selection in this process (and in workers porter starts).
+        from .runtime import device
+
+        for device_class in registry.items["devices"].values():
+            device.register(device_class)
     return registry

@@ -111,3 +111,21 @@ def test_plugin_commands_are_added_to_the_cli(tmp_path):
     """)
     r = run_porter("--plugin", plugin, "hello", "--name", "npu")
     assert r.returncode == 0 and r.stdout.strip() == "hello npu, 1 targets"
+
+
+def test_plugin_devices_reach_the_runtime(tmp_path, monkeypatch):
+    from porter.runtime import device
+
+    monkeypatch.setattr(device, "_extra", {})
+    plugin = write_plugin(tmp_path, "toydev", """
+        from porter.runtime.device import CPU
+        class ToyDevice(CPU):
+            name = "toy"
+        @porter.hookimpl
+        def porter_register_devices(register):
+            register(ToyDevice)
+    """)
+    registry = plugins.load(extra=[plugin])
+    assert "toy" in registry.devices and "toy" in device.known()
+    assert device.select("toy").name == "toy"
+    device.reset()

@@ -49,12 +49,17 @@ def op_parity(originals: Path, dtypes=("fp32", "bf16")) -> list[dict]:
     orig_rotary = load_original(originals, "sat/model/position_embedding/rotary_embeddings.py", "porter_original_rotary")
     orig_defaults = load_original(originals, "sat/transformer_defaults.py", "porter_original_defaults")
     orig_glm = load_original(originals, "sat/model/official/glm130B_model.py", "porter_original_glm130b")
+    from porter.runtime import ops
+
     results = []
 
     def add(op, dtype, diff, detail=""):
+        ran = ", ".join(sorted(ops.counts))  # which implementation(s) the patched code reached
+        ops.reset_counts()
         results.append({"op": op, "dtype": dtype, "max_abs_diff": diff, "tolerance": TOLERANCES[dtype],
-                        "ok": diff <= TOLERANCES[dtype], "detail": detail})
+                        "ok": diff <= TOLERANCES[dtype], "detail": "; ".join(x for x in (detail, f"ran {ran}" if ran else "") if x)})
 
+    ops.reset_counts()
     g = torch.Generator().manual_seed(0)
     for name in dtypes:
         dt = DTYPES[name]
