@@ -1,0 +1,1 @@
+"""porter_visualglm: the VisualGLM-6B model plugin (model, tokenizer, data, checkpoints, recipes)."""

@@ -1,0 +1,223 @@
+"""VisualGLM training and evaluation data: few-shot JSON and COCO 2017 captions.
+
+Both formats become :class:`Record` (image path, prompt, answer). A bad record is an error naming the file
+and the record, unless ``skip_bad``, which skips it and counts it. ``auto`` picks the format from the
+folder's structure, never from a word in its path.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from porter.errors import PorterError
+
+from . import tokenizer as tok
+from .images import ImageError, load_image
+
+PROMPT_EN = "What's in the image?"
+PROMPT_ZH = "图片里有什么？"
+FORMATS = ("fewshot", "coco", "auto")
+
+
+class DataError(PorterError):
+    """Bad input data; the message names the file and the record."""
+
+
+@dataclass(frozen=True)
+class Record:
+    image: Path
+    prompt: str
+    answer: str
+    source: str  # "file:record" for error messages
+
+
+@dataclass
+class Loaded:
+    records: list[Record]
+    skipped: list[str] = field(default_factory=list)  # why each skipped record was skipped
+    format: str = ""
+
+
+def _problem(problems: list[str], skip_bad: bool, message: str) -> None:
+    if not skip_bad:
+        raise DataError(message, hint="--skip-bad skips such records and reports how many")
+    problems.append(message)
+
+
+def read_fewshot(path: Path, skip_bad: bool = False) -> Loaded:
+    """A JSON list of {"img", "prompt", "label"}; image paths relative to the JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {{img, prompt, label}} records, got {type(data).__name__}")
+    loaded, problems = Loaded([], [], "fewshot"), []
+    for n, item in enumerate(data):
+        where = f"{path}: record {n}"
+        if not isinstance(item, dict):
+            _problem(problems, skip_bad, f"{where}: expected an object, got {type(item).__name__}")
+            continue
+        missing = [k for k in ("img", "prompt", "label") if k not in item]
+        if missing:
+            _problem(problems, skip_bad, f"{where}: missing field(s) {', '.join(missing)}")
+            continue
+        if not str(item["label"]).strip():
+            _problem(problems, skip_bad, f"{where}: empty label")
+            continue
+        image = (path.parent / item["img"]).resolve()
+        if not image.is_file():
+            _problem(problems, skip_bad, f"{where}: image {image} not found")
+            continue
+        loaded.records.append(Record(image, str(item["prompt"]), str(item["label"]), where))
+    loaded.skipped = problems
+    return loaded
+
+
+def coco_files(root: Path, split: str = "train") -> tuple[Path, Path]:
+    return root / "annotations" / f"captions_{split}2017.json", root / f"{split}2017"
+
+
+def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_bad: bool = False) -> Loaded:
+    """COCO 2017 captions through pycocotools, each caption paired with its image by ``image_id``."""
+    from pycocotools.coco import COCO
+
+    annotations, images = coco_files(Path(root), split)
+    if not annotations.is_file():
+        raise DataError(f"{annotations}: file not found", hint=f"a COCO root holds annotations/ and {split}2017/")
+    try:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco = COCO(str(annotations))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{annotations}: not a COCO captions file ({exc})") from None
+    loaded, problems = Loaded([], [], "coco"), []
+    for ann_id in sorted(coco.anns):
+        ann = coco.anns[ann_id]
+        where = f"{annotations}: annotation {ann_id}"
+        caption = str(ann.get("caption", "")).strip()
+        if not caption:
+            _problem(problems, skip_bad, f"{where}: empty caption")
+            continue
+        info = coco.imgs.get(ann.get("image_id"))
+        if info is None:
+            _problem(problems, skip_bad, f"{where}: image_id {ann.get('image_id')} is not in the images list")
+            continue
+        image = images / info["file_name"]
+        if not image.is_file():
+            _problem(problems, skip_bad, f"{where}: image {image} not found")
+            continue
+        loaded.records.append(Record(image, prompt, caption, where))
+    loaded.skipped = problems
+    return loaded
+
+
+def detect_format(path: Path) -> str:
+    """'coco' for a folder with annotations/captions_*2017.json, 'fewshot' for a .json file or a folder
+    holding exactly one; decided by structure, not by names in the path."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        return "fewshot"
+    if path.is_dir():
+        if list((path / "annotations").glob("captions_*2017.json")):
+            return "coco"
+        jsons = sorted(path.glob("*.json"))
+        if len(jsons) == 1:
+            return "fewshot"
+        raise DataError(f"{path}: cannot tell the data format: no annotations/captions_*2017.json, and "
+                        f"{len(jsons)} .json files at the top", hint="pass --data-format fewshot|coco")
+    raise DataError(f"{path}: no such file or folder")
+
+
+def load_records(path: Path, data_format: str = "auto", split: str = "train", prompt: str = PROMPT_EN,
+                 skip_bad: bool = False) -> Loaded:
+    path = Path(path)
+    if data_format not in FORMATS:
+        raise DataError(f"--data-format {data_format!r}: expected one of {', '.join(FORMATS)}")
+    fmt = detect_format(path) if data_format == "auto" else data_format
+    if fmt == "coco":
+        return read_coco(path, split, prompt, skip_bad)
+    if path.is_dir():
+        candidates = [path / f"{split}.json"] if (path / f"{split}.json").exists() else sorted(path.glob("*.json"))
+        if len(candidates) != 1:
+            raise DataError(f"{path}: expected {split}.json or a single .json file")
+        path = candidates[0]
+    return read_fewshot(path, skip_bad)
+
+
+def build_prompt(prompt: str) -> tuple[str, str]:
+    """The text before and after the image: ``<img>`` + image + ``</img>问：{prompt}\\n答：``."""
+    return "<img>", f"</img>问：{prompt}\n答："
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    pre_image: int
+
+
+def encode_example(tokenizer, image_length: int, prompt: str, answer: str | None, max_source: int = 64,
+                   max_target: int = 64) -> Example:
+    """Token ids for one sample: ``<img>`` pads ``</img>问：...答：`` [gMASK] <sop> answer <eop>.
+
+    Labels are -100 everywhere but on the answer (and its <eop>), as VisualGLM is fine-tuned.
+    """
+    before, after = build_prompt(prompt)
+    head = tokenizer.encode(before)
+    source = head + [tok.PAD] * image_length + tokenizer.encode(after)[: max_source]
+    source = source + [tok.GMASK, tok.BOS]
+    if answer is None:
+        return Example(source, [-100] * len(source), len(head))
+    target = tokenizer.encode(answer)[: max_target - 1] + [tok.EOS]
+    ids = source + target
+    labels = [-100] * (len(source) - 1) + [tok.BOS] + target  # labels[i] is the token at i (shifted in the loss)
+    labels = [-100] * len(source) + target
+    return Example(ids, labels, len(head))
+
+
+class VisualGLMDataset(torch.utils.data.Dataset):
+    """Records as model inputs: input_ids, labels (both padded to the longest), image tensor, pre_image."""
+
+    def __init__(self, records: list[Record], tokenizer, image_size: int, image_length: int, skip_bad: bool = False):
+        self.items, self.skipped = [], []
+        for record in records:
+            try:
+                image = load_image(record.image, image_size)
+            except ImageError as exc:
+                if not skip_bad:
+                    raise DataError(f"{record.source}: {exc}", hint="--skip-bad skips such records") from None
+                self.skipped.append(f"{record.source}: {exc}")
+                continue
+            self.items.append((encode_example(tokenizer, image_length, record.prompt, record.answer), image))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        example, image = self.items[index]
+        return {"input_ids": example.input_ids, "labels": example.labels, "image": image,
+                "pre_image": example.pre_image}
+
+
+def collate(batch: list[dict]) -> dict:
+    """Pad on the right with pad id 3 (labels with -100); every sample has its image at the same offset."""
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), tok.PAD, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, b in enumerate(batch):
+        ids[row, : len(b["input_ids"])] = torch.tensor(b["input_ids"])
+        labels[row, : len(b["labels"])] = torch.tensor(b["labels"])
+    pre = {b["pre_image"] for b in batch}
+    if len(pre) != 1:
+        raise ValueError(f"samples in one batch place the image at different offsets: {sorted(pre)}")
+    return {"input_ids": ids, "labels": labels, "image": torch.stack([b["image"] for b in batch]),
+            "pre_image": pre.pop()}

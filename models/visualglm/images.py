@@ -1,0 +1,36 @@
+"""BLIP-2's evaluation preprocessing on Pillow + torch: bicubic resize to a square, CLIP mean and std."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """``path`` as a normalised float tensor [3, size, size]."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"{path}: unreadable image ({exc})") from None
+    return to_tensor(image)
+
+
+def to_tensor(image) -> torch.Tensor:
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    pixels = data.view(image.size[1], image.size[0], 3).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (pixels - mean) / std

@@ -1,0 +1,203 @@
+"""VisualGLM on SAT 0.4.12: EVA ViT -> Q-Former -> projection -> ChatGLM, image features spliced over the pad
+positions after ``<img>`` through SAT's ``word_embedding_forward`` hook.
+
+Module and parameter names follow the released VisualGLM-6B checkpoint (``mixins.eva.model.vit...``,
+``...qformer...``, ``...glm_proj``), so its weights load as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from .config import VisualGLMConfig
+
+FINETUNE_MODES = ("lora", "ptuning", "full")
+
+
+def _sat():
+    """SAT imports, deferred: listing plugins or reading a config must not import SAT (and DeepSpeed)."""
+    from sat.model import BaseMixin, BaseModel, ViTModel
+    from sat.model.official import ChatGLMModel
+
+    return BaseMixin, BaseModel, ViTModel, ChatGLMModel
+
+
+_classes: dict[str, type] = {}
+
+
+def classes() -> dict[str, type]:
+    """The model classes, defined on first use (they subclass SAT's)."""
+    if _classes:
+        return _classes
+    BaseMixin, BaseModel, ViTModel, ChatGLMModel = _sat()
+
+    class VisionFinalNorm(BaseMixin):
+        """EVA ends in a LayerNorm over every position instead of ViT's classifier."""
+
+        def __init__(self, hidden_size, eps=1e-6):
+            super().__init__()
+            self.ln_vision = nn.LayerNorm(hidden_size, eps=eps)
+
+        def final_forward(self, logits, **kw_args):
+            return self.ln_vision(logits)
+
+    class EVAViT(ViTModel):
+        def __init__(self, args, transformer=None, **kwargs):
+            super().__init__(args, transformer=transformer, **kwargs)
+            self.del_mixin("cls")
+            self.add_mixin("cls", VisionFinalNorm(args.hidden_size))
+
+        def forward(self, image):
+            batch = image.size(0)
+            input_ids = torch.zeros(batch, 1, dtype=torch.long, device=image.device)
+            full = torch.ones(1, 1, dtype=image.dtype, device=image.device)
+            return super().forward(input_ids=input_ids, position_ids=None, attention_mask=full, image=image)
+
+    class QFormer(BaseModel):
+        """Learnt query tokens (the word embeddings of ids 0..n-1) cross-attending to the ViT output."""
+
+        def __init__(self, args, transformer=None, **kwargs):
+            super().__init__(args, transformer=transformer, activation_func=nn.functional.gelu, **kwargs)
+            self.transformer.position_embeddings = None
+            self.queries = args.vocab_size
+
+        def final_forward(self, logits, **kw_args):
+            return logits
+
+        def position_embedding_forward(self, position_ids, **kw_args):
+            return None
+
+        def forward(self, encoder_outputs):
+            batch, device, dtype = encoder_outputs.size(0), encoder_outputs.device, encoder_outputs.dtype
+            input_ids = torch.arange(self.queries, dtype=torch.long, device=device).unsqueeze(0).expand(batch, -1)
+            full = torch.ones(1, 1, dtype=dtype, device=device)
+            return super().forward(input_ids=input_ids, position_ids=None, attention_mask=full,
+                                   encoder_outputs=encoder_outputs, cross_attention_mask=full)
+
+    class ImageEncoder(nn.Module):
+        def __init__(self, eva_args: dict, qformer_args: dict, lm_hidden: int):
+            super().__init__()
+            self.vit = EVAViT(EVAViT.get_args(**eva_args))
+            self.qformer = QFormer(QFormer.get_args(**qformer_args))
+            self.glm_proj = nn.Linear(qformer_args["hidden_size"], lm_hidden)
+
+        def forward(self, image, **kwargs):
+            return self.glm_proj(self.qformer(self.vit(image)[0])[0])
+
+    class ImageMixin(BaseMixin):
+        def __init__(self, args):
+            super().__init__()
+            self.image_length = args.image_length
+            self.model = ImageEncoder(args.eva_args, args.qformer_args, args.hidden_size)
+
+        def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
+            image, pre = kw_args.get("image"), kw_args.get("pre_image")
+            if image is None or pre is None or int(pre) + self.image_length > input_ids.shape[1]:
+                return self.transformer.word_embeddings(input_ids)
+            pre = int(pre)
+            features = self.model(image).to(self.transformer.word_embeddings.weight.dtype)
+            before, _pads, after = torch.tensor_split(input_ids, [pre, pre + self.image_length], dim=1)
+            return torch.cat([self.transformer.word_embeddings(before), features,
+                              self.transformer.word_embeddings(after)], dim=1)
+
+    class VisualGLMModel(ChatGLMModel):
+        def __init__(self, args, transformer=None, **kwargs):
+            super().__init__(args, transformer=transformer, **kwargs)
+            self.image_length = args.image_length
+            self.add_mixin("eva", ImageMixin(args))
+
+        @classmethod
+        def add_model_specific_args(cls, parser):
+            group = parser.add_argument_group("VisualGLM", "VisualGLM configuration")
+            group.add_argument("--image_length", type=int, default=32)
+            group.add_argument("--eva_args", type=json.loads, default={})
+            group.add_argument("--qformer_args", type=json.loads, default={})
+            return super().add_model_specific_args(parser)
+
+    _classes.update(VisionFinalNorm=VisionFinalNorm, EVAViT=EVAViT, QFormer=QFormer, ImageEncoder=ImageEncoder,
+                    ImageMixin=ImageMixin, VisualGLMModel=VisualGLMModel)
+    return _classes
+
+
+class _OnMeta(TorchFunctionMode):
+    """Create every tensor on the meta device, even where SAT passes device='cpu' explicitly."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if "device" in kwargs or getattr(func, "__name__", "") in ("empty", "zeros", "ones", "rand", "randn", "full"):
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def sat_namespace(config: VisualGLMConfig, **extra) -> argparse.Namespace:
+    """The argparse namespace SAT's model classes read, for this configuration."""
+    cls = classes()["VisualGLMModel"]
+    values = {**config.sat_args(), "skip_init": False, "hidden_dropout": 0.0, "attention_dropout": 0.0, **extra}
+    values.pop("model_class", None)
+    values.pop("tokenizer_type", None)
+    return cls.get_args(**values)
+
+
+def build_model(config: VisualGLMConfig, *, finetune: str | None = None, lora_rank: int = 10,
+                lora_layers: list[int] | None = None, pre_seq_len: int = 8, meta: bool = False, seed: int = 1234):
+    """A VisualGLM model with random weights (load a checkpoint into it for real ones).
+
+    ``finetune`` adds SAT's LoRA mixin (rank ``lora_rank`` on ``lora_layers``, default all), SAT's P-tuning v2
+    mixin, or nothing (``full``), and leaves only those parameters trainable. ``meta`` builds on the meta
+    device: shapes and counts without memory.
+    """
+    if finetune not in (None, *FINETUNE_MODES):
+        raise ValueError(f"finetune must be one of {FINETUNE_MODES}, not {finetune!r}")
+    args = sat_namespace(config, skip_init=meta, seed=seed)
+    torch.manual_seed(seed)
+    with (_OnMeta() if meta else contextlib.nullcontext()):
+        model = classes()["VisualGLMModel"](args)
+        if finetune == "lora":
+            from sat.model.finetune.lora2 import LoraMixin
+
+            model.add_mixin("lora", LoraMixin(config.lm.layers, lora_rank, layer_range=lora_layers), reinit=True)
+        elif finetune == "ptuning":
+            from sat.model.finetune import PTuningV2Mixin
+
+            head = config.lm.hidden // config.lm.heads
+            model.add_mixin("ptuning", PTuningV2Mixin(config.lm.layers, head, config.lm.heads, pre_seq_len))
+    if finetune is not None:
+        set_trainable(model, finetune)
+    model.porter_config = config
+    return model
+
+
+def set_trainable(model, finetune: str) -> list[str]:
+    """Only the fine-tuned parameters keep requires_grad; returns their names."""
+    keys = {"lora": ("matrix_A", "matrix_B"), "ptuning": ("ptuning",), "full": ("",)}[finetune]
+    trainable = []
+    for name, param in model.named_parameters():
+        on = any(k in name for k in keys)
+        param.requires_grad_(on)
+        if on:
+            trainable.append(name)
+    return trainable
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters per part: vision, qformer, projection, language model, adapters."""
+    counts = {"vision": 0, "qformer": 0, "projection": 0, "language": 0, "adapters": 0}
+    for name, param in model.named_parameters():
+        if "matrix_A" in name or "matrix_B" in name or "ptuning" in name:
+            part = "adapters"
+        elif ".vit." in name:
+            part = "vision"
+        elif ".qformer." in name:
+            part = "qformer"
+        elif "glm_proj" in name:
+            part = "projection"
+        else:
+            part = "language"
+        counts[part] += param.numel()
+    counts["total"] = sum(counts.values())
+    return counts
