@@ -114,6 +114,15 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--markdown", action="store_true", help="the catalogue as a Markdown page")
 
+    p = sub.add_parser("run", help="run a model's recipe (train, infer)", formatter_class=_Formatter,
+                       description="Run a recipe a model plugin registers. Everything after RECIPE goes to the\n"
+                                   "recipe; `porter run MODEL RECIPE --help` lists its options.",
+                       epilog="examples:\n  porter run visualglm infer --image cat.png --prompt \"What's in the image?\" --english\n"
+                              "  porter run visualglm train --npus 8\n  porter run visualglm        (lists its recipes)\n")
+    p.add_argument("model", nargs="?", help="a registered model (default: list them)")
+    p.add_argument("recipe", nargs="?", help="one of the model's recipes (default: list them)")
+    p.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     p = sub.add_parser("plugins", help="installed plugins and what each registers", formatter_class=_Formatter,
                        epilog="examples:\n  porter plugins\n  PORTER_DISABLE_PLUGINS=visualglm porter plugins\n")
     p.add_argument("--json", action="store_true")
@@ -310,6 +319,23 @@ def cmd_rules(args, registry, con: Console) -> int:
     return EXIT_OK
 
 
+def cmd_run(args, registry, con: Console) -> int:
+    from .recipes import find_recipe, recipe_parser
+
+    if args.model is None:
+        rows = [(m.name, ", ".join(sorted(r.name for r in registry.recipes.values() if r.model == m.name)),
+                 m.description) for m in registry.models.values()]
+        con.print(con.table(("model", "recipes", "description"), rows) if rows else "no model plugins installed")
+        return EXIT_OK
+    recipe = find_recipe(registry, args.model, args.recipe)
+    if recipe is None:
+        rows = [(r.name, r.description) for r in registry.recipes.values() if r.model == args.model]
+        con.print(con.table(("recipe", "description"), rows))
+        return EXIT_OK
+    parsed = recipe_parser(recipe).parse_args(args.recipe_args)
+    return recipe.run(parsed)
+
+
 def cmd_plugins(args, registry, con: Console) -> int:
     if args.json:
         con.print(json.dumps([{"name": p.name, "version": p.version, "source": p.source,
@@ -323,7 +349,7 @@ def cmd_plugins(args, registry, con: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
+COMMANDS = {"run": cmd_run, "scan": cmd_scan, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
             "rules": cmd_rules, "plugins": cmd_plugins}
 
 

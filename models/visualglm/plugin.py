@@ -1,1 +1,38 @@
-"""Entry point of the VisualGLM model plugin."""
+"""Entry point of the VisualGLM model plugin: the model, its data formats and its recipes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import porter
+from porter.recipes import DatasetFormat, Model, Recipe
+
+from . import infer
+
+
+def _detect(fmt: str):
+    def detect(path) -> bool:
+        from .data import DataError, detect_format
+
+        try:
+            return detect_format(Path(path)) == fmt
+        except DataError:
+            return False
+    return detect
+
+
+@porter.hookimpl
+def porter_register_models(register):
+    register(Model("visualglm", "VisualGLM-6B: EVA ViT + BLIP-2 Q-Former + ChatGLM-6B, on SAT",
+                   presets=("visualglm-6b", "tiny")))
+
+
+@porter.hookimpl
+def porter_register_datasets(register):
+    register(DatasetFormat("fewshot", "visualglm", "a JSON list of {img, prompt, label}", _detect("fewshot")))
+    register(DatasetFormat("coco", "visualglm", "COCO 2017 captions (annotations/ + train2017/)", _detect("coco")))
+
+
+@porter.hookimpl
+def porter_register_recipes(register):
+    register(Recipe("visualglm", "infer", "answer a question about an image, streamed token by token",
+                    infer.add_arguments, infer.run, epilog=infer.EPILOG))

@@ -87,10 +87,21 @@ class ChatGLMTokenizer:
             if i in self._special_by_id:
                 flush()
                 pieces.append(self._special_by_id[i])
-            elif i >= IMAGE_TOKENS:
+            elif IMAGE_TOKENS <= i < IMAGE_TOKENS + self.sp.GetPieceSize():
                 text_ids.append(i - IMAGE_TOKENS)
         flush()
         return denormalise("".join(pieces))
+
+    def sampleable(self, vocab_size: int) -> "torch.Tensor":
+        """A bool mask over the model's vocabulary: the ids this tokenizer can decode as text, and <eop>."""
+        import torch
+
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[IMAGE_TOKENS: min(vocab_size, IMAGE_TOKENS + self.sp.GetPieceSize())] = True
+        for special in SPECIAL.values():
+            mask[special] = False
+        mask[EOS] = True
+        return mask
 
     def prompt_ids(self, text: str) -> list[int]:
         """A generation prompt as ChatGLM-6B builds it: the text, then [gMASK] <sop>."""

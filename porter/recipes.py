@@ -1,0 +1,66 @@
+"""What `porter run MODEL RECIPE` finds: models, their data formats and their recipes, as plugins register them."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str  # what users type: `porter run visualglm ...`
+    description: str
+    presets: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str  # --data-format value
+    model: str
+    description: str
+    detect: Callable[[object], bool] = field(default=lambda path: False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    name: str  # `porter run MODEL NAME`
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] = field(compare=False)
+    run: Callable[[argparse.Namespace], int] = field(compare=False)
+    epilog: str = ""  # examples for --help
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}.{self.name}"
+
+
+def find_recipe(registry, model: str, name: str | None) -> Recipe | None:
+    if model not in registry.models:
+        known = ", ".join(sorted(registry.models)) or "none"
+        raise NotFoundError(f"unknown model {model!r} (known: {known})",
+                            hint="`porter plugins` shows what each plugin registers")
+    if name is None:
+        return None
+    recipe = registry.recipes.get(f"{model}.{name}")
+    if recipe is None:
+        known = ", ".join(sorted(r.name for r in registry.recipes.values() if r.model == model)) or "none"
+        raise NotFoundError(f"model {model!r} has no recipe {name!r} (recipes: {known})")
+    return recipe
+
+
+def recipe_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"porter run {recipe.model} {recipe.name}", description=recipe.description,
+                                     epilog=recipe.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipe.add_arguments(parser)
+    return parser

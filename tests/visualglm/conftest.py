@@ -1,0 +1,20 @@
+import pytest
+
+# SAT's logger keeps the stderr it sees at import. Import it here, at collection, so that is the session's
+# stream and not the capsys stream of whichever test first builds a model (closed after that test).
+import sat  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from porter_visualglm.tiny_tokenizer import tiny_tokenizer_dir
+    from porter_visualglm.tokenizer import ChatGLMTokenizer
+
+    return ChatGLMTokenizer(tiny_tokenizer_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from porter_visualglm.config import preset
+
+    return preset("tiny")
