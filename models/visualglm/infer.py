@@ -58,6 +58,12 @@ def default_image() -> Path:
 
 def load(args, say=print):
     """(model, tokenizer, config) for the arguments."""
+    import contextlib
+
+    # SAT and DeepSpeed log to stdout through handlers bound at import: import them with stdout pointing at
+    # stderr, so stdout carries the answer alone (and can be piped).
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401
     from .checkpoint import load_model
     from .config import preset
     from .model import build_model

@@ -1,0 +1,150 @@
+"""Few-shot JSON and COCO captions: pairing, auto-detection, every bad-input error, --skip-bad."""
+import json
+import random
+import shutil
+
+import pytest
+from PIL import Image
+
+from porter_visualglm import data
+from porter_visualglm.data import DataError, load_records
+from porter_visualglm.data_paths import SHAPES_DIR
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255),
+           "black": (0, 0, 0), "yellow": (255, 255, 0)}
+
+
+def make_coco(root, shuffle_seed=3):
+    """Images named by number whose pixels are a colour; one caption per image naming that colour."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "train2017").mkdir()
+    images, annotations = [], []
+    for n, (name, rgb) in enumerate(COLOURS.items(), start=1):
+        Image.new("RGB", (8, 8), rgb).save(root / "train2017" / f"{n:012d}.png")
+        images.append({"id": 100 + n, "file_name": f"{n:012d}.png", "width": 8, "height": 8})
+        annotations.append({"id": 500 + n, "image_id": 100 + n, "caption": f"a plain {name} square"})
+    random.Random(shuffle_seed).shuffle(annotations)  # not in image order: pairing by position would be wrong
+    (root / "annotations" / "captions_train2017.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations}))
+    return root
+
+
+def test_coco_pairs_each_caption_with_its_image_by_id(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    loaded = load_records(root, "coco")
+    assert len(loaded.records) == len(COLOURS) and loaded.format == "coco"
+    for record in loaded.records:
+        pixel = Image.open(record.image).getpixel((0, 0))
+        colour = record.answer.split()[2]
+        assert pixel == COLOURS[colour], f"{record.answer} paired with {record.image.name}"
+    # what the old recipe did (captions by list position) pairs most of them wrongly
+    listed = json.loads((root / "annotations/captions_train2017.json").read_text())
+    by_position = zip(listed["images"], listed["annotations"])
+    assert sum(img["id"] != ann["image_id"] for img, ann in by_position) >= 3
+
+
+def test_shipped_data_in_both_formats():
+    fewshot = load_records(SHAPES_DIR / "fewshot" / "train.json")
+    coco = load_records(SHAPES_DIR / "coco")
+    assert fewshot.format == "fewshot" and coco.format == "coco"
+    assert len(fewshot.records) == len(coco.records) == 72  # 36 images, English and Chinese
+    assert {r.prompt for r in fewshot.records} == {data.PROMPT_EN, data.PROMPT_ZH}
+    val = load_records(SHAPES_DIR / "coco", split="val", prompt="图片里有什么？")
+    assert len(val.records) == 36 and val.records[0].prompt == "图片里有什么？"
+
+
+def test_shipped_data_is_what_the_script_builds(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_shapes", SHAPES_DIR.parent / "make_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(tmp_path)
+    shipped = sorted(p.relative_to(SHAPES_DIR) for p in SHAPES_DIR.rglob("*") if p.is_file())
+    rebuilt = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert shipped == rebuilt
+    assert all((SHAPES_DIR / p).read_bytes() == (tmp_path / p).read_bytes() for p in shipped)
+
+
+def test_auto_detects_by_structure_not_by_name(tmp_path):
+    coco = make_coco(tmp_path / "fewshot-looking-name")
+    assert data.detect_format(coco) == "coco"
+    few = tmp_path / "coco-looking-name"
+    few.mkdir()
+    shutil.copy(SHAPES_DIR / "fewshot/train.json", few / "train.json")
+    assert data.detect_format(few) == "fewshot" and data.detect_format(few / "train.json") == "fewshot"
+    (few / "extra.json").write_text("[]")
+    with pytest.raises(DataError, match="cannot tell the data format"):
+        data.detect_format(few)
+
+
+@pytest.fixture
+def fewshot(tmp_path):
+    img = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(img)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG but not really")
+
+    def write(records):
+        path = tmp_path / "data.json"
+        path.write_text(json.dumps(records))
+        return path
+    return write
+
+
+@pytest.mark.parametrize("records, message", [
+    ({"img": "ok.png"}, "expected a JSON list"),
+    ([{"img": "ok.png", "prompt": "q"}], r"record 0: missing field\(s\) label"),
+    ([{"img": "ok.png", "prompt": "q", "label": "fine"}, {"img": "gone.png", "prompt": "q", "label": "a"}],
+     r"record 1: image .*gone\.png not found"),
+    ([{"img": "ok.png", "prompt": "q", "label": "  "}], "record 0: empty label"),
+    (["just a string"], "record 0: expected an object"),
+])
+def test_bad_fewshot_records_name_file_and_record(fewshot, records, message):
+    path = fewshot(records)
+    with pytest.raises(DataError, match=message) as info:
+        load_records(path, "fewshot")
+    assert str(path) in str(info.value)
+
+
+def test_skip_bad_skips_and_counts(fewshot, tiny_tokenizer):
+    path = fewshot([{"img": "ok.png", "prompt": "q", "label": "good"}, {"img": "gone.png", "prompt": "q", "label": "a"},
+                    {"img": "ok.png", "prompt": "q"}, {"img": "broken.png", "prompt": "q", "label": "b"}])
+    loaded = load_records(path, "fewshot", skip_bad=True)
+    assert len(loaded.records) == 2 and len(loaded.skipped) == 2
+    with pytest.raises(DataError, match=r"record 3: .*broken\.png: unreadable image"):
+        data.VisualGLMDataset(loaded.records, tiny_tokenizer, 56, 4)
+    dataset = data.VisualGLMDataset(loaded.records, tiny_tokenizer, 56, 4, skip_bad=True)
+    assert len(dataset) == 1 and len(dataset.skipped) == 1
+
+
+def test_bad_coco_inputs(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    path = root / "annotations/captions_train2017.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][0]["caption"] = ""
+    doc["annotations"][1]["image_id"] = 999
+    touched = {doc["annotations"][0]["image_id"], doc["annotations"][1]["image_id"]}
+    victim = next(img for img in doc["images"] if img["id"] not in touched)
+    (root / "train2017" / victim["file_name"]).unlink()
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"captions_train2017\.json: annotation \d+: "):
+        load_records(root, "coco")
+    loaded = load_records(root, "coco", skip_bad=True)
+    assert len(loaded.records) == len(COLOURS) - 3
+    assert sorted(m.split(": ", 2)[-1].split(" ")[0] for m in loaded.skipped) == ["empty", "image", "image_id"]
+    with pytest.raises(DataError, match="file not found"):
+        load_records(tmp_path / "nothing" / "annotations", "coco")
+
+
+def test_example_layout(tiny_tokenizer):
+    ex = data.encode_example(tiny_tokenizer, 4, "What's in the image?", "a red circle")
+    ids, labels = ex.input_ids, ex.labels
+    assert ids[ex.pre_image:ex.pre_image + 4] == [3, 3, 3, 3]
+    bos = ids.index(130004)
+    assert ids[bos - 1] == 130001 and ids[-1] == 130005
+    assert all(label == -100 for label in labels[:bos + 1])
+    assert labels[bos + 1:] == ids[bos + 1:]
+    assert tiny_tokenizer.decode(ids[bos + 1:-1]) == "a red circle"
+    batch = data.collate([{"input_ids": ids, "labels": labels, "image": __import__("torch").zeros(3, 2, 2),
+                           "pre_image": ex.pre_image}] * 2)
+    assert batch["input_ids"].shape == (2, len(ids)) and batch["pre_image"] == ex.pre_image
