@@ -332,8 +332,42 @@ def cmd_run(args, registry, con: Console) -> int:
         rows = [(r.name, r.description) for r in registry.recipes.values() if r.model == args.model]
         con.print(con.table(("recipe", "description"), rows))
         return EXIT_OK
-    parsed = recipe_parser(recipe).parse_args(args.recipe_args)
-    return recipe.run(parsed)
+    if not recipe.launch:
+        return recipe.run(recipe_parser(recipe).parse_args(args.recipe_args))
+    from .launch import add_launch_arguments, launch, plan_launch
+
+    parser = recipe_parser(recipe)
+    add_launch_arguments(parser)
+    parsed = parser.parse_args(args.recipe_args)  # every option checked here, before any worker starts
+    launch_dests = {a.dest for a in parser._action_groups[-1]._group_actions}
+    recipe_argv = _strip_launch_args(args.recipe_args, parser, launch_dests)
+    plan = plan_launch(parsed, recipe, recipe_argv, registry)
+    for note in plan.notes:
+        con.note(note)
+    if parsed.dry_run:
+        con.print(plan.render())
+        return EXIT_OK
+    con.note("launching: " + plan.render())
+    return launch(plan)
+
+
+def _strip_launch_args(argv, parser, launch_dests) -> list[str]:
+    """The recipe's own arguments: argv without porter's launch options (and their values)."""
+    by_flag = {}
+    for action in parser._actions:
+        for flag in action.option_strings:
+            by_flag[flag] = action
+    out, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        action = by_flag.get(flag)
+        if action is not None and action.dest in launch_dests:
+            takes_value = action.nargs != 0 and "=" not in argv[i]
+            i += 2 if takes_value else 1
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def cmd_plugins(args, registry, con: Console) -> int:

@@ -39,6 +39,8 @@ class Recipe:
     add_arguments: Callable[[argparse.ArgumentParser], None] = field(compare=False)
     run: Callable[[argparse.Namespace], int] = field(compare=False)
     epilog: str = ""  # examples for --help
+    launch: bool = False  # started on N devices through DeepSpeed's launcher (porter's --npus, --device, ...)
+    targets: tuple[str, ...] = ()  # targets whose port the workers need (patched on disk or in memory)
 
     @property
     def key(self) -> str:

@@ -92,6 +92,7 @@ def load_model(folder: str | Path, merge_lora: bool = False):
             else (f"unexpected {unexpected[0]}" + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
         raise CheckpointError(f"{ckpt.states_file}: weights do not match model_config.json: {detail}")
     model.load_state_dict(weights)
+    model.porter_config = ckpt.config
     if merge_lora and ckpt.finetune == "lora":
         model.get_mixin("lora").merge_lora()
         model.del_mixin("lora")

@@ -29,6 +29,9 @@ class QFormerConfig:
     queries: int = 32
     cross_every: int = 2
     eps: float = 1e-12
+    # BLIP-2's Q-Former is post-LN (BERT). Trained from scratch, post-LN drowns the small cross-attention output
+    # in the normalised query stream; pre-LN lets the image through from the first step (the tiny preset).
+    layernorm_order: str = "post"
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class VisualGLMConfig:
                          "image_size": [v.image_size, v.image_size], "pre_len": 1, "post_len": 0,
                          "in_channels": 3, "num_classes": 0, "patch_size": v.patch_size},
             "qformer_args": {"num_layers": q.layers, "hidden_size": q.hidden, "num_attention_heads": q.heads,
-                             "vocab_size": q.queries, "layernorm_order": "post", "model_parallel_size": 1,
+                             "vocab_size": q.queries, "layernorm_order": q.layernorm_order, "model_parallel_size": 1,
                              "max_sequence_length": 0, "layernorm_epsilon": q.eps,
                              "is_decoder": [i % q.cross_every == 0 for i in range(q.layers)],
                              "cross_attn_hidden_size": v.hidden},
@@ -90,7 +93,8 @@ class VisualGLMConfig:
             qformer = QFormerConfig(layers=qf["num_layers"], hidden=qf["hidden_size"], heads=qf["num_attention_heads"],
                                     queries=args.get("image_length", qf.get("vocab_size", 32)),
                                     cross_every=cross[1] - cross[0] if len(cross) > 1 else 1,
-                                    eps=qf.get("layernorm_epsilon", 1e-12))
+                                    eps=qf.get("layernorm_epsilon", 1e-12),
+                                    layernorm_order=qf.get("layernorm_order", "post"))
             lm = LanguageConfig(layers=args["num_layers"], hidden=args["hidden_size"],
                                 heads=args["num_attention_heads"],
                                 inner=args.get("inner_hidden_size") or 4 * args["hidden_size"],
@@ -110,7 +114,7 @@ PRESETS = {
     # Trains on a laptop CPU in seconds; same code paths, ChatGLM's real vocabulary.
     "tiny": VisualGLMConfig(
         vision=VisionConfig(layers=2, hidden=48, heads=4, mlp=96, image_size=56, patch_size=14),
-        qformer=QFormerConfig(layers=2, hidden=32, heads=4, queries=4, cross_every=1),
+        qformer=QFormerConfig(layers=2, hidden=32, heads=4, queries=4, cross_every=1, layernorm_order="pre"),
         lm=LanguageConfig(layers=2, hidden=64, heads=4, inner=128, max_sequence_length=256),
     ),
 }

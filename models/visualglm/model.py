@@ -35,6 +35,7 @@ def classes() -> dict[str, type]:
     if _classes:
         return _classes
     BaseMixin, BaseModel, ViTModel, ChatGLMModel = _sat()
+    from sat.model.official.chatglm_model import ChatGLMFinalMixin
 
     class VisionFinalNorm(BaseMixin):
         """EVA ends in a LayerNorm over every position instead of ViT's classifier."""
@@ -105,10 +106,26 @@ def classes() -> dict[str, type]:
             return torch.cat([self.transformer.word_embeddings(before), features,
                               self.transformer.word_embeddings(after)], dim=1)
 
+    class SelectiveFinal(ChatGLMFinalMixin):
+        """ChatGLM's output layer, which can compute logits only at ``logit_mask`` positions.
+
+        Training needs logits only where there is a label: with ChatGLM's 130,528-token vocabulary that is
+        most of a small model's work. Without ``logit_mask`` it is ChatGLM's own layer (same weights, same
+        names in checkpoints).
+        """
+
+        def final_forward(self, logits, **kw_args):
+            mask = kw_args.get("logit_mask")
+            if mask is not None:
+                logits = logits[mask]
+            return self.lm_head(logits)
+
     class VisualGLMModel(ChatGLMModel):
         def __init__(self, args, transformer=None, **kwargs):
             super().__init__(args, transformer=transformer, **kwargs)
             self.image_length = args.image_length
+            self.del_mixin("chatglm-final")
+            self.add_mixin("chatglm-final", SelectiveFinal(args.vocab_size, args.hidden_size))
             self.add_mixin("eva", ImageMixin(args))
 
         @classmethod
@@ -117,9 +134,15 @@ def classes() -> dict[str, type]:
             group.add_argument("--image_length", type=int, default=32)
             group.add_argument("--eva_args", type=json.loads, default={})
             group.add_argument("--qformer_args", type=json.loads, default={})
+            # recorded in model_config.json so a fine-tuned checkpoint loads with its adapters
+            group.add_argument("--use_lora", action="store_true")
+            group.add_argument("--lora_rank", type=int, default=10)
+            group.add_argument("--layer_range", nargs="+", type=int, default=None)
+            group.add_argument("--use_ptuning", action="store_true")
+            group.add_argument("--pre_seq_len", type=int, default=8)
             return super().add_model_specific_args(parser)
 
-    _classes.update(VisionFinalNorm=VisionFinalNorm, EVAViT=EVAViT, QFormer=QFormer, ImageEncoder=ImageEncoder,
+    _classes.update(SelectiveFinal=SelectiveFinal, VisionFinalNorm=VisionFinalNorm, EVAViT=EVAViT, QFormer=QFormer, ImageEncoder=ImageEncoder,
                     ImageMixin=ImageMixin, VisualGLMModel=VisualGLMModel)
     return _classes
 
@@ -157,18 +180,26 @@ def build_model(config: VisualGLMConfig, *, finetune: str | None = None, lora_ra
     torch.manual_seed(seed)
     with (_OnMeta() if meta else contextlib.nullcontext()):
         model = classes()["VisualGLMModel"](args)
-        if finetune == "lora":
-            from sat.model.finetune.lora2 import LoraMixin
+        model.porter_config = config
+        if finetune is not None:
+            add_finetuning(model, finetune, lora_rank=lora_rank, lora_layers=lora_layers, pre_seq_len=pre_seq_len)
+    return model
 
-            model.add_mixin("lora", LoraMixin(config.lm.layers, lora_rank, layer_range=lora_layers), reinit=True)
-        elif finetune == "ptuning":
-            from sat.model.finetune import PTuningV2Mixin
 
-            head = config.lm.hidden // config.lm.heads
-            model.add_mixin("ptuning", PTuningV2Mixin(config.lm.layers, head, config.lm.heads, pre_seq_len))
-    if finetune is not None:
-        set_trainable(model, finetune)
-    model.porter_config = config
+def add_finetuning(model, finetune: str, *, lora_rank: int = 10, lora_layers: list[int] | None = None,
+                   pre_seq_len: int = 8):
+    """Add the adapters ``finetune`` needs to a built (possibly loaded) model; only they stay trainable."""
+    config = model.porter_config
+    if finetune == "lora":
+        from sat.model.finetune.lora2 import LoraMixin
+
+        model.add_mixin("lora", LoraMixin(config.lm.layers, lora_rank, layer_range=lora_layers), reinit=True)
+    elif finetune == "ptuning":
+        from sat.model.finetune import PTuningV2Mixin
+
+        head = config.lm.hidden // config.lm.heads
+        model.add_mixin("ptuning", PTuningV2Mixin(config.lm.layers, head, config.lm.heads, pre_seq_len))
+    set_trainable(model, finetune)
     return model
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import porter
 from porter.recipes import DatasetFormat, Model, Recipe
 
-from . import infer
+from . import infer, train
 
 
 def _detect(fmt: str):
@@ -36,3 +36,5 @@ def porter_register_datasets(register):
 def porter_register_recipes(register):
     register(Recipe("visualglm", "infer", "answer a question about an image, streamed token by token",
                     infer.add_arguments, infer.run, epilog=infer.EPILOG))
+    register(Recipe("visualglm", "train", "fine-tune VisualGLM through SAT's training_main and DeepSpeed on 1..N "
+                    "devices", train.add_arguments, train.run, epilog=train.EPILOG, launch=True, targets=("sat",)))

@@ -353,8 +353,11 @@ def max_memory_reserved() -> int:
     return current().max_memory_reserved()
 
 
+BACKEND_ENV = "PORTER_BACKEND"  # overrides the device's process-group backend (e.g. gloo to debug on CUDA)
+
+
 def communication_backend() -> str:
-    return current().backend
+    return os.environ.get(BACKEND_ENV) or current().backend
 
 
 def pin_memory() -> bool:

@@ -87,3 +87,16 @@ def test_lora_ptuning_full_train_only_their_parameters(tiny_config):
     assert all(p.requires_grad for p in full.parameters())
     with pytest.raises(ValueError, match="finetune must be one of"):
         build_model(tiny_config, finetune="qlora")
+
+
+def test_logits_only_where_asked_are_the_same_logits(tiny_model, tiny_tokenizer, tiny_config):
+    size = tiny_config.vision.image_size
+    images = torch.randn(2, 3, size, size)
+    ids, pre = batch(tiny_tokenizer, tiny_config, images)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, -5:] = True
+    with torch.no_grad():
+        full = tiny_model(input_ids=ids, image=images, pre_image=pre)[0]
+        some = tiny_model(input_ids=ids, image=images, pre_image=pre, logit_mask=mask)[0]
+    assert some.shape == (10, tiny_config.lm.vocab)
+    torch.testing.assert_close(some, full[mask])

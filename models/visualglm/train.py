@@ -1,0 +1,297 @@
+"""`porter run visualglm train`: fine-tune VisualGLM through SAT's own training_main and DeepSpeed.
+
+Runs in every worker `porter run` starts (the launcher options --npus, --device, --hostfile, --patch are
+porter's, see `porter run visualglm train --help`). Rank 0 shows progress and writes metrics.jsonl,
+loss.png, summary.json and the TensorBoard events under --save; SAT writes the checkpoint there too.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from porter.errors import PorterError
+
+from .model import FINETUNE_MODES
+
+EPILOG = """\
+examples:
+  porter run visualglm train --npus 2 --device cpu --preset tiny --iters 10
+      two CPU processes, the tiny model, the shipped data
+  porter run visualglm train --npus 8 --data /data/coco2017 --from_pretrained glm/visualglm \\
+      --chatglm_path glm/chatglm --fp16
+      the old recipe's `bash test/train_full_8p.sh <COCO> <pretrained>` on 8 NPUs
+  porter run visualglm train --npus 8 --hostfile hosts --num_nodes 2 --master_addr 10.0.0.1 ...
+      several machines through DeepSpeed's hostfile
+  porter run visualglm train ... --resume        continue the last run in --save from its checkpoint
+  porter run visualglm train --npus 8 --device npu --dry-run    print the launch, run nothing
+"""
+
+
+def default_data() -> Path:
+    from .data_paths import SHAPES_DIR
+
+    return SHAPES_DIR / "fewshot" / "train.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="tiny", help="architecture for random init: tiny | visualglm-6b (default tiny)")
+    g.add_argument("--from_pretrained", "--from-pretrained", type=Path, metavar="DIR",
+                   help="start from this SAT checkpoint (e.g. the released glm/visualglm) instead of random weights")
+    g.add_argument("--chatglm_path", "--chatglm-path", type=Path, metavar="DIR",
+                   help="folder holding ChatGLM-6B's ice_text.model (default: the tiny tokenizer for tiny models)")
+    g.add_argument("--finetune", choices=FINETUNE_MODES, default="lora",
+                   help="lora (default): SAT's LoRA adapters only; ptuning: P-tuning v2 prefixes; full: every weight")
+    g.add_argument("--lora-rank", type=int, default=10)
+    g.add_argument("--lora-layers", type=int, nargs="+", metavar="I", help="layers that get LoRA (default: all)")
+    g.add_argument("--pre-seq-len", type=int, default=8, help="P-tuning prefix length")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
+                                             "shapes set)")
+    g.add_argument("--data-format", choices=("fewshot", "coco", "auto"), default="auto")
+    g.add_argument("--prompt", default="What's in the image?", help="question paired with COCO captions")
+    g.add_argument("--skip-bad", action="store_true", help="skip records with a missing or unreadable image, a "
+                                                           "missing field or an empty caption, and say how many")
+    g.add_argument("--max-source-length", type=int, default=64)
+    g.add_argument("--max-target-length", type=int, default=64)
+    g = p.add_argument_group("training")
+    g.add_argument("--iters", type=int, default=100, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=4, help="samples per worker per micro-batch")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--warmup", type=float, default=0.02, help="fraction of --iters spent warming up (cosine after)")
+    g.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=1, help="DeepSpeed ZeRO stage (default 1)")
+    precision = g.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 with loss scaling (accelerators only)")
+    precision.add_argument("--bf16", action="store_true", help="bf16 (accelerators only; the CPU trains in fp32)")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--mode", choices=("full", "performance"), default="full",
+                   help="performance: at most 20 steps, no checkpoint, report throughput (as the old scripts)")
+    g = p.add_argument_group("output")
+    g.add_argument("--save", type=Path, default=Path("runs/visualglm"), help="run folder (default runs/visualglm)")
+    g.add_argument("--save-interval", type=int, help="steps between checkpoints (default: only at the end)")
+    g.add_argument("--log-interval", type=int, default=1, help="steps between progress lines when not on a terminal")
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --save")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((p.parent for p in (run_dir / "checkpoints").glob("*/latest")), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def deepspeed_config(args, device_name: str) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": args.batch_size,
+        "gradient_accumulation_steps": args.grad_accum,
+        "gradient_clipping": 1.0,
+        "fp16": {"enabled": bool(args.fp16), "loss_scale": 0, "loss_scale_window": 400, "hysteresis": 2,
+                 "min_loss_scale": 1},
+        "bf16": {"enabled": bool(args.bf16)},
+        "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                  "weight_decay": 0.01}},
+    }
+    if device_name == "cpu":
+        config["optimizer"]["params"]["torch_adam"] = True  # DeepSpeed's own CPU Adam is a minute of compiling
+    if args.zero_stage:
+        config["zero_optimization"] = {"stage": args.zero_stage, "contiguous_gradients": False,
+                                       "overlap_comm": False, "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
+    return config
+
+
+def build(args, say):
+    """(model, tokenizer, config, tokenizer_type) for the arguments; the model has its adapters."""
+    from .checkpoint import load_model
+    from .config import preset
+    from .infer import TINY_TOKENIZER
+    from .model import add_finetuning, build_model
+    from .tiny_tokenizer import tiny_tokenizer_dir
+    from .tokenizer import ChatGLMTokenizer
+
+    if args.from_pretrained and not args.resume:
+        model, ckpt = load_model(args.from_pretrained, merge_lora=True)
+        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", "THUDM/chatglm-6b")
+        say(f"weights: {args.from_pretrained} (iteration {ckpt.iteration})")
+        if args.finetune != "full":
+            add_finetuning(model, args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
+                           pre_seq_len=args.pre_seq_len)
+        else:
+            add_finetuning(model, "full")
+    else:
+        config = preset(args.preset)
+        tokenizer_type = TINY_TOKENIZER if args.preset == "tiny" else "THUDM/chatglm-6b"
+        model = build_model(config, finetune=args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
+                            pre_seq_len=args.pre_seq_len, seed=args.seed)
+        if not args.resume:
+            say(f"weights: random ({args.preset} preset)")
+    if args.chatglm_path:
+        tokenizer = ChatGLMTokenizer(args.chatglm_path)
+    elif tokenizer_type == TINY_TOKENIZER:
+        tokenizer = ChatGLMTokenizer(tiny_tokenizer_dir())
+    else:
+        raise PorterError("this model uses ChatGLM-6B's tokenizer: pass --chatglm_path DIR")
+    return model, tokenizer, config, tokenizer_type
+
+
+def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, resume_from: Path | None,
+             device_name: str) -> list[str]:
+    sat = config.sat_args()
+    # Random-init runs and resumed runs are SAT's "pretrain" mode; fine-tuning loaded weights is "finetune",
+    # where SAT holds the learning rate at 5% for the first 100 steps.
+    pretrain = resume_from is not None or not args.from_pretrained
+    argv = ["--mode", "pretrain" if pretrain else "finetune",
+            "--train-iters", str(args.iters), "--train-data", "porter", "--split", "1", "--num-workers", "0",
+            "--save", str(run_dir / "checkpoints"), "--experiment-name", "visualglm",
+            "--save-interval", str(args.save_interval or args.iters), "--log-interval", str(args.log_interval),
+            "--eval-interval", str(10 ** 9), "--summary-dir", str(run_dir), "--lr", str(args.lr),
+            "--lr-decay-style", "cosine", "--warmup", str(args.warmup), "--deepspeed_config", str(ds_config),
+            "--zero-stage", str(args.zero_stage), "--seed", str(args.seed),
+            "--make-vocab-size-divisible-by", "1", "--tokenizer-type", tokenizer_type,
+            "--num-layers", str(sat["num_layers"]), "--hidden-size", str(sat["hidden_size"]),
+            "--num-attention-heads", str(sat["num_attention_heads"]), "--vocab-size", str(sat["vocab_size"]),
+            "--inner-hidden-size", str(sat["inner_hidden_size"]), "--layernorm-order", "post",
+            "--max-sequence-length", str(sat["max_sequence_length"]), "--image_length", str(sat["image_length"]),
+            "--eva_args", json.dumps(sat["eva_args"]), "--qformer_args", json.dumps(sat["qformer_args"]),
+            "--bos-token-id", str(sat["bos_token_id"]), "--mask-token-id", str(sat["mask_token_id"]),
+            "--gmask-token-id", str(sat["gmask_token_id"]), "--pad-token-id", str(sat["pad_token_id"]),
+            "--lora_rank", str(args.lora_rank), "--pre_seq_len", str(args.pre_seq_len)]
+    if args.finetune == "lora":
+        argv.append("--use_lora")
+        if args.lora_layers:
+            argv += ["--layer_range", *map(str, args.lora_layers)]
+    elif args.finetune == "ptuning":
+        argv.append("--use_ptuning")
+    if args.fp16:
+        argv.append("--fp16")
+    if args.bf16:
+        argv.append("--bf16")
+    if resume_from:
+        argv += ["--load", str(resume_from), "--no-load-rng"]  # SAT 0.4.12 saves no RNG tracker state to load
+    return argv
+
+
+def run(args) -> int:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    os.environ.setdefault("SAT_LOGLEVEL", "WARNING")  # SAT's per-step log lines would drown the progress bar
+    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(var, default)
+
+    def say(msg):
+        if rank == 0:
+            print(msg, file=sys.stderr, flush=True)
+
+    from porter.metrics import RunLog
+    from porter.runtime import device
+
+    device_name = device.current().name
+    if device_name == "cpu" and (args.fp16 or args.bf16):
+        say("note: training on the CPU in fp32 (--fp16/--bf16 are for accelerators)")
+        args.fp16 = args.bf16 = False
+    if args.mode == "performance":
+        args.iters = min(args.iters, 20)
+    run_dir = args.save.resolve()
+    resume_from = latest_checkpoint(run_dir) if args.resume else None
+    if args.resume and resume_from is None:
+        raise PorterError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+
+    with contextlib.redirect_stdout(sys.stderr):  # SAT/DeepSpeed bind their log handlers at import
+        import sat  # noqa: F401
+    import logging
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    from sat import get_args
+    from sat.training.deepspeed_training import training_main
+
+    from .data import VisualGLMDataset, collate, load_records
+    from .model import classes
+
+    model, tokenizer, config, tokenizer_type = build(args, say)
+    loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
+    dataset = VisualGLMDataset(loaded.records, tokenizer, config.vision.image_size, config.image_length,
+                               skip_bad=args.skip_bad)
+    skipped = loaded.skipped + dataset.skipped
+    if skipped:
+        say(f"skipped {len(skipped)} bad record(s) (--skip-bad), first: {skipped[0]}")
+    if not len(dataset):
+        raise PorterError(f"{args.data or default_data()}: no usable records")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"data: {len(dataset)} samples ({loaded.format}); finetune: {args.finetune}, {trainable:,} trainable "
+        f"parameters; {world} worker(s) on {device_name}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ds_path = run_dir / f"deepspeed_config.rank{rank}.json"
+    ds_path.write_text(json.dumps(deepspeed_config(args, device_name), indent=2))
+    parser = argparse.ArgumentParser()
+    classes()["VisualGLMModel"].add_model_specific_args(parser)
+    with contextlib.redirect_stdout(sys.stderr):
+        sat_args = get_args(sat_argv(args, config, run_dir, ds_path, tokenizer_type, resume_from, device_name), parser)
+    if args.mode == "performance":
+        sat_args.save = None
+
+    log = RunLog(run_dir, args.iters, rank, args.log_interval)
+    state = {"micro": 0, "losses": [], "samples": 0, "tokens": 0, "t0": None}
+
+    def forward_step(data_iterator, model, sat_args, timers):
+        now = time.monotonic()
+        if state["micro"] % args.grad_accum == 0:
+            _finish_step(model, now)
+            state["t0"] = now
+            state["lr"] = model.get_lr()[0] if hasattr(model, "get_lr") else args.lr
+        timers("batch generator").start()
+        batch = next(data_iterator)
+        timers("batch generator").stop()
+        dev = next(model.parameters()).device
+        ids, labels = batch["input_ids"].to(dev), batch["labels"].to(dev)
+        image = batch["image"].to(dev, dtype=next(model.parameters()).dtype)
+        # next-token loss on the answer only; logits are computed just where a label is
+        mask = torch.zeros_like(labels, dtype=torch.bool)
+        mask[:, :-1] = labels[:, 1:] != -100
+        logits = model(input_ids=ids, image=image, pre_image=batch["pre_image"], logit_mask=mask)[0]
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]])
+        state["micro"] += 1
+        state["losses"].append(loss.detach().float())
+        state["samples"] += ids.shape[0]
+        state["tokens"] += int((ids != 3).sum())
+        return loss, {}
+
+    def _finish_step(model, now):
+        if not state["losses"]:
+            return
+        totals = torch.stack([torch.stack(state["losses"]).mean(), torch.tensor(float(state["samples"])),
+                              torch.tensor(float(state["tokens"]))])
+        if torch.distributed.is_initialized() and world > 1:
+            totals = totals.to(next(model.parameters()).device)
+            torch.distributed.all_reduce(totals)
+            totals[0] /= world
+        step = state.get("step", sat_args.iteration if hasattr(sat_args, "iteration") else 0) + 1
+        state["step"] = step
+        log.step(step, float(totals[0]), float(state["lr"]), int(totals[1]), int(totals[2]), now - state["t0"])
+        state["losses"], state["samples"], state["tokens"] = [], 0, 0
+
+    def init_function(sat_args_, model_):
+        state["step"] = getattr(sat_args_, "iteration", 0)  # after --resume, counting continues from there
+
+    training_main(sat_args, model_cls=model, forward_step_function=forward_step,
+                  create_dataset_function=lambda path, a: dataset, collate_fn=collate, init_function=init_function)
+    _finish_step(model, time.monotonic())
+    checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
+    summary = log.close(checkpoint)
+    if rank == 0:
+        print_summary(summary, args)
+    return 0
+
+
+def print_summary(summary: dict, args) -> None:
+    lines = [f"steps: {summary['steps']}", f"final loss: {summary['final_loss']:.4f}",
+             f"mean loss: {summary['mean_loss']:.4f}",
+             f"throughput: {summary['samples_per_s']:.2f} samples/s, {summary['tokens_per_s']:.0f} tokens/s"]
+    if summary.get("checkpoint"):
+        lines.append(f"checkpoint: {summary['checkpoint']}")
+    lines += [f"loss curve: {summary['loss_curve']}", f"metrics: {summary['metrics']}"]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,123 @@
+"""Patching in memory: an import hook that serves rewritten source for a target's modules, touching no file.
+
+The same rule engine plans the rewrite as for `porter patch`; the planned sources are cached on disk (keyed by
+the installed files, the rules and porter's version), so N workers started together plan once. Rules over
+data files (JSON) cannot apply this way: they are reported, and the process reads the installed files.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .plan import make_plan
+from .target import InstalledTarget
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "memory-patch"
+
+
+def _fingerprint(installed: InstalledTarget, rules) -> str:
+    h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}".encode())
+    for rule in sorted(rules, key=lambda r: r.id):
+        h.update(rule.id.encode())
+        code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
+        try:
+            h.update(inspect.getsource(inspect.getmodule(code)).encode())
+        except (OSError, TypeError):
+            h.update(repr(rule).encode())
+        for rel in rule.files:
+            path = installed.path(rel)
+            h.update(path.read_bytes() if path.exists() else b"missing")
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class MemoryPatch:
+    sources: dict[str, str]  # module name -> rewritten source
+    files: dict[str, str]  # module name -> installed file it replaces
+    skipped: list[str]  # data files whose rules cannot apply in memory
+    cached: bool
+
+
+def prepare(installed: InstalledTarget, rules) -> MemoryPatch:
+    """Plan (or read the cached plan of) the rewrite of ``installed``'s modules."""
+    from .verify import module_name
+
+    key = _fingerprint(installed, rules)
+    path = cache_dir() / f"{installed.name}-{key}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return MemoryPatch(data["sources"], data["files"], data["skipped"], True)
+    plan = make_plan(installed, rules)
+    sources, files, skipped = {}, {}, []
+    for f in plan.changed:
+        name = module_name(f.path)
+        if name is None:
+            skipped.append(f.path)
+            continue
+        sources[name] = f.after
+        files[name] = str(installed.path(f.path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"sources": sources, "files": files, "skipped": skipped}, fh)
+    os.replace(tmp, path)
+    return MemoryPatch(sources, files, skipped, False)
+
+
+class _Loader(importlib.abc.SourceLoader):
+    def __init__(self, source: str, path: str):
+        self.source, self.path = source, path
+
+    def get_filename(self, fullname):
+        return self.path  # tracebacks point at the installed file; the code is the rewritten one
+
+    def get_data(self, path):
+        import linecache
+
+        # tracebacks and inspect read source through linecache: show them the code that runs (an entry
+        # without an mtime is never invalidated against the file on disk)
+        linecache.cache[self.path] = (len(self.source), None, self.source.splitlines(keepends=True), self.path)
+        return self.source.encode("utf-8")
+
+    def path_stats(self, path):
+        raise OSError("in-memory source: no bytecode cache")  # never write or read __pycache__ for these
+
+
+class PatchFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, patch: MemoryPatch):
+        self.patch = patch
+        self.served: list[str] = []
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.patch.sources:
+            return None
+        origin = self.patch.files[fullname]
+        loader = _Loader(self.patch.sources[fullname], origin)
+        is_package = origin.endswith("__init__.py")
+        spec = importlib.util.spec_from_file_location(fullname, origin, loader=loader,
+                                                      submodule_search_locations=[str(Path(origin).parent)]
+                                                      if is_package else None)
+        self.served.append(fullname)
+        return spec
+
+
+def install(patch: MemoryPatch) -> PatchFinder:
+    """Serve the rewritten modules from now on. Modules already imported are not replaced: install first."""
+    loaded = sorted(name for name in patch.sources if name in sys.modules)
+    if loaded:
+        raise RuntimeError(f"cannot patch in memory: already imported: {', '.join(loaded)}")
+    finder = PatchFinder(patch)
+    sys.meta_path.insert(0, finder)
+    return finder

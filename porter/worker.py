@@ -1,0 +1,54 @@
+"""What each launched process runs: ``python -m porter.worker [--porter-env K=V ...] MODEL RECIPE ARGS``.
+
+It sets the environment the parent decided, applies the port the way the parent chose (the installed files
+are already patched, an import hook patches in memory, or nothing), then runs the recipe.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _split(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    env, rest = {}, []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--porter-env":
+            key, _, value = argv[i + 1].partition("=")
+            env[key] = value
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return env, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    env, rest = _split(list(sys.argv[1:] if argv is None else argv))
+    os.environ.update(env)  # before torch, torch_npu or DeepSpeed are imported: they read these at import
+    from . import plugins
+    from .recipes import find_recipe, recipe_parser
+
+    registry = plugins.load()
+    model, name, *recipe_argv = rest
+    recipe = find_recipe(registry, model, name)
+    mode = os.environ.get("PORTER_PATCH", "off")
+    rank = os.environ.get("RANK", "0")
+    if mode == "memory":
+        from . import memory
+        from .target import locate
+
+        for target in recipe.targets:
+            patch = memory.install(memory.prepare(locate(registry.target(target)), registry.rules_for(target)))
+            detail = f"{len(patch.patch.sources)} modules" + (", cached plan" if patch.patch.cached else "")
+            print(f"porter worker {rank}: {target} patched in memory ({detail})", file=sys.stderr, flush=True)
+    elif mode == "disk":
+        print(f"porter worker {rank}: {', '.join(recipe.targets)} patched on disk", file=sys.stderr, flush=True)
+    else:
+        print(f"porter worker {rank}: no port applied", file=sys.stderr, flush=True)
+    args = recipe_parser(recipe).parse_args(recipe_argv)
+    return recipe.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
