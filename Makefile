@@ -22,14 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(PY) -m pytest -q
 
-DEMO_SITE := .cache/demo-site-packages
-# Until the VisualGLM training recipe lands, the demo shows the patch transaction on a copy of the installed SAT.
+# Patch the installed SAT, train the tiny VisualGLM on 2 CPU processes, answer held-out images, revert.
 demo: install
-	rm -rf $(DEMO_SITE)
-	$(PY) -c "from porter.testing import copy_distribution; copy_distribution('SwissArmyTransformer', '$(DEMO_SITE)')"
-	$(VENV)/bin/porter patch sat --dry-run --site-packages $(DEMO_SITE)
-	$(VENV)/bin/porter patch sat --verify --site-packages $(DEMO_SITE)
-	$(VENV)/bin/porter revert sat --site-packages $(DEMO_SITE)
+	$(VENV)/bin/porter run visualglm demo
 
 bench: install
 	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(PY) $$b || exit 1; done

@@ -71,7 +71,7 @@ def device_count(cls) -> int | None:
     return cls().device_count()
 
 
-def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]) -> str:
+def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str], dry_run: bool = False) -> str:
     from .patcher import PATCHED, status
     from .target import locate
 
@@ -88,7 +88,7 @@ def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]
             raise PorterError(f"--patch disk, but {', '.join(unpatched)} is not patched on disk "
                               f"({', '.join(states[n] for n in unpatched)})",
                               hint=f"run `porter patch {unpatched[0]}` first, or use --patch memory")
-    if requested == "memory":
+    if requested == "memory" and not dry_run:
         from . import memory
         from .target import locate
 
@@ -116,7 +116,7 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
         what = "CPU cores" if cls.name == "cpu" else f"{cls.name} devices"
         raise PorterError(f"--npus {args.npus}, but this machine has {present} {what}",
                           hint=f"use --npus {present} or fewer")
-    patch_mode = decide_patch_mode(args.patch_mode, recipe, registry, notes)
+    patch_mode = decide_patch_mode(args.patch_mode, recipe, registry, notes, args.dry_run)
 
     worker_env = {"PORTER_DEVICE": cls.name, "PORTER_BACKEND": cls.backend, "DS_ACCELERATOR": cls.deepspeed_accelerator,
                   "PORTER_PATCH": patch_mode}

@@ -187,8 +187,9 @@ def encode_example(tokenizer, image_length: int, prompt: str, answer: str | None
 class VisualGLMDataset(torch.utils.data.Dataset):
     """Records as model inputs: input_ids, labels (both padded to the longest), image tensor, pre_image."""
 
-    def __init__(self, records: list[Record], tokenizer, image_size: int, image_length: int, skip_bad: bool = False):
-        self.items, self.skipped = [], []
+    def __init__(self, records: list[Record], tokenizer, image_size: int, image_length: int, skip_bad: bool = False,
+                 flip: bool = False):
+        self.items, self.skipped, self.flip = [], [], flip
         for record in records:
             try:
                 image = load_image(record.image, image_size)
@@ -204,6 +205,8 @@ class VisualGLMDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         example, image = self.items[index]
+        if self.flip and torch.rand(()) < 0.5:
+            image = torch.flip(image, dims=[2])  # left-right: what the shapes captions say is unchanged
         return {"input_ids": example.input_ids, "labels": example.labels, "image": image,
                 "pre_image": example.pre_image}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import porter
 from porter.recipes import DatasetFormat, Model, Recipe
 
-from . import infer, train
+from . import demo, infer, train
 
 
 def _detect(fmt: str):
@@ -38,3 +38,5 @@ def porter_register_recipes(register):
                     infer.add_arguments, infer.run, epilog=infer.EPILOG))
     register(Recipe("visualglm", "train", "fine-tune VisualGLM through SAT's training_main and DeepSpeed on 1..N "
                     "devices", train.add_arguments, train.run, epilog=train.EPILOG, launch=True, targets=("sat",)))
+    register(Recipe("visualglm", "demo", "patch SAT, train the tiny model on 2 CPU processes, answer held-out "
+                    "images, revert", demo.add_arguments, demo.run, epilog=demo.EPILOG))

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                              "shapes set)")
     g.add_argument("--data-format", choices=("fewshot", "coco", "auto"), default="auto")
     g.add_argument("--prompt", default="What's in the image?", help="question paired with COCO captions")
+    g.add_argument("--augment", action="store_true", help="flip images left-right at random (only where captions "
+                                                            "do not depend on orientation)")
     g.add_argument("--skip-bad", action="store_true", help="skip records with a missing or unreadable image, a "
                                                            "missing field or an empty caption, and say how many")
     g.add_argument("--max-source-length", type=int, default=64)
@@ -214,7 +216,7 @@ def run(args) -> int:
     model, tokenizer, config, tokenizer_type = build(args, say)
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
     dataset = VisualGLMDataset(loaded.records, tokenizer, config.vision.image_size, config.image_length,
-                               skip_bad=args.skip_bad)
+                               skip_bad=args.skip_bad, flip=args.augment)
     skipped = loaded.skipped + dataset.skipped
     if skipped:
         say(f"skipped {len(skipped)} bad record(s) (--skip-bad), first: {skipped[0]}")

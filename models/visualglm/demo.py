@@ -1,0 +1,93 @@
+"""`porter run visualglm demo` (`make demo`): the whole product on this machine, in a few minutes.
+
+Patches the installed SAT on disk (the journaled transaction), trains the tiny VisualGLM on the shipped
+shapes with 2 CPU processes through DeepSpeed and SAT's training_main, answers questions about held-out
+images beside the expected captions, scores them, and reverts the patch it applied.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from porter.errors import PorterError
+
+EPILOG = """\
+examples:
+  porter run visualglm demo                   the defaults (about 3 minutes on 2 CPU cores)
+  porter run visualglm demo --iters 100       shorter, and the model knows less
+"""
+
+
+def add_arguments(p):
+    p.add_argument("--iters", type=int, default=400, help="training steps (default 400)")
+    p.add_argument("--workers", type=int, default=2, help="CPU processes (default 2)")
+    p.add_argument("--save", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    p.add_argument("--patch", choices=("disk", "memory"), default="disk",
+                   help="disk (default): patch the installed SAT and revert it at the end; memory: touch nothing")
+
+
+def porter(*args) -> int:
+    print(f"\n$ porter {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "porter.cli", *args]).returncode
+
+
+def run(args) -> int:
+    import shutil
+
+    from porter import plugins
+    from porter.patcher import PATCHED, status
+    from porter.target import locate
+
+    registry = plugins.load()
+    already = status(locate(registry.target("sat"))).state == PATCHED
+    applied = False
+    if args.patch == "disk" and not already:
+        if porter("patch", "sat") != 0:
+            raise PorterError("porter patch sat failed; see above")
+        applied = True
+    try:
+        shutil.rmtree(args.save, ignore_errors=True)
+        code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
+                      "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
+                      "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment",
+                      "--patch", args.patch, "--save", str(args.save), "--log-interval", "25")
+        if code != 0:
+            raise PorterError(f"training failed (exit {code}); see above")
+        return evaluate_run(args.save)
+    finally:
+        if applied:
+            porter("revert", "sat")
+
+
+def evaluate_run(save: Path) -> int:
+    import contextlib
+    import json
+    import os
+
+    os.environ.setdefault("PORTER_DEVICE", "cpu")
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401  (SAT's log handlers bind to stderr)
+    from . import evaluate
+    from .checkpoint import load_model
+    from .tiny_tokenizer import tiny_tokenizer_dir
+    from .tokenizer import ChatGLMTokenizer
+
+    summary = json.loads((save / "summary.json").read_text())
+    model, ckpt = load_model(summary["checkpoint"])
+    tokenizer = ChatGLMTokenizer(tiny_tokenizer_dir())
+    print("\nheld-out images (never seen in training): the model's answer beside the expected caption\n", flush=True)
+    rows = evaluate.answer_all(model.eval(), tokenizer, evaluate.held_out(), ckpt.config.vision.image_size)
+    width = max(len(r.expected) for r in rows)
+    for r in rows:
+        marks = ("colour " if r.colour_right else "") + ("shape" if r.shape_right else "")
+        print(f"{r.image}  {r.expected:<{width}}  | {r.answer:<{width}}  {marks.strip() or '-'}")
+    s = evaluate.score(rows)
+    print(f"\ncolour right {s['colour']:.0%}, shape right {s['shape']:.0%}, colour or shape right "
+          f"{s['colour_or_shape']:.0%}, both {s['both']:.0%} of {s['answers']} answers "
+          f"(chance: colour 17%, shape 33%)")
+    print(f"loss curve: {summary['loss_curve']}\ncheckpoint: {summary['checkpoint']}\nmetrics: {summary['metrics']}")
+    print(f"try it: porter run visualglm infer --from_pretrained {summary['checkpoint']} --english "
+          f"--image models/visualglm/data/shapes/fewshot/images/000000000073.png")
+    (save / "demo_score.json").write_text(json.dumps(s, indent=2) + "\n")
+    return 0

@@ -1,0 +1,108 @@
+"""`porter run visualglm train`: the real DeepSpeed launcher and SAT's training_main, on CPU processes."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from porter.testing import run_porter, tree_digest
+from porter_visualglm.data_paths import SHAPES_DIR
+
+INSTALLED_SAT = Path(__import__("importlib").util.find_spec("sat").origin).parent
+
+
+def train(save, *extra, timeout=600):
+    return run_porter("run", "visualglm", "train", "--npus", "2", "--device", "cpu", "--preset", "tiny",
+                      "--save", str(save), "--master_port", "29533", *extra, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Ten steps on two CPU processes, the port applied in memory (the installed SAT is not patched)."""
+    save = tmp_path_factory.mktemp("train") / "run"
+    before = tree_digest(INSTALLED_SAT)
+    r = train(save, "--iters", "10", "--patch", "memory", "--lr", "1e-3")
+    return save, r, before
+
+
+def test_two_ranks_train_through_training_main(trained):
+    save, r, _ = trained
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "porter worker 0: sat patched in memory" in r.stderr and "porter worker 1: sat patched in memory" in r.stderr
+    assert "2 worker(s) on cpu" in r.stderr
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 11))
+    losses = [row["loss"] for row in rows]
+    assert all(x == x and x < float("inf") for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
+    assert all(row["samples_per_s"] > 0 and row["tokens_per_s"] > 0 for row in rows)
+    summary = json.loads((save / "summary.json").read_text())
+    assert summary["steps"] == 10 and "final loss:" in r.stdout and "checkpoint:" in r.stdout
+    assert (save / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((save / "runs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+
+
+def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
+    save, r, _ = trained
+    ckpt = Path(json.loads((save / "summary.json").read_text())["checkpoint"])
+    assert (ckpt / "latest").read_text().strip() == "10"
+    assert (ckpt / "10" / "mp_rank_00_model_states.pt").is_file()
+    config = json.loads((ckpt / "model_config.json").read_text())
+    assert config["model_class"] == "VisualGLMModel" and config["use_lora"] is True
+    assert config["tokenizer_type"] == "porter-tiny" and config["vocab_size"] == 130528
+    image = sorted((SHAPES_DIR / "coco/val2017").glob("*.png"))[0]
+    r = run_porter("run", "visualglm", "infer", "--from_pretrained", str(ckpt), "--image", str(image), "--english",
+                   "--max_length", "80", env={"PORTER_DEVICE": "cpu"}, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(iteration 10)" in r.stderr
+
+
+def test_memory_mode_leaves_the_installed_sat_byte_identical(trained):
+    _, r, before = trained
+    assert r.returncode == 0
+    assert tree_digest(INSTALLED_SAT) == before
+    assert not (INSTALLED_SAT.parent / ".porter-state").exists()
+
+
+def test_resume_continues_from_the_saved_step(trained, tmp_path):
+    save, r, _ = trained
+    assert r.returncode == 0
+    copy = tmp_path / "run"
+    shutil.copytree(save, copy)
+    r = train(copy, "--iters", "13", "--resume", "--lr", "1e-3")
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 11)) + [11, 12, 13]
+    ckpts = list((copy / "checkpoints").glob("*/latest"))
+    assert len(ckpts) == 1 and ckpts[0].read_text().strip() == "13"  # the same run folder, continued
+
+
+def test_dry_run_npu_prints_the_launch():
+    r = run_porter("run", "visualglm", "train", "--npus", "8", "--device", "npu", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in out and "DS_ACCELERATOR=npu" in out
+    assert "PORTER_BACKEND=hccl" in out and "--num_gpus 8" in out and "deepspeed.launcher.runner" in out
+    assert "no npu here: device count not checked" in r.stderr
+
+
+def test_dry_run_multi_node_uses_deepspeeds_hostfile_form(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node1 slots=8\nnode2 slots=8\n")
+    r = run_porter("run", "visualglm", "train", "--npus", "8", "--device", "npu", "--hostfile", str(hostfile),
+                   "--num_nodes", "2", "--master_addr", "node1", "--iters", "5", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert f"--hostfile {hostfile} --num_nodes 2 --master_addr node1" in r.stdout
+    assert r.stdout.rstrip().endswith("visualglm train --iters 5")  # the recipe's own options pass through
+
+
+def test_launch_errors_are_clear():
+    r = run_porter("run", "visualglm", "train", "--npus", "999", "--device", "cpu", "--dry-run")
+    assert r.returncode != 0 and "--npus 999, but this machine has" in r.stderr and "CPU cores" in r.stderr
+    r = run_porter("run", "visualglm", "train", "--device", "npu")
+    assert r.returncode != 0 and "--device npu: no npu device is usable on this machine" in r.stderr
+    r = run_porter("run", "visualglm", "train", "--patch", "disk", "--device", "cpu", "--dry-run")
+    assert r.returncode != 0 and "--patch disk, but sat is not patched on disk" in r.stderr
+    r = run_porter("run", "visualglm", "train", "--zero-stage", "7", "--dry-run")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
