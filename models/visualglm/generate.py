@@ -32,6 +32,14 @@ def prompt_ids(tokenizer, image_length: int, query: str, history=()) -> tuple[li
     return head + [tok.PAD] * image_length + tokenizer.encode(after) + [tok.GMASK, tok.BOS], len(head)
 
 
+def fit_history(tokenizer, image_length: int, query: str, history, max_length: int) -> list:
+    """Drop the oldest turns until the prompt leaves at least half of ``max_length`` for the answer."""
+    history = list(history)
+    while history and len(prompt_ids(tokenizer, image_length, query, history)[0]) > max_length // 2:
+        history.pop(0)
+    return history
+
+
 def pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None,
          allowed: torch.Tensor | None = None) -> int:
     """Temperature, then top-k, then nucleus (top-p) sampling over one row of logits (``allowed`` ids only)."""

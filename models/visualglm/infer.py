@@ -96,7 +96,7 @@ def run(args) -> int:
         os.environ["PORTER_DEVICE"] = args.device
     from porter.runtime import device
 
-    from .generate import Sampling, stream
+    from .generate import Sampling, fit_history, stream
     from .images import ImageError, load_image
 
     def say(msg):
@@ -111,6 +111,7 @@ def run(args) -> int:
 
     def answer(image_path, question, history):
         image = load_image(image_path, config.vision.image_size)
+        history = fit_history(tokenizer, model.image_length, question, history, sampling.max_length)
         pieces = []
         for piece in stream(model, tokenizer, image, question, history, sampling):
             print(piece, end="", flush=True)

@@ -47,8 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from this SAT checkpoint (e.g. the released glm/visualglm) instead of random weights")
     g.add_argument("--chatglm_path", "--chatglm-path", type=Path, metavar="DIR",
                    help="folder holding ChatGLM-6B's ice_text.model (default: the tiny tokenizer for tiny models)")
-    g.add_argument("--finetune", choices=FINETUNE_MODES, default="lora",
-                   help="lora (default): SAT's LoRA adapters only; ptuning: P-tuning v2 prefixes; full: every weight")
+    g.add_argument("--finetune", choices=("auto", *FINETUNE_MODES), default="auto",
+                   help="lora: SAT's LoRA adapters only; ptuning: P-tuning v2 prefixes; full: every weight; "
+                        "auto (default): lora when starting from --from_pretrained weights, full for a random-init "
+                        "--preset (adapters on random weights have nothing to adapt)")
     g.add_argument("--lora-rank", type=int, default=10)
     g.add_argument("--lora-layers", type=int, nargs="+", metavar="I", help="layers that get LoRA (default: all)")
     g.add_argument("--pre-seq-len", type=int, default=8, help="P-tuning prefix length")
@@ -179,6 +181,8 @@ def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, 
 
 
 def run(args) -> int:
+    if args.finetune == "auto":
+        args.finetune = "lora" if args.from_pretrained else "full"
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     os.environ.setdefault("SAT_LOGLEVEL", "WARNING")  # SAT's per-step log lines would drown the progress bar
     for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):

@@ -183,3 +183,12 @@ def test_unwrapped_optimizer():
         if optimizer is not None and getattr(optimizer, 'optimizer', optimizer).__class__.__name__ == "FusedEmaAdam":
             pass
     """)
+
+
+def test_torch_load_reads_full_checkpoints():
+    assert_rewrites(compat.LOAD_CHECKPOINT, """
+        sd = torch.load(checkpoint_name, map_location='cpu')
+    """, """
+        sd = torch.load(checkpoint_name, map_location='cpu', weights_only=False)
+    """)
+    assert_untouched(compat.LOAD_CHECKPOINT, "sd = torch.load(path, weights_only=True)\n")

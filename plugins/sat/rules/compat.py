@@ -39,4 +39,31 @@ UNWRAPPED_OPTIMIZER = Rule(
         upstream="sat/training/model_io.py save_checkpoint",
         removal="When SAT checks for the wrapper."))
 
-RULES = [MIN_LOSS_SCALE, UNWRAPPED_OPTIMIZER]
+class LoadFullCheckpoint(RuleTransformer):
+    """``torch.load(path, map_location=...)`` -> the same with ``weights_only=False``."""
+
+    def leave_Call(self, original_node, updated_node):
+        if code(updated_node.func) != "torch.load" or any(a.keyword and a.keyword.value == "weights_only"
+                                                             for a in updated_node.args):
+            return updated_node
+        self.record(original_node, "torch.load(...) -> torch.load(..., weights_only=False)")
+        arg = cst.Arg(cst.Name("False"), keyword=cst.Name("weights_only"), equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+        args = list(updated_node.args)
+        args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        return updated_node.with_changes(args=[*args, arg])
+
+
+LOAD_CHECKPOINT = Rule(
+    id="sat.compat.torch-load", target="sat", category="compat", files=("sat/training/model_io.py",),
+    summary="load_checkpoint reads SAT's own checkpoints on torch >= 2.6", rewrite=LoadFullCheckpoint,
+    docs=RuleDocs(
+        why="torch 2.6 made torch.load(weights_only=True) the default; SAT's checkpoints carry numpy and Python "
+            "RNG states beside the weights, so load_checkpoint (--load, resuming) fails on every checkpoint SAT "
+            "itself wrote.",
+        how="The call passes weights_only=False, which is what it meant when it was written: these are the "
+            "user's own training checkpoints.",
+        upstream="sat/training/model_io.py load_checkpoint; torch 2.6 release notes (weights_only default)",
+        removal="When SAT passes weights_only itself."))
+
+RULES = [LOAD_CHECKPOINT, MIN_LOSS_SCALE, UNWRAPPED_OPTIMIZER]
