@@ -4,7 +4,9 @@ import textwrap
 
 import pytest
 
-from conftest import FIXTURE_PLUGIN
+from pathlib import Path
+
+FIXTURE_PLUGIN = str(Path(__file__).with_name("fixture_plugin.py"))
 from porter import plugins
 from porter.errors import PluginError
 from porter.testing import run_porter
@@ -84,7 +86,9 @@ def test_cli_warns_names_the_plugin_and_keeps_going(broken):
 
 def test_disable_env_var():
     r = run_porter("plugins", "--json", env={"PORTER_DISABLE_PLUGINS": "sat"})
-    assert [p["name"] for p in json.loads(r.stdout)] == []
+    assert [p["name"] for p in json.loads(r.stdout)] == ["visualglm"]
+    r = run_porter("plugins", "--json", env={"PORTER_DISABLE_PLUGINS": "sat,visualglm"})
+    assert json.loads(r.stdout) == []
     r = run_porter("rules", "sat", env={"PORTER_DISABLE_PLUGINS": "*"})
     assert r.returncode == 6 and "unknown target 'sat'" in r.stderr
 
@@ -93,7 +97,8 @@ def test_porter_plugins_lists_what_each_registers(porter_env):
     r = run_porter("plugins", env=porter_env)
     assert r.returncode == 0
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
-    assert "targets: sat; rules: sat.compat.unwrapped-optimizer" in lines["sat"] and "sat.imports.wandb" in lines["sat"]
+    assert "targets: sat; rules: sat.compat.torch-load" in lines["sat"] and "sat.imports.wandb" in lines["sat"]
+    assert "models: visualglm; datasets: visualglm.coco, visualglm.fewshot; recipes: visualglm.demo" in lines["visualglm"]
     assert "checks: sat.parity.model, sat.parity.ops, sat.smoke" in lines["sat"]
     assert "targets: toylib; rules: toylib.backend, toylib.config, toylib.sync" in lines["fixture_plugin"]
 
