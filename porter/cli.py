@@ -294,26 +294,14 @@ def cmd_rules(args, registry, con: Console) -> int:
         for r in rules:
             con.print(f"## `{r.id}`\n\n{r.summary}.\n")
             con.print(f"- category: {r.category}{'' if r.required else ' (optional)'}")
-            con.print(f"- files: {', '.join(f'`{f}`' for f in r.files)}")
-            if r.after:
-                con.print(f"- runs after: {', '.join(f'`{a}`' for a in r.after)}")
-            for label in ("why", "how", "upstream", "removal"):
-                text = getattr(r.docs, label)
-                if text:
-                    con.print(f"- {label}: {text}")
+            for label, text in _rule_fields(r, quote="`"):
+                con.print(f"- {label}: {text}")
             con.print()
         return EXIT_OK
     for r in rules:
         con.print(con.paint(r.id, "bold") + f"  [{r.category}{', optional' if not r.required else ''}]  {r.summary}")
-        con.print(f"  files:    {', '.join(r.files)}")
-        if r.versions:
-            con.print(f"  versions: {r.versions}")
-        if r.after:
-            con.print(f"  after:    {', '.join(r.after)}")
-        for label in ("why", "how", "upstream", "removal"):
-            text = getattr(r.docs, label)
-            if text:
-                con.print(f"  {label + ':':9} {text}")
+        for label, text in _rule_fields(r):
+            con.print(f"  {label + ':':9} {text}")
         con.print()
     con.print(f"{len(rules)} rules for {args.target}")
     return EXIT_OK
@@ -368,6 +356,15 @@ def _strip_launch_args(argv, parser, launch_dests) -> list[str]:
         out.append(argv[i])
         i += 1
     return out
+
+
+def _rule_fields(rule, quote: str = "") -> list[tuple[str, str]]:
+    """What `porter rules` shows of a rule beyond its id and summary, in order, empty fields left out."""
+    def names(items):
+        return ", ".join(f"{quote}{i}{quote}" for i in items)
+    fields = [("files", names(rule.files)), ("versions", rule.versions), ("after", names(rule.after))]
+    fields += [(label, getattr(rule.docs, label)) for label in ("why", "how", "upstream", "removal")]
+    return [(label, text) for label, text in fields if text]
 
 
 def cmd_plugins(args, registry, con: Console) -> int:
