@@ -161,7 +161,7 @@ def cmd_patch(args, registry, con: Console) -> int:
         con.note(f"dry run: {len(plan.changed)} file(s) would change in {installed.package_dir} "
                  f"({installed.target.distribution} {installed.version}, currently {current.state})")
         return EXIT_OK
-    outcome = patcher.apply_patch(installed, rules, only, progress=con.note)
+    outcome = patcher.apply_patch(installed, rules, only, progress=con.note, need_plan=bool(args.report))
     if args.report and outcome.plan:
         outcome.plan.write_report(args.report)
     for note in outcome.notes:

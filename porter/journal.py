@@ -40,6 +40,7 @@ class Journal:
     status: str
     rules: list[str]
     files: list[FileEntry]
+    rules_fingerprint: str = ""  # porter.rules.fingerprint of the rules that made this patch
     porter_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT

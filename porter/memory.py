@@ -10,7 +10,6 @@ import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import inspect
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .plan import make_plan
+from .rules import fingerprint
 from .target import InstalledTarget
 
 
@@ -28,17 +28,12 @@ def cache_dir() -> Path:
 
 
 def _fingerprint(installed: InstalledTarget, rules) -> str:
-    h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}".encode())
-    for rule in sorted(rules, key=lambda r: r.id):
-        h.update(rule.id.encode())
-        code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
-        try:
-            h.update(inspect.getsource(inspect.getmodule(code)).encode())
-        except (OSError, TypeError):
-            h.update(repr(rule).encode())
-        for rel in rule.files:
-            path = installed.path(rel)
-            h.update(path.read_bytes() if path.exists() else b"missing")
+    """The installed files the rules read, the rules themselves, and porter's version."""
+    h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
+                       f"{fingerprint(rules)}".encode())
+    for rel in sorted({f for rule in rules for f in rule.files}):
+        path = installed.path(rel)
+        h.update(path.read_bytes() if path.exists() else b"missing")
     return h.hexdigest()[:24]
 
 

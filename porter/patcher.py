@@ -14,8 +14,8 @@ from .diskio import atomic_write, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import APPLIED, PENDING, FileEntry, Journal, originals_dir, remove_state, saved_original
 from .lock import dir_lock, is_locked
-from .plan import Plan, make_plan
-from .rules import Rule
+from .plan import Plan, make_plan, select_rules
+from .rules import Rule, fingerprint
 from .target import InstalledTarget
 
 Progress = Callable[[str], None]
@@ -79,7 +79,8 @@ def status(installed: InstalledTarget) -> Status:
 
 
 def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
-                progress: Progress = _quiet) -> Outcome:
+                progress: Progress = _quiet, need_plan: bool = False) -> Outcome:
+    """Patch ``installed`` with ``rules``; ``need_plan`` asks for the plan even when nothing is to be done."""
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         notes = []
@@ -97,6 +98,9 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
                         + ", ".join(f"{p} ({s})" for p, s in sorted(bad.items())),
                         hint=f"`porter revert {installed.name} --force` puts the saved originals back, "
                              f"or reinstall {installed.target.distribution} and remove {installed.state_dir}")
+                chosen, _ = select_rules(installed, rules, only)
+                if not need_plan and journal.rules_fingerprint == fingerprint(chosen):
+                    return Outcome("already-patched", None, [e.path for e in journal.files])
                 wanted = make_plan(installed, rules, only, read=read_original(installed, journal))
                 if _same_patch(wanted, journal):
                     return Outcome("already-patched", wanted, [e.path for e in journal.files])
@@ -130,7 +134,8 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
                                  patched_sha256=sha256_bytes(f.after.encode("utf-8")),
                                  mode=disk.stat().st_mode & 0o7777, rules=f.rule_ids))
     journal = Journal(target=installed.name, distribution=installed.target.distribution,
-                      version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries)
+                      version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
+                      rules_fingerprint=fingerprint(plan.rules))
     # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file.
     journal.save(state_dir)
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)

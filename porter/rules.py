@@ -1,8 +1,10 @@
 """Rules: one named, documented rewrite of one or more files of a target."""
 from __future__ import annotations
 
+import hashlib
+import inspect
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar, Iterable, Union
 
 import libcst as cst
 from libcst.metadata import PositionProvider
@@ -181,3 +183,17 @@ class Rule:
 
     def applies_to(self, version: str) -> bool:
         return version_in(version, self.versions)
+
+
+def fingerprint(rules: Iterable[Rule]) -> str:
+    """A hash of what the rules are and the code of the modules that define them: it changes when an
+    upgraded plugin would rewrite differently, so a patch made with other rules is not taken for this one."""
+    h = hashlib.sha256()
+    for rule in sorted(rules, key=lambda r: r.id):
+        h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{rule.after}\0".encode())
+        code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
+        try:
+            h.update(inspect.getsource(inspect.getmodule(code)).encode())
+        except (OSError, TypeError):  # defined interactively: its repr is all there is
+            h.update(repr(rule.rewrite).encode())
+    return h.hexdigest()

@@ -211,3 +211,23 @@ def test_eight_concurrent_patches_apply_once(toylib_site, porter_env):
     assert all(sha256_file(toylib_site / e.path) == e.patched_sha256 for e in journal.files)
     # the saved originals are the pristine files, not a second patch's input
     assert (toylib_site / ".porter-state/toylib/originals/toylib/dist.py").read_text().startswith("BACKEND = 'nccl'")
+
+
+def test_an_upgraded_rule_re_patches_and_an_unchanged_one_does_not(toylib_site, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    plugin = tmp_path / "upgradable_plugin.py"
+    shutil.copy(Path(__file__).with_name("fixture_plugin.py"), plugin)
+    env = {"PORTER_PLUGINS": str(plugin)}
+    assert porter(toylib_site, "patch", "toylib", env=env).returncode == 0
+    journal = Journal.load(toylib_site / ".porter-state/toylib")
+    assert journal.rules_fingerprint
+    r = porter(toylib_site, "patch", "toylib", env=env)
+    assert "already patched" in r.stdout
+    # the plugin is upgraded: its backend rule now writes 'mpi'
+    plugin.write_text(plugin.read_text().replace('replace_string("nccl", "gloo")', 'replace_string("nccl", "mpi")'))
+    r = porter(toylib_site, "patch", "toylib", env=env)
+    assert r.returncode == 0 and "re-patched" in r.stdout, r.stdout + r.stderr
+    assert (toylib_site / "toylib/dist.py").read_text().startswith("BACKEND = 'mpi'")
+    assert Journal.load(toylib_site / ".porter-state/toylib").rules_fingerprint != journal.rules_fingerprint
