@@ -14,13 +14,13 @@ from .diskio import atomic_write, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import APPLIED, PENDING, FileEntry, Journal, originals_dir, remove_state, saved_original
 from .lock import dir_lock, is_locked
-from .plan import Plan, make_plan, select_rules
+from .plan import Plan, make_plan, read_source, select_rules
 from .rules import Rule, fingerprint
 from .target import InstalledTarget
 
 Progress = Callable[[str], None]
 
-# Test-only: seconds to sleep between two file replacements, so a test can kill a patch mid-write.
+# Test-only: seconds to sleep between two file replacements, so a test can kill a patch or revert mid-write.
 TEST_DELAY_ENV = "PORTER_TEST_WRITE_DELAY"
 
 CLEAN, PATCHED, DRIFTED, INTERRUPTED, IN_PROGRESS = "clean", "patched", "drifted", "interrupted", "in-progress"
@@ -59,7 +59,7 @@ def read_original(installed: InstalledTarget, journal: Journal | None) -> Callab
     def read(rel: str) -> str:
         if rel in saved:
             return saved_original(installed.state_dir, saved[rel]).decode("utf-8")
-        return installed.path(rel).read_text(encoding="utf-8")
+        return read_source(installed.path(rel))
 
     return read
 
@@ -84,6 +84,8 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         notes = []
+        if journal is None and installed.state_dir.exists():
+            remove_state(installed.state_dir)  # originals of a patch that stopped before its journal
         if journal is not None:
             if journal.status == PENDING:
                 progress("a previous patch was interrupted: restoring the originals first")
@@ -122,22 +124,29 @@ def _same_patch(plan: Plan, journal: Journal) -> bool:
 
 def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     state_dir = installed.state_dir
-    entries = []
-    # 1. originals first: until the journal exists nothing refers to them, so a crash here leaves "clean".
+    # 0. every file still as planned, before anything is written
+    originals = {}
     for f in plan.changed:
         disk = installed.path(f.path)
-        original = disk.read_bytes()
-        if original.decode("utf-8") != f.before:
+        originals[f.path] = disk.read_bytes()
+        if originals[f.path].decode("utf-8") != f.before:
             raise StateError(f"{disk} changed while porter was planning; nothing was written", hint="run it again")
-        atomic_write(originals_dir(state_dir) / f.path, original)
-        entries.append(FileEntry(path=f.path, original_sha256=sha256_bytes(original),
-                                 patched_sha256=sha256_bytes(f.after.encode("utf-8")),
-                                 mode=disk.stat().st_mode & 0o7777, rules=f.rule_ids))
+    entries = [FileEntry(path=f.path, original_sha256=sha256_bytes(originals[f.path]),
+                         patched_sha256=sha256_bytes(f.after.encode("utf-8")),
+                         mode=installed.path(f.path).stat().st_mode & 0o7777, rules=f.rule_ids) for f in plan.changed]
     journal = Journal(target=installed.name, distribution=installed.target.distribution,
                       version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
                       rules_fingerprint=fingerprint(plan.rules))
-    # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file.
-    journal.save(state_dir)
+    # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
+    #    (a crash leaves them unreferenced, and the next patch or revert clears them).
+    try:
+        for rel, data in originals.items():
+            atomic_write(originals_dir(state_dir) / rel, data)
+        # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file.
+        journal.save(state_dir)
+    except BaseException:
+        remove_state(state_dir)
+        raise
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     # 3. one atomic replace per file: each file is always either its original or its patched self.
     for n, f in enumerate(plan.changed, 1):
@@ -156,6 +165,8 @@ def revert(installed: InstalledTarget, force: bool = False, progress: Progress =
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         if journal is None:
+            if installed.state_dir.exists():  # originals saved by a patch that stopped before its journal
+                remove_state(installed.state_dir)
             return Outcome("nothing-to-revert")
         files = _restore(installed, journal, force=force, progress=progress)
         return Outcome("reverted", files=files)
@@ -164,6 +175,13 @@ def revert(installed: InstalledTarget, force: bool = False, progress: Progress =
 def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress: Progress) -> list[str]:
     """Put every journaled file back to its original bytes, check the hashes, then drop the state."""
     states = journal.file_states(installed.site_packages)
+    if journal.status != PENDING:
+        # Mark the journal pending first: a crash half-way through the restore is then "interrupted"
+        # (each file original or patched), which the next revert or patch repairs, not "drifted".
+        checked = {p: s for p, s in states.items() if s in ("drifted", "missing")}
+        if not checked or force:
+            journal.status = PENDING
+            journal.save(installed.state_dir)
     foreign = {p: s for p, s in states.items() if s in ("drifted", "missing")}
     if foreign and not force:
         raise StateError(
@@ -172,9 +190,12 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
             hint="they were edited by hand, or the package was reinstalled or upgraded; "
                  "--force restores the saved originals over them")
     restored = []
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     for entry in journal.files:
         if states[entry.path] == "original":
             continue
+        if delay and restored:
+            time.sleep(delay)
         disk = installed.path(entry.path)
         atomic_write(disk, saved_original(installed.state_dir, entry), mode=entry.mode)
         drop_bytecode(disk)

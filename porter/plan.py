@@ -58,6 +58,14 @@ class Plan:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
+def read_source(path: Path) -> str:
+    """A file's text exactly as stored: no newline translation, so CRLF files are planned and hashed alike."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:
     """The target's rules that apply to the installed version (and to ``--only``), and why others don't."""
     mine = [r for r in rules if r.target == installed.name]
@@ -85,7 +93,7 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
         def read(rel: str) -> str:
             path = installed.path(rel)
             try:
-                return path.read_text(encoding="utf-8")
+                return read_source(path)
             except FileNotFoundError:
                 raise PlanError(f"{path}: file not found; rules {', '.join(r.id for r in chosen if rel in r.files)} "
                                 f"expect it in {installed.target.distribution} {installed.version}") from None

@@ -231,3 +231,47 @@ def test_an_upgraded_rule_re_patches_and_an_unchanged_one_does_not(toylib_site, 
     assert r.returncode == 0 and "re-patched" in r.stdout, r.stdout + r.stderr
     assert (toylib_site / "toylib/dist.py").read_text().startswith("BACKEND = 'mpi'")
     assert Journal.load(toylib_site / ".porter-state/toylib").rules_fingerprint != journal.rules_fingerprint
+
+
+def test_sigkill_mid_revert_is_interrupted_and_revert_finishes(toylib_site, porter_env):
+    pristine = tree_digest(toylib_site / "toylib")
+    assert porter(toylib_site, "patch", "toylib", env=porter_env).returncode == 0
+    env = {**os.environ, **porter_env, "PORTER_TEST_WRITE_DELAY": "30"}
+    proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "revert", "toylib", "--site-packages", str(toylib_site)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert proc.stderr.readline().startswith("restored ")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    s = json.loads(porter(toylib_site, "status", "toylib", "--json", env=porter_env).stdout)[0]
+    assert s["state"] == "interrupted" and sorted(s["files"].values()) == ["original", "patched", "patched"]
+    assert porter(toylib_site, "revert", "toylib", env=porter_env).returncode == 0
+    assert tree_digest(toylib_site / "toylib") == pristine
+
+
+def test_a_file_changed_during_planning_writes_no_state(toylib_site, porter_env):
+    from fixture_plugin import RULES, TOYLIB
+    from porter import patcher
+    from porter.errors import StateError
+    from porter.plan import make_plan
+    from porter.target import locate
+
+    installed = locate(TOYLIB, toylib_site)
+    plan = make_plan(installed, RULES)
+    (toylib_site / "toylib/timer.py").write_text("# changed by someone else\n")  # not the first file planned
+    with pytest.raises(StateError, match="changed while porter was planning; nothing was written"):
+        patcher._write(installed, plan, lambda _m: None)
+    assert not (toylib_site / ".porter-state").exists()
+    assert (toylib_site / "toylib/dist.py").read_text().startswith("BACKEND = 'nccl'")
+
+
+def test_crlf_files_round_trip(toylib_site, porter_env):
+    path = toylib_site / "toylib/dist.py"
+    path.write_bytes(b"BACKEND = 'nccl'\r\nOTHER = 1\r\n")
+    before = path.read_bytes()
+    assert porter(toylib_site, "patch", "toylib", env=porter_env).returncode == 0
+    assert path.read_bytes() == b"BACKEND = 'gloo'\r\nOTHER = 1\r\n"
+    assert porter(toylib_site, "revert", "toylib", env=porter_env).returncode == 0
+    assert path.read_bytes() == before
