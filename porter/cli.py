@@ -196,12 +196,13 @@ def _print_plan_table(plan, con: Console) -> None:
 
 
 def _targets_for(args, registry):
+    # status and revert must still work on a version the rules do not support (after an upgrade)
     if args.target:
-        return [locate(registry.target(args.target), args.site_packages)]
+        return [locate(registry.target(args.target), args.site_packages, check_version=False)]
     found = []
     for target in registry.targets.values():
         try:
-            found.append(locate(target, args.site_packages))
+            found.append(locate(target, args.site_packages, check_version=False))
         except PorterError:
             continue  # not installed here: nothing to report
     return found
@@ -407,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             con.note(f"hint: {exc.hint}")
         return exc.exit_code
+    except OSError as exc:  # a read-only site-packages, a full disk, a vanished file: say which
+        con.note(con.paint("error:", "red") + f" {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         con.note("interrupted")
         return 130

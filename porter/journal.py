@@ -63,7 +63,7 @@ class Journal:
                                  hint="use the porter version that wrote it to revert")
             raw["files"] = [FileEntry(**f) for f in raw["files"]]
             return cls(**raw)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise StateError(f"{path}: unreadable journal ({exc})",
                              hint="the saved originals are in the originals/ folder beside it") from None
 

@@ -57,7 +57,10 @@ def resolve_device(name: str):
     if name == "auto":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            chosen = type(device.select())
+            try:
+                chosen = type(device.select())
+            except (ValueError, RuntimeError) as exc:  # a bad PORTER_DEVICE in the environment
+                raise PorterError(str(exc), hint="unset PORTER_DEVICE or pass --device") from None
         device.reset()
         return chosen, [str(w.message) for w in caught]
     return classes[name], []
@@ -121,7 +124,12 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
     worker_env = {"PORTER_DEVICE": cls.name, "PORTER_BACKEND": cls.backend, "DS_ACCELERATOR": cls.deepspeed_accelerator,
                   "PORTER_PATCH": patch_mode}
     if cls.visible_devices_env:
-        worker_env[cls.visible_devices_env] = ",".join(str(i) for i in range(args.npus))
+        # keep a selection the user already made (CUDA_VISIBLE_DEVICES=4,5), else the first N devices
+        chosen = [d for d in os.environ.get(cls.visible_devices_env, "").split(",") if d.strip()]
+        if chosen and len(chosen) < args.npus:
+            raise PorterError(f"--npus {args.npus}, but {cls.visible_devices_env}={','.join(chosen)} lists "
+                              f"{len(chosen)} device(s)")
+        worker_env[cls.visible_devices_env] = ",".join(chosen[: args.npus] or [str(i) for i in range(args.npus)])
     if cls.name == "cpu":
         worker_env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
                                                        str(max(1, (os.cpu_count() or 1) // args.npus)))

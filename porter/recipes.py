@@ -62,7 +62,9 @@ def find_recipe(registry, model: str, name: str | None) -> Recipe | None:
 
 
 def recipe_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    # no abbreviations: porter strips its launch options from what it forwards to workers by exact name
     parser = argparse.ArgumentParser(prog=f"porter run {recipe.model} {recipe.name}", description=recipe.description,
-                                     epilog=recipe.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=recipe.epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     recipe.add_arguments(parser)
     return parser

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
+import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterable, Union
 
@@ -144,7 +145,9 @@ class JsonValue(TextRewrite):
         try:
             json.loads(new_text)
         except ValueError as exc:
-            raise ValueError(f"{path}: rule {rule_id} produced invalid JSON ({exc})") from None
+            from .errors import PlanError
+
+            raise PlanError(f"{path}: rule {rule_id} produced invalid JSON ({exc})") from None
         return new_text, matches
 
 
@@ -186,14 +189,30 @@ class Rule:
 
 
 def fingerprint(rules: Iterable[Rule]) -> str:
-    """A hash of what the rules are and the code of the modules that define them: it changes when an
-    upgraded plugin would rewrite differently, so a patch made with other rules is not taken for this one."""
-    h = hashlib.sha256()
+    """A hash of what the rules are and of the code behind them: porter's version (its engine), every
+    module of the package that defines each rewrite (shared helpers included) and a text rewrite's
+    parameters. It changes when an upgraded plugin could rewrite differently, so a patch made with other
+    rules is never taken for this one."""
+    from . import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    sources: set[Path] = set()
     for rule in sorted(rules, key=lambda r: r.id):
         h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{rule.after}\0".encode())
         code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
-        try:
-            h.update(inspect.getsource(inspect.getmodule(code)).encode())
-        except (OSError, TypeError):  # defined interactively: its repr is all there is
-            h.update(repr(rule.rewrite).encode())
+        if not isinstance(rule.rewrite, type):
+            h.update(repr(sorted(vars(rule.rewrite).items())).encode())
+        module = sys.modules.get(code.__module__)  # inspect.getmodule may scan every loaded module
+        path = getattr(module, "__file__", None)
+        if path is None:
+            h.update(repr(code).encode())
+            continue
+        top = module.__name__.split(".")[0]
+        package = sys.modules.get(top)
+        if top != "porter" and package is not None and getattr(package, "__path__", None) and package.__file__:
+            sources.update(Path(package.__file__).parent.rglob("*.py"))  # the plugin package, helpers included
+        else:
+            sources.add(Path(path))
+    for source in sorted(sources):
+        h.update(source.read_bytes())
     return h.hexdigest()

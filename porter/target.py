@@ -73,8 +73,11 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def locate(target: Target, site_packages: Path | None = None) -> InstalledTarget:
-    """Find the installed copy of ``target``; ``site_packages`` picks another environment."""
+def locate(target: Target, site_packages: Path | None = None, check_version: bool = True) -> InstalledTarget:
+    """Find the installed copy of ``target``; ``site_packages`` picks another environment.
+
+    ``check_version=False`` is for status and revert, which must work after an upgrade past the supported range.
+    """
     wanted = _normalise(target.distribution)
     if site_packages is not None:
         site_packages = Path(site_packages).resolve()
@@ -100,7 +103,7 @@ def locate(target: Target, site_packages: Path | None = None) -> InstalledTarget
     if not (site_packages / target.package).is_dir():
         raise NotFoundError(f"{target.distribution} {version} is registered in {site_packages} but its package "
                             f"folder {target.package}/ is missing")
-    if not target.supports(version):
+    if check_version and not target.supports(version):
         raise PlanError(
             f"{target.distribution} {version} is outside the versions the {target.name!r} target supports "
             f"({target.versions})",

@@ -137,6 +137,8 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             add(CheckResult("compile", rel, OK))
         except SyntaxError as exc:
             add(CheckResult("compile", rel, FAIL, f"line {exc.lineno}: {exc.msg}"))
+        except FileNotFoundError:
+            add(CheckResult("compile", rel, FAIL, "file missing"))
 
     progress("importing patched modules in a fresh interpreter")
     names = [module_name(rel) for rel in py_files]
@@ -151,7 +153,10 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
     if missing:
         add(CheckResult("fixpoint", ", ".join(missing), FAIL, "rules in the journal are no longer installed"))
     for entry in journal.files:
-        text = installed.path(entry.path).read_text(encoding="utf-8")
+        if not installed.path(entry.path).exists():
+            add(CheckResult("fixpoint", entry.path, FAIL, "file missing"))
+            continue
+        text = installed.path(entry.path).read_bytes().decode("utf-8")
         again = rewrite_file(entry.path, text, [r for r in applied if entry.path in r.files], enforce_required=False)
         add(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
                         "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))

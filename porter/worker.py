@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     env, rest = _split(list(sys.argv[1:] if argv is None else argv))
     os.environ.update(env)  # before torch, torch_npu or DeepSpeed are imported: they read these at import
     from . import plugins
+    from .errors import PorterError
     from .recipes import find_recipe, recipe_parser
 
     registry = plugins.load()
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"porter worker {rank}: no port applied", file=sys.stderr, flush=True)
     args = recipe_parser(recipe).parse_args(recipe_argv)
-    return recipe.run(args) or 0
+    try:
+        return recipe.run(args) or 0
+    except PorterError as exc:  # one clear line per rank, not a traceback
+        print(f"error (rank {rank}): {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -130,13 +130,25 @@ def test_revert_refuses_drifted_files_unless_forced(toylib_site, porter_env):
     assert tree_digest(toylib_site / "toylib") == pristine
 
 
-def test_upgrade_after_patch_is_drift(toylib_site, porter_env):
+def test_reinstall_or_upgrade_after_patch_is_drift_and_revert_still_works(toylib_site, porter_env):
     porter(toylib_site, "patch", "toylib", env=porter_env)
-    # a reinstall puts the original files back: revert is then a no-op on files and clears the state
+    # a reinstall puts an original file back
     (toylib_site / "toylib/dist.py").write_text("BACKEND = 'nccl'  # the default every rank uses\n")
+    s = json.loads(porter(toylib_site, "status", "toylib", "--json", env=porter_env).stdout)[0]
+    assert s["files"]["toylib/dist.py"] == "original" and s["state"] == "drifted"
+    # then an upgrade past the versions the rules support: status and revert must still answer
+    info = toylib_site / "toylib-1.0.dist-info"
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toylib\nVersion: 2.0\n")
+    info.rename(toylib_site / "toylib-2.0.dist-info")
+    (toylib_site / "toylib/timer.py").write_text("# toylib 2.0\n")
     r = porter(toylib_site, "status", "toylib", "--json", env=porter_env)
-    assert json.loads(r.stdout)[0]["files"]["toylib/dist.py"] == "original"
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["version"] == "2.0"
     assert json.loads(r.stdout)[0]["state"] == "drifted"
+    r = porter(toylib_site, "revert", "toylib", env=porter_env)
+    assert r.returncode == 4 and "toylib/timer.py (drifted)" in r.stderr
+    assert porter(toylib_site, "patch", "toylib", env=porter_env).returncode == 3  # unsupported: not patched
+    assert porter(toylib_site, "revert", "toylib", "--force", env=porter_env).returncode == 0
+    assert (toylib_site / "toylib/timer.py").read_text().startswith("import time")
 
 
 def test_revert_of_a_clean_target_is_a_no_op(toylib_site, porter_env):

@@ -84,8 +84,10 @@ def test_every_fixture_rule_is_a_fixpoint(r):
     before = TOYLIB_FILES[path]
     from porter.testing import rewrite
 
+    import textwrap
+
     after, _ = rewrite(r, before, path)
-    assert after != before.strip()
+    assert after != textwrap.dedent(before).lstrip("\n")
     assert_untouched(r, after, path)
 
 

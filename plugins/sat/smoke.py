@@ -102,13 +102,15 @@ def main(argv=None) -> int:
     from sat.model.official.chatglm_model import ChatGLMModel
     from sat.training.deepspeed_training import training_main
 
-    config_path = os.path.join(tempfile.mkdtemp(prefix="porter-smoke-"), "ds_config.json")
+    scratch = tempfile.mkdtemp(prefix="porter-smoke-")  # DeepSpeed config and TensorBoard events
+    config_path = os.path.join(scratch, "ds_config.json")
     with open(config_path, "w") as fh:
         json.dump(deepspeed_config(ours.zero_stage, ours.batch_size), fh)
     sat_argv = ["--mode", "finetune", "--train-iters", str(ours.iters), "--train-data", "synthetic",
                 "--split", "1", "--save", ours.save, "--save-interval", str(ours.iters), "--log-interval", "1",
                 "--eval-interval", str(10 ** 6), "--zero-stage", str(ours.zero_stage), "--num-workers", "0",
                 "--lr", "1e-3", "--warmup", "0.1", "--experiment-name", "smoke", "--deepspeed_config", config_path,
+                "--summary-dir", scratch,
                 *model_args(ours.seed)]
     parser = argparse.ArgumentParser()
     ChatGLMModel.add_model_specific_args(parser)
@@ -127,6 +129,9 @@ def main(argv=None) -> int:
     result = {"rank": int(os.environ.get("RANK", "0")), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
               "losses": losses, "save": args.save, **engine, "finite": all(math.isfinite(x) for x in losses)}
     print("PORTER-SMOKE " + json.dumps(result), flush=True)
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
     return 0 if losses and result["finite"] else 1
 
 

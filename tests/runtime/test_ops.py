@@ -92,7 +92,7 @@ def test_softmax_kernel_and_the_decoding_fallback(fake_npu):
     assert ops.counts["scaled_masked_softmax/reference"] == 1
 
 
-def test_attention_fusion_kernel_fp16_only(fake_npu):
+def test_attention_fusion_kernel_takes_half_precision_only(fake_npu):
     from fakes import torch_npu as fake
 
     q, k, v = (torch.randn(2, 4, 16, 32, dtype=torch.bfloat16) for _ in range(3))

@@ -106,3 +106,7 @@ def test_launch_errors_are_clear():
     assert r.returncode != 0 and "--patch disk, but sat is not patched on disk" in r.stderr
     r = run_porter("run", "visualglm", "train", "--zero-stage", "7", "--dry-run")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = run_porter("run", "visualglm", "train", "--npu", "2", "--dry-run")  # abbreviations would reach workers
+    assert r.returncode == 2 and "unrecognized arguments: --npu" in r.stderr
+    r = run_porter("run", "visualglm", "train", "--dry-run", env={"PORTER_DEVICE": "tpu"})
+    assert r.returncode != 0 and "PORTER_DEVICE='tpu': unknown device" in r.stderr and "Traceback" not in r.stderr

@@ -22,7 +22,7 @@ def cuda_calls(name: str, mapping: dict[str, str]) -> type[RuleTransformer]:
         return updated_node
 
     doc = "Rewrites " + ", ".join(f"torch.cuda.{k}()" for k in mapping) + " to the porter device layer."
-    return type(name, (RuleTransformer,), {"leave_Call": leave_Call, "__doc__": doc})
+    return type(name, (RuleTransformer,), {"leave_Call": leave_Call, "__doc__": doc, "__module__": __name__})
 
 
 def device_rule(id, files, summary, mapping, why, upstream, **kw) -> Rule:
