@@ -113,8 +113,8 @@ PRESETS = {
     "visualglm-6b": VisualGLMConfig(),
     # Trains on a laptop CPU in seconds; same code paths, ChatGLM's real vocabulary.
     "tiny": VisualGLMConfig(
-        vision=VisionConfig(layers=2, hidden=48, heads=4, mlp=96, image_size=56, patch_size=14),
-        qformer=QFormerConfig(layers=2, hidden=32, heads=4, queries=4, cross_every=1, layernorm_order="pre"),
+        vision=VisionConfig(layers=2, hidden=64, heads=4, mlp=128, image_size=56, patch_size=14),
+        qformer=QFormerConfig(layers=2, hidden=64, heads=4, queries=8, cross_every=1, layernorm_order="pre"),
         lm=LanguageConfig(layers=2, hidden=64, heads=4, inner=128, max_sequence_length=256),
     ),
 }
