@@ -326,9 +326,8 @@ def cmd_run(args, registry, con: Console) -> int:
     from .launch import add_launch_arguments, launch, plan_launch
 
     parser = recipe_parser(recipe)
-    add_launch_arguments(parser)
+    launch_dests = add_launch_arguments(parser)
     parsed = parser.parse_args(args.recipe_args)  # every option checked here, before any worker starts
-    launch_dests = {a.dest for a in parser._action_groups[-1]._group_actions}
     recipe_argv = _strip_launch_args(args.recipe_args, parser, launch_dests)
     plan = plan_launch(parsed, recipe, recipe_argv, registry)
     for note in plan.notes:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .diskio import atomic_write, sha256_file
+from .diskio import atomic_write, sha256_bytes, sha256_file
 from .errors import StateError
 
 FORMAT = 1
@@ -100,7 +100,7 @@ def saved_original(state_dir: Path, entry: FileEntry) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         raise StateError(f"saved original {path} is missing; cannot restore {entry.path}") from None
-    if sha256_file(path) != entry.original_sha256:
+    if sha256_bytes(data) != entry.original_sha256:
         raise StateError(f"saved original {path} does not match its recorded sha256; cannot restore {entry.path}")
     return data
 

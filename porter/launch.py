@@ -20,7 +20,15 @@ from .recipes import Recipe
 PATCH_MODES = ("auto", "disk", "memory", "off")
 
 
-def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+def single_process_defaults() -> None:
+    """RANK, LOCAL_RANK and WORLD_SIZE as a launcher would set them for one process, where none did
+    (DeepSpeed insists on LOCAL_RANK; SAT reads all three)."""
+    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(var, default)
+
+
+def add_launch_arguments(p: argparse.ArgumentParser) -> set[str]:
+    """Add porter's launch options to a recipe's parser; returns their destinations (what workers never see)."""
     g = p.add_argument_group("launch (porter)")
     g.add_argument("--npus", type=int, default=1, metavar="N",
                    help="workers per node: one per NPU / GPU, or N CPU processes with --device cpu (default 1)")
@@ -34,6 +42,7 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="how workers get the port: disk (the installed files are patched), memory (an import "
                         "hook rewrites on import, no file touched), off; auto: disk if patched, else memory")
     g.add_argument("--dry-run", action="store_true", help="print the launch command and environment, run nothing")
+    return {action.dest for action in g._group_actions}
 
 
 @dataclass

@@ -96,7 +96,7 @@ def locate(target: Target, site_packages: Path | None = None, check_version: boo
         except md.PackageNotFoundError:
             raise NotFoundError(
                 f"{target.distribution} is not installed in this environment",
-                hint=f"install it, or point porter at another environment with --site-packages DIR",
+                hint="install it, or point porter at another environment with --site-packages DIR",
             ) from None
         site_packages = Path(dist.locate_file("")).resolve()
     version = dist.version

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .diskio import sha256_file
-from .journal import APPLIED, Journal, saved_original
+from .journal import APPLIED, Journal
 from .rewrite import rewrite_file
 from .rules import Rule
 from .target import InstalledTarget
@@ -44,11 +44,10 @@ class VerifyContext:
         return self.installed.site_packages
 
     def original_source(self, rel: str) -> str:
-        """The file as it was before the patch (from the journal's saved originals)."""
-        for entry in self.journal.files:
-            if entry.path == rel:
-                return saved_original(self.installed.state_dir, entry).decode("utf-8")
-        return self.installed.path(rel).read_text(encoding="utf-8")  # a file the patch did not touch
+        """The file as it was before the patch (from the journal's saved originals; untouched files from disk)."""
+        from .patcher import read_original
+
+        return read_original(self.installed, self.journal)(rel)
 
 
 @dataclass(frozen=True)

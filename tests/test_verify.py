@@ -1,6 +1,5 @@
 """`porter verify`: journal, compile, import, fixpoint and plugin checks."""
 import json
-import textwrap
 
 from porter.testing import run_porter
 

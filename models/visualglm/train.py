@@ -18,6 +18,7 @@ import torch
 
 from porter.errors import PorterError
 
+from . import tokenizer as tok
 from .model import FINETUNE_MODES
 
 EPILOG = """\
@@ -185,8 +186,9 @@ def run(args) -> int:
         args.finetune = "lora" if args.from_pretrained else "full"
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     os.environ.setdefault("SAT_LOGLEVEL", "WARNING")  # SAT's per-step log lines would drown the progress bar
-    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(var, default)
+    from porter.launch import single_process_defaults
+
+    single_process_defaults()
 
     def say(msg):
         if rank == 0:
@@ -263,7 +265,7 @@ def run(args) -> int:
         state["micro"] += 1
         state["losses"].append(loss.detach().float())
         state["samples"] += ids.shape[0]
-        state["tokens"] += int((ids != 3).sum())
+        state["tokens"] += int((ids != tok.PAD).sum())
         return loss, {}
 
     def _finish_step(model, now):

@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from porter_sat.smoke import BOS, GMASK, PAD, model_args, sample
+from porter.launch import single_process_defaults
+from porter_sat.smoke import model_args, sample
 
-# op -> (dtype -> max abs diff allowed). fp32 rewrites reorder nothing, so they match to float rounding.
+# dtype -> max abs diff allowed between patched and original. fp32 rewrites reorder nothing.
 TOLERANCES = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 2e-3}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -109,8 +109,7 @@ def build_tiny_chatglm(seed: int = 1234, hidden: int = 64, heads: int = 4):
     from sat import get_args
     from sat.model.official.chatglm_model import ChatGLMModel
 
-    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(var, default)
+    single_process_defaults()
     parser = ap.ArgumentParser()
     ChatGLMModel.add_model_specific_args(parser)
     sizes = ["--hidden-size", str(hidden), "--num-attention-heads", str(heads), "--inner-hidden-size", str(2 * hidden)]
@@ -144,9 +143,9 @@ def model_run(steps: int = 20, seed: int = 1234) -> dict:
 
 def compare_model_runs(original: dict, patched: dict) -> list[dict]:
     """logits <= 1e-5 max abs diff, gradients likewise, and each loss within 1e-5 relative."""
+    assert set(original["grads"]) == set(patched["grads"]), "the two runs have different parameters"
     rows = [{"what": "logits", "max_abs_diff": _diff(original["logits"], patched["logits"]), "tolerance": 1e-5}]
     grad_diff = max(_diff(original["grads"][n], patched["grads"][n]) for n in original["grads"])
-    assert set(original["grads"]) == set(patched["grads"])
     rows.append({"what": f"gradients ({len(original['grads'])} tensors)", "max_abs_diff": grad_diff, "tolerance": 1e-5})
     rel = max(abs(a - b) / abs(a) for a, b in zip(original["losses"], patched["losses"]))
     rows.append({"what": f"loss curve ({len(original['losses'])} steps)", "max_rel_diff": rel, "tolerance": 1e-5})

@@ -16,6 +16,8 @@ import tempfile
 
 import torch
 
+from porter.launch import single_process_defaults
+
 VOCAB, PAD, GMASK, BOS, EOS = 160, 0, 150, 151, 152
 SEQ = 24
 
@@ -95,8 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1234)
     ours = parser.parse_args(argv)
-    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(var, default)  # what a launcher would set; DeepSpeed insists on LOCAL_RANK
+    single_process_defaults()
 
     from sat import get_args
     from sat.model.official.chatglm_model import ChatGLMModel

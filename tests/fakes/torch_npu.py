@@ -6,7 +6,6 @@ CPU. Passing tests with it prove porter's dispatch and argument layout, not the 
 """
 from __future__ import annotations
 
-import math
 import types
 
 import torch

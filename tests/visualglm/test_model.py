@@ -62,7 +62,7 @@ def test_forward_shape_and_image_splice(tiny_model, tiny_tokenizer, tiny_config)
 def test_changing_the_image_changes_logits_from_the_image_on(tiny_model, tiny_tokenizer, tiny_config):
     """With a causal mask, positions before the image cannot see it. (ChatGLM's own default mask lets every
     prompt position see the whole prompt, so there the image reaches all prompt positions.)"""
-    size, L = tiny_config.vision.image_size, tiny_config.image_length
+    size = tiny_config.vision.image_size
     a, b = torch.randn(1, 3, size, size), torch.randn(1, 3, size, size)
     ids, pre = batch(tiny_tokenizer, tiny_config, a)
     mask, positions = causal(ids.shape[1]), torch.arange(ids.shape[1])[None, None].expand(1, 2, -1).clone()

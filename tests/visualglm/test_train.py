@@ -1,7 +1,6 @@
 """`porter run visualglm train`: the real DeepSpeed launcher and SAT's training_main, on CPU processes."""
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest

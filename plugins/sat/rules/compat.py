@@ -5,7 +5,7 @@ import libcst as cst
 
 from porter.rules import JsonValue, Rule, RuleDocs, RuleTransformer
 
-from .runtime import code
+from .runtime import code, keyword
 
 MIN_LOSS_SCALE = Rule(
     id="sat.compat.zero0-min-loss-scale", target="sat", category="compat",
@@ -47,8 +47,7 @@ class LoadFullCheckpoint(RuleTransformer):
                                                              for a in updated_node.args):
             return updated_node
         self.record(original_node, "torch.load(...) -> torch.load(..., weights_only=False)")
-        arg = cst.Arg(cst.Name("False"), keyword=cst.Name("weights_only"), equal=cst.AssignEqual(
-            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+        arg = keyword("weights_only", cst.Name("False"))
         args = list(updated_node.args)
         args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
         return updated_node.with_changes(args=[*args, arg])

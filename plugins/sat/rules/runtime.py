@@ -13,11 +13,15 @@ def code(node: cst.CSTNode) -> str:
     return "".join(cst.Module([]).code_for_node(node).split())
 
 
+def keyword(name: str, value: cst.BaseExpression) -> cst.Arg:
+    """``name=value``, written the way PEP 8 writes keyword arguments."""
+    return cst.Arg(value, keyword=cst.Name(name), equal=cst.AssignEqual(
+        whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+
+
 def call(transformer, runtime: tuple[str, str], function: str, args=(), keywords: dict | None = None) -> cst.Call:
     """``alias.function(*args, **keywords)``, with the runtime import added to the module."""
     alias = transformer.require_import(*runtime)
     arguments = [a if isinstance(a, cst.Arg) else cst.Arg(a) for a in args]
-    for name, value in (keywords or {}).items():
-        arguments.append(cst.Arg(value, keyword=cst.Name(name), equal=cst.AssignEqual(
-            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))))
+    arguments += [keyword(name, value) for name, value in (keywords or {}).items()]
     return cst.Call(func=cst.Attribute(alias, cst.Name(function)), args=arguments)
