@@ -23,6 +23,7 @@ exit codes:
   4  the installed files are in a state porter will not touch (drifted, interrupted, locked)
   5  a plugin failed to load (with --strict)
   6  unknown target, rule, model or recipe; package not installed
+  7  an input file cannot be used (data set, checkpoint, tokenizer): the message names it
 """
 
 MAIN_HELP = """\

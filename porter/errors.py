@@ -9,6 +9,7 @@ EXIT_PLAN = 3  # the rules cannot be applied: required rule unmatched, conflict,
 EXIT_STATE = 4  # the installed files are not in a state porter may touch: drift, interrupted, locked
 EXIT_PLUGIN = 5  # a plugin failed to load (fatal only under --strict)
 EXIT_NOT_FOUND = 6  # unknown target, rule, model or recipe; package not installed
+EXIT_INPUT = 7  # a user's input file is unusable: data set, checkpoint, tokenizer, image
 
 
 class PorterError(Exception):
@@ -41,3 +42,9 @@ class PluginError(PorterError):
 
 class NotFoundError(PorterError):
     exit_code = EXIT_NOT_FOUND
+
+
+class InputError(PorterError):
+    """A file the user brought (data, checkpoint, tokenizer) cannot be used; the message names it."""
+
+    exit_code = EXIT_INPUT

@@ -1,27 +1,43 @@
 """VisualGLM checkpoints in SAT's layout: ``latest``, ``model_config.json``, ``<iter>/mp_rank_00_model_states.pt``.
 
-The released VisualGLM-6B folder (``1/``, ``latest``, ``model_config.json``) loads as it is; checkpoints that
-SAT's training_main writes load too. Each way a folder can be wrong has its own error naming the file.
+The released VisualGLM-6B folder loads as it is, and so do the checkpoints SAT's training_main writes:
+
+- the model is built on the meta device and the file's tensors are assigned to it in the requested dtype,
+  read through a memory map: peak host memory is about one copy of the file (one more copy of the part that
+  changes dtype), not a random-weight model plus the file;
+- keys that a known SAT version left behind are dropped with one line saying why (:data:`STALE`); rotary
+  ``inv_freq`` buffers may or may not be in a file, and are computed as SAT does either way (SAT's rotary
+  module ignores them on load);
+- any other unexpected or missing key, or a shape that does not match ``model_config.json``, is an error
+  that lists all of them.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from porter.errors import PorterError
+from porter.errors import InputError
 
 from .config import VisualGLMConfig
-from .model import build_model
 
 STATES = "mp_rank_00_model_states.pt"
+# key -> why it is in some files and may be dropped
+STALE = {
+    "transformer.position_embeddings.weight":
+        "a learned position table SAT 0.3.6's ChatGLM kept but never used (ChatGLM uses rotary positions; SAT "
+        "removed it in July 2023); the released VisualGLM-6B checkpoint was saved with it",
+}
+DERIVED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")  # recomputed by SAT's rotary module, never loaded
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-class CheckpointError(PorterError):
+class CheckpointError(InputError):
     pass
 
 
@@ -55,8 +71,14 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
         raise CheckpointError(f"{latest}: missing; a SAT checkpoint folder names its iteration in `latest`",
                               hint="point --from_pretrained at the folder that holds `latest` and `model_config.json`")
     iteration = latest.read_text().strip()
-    if not (folder / iteration).is_dir():
+    if not iteration or not (folder / iteration).is_dir():
         raise CheckpointError(f"{folder / iteration}: iteration folder missing (`latest` says {iteration!r})")
+    ranks = sorted(p.name for p in (folder / iteration).glob("mp_rank_*_model_states.pt"))
+    if len(ranks) > 1:
+        raise CheckpointError(
+            f"{folder / iteration}: a model-parallel checkpoint in {len(ranks)} parts ({', '.join(ranks)}); porter "
+            f"loads model_parallel_size 1", hint="merge the parts with SAT's model-parallel tools first, or use the "
+                                                 "released single-file checkpoint")
     if not (folder / iteration / STATES).is_file():
         raise CheckpointError(f"{folder / iteration / STATES}: weights file missing")
     config_file = folder / "model_config.json"
@@ -66,32 +88,108 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
         raise CheckpointError(f"{config_file}: missing") from None
     except ValueError as exc:
         raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from None
+    if not isinstance(sat_args, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object of SAT's arguments")
+    if int(sat_args.get("model_parallel_size", 1) or 1) != 1:
+        raise CheckpointError(f"{config_file}: model_parallel_size {sat_args['model_parallel_size']}; porter loads 1",
+                              hint="merge the model-parallel parts first")
     return Checkpoint(folder, iteration, VisualGLMConfig.from_sat_args(sat_args, str(config_file)), sat_args)
 
 
-def load_model(folder: str | Path, merge_lora: bool = False):
-    """Build the model ``model_config.json`` describes and load its weights, checking every shape."""
+def read_states(path: Path) -> dict[str, torch.Tensor]:
+    """The ``module`` state dict of a SAT weights file, memory-mapped: tensors are read when first touched."""
+    try:
+        # SAT stores its training state (lr scheduler, RNG states) beside the weights: a trusted local file.
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+            raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
+        try:  # the legacy (pre-zip) serialization cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001 - whatever unpickling raises, the file is unusable
+            raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc2)})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or random bytes raise anything from EOFError to KeyError
+        raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
+    weights = state.get("module", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: no 'module' state dict of tensors inside")
+    return weights
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+@dataclass
+class KeyReport:
+    """How a file's keys compare with a model's."""
+    stale: list[str] = field(default_factory=list)  # known leftovers, dropped
+    derived: list[str] = field(default_factory=list)  # in the file, recomputed instead
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "name: file (a, b), model (c, d)"
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"unexpected {k}" for k in self.unexpected] + [f"missing {k}" for k in self.missing]
+        return out + [f"shape of {m}" for m in self.mismatched]
+
+
+def compare_keys(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> KeyReport:
+    report = KeyReport()
+    for name, tensor in weights.items():
+        if name in STALE and name not in expected:
+            report.stale.append(name)
+        elif DERIVED.search(name):
+            report.derived.append(name)
+        elif name not in expected:
+            report.unexpected.append(f"{name} {tuple(tensor.shape)}")
+        elif tuple(tensor.shape) != tuple(expected[name].shape):
+            report.mismatched.append(f"{name}: file {tuple(tensor.shape)}, model_config.json {tuple(expected[name].shape)}")
+    for name, tensor in expected.items():
+        if name not in weights and not DERIVED.search(name):
+            report.missing.append(f"{name} {tuple(tensor.shape)}")
+    return report
+
+
+def resolve_dtype(name: str | None) -> torch.dtype:
+    """--dtype fp16|bf16|fp32, or the current device's default (fp16 on accelerators, fp32 on the CPU)."""
+    if name in (None, "auto"):
+        from porter.runtime import device
+
+        return device.current().default_dtype
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InputError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}", exit_code=2) from None
+
+
+def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype = torch.float32, say=None):
+    """Build the model ``model_config.json`` describes and assign it the file's weights in ``dtype``."""
+    from .model import assign_weights, build_model, materialise_derived
+
     ckpt = inspect_checkpoint(folder)
     model = build_model(ckpt.config, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
-                        lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8))
-    # SAT stores its training state (lr scheduler, RNG states) beside the weights: a trusted local file.
-    state = torch.load(ckpt.states_file, map_location="cpu", weights_only=False)
-    weights = state.get("module", state) if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{ckpt.states_file}: no 'module' state dict inside")
-    expected = model.state_dict()
-    for name, tensor in weights.items():
-        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{ckpt.states_file}: tensor {name} has shape {tuple(tensor.shape)}, but model_config.json describes "
-                f"{tuple(expected[name].shape)}", hint="the weights and model_config.json come from different models")
-    missing = [n for n in expected if n not in weights]
-    unexpected = [n for n in weights if n not in expected]
-    if missing or unexpected:
-        detail = (f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")) if missing \
-            else (f"unexpected {unexpected[0]}" + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
-        raise CheckpointError(f"{ckpt.states_file}: weights do not match model_config.json: {detail}")
-    model.load_state_dict(weights)
+                        lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8),
+                        meta=True)
+    weights = read_states(ckpt.states_file)
+    report = compare_keys(weights, model.state_dict())
+    if report.problems:
+        raise CheckpointError(
+            f"{ckpt.states_file}: weights do not match {ckpt.folder / 'model_config.json'} "
+            f"({len(report.problems)} problem(s)): " + "; ".join(report.problems),
+            hint="the weights and model_config.json come from different models, or the file is not a VisualGLM "
+                 "checkpoint")
+    for name in report.stale:
+        if say:
+            say(f"note: dropped {name} from {ckpt.states_file.name}: {STALE[name]}")
+    keep = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in weights.items()
+            if n not in report.stale and not DERIVED.search(n)}
+    del weights
+    assign_weights(model, keep)
+    del keep
+    materialise_derived(model, dtype)
     model.porter_config = ckpt.config
     if merge_lora and ckpt.finetune == "lora":
         model.get_mixin("lora").merge_lora()

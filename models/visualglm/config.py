@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from porter.errors import PorterError
+from porter.errors import InputError, PorterError
 
 from . import tokenizer as tok
 
@@ -86,21 +86,27 @@ class VisualGLMConfig:
             size = eva.get("image_size", [224, 224])
             is_decoder = qf.get("is_decoder", [True] * qf["num_layers"])
             cross = [i for i, d in enumerate(is_decoder) if d] if isinstance(is_decoder, list) else [0]
+            every = cross[1] - cross[0] if len(cross) > 1 else qf["num_layers"]
+            if isinstance(is_decoder, list) and is_decoder != [i % every == 0 for i in range(qf["num_layers"])]:
+                raise ValueError(f"'qformer_args.is_decoder' {is_decoder}: cross-attention every n-th layer from "
+                                 f"layer 0 is what VisualGLM uses")
             vision = VisionConfig(layers=eva["num_layers"], hidden=eva["hidden_size"], heads=eva["num_attention_heads"],
                                   mlp=eva.get("inner_hidden_size") or 4 * eva["hidden_size"],
                                   image_size=size[0] if isinstance(size, list) else size,
                                   patch_size=eva.get("patch_size", 14), eps=eva.get("layernorm_epsilon", 1e-6))
             qformer = QFormerConfig(layers=qf["num_layers"], hidden=qf["hidden_size"], heads=qf["num_attention_heads"],
                                     queries=args.get("image_length", qf.get("vocab_size", 32)),
-                                    cross_every=cross[1] - cross[0] if len(cross) > 1 else 1,
+                                    cross_every=every,
                                     eps=qf.get("layernorm_epsilon", 1e-12),
                                     layernorm_order=qf.get("layernorm_order", "post"))
             lm = LanguageConfig(layers=args["num_layers"], hidden=args["hidden_size"],
                                 heads=args["num_attention_heads"],
                                 inner=args.get("inner_hidden_size") or 4 * args["hidden_size"],
                                 vocab=args["vocab_size"], max_sequence_length=args.get("max_sequence_length", 2048))
+        except ValueError as exc:
+            raise InputError(f"{source}: {exc}") from None
         except (KeyError, TypeError, IndexError) as exc:
-            raise PorterError(f"{source}: missing or malformed field {exc}",
+            raise InputError(f"{source}: missing or malformed field {exc}",
                               hint="expected SAT's model_config.json of a VisualGLM model") from None
         return cls(vision, qformer, lm)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from porter.errors import PorterError
+from porter.errors import InputError
 
 from . import tokenizer as tok
+from .chat import IMAGE_CLOSE, IMAGE_OPEN, prompt_text
 from .images import ImageError, load_image
 
 PROMPT_EN = "What's in the image?"
@@ -22,7 +23,7 @@ PROMPT_ZH = "图片里有什么？"
 FORMATS = ("fewshot", "coco", "auto")
 
 
-class DataError(PorterError):
+class DataError(InputError):
     """Bad input data; the message names the file and the record."""
 
 
@@ -153,9 +154,15 @@ def load_records(path: Path, data_format: str = "auto", split: str = "train", pr
     return read_fewshot(path, skip_bad)
 
 
-def build_prompt(prompt: str) -> tuple[str, str]:
-    """The text before and after the image: ``<img>`` + image + ``</img>问：{prompt}\\n答：``."""
-    return "<img>", f"</img>问：{prompt}\n答："
+@dataclass(frozen=True)
+class Lengths:
+    """``finetune_visualglm.py``'s limits: the source (image and question) is cut to ``max_source - 1`` ids,
+    the answer to ``max_target - 2``; ``pad_to="max"`` pads every sample to ``max_source + max_target`` as
+    upstream does, ``"longest"`` only to the longest in its batch (the same loss, less work)."""
+    max_source: int = 64
+    max_target: int = 256
+    pad_to: str = "max"
+    ignore_pad_token_for_loss: bool = True
 
 
 @dataclass
@@ -165,30 +172,37 @@ class Example:
     pre_image: int
 
 
-def encode_example(tokenizer, image_length: int, prompt: str, answer: str | None, max_source: int = 64,
-                   max_target: int = 64) -> Example:
-    """Token ids for one sample: ``<img>`` pads ``</img>问：...答：`` [gMASK] <sop> answer <eop>.
+def encode_example(tokenizer, image_length: int, prompt: str, answer: str, lengths: Lengths = Lengths()) -> Example:
+    """One training sample as ``finetune_visualglm.py`` builds it.
 
-    Labels are -100 everywhere but on the answer (and its <eop>), as VisualGLM is fine-tuned.
+    ids: ``<img>`` + pads + ``</img>问：{prompt}\n答：`` (cut to ``max_source - 1``), ``[gMASK] <sop>``, the answer
+    (cut to ``max_target - 2``), ``<eop>``. labels: -100 up to ``<sop>``, then the ids themselves from ``<sop>`` on,
+    so the ``[gMASK]`` position learns to predict ``<sop>`` (the loss shifts by one). Pad positions get -100 when
+    ``ignore_pad_token_for_loss`` (upstream's default), else the pad id.
     """
-    before, after = build_prompt(prompt)
-    head = tokenizer.encode(before)
-    source = head + [tok.PAD] * image_length + tokenizer.encode(after)[: max_source]
-    source = source + [tok.GMASK, tok.BOS]
-    if answer is None:
-        return Example(source, [-100] * len(source), len(head))
-    target = tokenizer.encode(answer)[: max_target - 1] + [tok.EOS]
-    ids = source + target
-    labels = [-100] * (len(source) - 1) + [tok.BOS] + target  # labels[i] is the token at i (shifted in the loss)
-    labels = [-100] * len(source) + target
+    head = tokenizer.encode(IMAGE_OPEN)
+    if len(head) + image_length > lengths.max_source - 1:
+        raise DataError(f"--max-source-length {lengths.max_source} leaves no room for the question: the image alone "
+                        f"takes {len(head) + image_length} ids", hint=f"use at least {len(head) + image_length + 16}")
+    source = head + [tok.PAD] * image_length + tokenizer.encode(IMAGE_CLOSE + prompt_text(prompt))
+    source = source[: lengths.max_source - 1]
+    target = tokenizer.encode(answer)[: max(lengths.max_target - 2, 0)]
+    ids = tokenizer.build_inputs(source, target)
+    context = len(source) + 1  # the index of <sop>
+    labels = [-100] * context + ids[context:]
+    if lengths.pad_to == "max":
+        pad = lengths.max_source + lengths.max_target - len(ids)
+        ids, labels = ids + [tok.PAD] * pad, labels + [tok.PAD] * pad
+    if lengths.ignore_pad_token_for_loss:
+        labels = [-100 if label == tok.PAD else label for label in labels]
     return Example(ids, labels, len(head))
 
 
 class VisualGLMDataset(torch.utils.data.Dataset):
-    """Records as model inputs: input_ids, labels (both padded to the longest), image tensor, pre_image."""
+    """Records as model inputs: input_ids, labels, image tensor, pre_image."""
 
     def __init__(self, records: list[Record], tokenizer, image_size: int, image_length: int, skip_bad: bool = False,
-                 flip: bool = False):
+                 flip: bool = False, lengths: Lengths = Lengths()):
         self.items, self.skipped, self.flip = [], [], flip
         for record in records:
             try:
@@ -198,7 +212,7 @@ class VisualGLMDataset(torch.utils.data.Dataset):
                     raise DataError(f"{record.source}: {exc}", hint="--skip-bad skips such records") from None
                 self.skipped.append(f"{record.source}: {exc}")
                 continue
-            self.items.append((encode_example(tokenizer, image_length, record.prompt, record.answer), image))
+            self.items.append((encode_example(tokenizer, image_length, record.prompt, record.answer, lengths), image))
 
     def __len__(self):
         return len(self.items)

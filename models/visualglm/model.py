@@ -40,7 +40,7 @@ def classes() -> dict[str, type]:
     class VisionFinalNorm(BaseMixin):
         """EVA ends in a LayerNorm over every position instead of ViT's classifier."""
 
-        def __init__(self, hidden_size, eps=1e-6):
+        def __init__(self, hidden_size, eps=1e-5):  # nn.LayerNorm's default, as upstream's blip2.py builds it
             super().__init__()
             self.ln_vision = nn.LayerNorm(hidden_size, eps=eps)
 
@@ -184,6 +184,37 @@ def build_model(config: VisualGLMConfig, *, finetune: str | None = None, lora_ra
         if finetune is not None:
             add_finetuning(model, finetune, lora_rank=lora_rank, lora_layers=lora_layers, pre_seq_len=pre_seq_len)
     return model
+
+
+def assign_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    """Put each tensor in place of the model's parameter or buffer of that name, without copying.
+
+    ``load_state_dict(assign=True)`` cannot do this for SAT: its LoRA layers and rotary module override
+    ``_load_from_state_dict`` and copy into (or ignore) what is there, which on the meta device is nothing.
+    """
+    for name, tensor in weights.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if attr in owner._parameters:
+            old = owner._parameters[attr]
+            owner._parameters[attr] = nn.Parameter(tensor, requires_grad=old.requires_grad if old is not None else True)
+        elif attr in owner._buffers:
+            owner._buffers[attr] = tensor
+        else:
+            raise KeyError(name)
+
+
+def materialise_derived(model, dtype: torch.dtype = torch.float32) -> None:
+    """Compute the buffers a checkpoint does not set (rotary ``inv_freq``) as SAT computes them at build time, in
+    ``dtype`` as SAT's ``model.half()`` leaves them; anything else still on the meta device is a bug, said so."""
+    for module_name, module in model.named_modules():
+        for attr, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_meta and attr == "inv_freq":
+                dim = 2 * buf.shape[0]  # SAT's RotaryEmbedding: 1 / base^(2i/dim), base 10000 for ChatGLM
+                module._buffers[attr] = (1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))).to(dtype)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors left without a value after loading: {', '.join(left)}")
 
 
 def add_finetuning(model, finetune: str, *, lora_rank: int = 10, lora_layers: list[int] | None = None,

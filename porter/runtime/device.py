@@ -28,6 +28,7 @@ class Device:
     detect_order: ClassVar[int] = 100  # lower is tried first during auto-detection
     pin_memory: ClassVar[bool] = False  # whether pinned host memory speeds host-to-device copies
     bf16: ClassVar[bool] = True
+    fp16: ClassVar[bool] = True
 
     # -- discovery --------------------------------------------------------------------------------------
     @classmethod
@@ -96,6 +97,17 @@ class Device:
 
     def max_memory_reserved(self) -> int:
         return self._module().max_memory_reserved()
+
+    def memory_free(self) -> int | None:
+        """Bytes free on the current device, or None where the device has no memory of its own (the CPU)."""
+        return int(self._module().mem_get_info()[0])
+
+    # -- data types ---------------------------------------------------------------------------------------
+    @property
+    def default_dtype(self) -> torch.dtype:
+        """The dtype a model runs in here unless told otherwise: fp16 on accelerators (bf16 where fp16 is not
+        supported), fp32 on the CPU."""
+        return torch.float16 if self.fp16 else torch.bfloat16
 
     # -- numerics flags and profiling ------------------------------------------------------------------
     def set_determinism(self, *, benchmark: bool, deterministic: bool, allow_tf32: bool) -> None:
@@ -169,6 +181,13 @@ class CPU(Device):
         return 0
 
     max_memory_allocated = memory_reserved = max_memory_reserved = memory_allocated
+
+    def memory_free(self) -> int | None:
+        return None
+
+    @property
+    def default_dtype(self) -> torch.dtype:
+        return torch.float32
 
 
 class CUDA(Device):
