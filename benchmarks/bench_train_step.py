@@ -22,17 +22,17 @@ def main() -> dict:
     with contextlib.redirect_stdout(sys.stderr):
         import sat  # noqa: F401
     from porter_visualglm.config import preset
-    from porter_visualglm.data import VisualGLMDataset, collate, load_records
+    from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
     from porter_visualglm.data_paths import SHAPES_DIR
     from porter_visualglm.model import build_model
-    from porter_visualglm.tiny_tokenizer import tiny_tokenizer_dir
+    from porter_visualglm.standin_tokenizer import standin_tokenizer_dir
     from porter_visualglm.tokenizer import ChatGLMTokenizer
 
     config = preset("tiny")
     model = build_model(config, finetune="full")
-    tokenizer = ChatGLMTokenizer(tiny_tokenizer_dir())
+    tokenizer = ChatGLMTokenizer(standin_tokenizer_dir())
     dataset = VisualGLMDataset(load_records(SHAPES_DIR / "fewshot/train.json").records, tokenizer,
-                               config.vision.image_size, config.image_length)
+                               config.vision.image_size, config.image_length, lengths=Lengths(pad_to="longest"))
     batch = collate([dataset[i] for i in range(16)])
     labels = batch["labels"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -50,7 +50,7 @@ def run(args) -> int:
         shutil.rmtree(args.save, ignore_errors=True)
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
-                      "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment",
+                      "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",
                       "--patch", args.patch, "--save", str(args.save), "--log-interval", "25")
         if code != 0:
             raise PorterError(f"training failed (exit {code}); see above")
@@ -70,12 +70,11 @@ def evaluate_run(save: Path) -> int:
         import sat  # noqa: F401  (SAT's log handlers bind to stderr)
     from . import evaluate
     from .checkpoint import load_model
-    from .tiny_tokenizer import tiny_tokenizer_dir
-    from .tokenizer import ChatGLMTokenizer
+    from .assets import tokenizer_for
 
     summary = json.loads((save / "summary.json").read_text())
     model, ckpt = load_model(summary["checkpoint"])
-    tokenizer = ChatGLMTokenizer(tiny_tokenizer_dir())
+    tokenizer = tokenizer_for(ckpt.sat_args.get("tokenizer_type", ""), None)
     print("\nheld-out images (never seen in training): the model's answer beside the expected caption\n", flush=True)
     rows = evaluate.answer_all(model.eval(), tokenizer, evaluate.held_out(), ckpt.config.vision.image_size)
     width = max(len(r.expected) for r in rows)

@@ -42,15 +42,17 @@ def held_out(split: str = "val"):
 
 
 def answer_all(model, tokenizer, records, image_size: int, max_length: int = 128) -> list[Row]:
+    """Greedy answers, asked as the model was fine-tuned (upstream's Chinese template, whatever the language)."""
+    from .chat import build_prompt
     from .generate import Sampling, stream
     from .images import load_image
 
-    greedy = Sampling(max_length=max_length, top_k=1, top_p=1.0, temperature=1.0, seed=0)
     rows = []
     for record in records:
         image = load_image(record.image, image_size)
-        text = "".join(stream(model, tokenizer, image, record.prompt, (), greedy))
-        rows.append(Row(record.image.name, record.prompt, record.answer, text.strip()))
+        prompt = build_prompt(tokenizer, record.prompt, image_length=model.image_length)
+        text = "".join(stream(model, tokenizer, prompt, image, Sampling.greedy(max_length)))
+        rows.append(Row(record.image.name, record.prompt, record.answer, text))
     return rows
 
 

@@ -11,10 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from porter.errors import PorterError
+from porter.errors import InputError, PorterError
 
-DEFAULT_EN, DEFAULT_ZH = "Describe the image.", "描述这张图片。"
-TINY_TOKENIZER = "porter-tiny"
+from .assets import STANDIN, add_weight_arguments, tokenizer_for
+
+DEFAULT_EN, DEFAULT_ZH = "Describe the image.", "描述这张图片。"  # cli_demo.py's first-turn questions
 
 EPILOG = """\
 examples:
@@ -29,25 +30,30 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", type=Path, help="the image (default: a shipped held-out image, or asked for with "
                                               "--interactive)")
+    p.add_argument("--no-image", action="store_true", help="a text-only question, as upstream's chat without an image")
     p.add_argument("--prompt", help="the question (overrides --prompt_en / --prompt_zh)")
     p.add_argument("--prompt_en", "--prompt-en", default=DEFAULT_EN, help=f"English question (default: {DEFAULT_EN!r})")
     p.add_argument("--prompt_zh", "--prompt-zh", default=DEFAULT_ZH, help=f"Chinese question (default: {DEFAULT_ZH!r})")
-    p.add_argument("--english", action="store_true", help="ask --prompt_en instead of --prompt_zh")
-    p.add_argument("--from_pretrained", "--from-pretrained", type=Path, metavar="DIR",
-                   help="a SAT checkpoint folder (latest, model_config.json, <iter>/); default: random weights")
-    p.add_argument("--chatglm_path", "--chatglm-path", type=Path, metavar="DIR",
-                   help="the folder holding ChatGLM-6B's ice_text.model (tiny checkpoints carry their own)")
+    p.add_argument("--english", action="store_true", help="English: the Q:/A: template, --prompt_en, and no Chinese "
+                                                          "token sampled (upstream's invalid_slices)")
+    add_weight_arguments(p)
     p.add_argument("--preset", default="tiny", help="architecture when there is no checkpoint (default: tiny)")
     p.add_argument("--max_length", "--max-length", type=int, default=None,
                    help="prompt + answer tokens (default: 2048, or the model's maximum if smaller)")
     p.add_argument("--top_p", "--top-p", type=float, default=0.4)
     p.add_argument("--top_k", "--top-k", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--repetition_penalty", "--repetition-penalty", type=float, default=1.2,
+                   help="divide the logits of tokens already in the answer by this (default 1.2, as upstream)")
+    p.add_argument("--keep-history", action="store_true",
+                   help="--interactive: keep every earlier turn, as upstream does, and stop with an error when they no "
+                        "longer fit --max_length (default: drop the oldest turns to leave half of it for the answer)")
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
                    help="where to run (default: detection, npu first)")
-    p.add_argument("--interactive", action="store_true", help="a chat loop with history; an empty line or "
-                                                              "'clear' starts over with a new image, 'quit' ends")
+    p.add_argument("--interactive", action="store_true", help="a chat loop with history; at the image prompt an "
+                                                              "empty line chats without an image; 'clear' starts "
+                                                              "over, 'quit' ends")
 
 
 def default_image() -> Path:
@@ -57,89 +63,91 @@ def default_image() -> Path:
 
 
 def load(args, say=print):
-    """(model, tokenizer, config) for the arguments."""
+    """(model, tokenizer, config) for the arguments, the model in its dtype on the current device."""
     import contextlib
 
     # SAT and DeepSpeed log to stdout through handlers bound at import: import them with stdout pointing at
     # stderr, so stdout carries the answer alone (and can be piped).
     with contextlib.redirect_stdout(sys.stderr):
         import sat  # noqa: F401
-    from .checkpoint import load_model
+    from porter.runtime import device
+
+    from .checkpoint import load_model, resolve_dtype
     from .config import preset
     from .model import build_model
-    from .tiny_tokenizer import tiny_tokenizer_dir
-    from .tokenizer import ChatGLMTokenizer
 
+    dtype = resolve_dtype(args.dtype)
     if args.from_pretrained:
-        model, ckpt = load_model(args.from_pretrained, merge_lora=True)
+        model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say)
         config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", "")
-        say(f"model: {args.from_pretrained} (iteration {ckpt.iteration})")
+        say(f"model: {args.from_pretrained} (iteration {ckpt.iteration}, {str(dtype).removeprefix('torch.')})")
     else:
         if args.preset != "tiny":
             raise PorterError(f"--preset {args.preset} with random weights is not worth running",
-                              hint="pass --from_pretrained DIR with its checkpoint")
-        config, tokenizer_type = preset("tiny"), TINY_TOKENIZER
-        model = build_model(config, seed=args.seed or 1234)
+                              hint="pass --from_pretrained DIR with its checkpoint", exit_code=2)
+        config, tokenizer_type = preset("tiny"), STANDIN
+        model = build_model(config, seed=args.seed or 1234).to(dtype)
         say("model: tiny preset with random weights (no --from_pretrained): expect noise")
-    if args.chatglm_path:
-        tokenizer = ChatGLMTokenizer(args.chatglm_path)
-    elif tokenizer_type == TINY_TOKENIZER:
-        tokenizer = ChatGLMTokenizer(tiny_tokenizer_dir())
-    else:
-        raise PorterError("this checkpoint uses ChatGLM-6B's tokenizer: pass --chatglm_path DIR",
-                          hint="the folder holding ice_text.model (no need to edit tokenizer_type in model_config.json)")
-    return model, tokenizer, config
+    tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
+    return model.to(device.current_device()).eval(), tokenizer, config
 
 
 def run(args) -> int:
     if args.device != "auto":
         os.environ["PORTER_DEVICE"] = args.device
-    from porter.runtime import device
-
-    from .generate import Sampling, fit_history, stream
+    from .chat import build_prompt, trim_history
+    from .generate import Sampling, stream
     from .images import ImageError, load_image
+    from .tokenizer import ENGLISH_BAN
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
     model, tokenizer, config = load(args, say)
-    model = model.to(device.current_device()).eval()
     limit = min(args.max_length or 2048, 2048 if args.from_pretrained else config.lm.max_sequence_length)
     sampling = Sampling(max_length=limit, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature,
-                        seed=args.seed)
+                        repetition_penalty=args.repetition_penalty, seed=args.seed,
+                        invalid_slices=[ENGLISH_BAN] if args.english else [])
     query = args.prompt or (args.prompt_en if args.english else args.prompt_zh)
 
     def answer(image_path, question, history):
-        image = load_image(image_path, config.vision.image_size)
-        history = fit_history(tokenizer, model.image_length, question, history, sampling.max_length)
+        image = load_image(image_path, config.vision.image_size) if image_path else None
+        shape = {"image_length": model.image_length, "has_image": image is not None, "english": args.english}
+        if not args.keep_history:
+            history = trim_history(tokenizer, question, history, max_length=sampling.max_length, **shape)
+        prompt = build_prompt(tokenizer, question, history, **shape)
+        if len(prompt.ids) >= sampling.max_length:
+            raise PorterError(f"the prompt is {len(prompt.ids)} tokens and --max_length is {sampling.max_length}: no "
+                              f"room for an answer", hint=f"shorten the question or raise --max_length above "
+                                                          f"{len(prompt.ids)}", exit_code=2)
         pieces = []
-        for piece in stream(model, tokenizer, image, question, history, sampling):
+        for piece in stream(model, tokenizer, prompt, image, sampling):
             print(piece, end="", flush=True)
             pieces.append(piece)
         print(flush=True)
         return "".join(pieces)
 
     if not args.interactive:
-        image_path = args.image or default_image()
-        say(f"image: {image_path}\nquestion: {query}")
+        image_path = None if args.no_image else (args.image or default_image())
+        say(f"image: {image_path or '(none: text only)'}\nquestion: {query}")
         try:
             answer(image_path, query, [])
         except ImageError as exc:
-            raise PorterError(str(exc)) from None
+            raise InputError(str(exc)) from None
         return 0
-    return chat_loop(args.image, answer, say)
+    return chat_loop("" if args.no_image else args.image, answer, say)
 
 
 def chat_loop(first_image, answer, say) -> int:
     image, history = first_image, []
     while True:
         try:
-            if image is None:
+            if image is None:  # "" is a text-only chat, chosen with an empty line
                 line = input("image> ").strip()
                 if line in ("quit", "stop"):
                     return 0
-                image, history = (Path(line) if line else default_image()), []
-                say(f"image: {image}")
+                image, history = (Path(line) if line else ""), []
+                say(f"image: {image or '(none: text only)'}")
             question = input("user> ").strip()
         except EOFError:
             print()

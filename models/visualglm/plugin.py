@@ -6,7 +6,7 @@ from pathlib import Path
 import porter
 from porter.recipes import DatasetFormat, Model, Recipe
 
-from . import demo, infer, train
+from . import check, demo, infer, train
 
 
 def _detect(fmt: str):
@@ -38,5 +38,8 @@ def porter_register_recipes(register):
                     infer.add_arguments, infer.run, epilog=infer.EPILOG))
     register(Recipe("visualglm", "train", "fine-tune VisualGLM through SAT's training_main and DeepSpeed on 1..N "
                     "devices", train.add_arguments, train.run, epilog=train.EPILOG, launch=True, targets=("sat",)))
+    register(Recipe("visualglm", "check", "will a checkpoint folder and tokenizer work here? keys, shapes, tokenizer "
+                    "layout, memory; in seconds, loading no weights", check.add_arguments, check.run,
+                    epilog=check.EPILOG))
     register(Recipe("visualglm", "demo", "patch SAT, train the tiny model on 2 CPU processes, answer held-out "
                     "images, revert", demo.add_arguments, demo.run, epilog=demo.EPILOG))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from porter.errors import InputError, NotFoundError
+from porter.errors import InputError
 
 MODEL_FILE = "ice_text.model"
 MASK, GMASK, SMASK, BOS, EOS, PAD = 130000, 130001, 130002, 130004, 130005, 3
@@ -82,9 +82,9 @@ def load_sentencepiece(folder: str | Path):
 
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
-        raise NotFoundError(f"{path}: no {MODEL_FILE} here",
-                            hint="--chatglm_path is the folder that holds ChatGLM-6B's ice_text.model "
-                                 "(e.g. the THUDM/chatglm-6b download)")
+        raise TokenizerError(f"{path}: no {MODEL_FILE} here",
+                             hint="--chatglm_path is the folder that holds ChatGLM-6B's ice_text.model "
+                                  "(e.g. the THUDM/chatglm-6b download)")
     sp = sentencepiece.SentencePieceProcessor()
     try:
         sp.Load(str(path))

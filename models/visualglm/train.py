@@ -19,6 +19,7 @@ import torch
 from porter.errors import PorterError
 
 from . import tokenizer as tok
+from .assets import add_weight_arguments
 from .model import FINETUNE_MODES
 
 EPILOG = """\
@@ -44,16 +45,15 @@ def default_data() -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="tiny", help="architecture for random init: tiny | visualglm-6b (default tiny)")
-    g.add_argument("--from_pretrained", "--from-pretrained", type=Path, metavar="DIR",
-                   help="start from this SAT checkpoint (e.g. the released glm/visualglm) instead of random weights")
-    g.add_argument("--chatglm_path", "--chatglm-path", type=Path, metavar="DIR",
-                   help="folder holding ChatGLM-6B's ice_text.model (default: the tiny tokenizer for tiny models)")
+    add_weight_arguments(g, dtype=False)  # --fp16 / --bf16 decide
     g.add_argument("--finetune", choices=("auto", *FINETUNE_MODES), default="auto",
                    help="lora: SAT's LoRA adapters only; ptuning: P-tuning v2 prefixes; full: every weight; "
                         "auto (default): lora when starting from --from_pretrained weights, full for a random-init "
                         "--preset (adapters on random weights have nothing to adapt)")
     g.add_argument("--lora-rank", type=int, default=10)
-    g.add_argument("--lora-layers", type=int, nargs="+", metavar="I", help="layers that get LoRA (default: all)")
+    g.add_argument("--layer_range", "--layer-range", "--lora-layers", dest="lora_layers", type=int, nargs="+",
+                   metavar="I", help="the layers that get LoRA, each one named (upstream's --layer_range: '0 14' is "
+                                     "layers 0 and 14, not a range); default: all")
     g.add_argument("--pre-seq-len", type=int, default=8, help="P-tuning prefix length")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
@@ -64,8 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                             "do not depend on orientation)")
     g.add_argument("--skip-bad", action="store_true", help="skip records with a missing or unreadable image, a "
                                                            "missing field or an empty caption, and say how many")
-    g.add_argument("--max-source-length", type=int, default=64)
-    g.add_argument("--max-target-length", type=int, default=64)
+    g.add_argument("--max_source_length", "--max-source-length", type=int, default=64,
+                   help="ids of image and question, cut to this minus 1 (default 64, as upstream)")
+    g.add_argument("--max_target_length", "--max-target-length", type=int, default=256,
+                   help="ids of the answer, cut to this minus 2 (default 256, as upstream's finetune script)")
+    g.add_argument("--pad-to", choices=("max", "longest"), default="max",
+                   help="max (default, upstream): every sample padded to the two lengths' sum; longest: to the "
+                        "longest in its batch (the same loss, less work)")
+    g.add_argument("--ignore_pad_token_for_loss", "--ignore-pad-token-for-loss", type=_yes_no, default=True,
+                   metavar="true|false", help="pad positions get no loss (default true, as upstream)")
     g = p.add_argument_group("training")
     g.add_argument("--iters", type=int, default=100, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=4, help="samples per worker per micro-batch")
@@ -84,6 +91,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-interval", type=int, help="steps between checkpoints (default: only at the end)")
     g.add_argument("--log-interval", type=int, default=1, help="steps between progress lines when not on a terminal")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --save")
+
+
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -112,36 +127,29 @@ def deepspeed_config(args, device_name: str) -> dict:
 
 def build(args, say):
     """(model, tokenizer, config, tokenizer_type) for the arguments; the model has its adapters."""
+    import torch
+
+    from .assets import CHATGLM_TOKENIZER, STANDIN, tokenizer_for
     from .checkpoint import load_model
     from .config import preset
-    from .infer import TINY_TOKENIZER
     from .model import add_finetuning, build_model
-    from .tiny_tokenizer import tiny_tokenizer_dir
-    from .tokenizer import ChatGLMTokenizer
 
     if args.from_pretrained and not args.resume:
-        model, ckpt = load_model(args.from_pretrained, merge_lora=True)
-        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", "THUDM/chatglm-6b")
+        # the precision training runs in (SAT's --fp16 halves the model anyway): no fp32 copy of fp16 weights
+        dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
+        model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say)
+        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", CHATGLM_TOKENIZER)
         say(f"weights: {args.from_pretrained} (iteration {ckpt.iteration})")
-        if args.finetune != "full":
-            add_finetuning(model, args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
-                           pre_seq_len=args.pre_seq_len)
-        else:
-            add_finetuning(model, "full")
+        add_finetuning(model, args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
+                       pre_seq_len=args.pre_seq_len)
     else:
         config = preset(args.preset)
-        tokenizer_type = TINY_TOKENIZER if args.preset == "tiny" else "THUDM/chatglm-6b"
+        tokenizer_type = STANDIN if args.preset == "tiny" else CHATGLM_TOKENIZER
         model = build_model(config, finetune=args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
                             pre_seq_len=args.pre_seq_len, seed=args.seed)
         if not args.resume:
             say(f"weights: random ({args.preset} preset)")
-    if args.chatglm_path:
-        tokenizer = ChatGLMTokenizer(args.chatglm_path)
-    elif tokenizer_type == TINY_TOKENIZER:
-        tokenizer = ChatGLMTokenizer(tiny_tokenizer_dir())
-    else:
-        raise PorterError("this model uses ChatGLM-6B's tokenizer: pass --chatglm_path DIR")
-    return model, tokenizer, config, tokenizer_type
+    return model, tokenizer_for(tokenizer_type, args.chatglm_path), config, tokenizer_type
 
 
 def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, resume_from: Path | None,
@@ -216,13 +224,14 @@ def run(args) -> int:
     from sat import get_args
     from sat.training.deepspeed_training import training_main
 
-    from .data import VisualGLMDataset, collate, load_records
+    from .data import Lengths, VisualGLMDataset, collate, load_records
     from .model import classes
 
     model, tokenizer, config, tokenizer_type = build(args, say)
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
+    lengths = Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss)
     dataset = VisualGLMDataset(loaded.records, tokenizer, config.vision.image_size, config.image_length,
-                               skip_bad=args.skip_bad, flip=args.augment)
+                               skip_bad=args.skip_bad, flip=args.augment, lengths=lengths)
     skipped = loaded.skipped + dataset.skipped
     if skipped:
         say(f"skipped {len(skipped)} bad record(s) (--skip-bad), first: {skipped[0]}")

@@ -6,11 +6,11 @@ import sat  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer():
-    from porter_visualglm.tiny_tokenizer import tiny_tokenizer_dir
+def standin_tokenizer():
+    from porter_visualglm.standin_tokenizer import standin_tokenizer_dir
     from porter_visualglm.tokenizer import ChatGLMTokenizer
 
-    return ChatGLMTokenizer(tiny_tokenizer_dir())
+    return ChatGLMTokenizer(standin_tokenizer_dir())
 
 
 @pytest.fixture(scope="session")

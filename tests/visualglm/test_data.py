@@ -4,6 +4,7 @@ import random
 import shutil
 
 import pytest
+import torch
 from PIL import Image
 
 from porter_visualglm import data
@@ -106,14 +107,14 @@ def test_bad_fewshot_records_name_file_and_record(fewshot, records, message):
     assert str(path) in str(info.value)
 
 
-def test_skip_bad_skips_and_counts(fewshot, tiny_tokenizer):
+def test_skip_bad_skips_and_counts(fewshot, standin_tokenizer):
     path = fewshot([{"img": "ok.png", "prompt": "q", "label": "good"}, {"img": "gone.png", "prompt": "q", "label": "a"},
                     {"img": "ok.png", "prompt": "q"}, {"img": "broken.png", "prompt": "q", "label": "b"}])
     loaded = load_records(path, "fewshot", skip_bad=True)
     assert len(loaded.records) == 2 and len(loaded.skipped) == 2
     with pytest.raises(DataError, match=r"record 3: .*broken\.png: unreadable image"):
-        data.VisualGLMDataset(loaded.records, tiny_tokenizer, 56, 4)
-    dataset = data.VisualGLMDataset(loaded.records, tiny_tokenizer, 56, 4, skip_bad=True)
+        data.VisualGLMDataset(loaded.records, standin_tokenizer, 56, 4)
+    dataset = data.VisualGLMDataset(loaded.records, standin_tokenizer, 56, 4, skip_bad=True)
     assert len(dataset) == 1 and len(dataset.skipped) == 1
 
 
@@ -136,15 +137,49 @@ def test_bad_coco_inputs(tmp_path):
         load_records(tmp_path / "nothing" / "annotations", "coco")
 
 
-def test_example_layout(tiny_tokenizer):
-    ex = data.encode_example(tiny_tokenizer, 4, "What's in the image?", "a red circle")
-    ids, labels = ex.input_ids, ex.labels
-    assert ids[ex.pre_image:ex.pre_image + 4] == [3, 3, 3, 3]
-    bos = ids.index(130004)
-    assert ids[bos - 1] == 130001 and ids[-1] == 130005
-    assert all(label == -100 for label in labels[:bos + 1])
-    assert labels[bos + 1:] == ids[bos + 1:]
-    assert tiny_tokenizer.decode(ids[bos + 1:-1]) == "a red circle"
-    batch = data.collate([{"input_ids": ids, "labels": labels, "image": __import__("torch").zeros(3, 2, 2),
-                           "pre_image": ex.pre_image}] * 2)
-    assert batch["input_ids"].shape == (2, len(ids)) and batch["pre_image"] == ex.pre_image
+def upstream_sample(tok, image_length, prompt, label, max_source, max_target, ignore_pad=True):
+    """finetune_visualglm.py's FewShotDataset, restated step by step for one sample (ids, labels)."""
+    a = tok.encode("<img>") + [3] * image_length + tok.encode("</img>问：" + prompt + "\n答：")
+    b = tok.encode(label)
+    a, b = a[: max_source - 1], b[: max_target - 2]
+    ids = a + [130001, 130004] + b + [130005]  # build_inputs_with_special_tokens(a, b)
+    context = ids.index(130004)
+    labels = [-100] * context + ids[context:]
+    pad = max_source + max_target - len(ids)
+    ids, labels = ids + [3] * pad, labels + [3] * pad
+    if ignore_pad:
+        labels = [-100 if x == 3 else x for x in labels]
+    return ids, labels
+
+
+@pytest.mark.parametrize("max_source,max_target,ignore_pad", [(64, 256, True), (64, 5, True), (16, 8, False)])
+def test_samples_are_laid_out_as_finetune_visualglm_does(standin_tokenizer, max_source, max_target, ignore_pad):
+    prompt, label = "What's in the image?", "a red circle on a white background, drawn large"
+    ex = data.encode_example(standin_tokenizer, 4, prompt, label,
+                             data.Lengths(max_source, max_target, "max", ignore_pad))
+    assert (ex.input_ids, ex.labels) == upstream_sample(standin_tokenizer, 4, prompt, label, max_source, max_target,
+                                                        ignore_pad)
+    assert len(ex.input_ids) == max_source + max_target
+    assert ex.input_ids[ex.pre_image:ex.pre_image + 4] == [3, 3, 3, 3]
+    sop = ex.input_ids.index(130004)
+    assert ex.labels[sop] == 130004 and ex.labels[sop - 1] == -100  # [gMASK]'s position learns to predict <sop>
+
+
+def test_padding_to_the_longest_gives_the_same_ids_unpadded(standin_tokenizer):
+    full = data.encode_example(standin_tokenizer, 4, "What's in the image?", "a red circle")
+    short = data.encode_example(standin_tokenizer, 4, "What's in the image?", "a red circle",
+                                data.Lengths(pad_to="longest"))
+    n = len(short.input_ids)
+    assert short.input_ids == full.input_ids[:n] and short.labels == full.labels[:n]
+    assert set(full.input_ids[n:]) == {3} and set(full.labels[n:]) == {-100}
+    assert short.input_ids[-1] == 130005
+    assert standin_tokenizer.decode(short.input_ids[short.input_ids.index(130004) + 1:-1]) == "a red circle"
+    batch = data.collate([{"input_ids": short.input_ids, "labels": short.labels, "image": torch.zeros(3, 2, 2),
+                           "pre_image": short.pre_image}] * 2)
+    assert batch["input_ids"].shape == (2, n) and batch["pre_image"] == short.pre_image
+
+
+def test_a_source_length_that_cuts_the_image_is_refused(standin_tokenizer):
+    with pytest.raises(data.DataError, match=r"--max-source-length 8 leaves no room for the question: the image "
+                                             r"alone takes \d+ ids"):
+        data.encode_example(standin_tokenizer, 8, "What's in the image?", "a red circle", data.Lengths(8, 8))

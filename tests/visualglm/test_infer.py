@@ -33,18 +33,18 @@ def checkpoint(tmp_path_factory, tiny_config):
 
     folder = tmp_path_factory.mktemp("infer") / "ckpt"
     return save_model(build_model(tiny_config, finetune="lora", seed=4), tiny_config, folder, iteration=12,
-                      finetune="lora", lora_rank=10, tokenizer_type="porter-tiny")
+                      finetune="lora", lora_rank=10, tokenizer_type="porter-standin")
 
 
 def test_infer_from_a_checkpoint(checkpoint):
     r = run_porter("run", "visualglm", "infer", "--from_pretrained", str(checkpoint), "--image", IMAGE,
                    "--prompt_zh", "图片里有什么？", "--max_length", "80", env=ENV, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"model: {checkpoint} (iteration 12)" in r.stderr and "question: 图片里有什么？" in r.stderr
+    assert f"model: {checkpoint} (iteration 12, float32)" in r.stderr and "question: 图片里有什么？" in r.stderr
 
 
 def test_released_style_checkpoint_needs_chatglm_path_not_a_config_edit(checkpoint, tmp_path):
-    from porter_visualglm.tiny_tokenizer import tiny_tokenizer_dir
+    from porter_visualglm.standin_tokenizer import standin_tokenizer_dir
 
     released = tmp_path / "glm" / "visualglm"
     shutil.copytree(checkpoint, released)
@@ -54,7 +54,7 @@ def test_released_style_checkpoint_needs_chatglm_path_not_a_config_edit(checkpoi
     r = run_porter("run", "visualglm", "infer", "--from_pretrained", str(released), "--image", IMAGE, env=ENV)
     assert r.returncode != 0 and "pass --chatglm_path DIR" in r.stderr
     r = run_porter("run", "visualglm", "infer", "--from_pretrained", str(released), "--image", IMAGE, "--english",
-                   "--chatglm_path", str(tiny_tokenizer_dir()), "--max_length", "80", env=ENV, timeout=60)
+                   "--chatglm_path", str(standin_tokenizer_dir()), "--max_length", "80", env=ENV, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -68,9 +68,9 @@ def test_interactive_chat_keeps_going_until_quit():
 
 def test_bad_image_and_unknown_recipe():
     r = run_porter("run", "visualglm", "infer", "--image", "/nonexistent.png", env=ENV)
-    assert r.returncode != 0 and "/nonexistent.png: image not found" in r.stderr
+    assert r.returncode == 7 and "/nonexistent.png: image not found" in r.stderr
     r = run_porter("run", "visualglm", "paint")
-    assert r.returncode == 6 and "model 'visualglm' has no recipe 'paint' (recipes: demo, infer, train)" in r.stderr
+    assert r.returncode == 6 and "model 'visualglm' has no recipe 'paint' (recipes: check, demo, infer, train)" in r.stderr
     r = run_porter("run")
     assert r.returncode == 0 and "visualglm" in r.stdout
     r = run_porter("run", "visualglm", "infer", "--help")

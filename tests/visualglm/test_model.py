@@ -40,10 +40,10 @@ def tiny_model(tiny_config):
     return build_model(tiny_config, seed=7).eval()
 
 
-def test_forward_shape_and_image_splice(tiny_model, tiny_tokenizer, tiny_config):
+def test_forward_shape_and_image_splice(tiny_model, standin_tokenizer, tiny_config):
     size, L = tiny_config.vision.image_size, tiny_config.image_length
     images = torch.randn(2, 3, size, size)
-    ids, pre = batch(tiny_tokenizer, tiny_config, images)
+    ids, pre = batch(standin_tokenizer, tiny_config, images)
     with torch.no_grad():
         logits = tiny_model(input_ids=ids, image=images, pre_image=pre)[0]
     assert logits.shape == (2, ids.shape[1], tiny_config.lm.vocab)
@@ -59,12 +59,12 @@ def test_forward_shape_and_image_splice(tiny_model, tiny_tokenizer, tiny_config)
     assert not torch.equal(features[0], features[1])  # two different images, two different feature sets
 
 
-def test_changing_the_image_changes_logits_from_the_image_on(tiny_model, tiny_tokenizer, tiny_config):
+def test_changing_the_image_changes_logits_from_the_image_on(tiny_model, standin_tokenizer, tiny_config):
     """With a causal mask, positions before the image cannot see it. (ChatGLM's own default mask lets every
     prompt position see the whole prompt, so there the image reaches all prompt positions.)"""
     size = tiny_config.vision.image_size
     a, b = torch.randn(1, 3, size, size), torch.randn(1, 3, size, size)
-    ids, pre = batch(tiny_tokenizer, tiny_config, a)
+    ids, pre = batch(standin_tokenizer, tiny_config, a)
     mask, positions = causal(ids.shape[1]), torch.arange(ids.shape[1])[None, None].expand(1, 2, -1).clone()
     with torch.no_grad():
         la = tiny_model(input_ids=ids, image=a, pre_image=pre, attention_mask=mask, position_ids=positions)[0]
@@ -89,10 +89,10 @@ def test_lora_ptuning_full_train_only_their_parameters(tiny_config):
         build_model(tiny_config, finetune="qlora")
 
 
-def test_logits_only_where_asked_are_the_same_logits(tiny_model, tiny_tokenizer, tiny_config):
+def test_logits_only_where_asked_are_the_same_logits(tiny_model, standin_tokenizer, tiny_config):
     size = tiny_config.vision.image_size
     images = torch.randn(2, 3, size, size)
-    ids, pre = batch(tiny_tokenizer, tiny_config, images)
+    ids, pre = batch(standin_tokenizer, tiny_config, images)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[:, -5:] = True
     with torch.no_grad():

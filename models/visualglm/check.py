@@ -1,0 +1,136 @@
+"""`porter run visualglm check`: will this checkpoint folder (and tokenizer) work here? Answered in seconds.
+
+Reads ``model_config.json``, every key and shape of the weights file through a memory map (no tensor data
+is read), the tokenizer's layout, and compares the memory the load needs with what is free. Loads no weights.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from porter.errors import InputError
+
+from .assets import add_weight_arguments
+
+EPILOG = """\
+examples:
+  porter run visualglm check --from_pretrained glm/visualglm --chatglm_path glm/chatglm
+      the released weights: config, 1012 keys and shapes, tokenizer, memory for fp16 on this machine
+  porter run visualglm check --from_pretrained runs/demo/checkpoints/visualglm-demo --dtype fp32
+exit codes: 0 every check passed; 7 a problem was found (each one is listed)
+"""
+
+
+def add_arguments(p) -> None:
+    add_weight_arguments(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
+                   help="the device to size the load for (default: detection, npu first)")
+
+
+def host_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def gib(n: float) -> str:
+    return f"{n / 2 ** 30:.1f} GiB"
+
+
+def run(args) -> int:
+    if not args.from_pretrained:
+        raise InputError("check needs --from_pretrained DIR", exit_code=2)
+    if args.device != "auto":
+        os.environ["PORTER_DEVICE"] = args.device
+    import contextlib
+
+    import torch
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401
+    from porter.runtime import device
+
+    from .assets import tokenizer_for
+    from .checkpoint import compare_keys, inspect_checkpoint, read_states, resolve_dtype
+    from .model import build_model
+
+    problems: list[str] = []
+
+    def ok(msg):
+        print(f"ok       {msg}", flush=True)
+
+    def problem(msg):
+        problems.append(msg)
+        print(f"problem  {msg}", flush=True)
+
+    ckpt = inspect_checkpoint(args.from_pretrained)  # a folder that cannot be read at all is one error
+    c = ckpt.config
+    ok(f"{ckpt.folder}: iteration {ckpt.iteration}, {ckpt.sat_args.get('model_class', '?')}; ChatGLM {c.lm.layers} "
+       f"layers x {c.lm.hidden}, vocab {c.lm.vocab}; EVA {c.vision.layers} x {c.vision.hidden} at "
+       f"{c.vision.image_size} px; Q-Former {c.qformer.layers} x {c.qformer.hidden}, {c.qformer.queries} queries"
+       + (f"; fine-tuned with {ckpt.finetune}" if ckpt.finetune else ""))
+
+    weights = read_states(ckpt.states_file)
+    expected = build_model(c, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
+                           lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8),
+                           meta=True).state_dict()
+    report = compare_keys(weights, expected)
+    for p in report.problems:
+        problem(f"{ckpt.states_file.name}: {p}")
+    if not report.problems:
+        ok(f"{ckpt.states_file.name}: all {len(expected)} keys and shapes as model_config.json describes")
+    for name in report.stale:
+        ok(f"{name}: left by an older SAT, will be dropped")
+
+    dtype = resolve_dtype(args.dtype)
+    file_bytes = ckpt.states_file.stat().st_size
+    by_dtype: dict[torch.dtype, int] = {}
+    changing = 0
+    params = 0
+    for name, t in weights.items():
+        by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.numel()
+        if name in expected and t.is_floating_point():
+            params += t.numel()
+            if t.dtype != dtype:
+                changing += t.numel() * dtype.itemsize
+    stored = ", ".join(f"{n / 1e9:.3f}e9 {str(d).removeprefix('torch.')}" for d, n in by_dtype.items())
+    dev = device.current()
+    ok(f"weights stored as {stored}; loading as {str(dtype).removeprefix('torch.')} on {dev.name}")
+    if dev.name == "cpu" and dtype == torch.float16:
+        print("note     fp16 on the CPU runs, slowly; --dtype fp32 (or bf16) is the CPU's usual choice", flush=True)
+
+    # The file is memory-mapped, so its pages count once; tensors that change dtype are copied once more.
+    host_needed = file_bytes + changing
+    free = host_available()
+    if free is None:
+        ok(f"host memory: about {gib(host_needed)} needed (cannot read what is free here)")
+    elif host_needed > free:
+        problem(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
+    else:
+        ok(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
+    if dev.is_accelerator:
+        device_needed = int(params * dtype.itemsize * 1.1)  # the weights and about 10% for activations and cache
+        device_free = dev.memory_free()
+        if device_free is not None and device_needed > device_free:
+            problem(f"{dev.name} memory: about {gib(device_needed)} needed, {gib(device_free)} free")
+        else:
+            ok(f"{dev.name} memory: about {gib(device_needed)} needed"
+               + (f", {gib(device_free)} free" if device_free is not None else ""))
+
+    try:
+        tokenizer = tokenizer_for(ckpt.sat_args.get("tokenizer_type", ""), args.chatglm_path)
+        ok(f"tokenizer: {tokenizer.folder}: {tokenizer.pieces:,} pieces, ChatGLM-6B's ids ([gMASK] 130001, <sop> "
+           f"130004, <eop> 130005, pad 3)")
+    except InputError as exc:
+        problem(f"tokenizer: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) with {ckpt.folder}; each is listed above")
+    print(f"{ckpt.folder} will load.", flush=True)
+    return 0
