@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import warnings
 
 import torch
 import torch.nn as nn
@@ -178,7 +179,9 @@ def build_model(config: VisualGLMConfig, *, finetune: str | None = None, lora_ra
         raise ValueError(f"finetune must be one of {FINETUNE_MODES}, not {finetune!r}")
     args = sat_namespace(config, skip_init=meta, seed=seed)
     torch.manual_seed(seed)
-    with (_OnMeta() if meta else contextlib.nullcontext()):
+    with (_OnMeta() if meta else contextlib.nullcontext()), warnings.catch_warnings():
+        # the Q-Former's position table has 0 rows (max_sequence_length 0, as released): nothing to initialise
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
         model = classes()["VisualGLMModel"](args)
         model.porter_config = config
         if finetune is not None:
