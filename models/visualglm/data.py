@@ -72,13 +72,24 @@ def read_fewshot(path: Path, skip_bad: bool = False) -> Loaded:
         if not str(item["label"]).strip():
             _problem(problems, skip_bad, f"{where}: empty label")
             continue
-        image = (path.parent / item["img"]).resolve()
-        if not image.is_file():
-            _problem(problems, skip_bad, f"{where}: image {image} not found")
+        image = _image_path(path, str(item["img"]))
+        if image is None:
+            _problem(problems, skip_bad, f"{where}: image {item['img']} not found (looked beside {path.name} and in "
+                                         f"the current folder)")
             continue
         loaded.records.append(Record(image, str(item["prompt"]), str(item["label"]), where))
     loaded.skipped = problems
     return loaded
+
+
+def _image_path(json_file: Path, img: str) -> Path | None:
+    """A record's image: relative to the JSON file's folder, else to the current folder, which is what upstream's
+    fewshot-data/dataset.json means ("fewshot-data/2p.png", read from the repository's root)."""
+    for base in (json_file.parent, Path.cwd()):
+        candidate = (base / img).resolve()
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def coco_files(root: Path, split: str = "train") -> tuple[Path, Path]:

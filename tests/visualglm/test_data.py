@@ -2,6 +2,7 @@
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,22 @@ def test_auto_detects_by_structure_not_by_name(tmp_path):
     (few / "extra.json").write_text("[]")
     with pytest.raises(DataError, match="cannot tell the data format"):
         data.detect_format(few)
+
+
+def test_upstreams_fewshot_layout_reads_image_paths_from_the_current_folder(tmp_path, monkeypatch):
+    """fewshot-data/dataset.json names its images "fewshot-data/2p.png": relative to the repository's root."""
+    folder = tmp_path / "fewshot-data"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "2p.png")
+    (folder / "dataset.json").write_text(json.dumps([{"img": "fewshot-data/2p.png", "prompt": "这张图片的背景里有什么内容？",
+                                                      "label": "两个人"}], ensure_ascii=False))
+    monkeypatch.chdir(tmp_path)
+    loaded = load_records(Path("fewshot-data/dataset.json"))
+    assert [r.image for r in loaded.records] == [(folder / "2p.png").resolve()]
+    monkeypatch.chdir(folder)  # from elsewhere the path names nothing: said, with where porter looked
+    with pytest.raises(DataError, match=r"record 0: image fewshot-data/2p\.png not found \(looked beside "
+                                        r"dataset\.json and in the current folder\)"):
+        load_records(Path("dataset.json"))
 
 
 @pytest.fixture

@@ -75,3 +75,16 @@ def test_bad_image_and_unknown_recipe():
     assert r.returncode == 0 and "visualglm" in r.stdout
     r = run_porter("run", "visualglm", "infer", "--help")
     assert r.returncode == 0 and "--from_pretrained" in r.stdout and "examples:" in r.stdout
+
+
+def test_english_and_text_only_questions():
+    r = run_porter("run", "visualglm", "infer", "--no-image", "--english", "--prompt", "Hello, who are you?",
+                   "--max_length", "60", "--seed", "2", env=ENV, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "image: (none: text only)" in r.stderr and "question: Hello, who are you?" in r.stderr
+
+
+def test_a_prompt_longer_than_max_length_is_a_usage_error():
+    r = run_porter("run", "visualglm", "infer", "--prompt", "long " * 40, "--max_length", "30", env=ENV, timeout=60)
+    assert r.returncode == 2 and "tokens and --max_length is 30: no room for an answer" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -100,3 +100,8 @@ def test_logits_only_where_asked_are_the_same_logits(tiny_model, standin_tokeniz
         some = tiny_model(input_ids=ids, image=images, pre_image=pre, logit_mask=mask)[0]
     assert some.shape == (10, tiny_config.lm.vocab)
     torch.testing.assert_close(some, full[mask])
+
+
+def test_ln_vision_is_a_default_layernorm_as_upstream_builds_it(tiny_model):
+    ln = tiny_model.get_mixin("eva").model.vit.get_mixin("cls").ln_vision
+    assert ln.eps == 1e-5
