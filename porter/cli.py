@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, patcher, plugins
-from .errors import EXIT_FAILED, EXIT_OK, PorterError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
 from .plan import make_plan
 from .render import Console
-from .target import locate
+from .target import STATE_DIR_NAME, locate
 from .verify import verify
 
 EXIT_CODES = """\
@@ -33,7 +33,7 @@ as one journaled transaction that `porter revert` undoes byte for byte.
 examples:
   porter patch sat --dry-run          show the diff and the per-rule table, change nothing
   porter patch sat --verify           patch the installed SwissArmyTransformer and prove the result
-  porter status                       clean / patched / drifted / interrupted, per target
+  porter status                       clean / patched / drifted / interrupted / orphaned / damaged
   porter revert                       put every byte back
   porter scan sat                     CUDA-only sites no rule covers, by file:line
   porter rules sat                    the rule catalogue with why / how / upstream / removal
@@ -45,9 +45,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def _site_packages_arg(p: argparse.ArgumentParser) -> None:
+def _site_packages_arg(p: argparse.ArgumentParser, verb: str = "patch") -> None:
     p.add_argument("--site-packages", type=Path, metavar="DIR",
-                   help="patch the copy installed in DIR instead of this environment's")
+                   help=f"{verb} the copy installed in DIR (a site-packages folder) instead of this environment's")
 
 
 def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
@@ -65,18 +65,21 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                               + EXIT_CODES)
     p.add_argument("target", help="target name, e.g. sat")
     p.add_argument("--dry-run", action="store_true", help="print the diff and the per-rule table; write nothing")
-    p.add_argument("--report", type=Path, metavar="FILE.json", help="write the plan (diff, matches) as JSON")
-    p.add_argument("--only", metavar="RULE,...", help="apply only these rule ids")
+    p.add_argument("--report", type=Path, metavar="FILE.json",
+                   help="write the plan (diff, matches) as JSON; it patches too unless --dry-run is given")
+    p.add_argument("--only", metavar="RULE,...", help="apply only these rule ids (on a patched target, with --force: "
+                                                      "replace the patch with just these)")
+    p.add_argument("--force", action="store_true", help="let --only replace a patch made with other rules")
     p.add_argument("--verify", action="store_true", help="run `porter verify` after patching")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    _site_packages_arg(p)
+    _site_packages_arg(p, 'patch')
 
-    p = sub.add_parser("status", help="clean / patched / drifted / interrupted", formatter_class=_Formatter,
+    p = sub.add_parser("status", help="clean / patched / drifted / interrupted / orphaned / damaged", formatter_class=_Formatter,
                        description="Compare the journal with the files on disk.",
                        epilog="examples:\n  porter status\n  porter status sat --json\n\n" + EXIT_CODES)
     p.add_argument("target", nargs="?", help="one target (default: every registered target that is installed)")
     p.add_argument("--json", action="store_true")
-    _site_packages_arg(p)
+    _site_packages_arg(p, 'read')
 
     p = sub.add_parser("revert", help="restore every patched file byte for byte", formatter_class=_Formatter,
                        description="Restore the saved originals, check their sha256, drop the journal.\n"
@@ -85,7 +88,7 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                        epilog="examples:\n  porter revert\n  porter revert sat --force\n\n" + EXIT_CODES)
     p.add_argument("target", nargs="?", help="one target (default: every patched target)")
     p.add_argument("--force", action="store_true", help="restore the originals even over files changed since")
-    _site_packages_arg(p)
+    _site_packages_arg(p, 'revert')
 
     p = sub.add_parser("verify", help="prove a patched target: journal, compile, import, fixpoint, checks",
                        formatter_class=_Formatter,
@@ -94,7 +97,7 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                        epilog="examples:\n  porter verify sat\n  porter verify sat --json\n\n" + EXIT_CODES)
     p.add_argument("target")
     p.add_argument("--json", action="store_true")
-    _site_packages_arg(p)
+    _site_packages_arg(p, 'verify')
 
     p = sub.add_parser("scan", help="CUDA-only sites the rules leave, by file:line", formatter_class=_Formatter,
                        description="Run the rules in memory, then list every CUDA-only site left in the target's\n"
@@ -105,7 +108,7 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("--all", action="store_true", help="also list the sites the plugin leaves on purpose")
     p.add_argument("--json", action="store_true")
-    _site_packages_arg(p)
+    _site_packages_arg(p, 'scan')
 
     p = sub.add_parser("rules", help="the rule catalogue of a target, with docs", formatter_class=_Formatter,
                        epilog="examples:\n  porter rules sat\n  porter rules sat --json\n"
@@ -115,11 +118,13 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--markdown", action="store_true", help="the catalogue as a Markdown page")
 
-    p = sub.add_parser("run", help="run a model's recipe (train, infer)", formatter_class=_Formatter,
+    p = sub.add_parser("run", help="run a model's recipe (train, infer, check, demo)", formatter_class=_Formatter,
                        description="Run a recipe a model plugin registers. Everything after RECIPE goes to the\n"
                                    "recipe; `porter run MODEL RECIPE --help` lists its options.",
-                       epilog="examples:\n  porter run visualglm infer --image cat.png --prompt \"What's in the image?\" --english\n"
-                              "  porter run visualglm train --npus 8\n  porter run visualglm        (lists its recipes)\n")
+                       epilog=_recipes_listing(registry) +
+                       "examples:\n  porter run visualglm infer --image cat.png --prompt \"What's in the image?\" --english\n"
+                       "  porter run visualglm train --npus 8\n  porter run visualglm        (lists its recipes)\n\n"
+                       + EXIT_CODES)
     p.add_argument("model", nargs="?", help="a registered model (default: list them)")
     p.add_argument("recipe", nargs="?", help="one of the model's recipes (default: list them)")
     p.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -136,6 +141,11 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     return parser
 
 
+def _recipes_listing(registry) -> str:
+    lines = [f"  {r.model} {r.name:<8} {r.description}" for r in sorted(registry.recipes.values(), key=lambda r: r.key)]
+    return ("recipes:\n" + "\n".join(lines) + "\n\n") if lines else ""
+
+
 def _global_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="load a plugin from a module or .py file (repeatable)")
@@ -149,6 +159,8 @@ def cmd_patch(args, registry, con: Console) -> int:
     installed = locate(registry.target(args.target), args.site_packages)
     rules = registry.rules_for(installed.name)
     only = [r.strip() for r in (args.only or "").split(",") if r.strip()]
+    if args.only is not None and not only:
+        raise PorterError("--only names no rule", hint=f"`porter rules {args.target}` lists them", exit_code=2)
     if args.dry_run:
         current = patcher.status(installed)
         plan = make_plan(installed, rules, only, read=patcher.read_original(installed, current.journal))
@@ -162,7 +174,8 @@ def cmd_patch(args, registry, con: Console) -> int:
         con.note(f"dry run: {len(plan.changed)} file(s) would change in {installed.package_dir} "
                  f"({installed.target.distribution} {installed.version}, currently {current.state})")
         return EXIT_OK
-    outcome = patcher.apply_patch(installed, rules, only, progress=con.note, need_plan=bool(args.report))
+    outcome = patcher.apply_patch(installed, rules, only, progress=con.note, need_plan=bool(args.report),
+                                  force=args.force)
     if args.report and outcome.plan:
         outcome.plan.write_report(args.report)
     for note in outcome.notes:
@@ -198,7 +211,14 @@ def _print_plan_table(plan, con: Console) -> None:
 
 def _targets_for(args, registry):
     # status and revert must still work on a version the rules do not support (after an upgrade)
+    if args.site_packages is not None and not Path(args.site_packages).is_dir():
+        raise NotFoundError(f"--site-packages {args.site_packages}: no such directory")
     if args.target:
+        orphan = [j for j in _unknown_journals(args, registry) if j.parent.name == args.target]
+        if orphan:
+            raise NotFoundError(f"{orphan[0]} holds a patch of {args.target!r}, but no loaded plugin registers that "
+                                f"target", hint="enable its plugin (see PORTER_DISABLE_PLUGINS and `porter plugins`), "
+                                                "then run this again")
         return [locate(registry.target(args.target), args.site_packages, check_version=False)]
     found = []
     for target in registry.targets.values():
@@ -207,6 +227,14 @@ def _targets_for(args, registry):
         except PorterError:
             continue  # not installed here: nothing to report
     return found
+
+
+def _unknown_journals(args, registry) -> list[Path]:
+    """Journals in this environment of targets no loaded plugin registers (disabled or uninstalled)."""
+    import sysconfig
+
+    site = Path(args.site_packages) if args.site_packages else Path(sysconfig.get_paths()["purelib"])
+    return sorted(j for j in (site / STATE_DIR_NAME).glob("*/journal.json") if j.parent.name not in registry.targets)
 
 
 def cmd_status(args, registry, con: Console) -> int:
@@ -223,6 +251,13 @@ def cmd_status(args, registry, con: Console) -> int:
             con.print(con.table(("file", "state"), sorted(s.files.items()), status_col=1))
         if s.state == "interrupted":
             con.print(f"repair with: porter revert {s.target} (or run porter patch {s.target} again)")
+        if s.state == "orphaned":
+            con.print(f"the journal is gone but the saved originals are not: porter revert {s.target} restores them")
+        if s.state == "damaged":
+            con.print(f"saved originals are missing or altered: reinstall the package to get pristine files")
+    for journal in _unknown_journals(args, registry):
+        con.print(f"{journal.parent.name}: {con.status('unknown')} - {journal} holds a patch, but no loaded plugin "
+                  f"registers that target")
     return EXIT_OK
 
 
@@ -233,13 +268,17 @@ def cmd_revert(args, registry, con: Console) -> int:
         outcome = patcher.revert(installed, force=args.force, progress=con.note)
         if outcome.action == "reverted":
             reverted += 1
-            con.print(f"{installed.name} {installed.version}: restored {len(outcome.files)} file(s); every "
-                      f"journaled file matches its original sha256")
+            source = "; ".join(outcome.notes) or "every journaled file matches its original sha256"
+            con.print(f"{installed.name} {installed.version}: restored {len(outcome.files)} file(s); {source}")
         elif args.target:
             con.print(f"{installed.name} {installed.version}: not patched; nothing to revert")
-    if not args.target and not reverted:
+    unknown = [] if args.target else _unknown_journals(args, registry)
+    for journal in unknown:
+        con.note(f"not reverted: {journal} holds a patch of {journal.parent.name!r}, but no loaded plugin registers "
+                 f"that target; enable its plugin and run this again")
+    if not args.target and not reverted and not unknown:
         con.print("nothing to revert")
-    return EXIT_OK
+    return EXIT_STATE if unknown else EXIT_OK
 
 
 def _run_verify(installed, registry, con: Console, as_json: bool) -> int:
@@ -323,7 +362,10 @@ def cmd_run(args, registry, con: Console) -> int:
         con.print(con.table(("recipe", "description"), rows))
         return EXIT_OK
     if not recipe.launch:
-        return recipe.run(recipe_parser(recipe).parse_args(args.recipe_args))
+        parsed = recipe_parser(recipe).parse_args(args.recipe_args)
+        if recipe.preflight:
+            recipe.preflight(parsed)
+        return recipe.run(parsed)
     from .launch import add_launch_arguments, launch, plan_launch
 
     parser = recipe_parser(recipe)
@@ -331,6 +373,8 @@ def cmd_run(args, registry, con: Console) -> int:
     parsed = parser.parse_args(args.recipe_args)  # every option checked here, before any worker starts
     recipe_argv = _strip_launch_args(args.recipe_args, parser, launch_dests)
     plan = plan_launch(parsed, recipe, recipe_argv, registry)
+    if recipe.preflight and not parsed.dry_run:
+        recipe.preflight(parsed)  # the data, checkpoint and tokenizer, before a worker starts
     for note in plan.notes:
         con.note(note)
     if parsed.dry_run:

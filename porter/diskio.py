@@ -54,6 +54,50 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     _fsync_dir(path.parent)
 
 
+_FS_IOC_GETFLAGS = 0x80086601  # Linux: _IOR('f', 1, long)
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def _inode_flags(path: Path) -> int:
+    """The file's chattr flags (0 where the file system or platform has none)."""
+    import array
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        buf = array.array("l", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+        return buf[0]
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def replace_problem(path: Path) -> str | None:
+    """Why :func:`atomic_write` could not replace ``path`` (or create it), or None if nothing stands in the way.
+
+    Checked before a transaction's first write: an immutable or append-only file (chattr +i / +a), a folder
+    that is immutable, on a read-only file system or not writable by this user.
+    """
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if path.exists() and _inode_flags(path) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        return f"{path} is immutable or append-only (chattr +i/+a)"
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"{folder} is on a read-only file system"
+    if _inode_flags(folder) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        return f"{folder} is immutable or append-only (chattr +i/+a)"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable by this user"
+    return None
+
+
 def drop_bytecode(path: Path) -> list[Path]:
     """Remove ``__pycache__`` entries compiled from ``path``.
 

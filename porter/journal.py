@@ -77,8 +77,11 @@ class Journal:
         """Each file's state on disk: 'original', 'patched', 'missing' or 'drifted'."""
         states = {}
         for entry in self.files:
-            digest = sha256_file(Path(site_packages) / entry.path)
-            if digest is None:
+            path = Path(site_packages) / entry.path
+            digest = None if path.is_dir() else sha256_file(path)
+            if path.is_dir():
+                states[entry.path] = "drifted"  # replaced by a folder
+            elif digest is None:
                 states[entry.path] = "missing"
             elif digest == entry.patched_sha256:
                 states[entry.path] = "patched"
@@ -103,6 +106,23 @@ def saved_original(state_dir: Path, entry: FileEntry) -> bytes:
     if sha256_bytes(data) != entry.original_sha256:
         raise StateError(f"saved original {path} does not match its recorded sha256; cannot restore {entry.path}")
     return data
+
+
+def original_problem(state_dir: Path, entry: FileEntry) -> str | None:
+    """Why the saved original of ``entry`` cannot be restored ('missing', 'altered'), or None if it can."""
+    digest = sha256_file(originals_dir(state_dir) / entry.path)
+    if digest is None:
+        return "missing"
+    return None if digest == entry.original_sha256 else "altered"
+
+
+def stray_originals(state_dir: Path) -> list[str]:
+    """Saved originals (paths relative to site-packages) in a state folder, whatever the journal says."""
+    root = originals_dir(state_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and not p.name.endswith(".porter-tmp"))
 
 
 def remove_state(state_dir: Path) -> None:

@@ -14,8 +14,8 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 
-from .errors import PorterError
-from .recipes import Recipe
+from .errors import EXIT_USAGE, PorterError
+from .recipes import Recipe, positive_int
 
 PATCH_MODES = ("auto", "disk", "memory", "off")
 
@@ -30,12 +30,12 @@ def single_process_defaults() -> None:
 def add_launch_arguments(p: argparse.ArgumentParser) -> set[str]:
     """Add porter's launch options to a recipe's parser; returns their destinations (what workers never see)."""
     g = p.add_argument_group("launch (porter)")
-    g.add_argument("--npus", type=int, default=1, metavar="N",
+    g.add_argument("--npus", type=positive_int, default=1, metavar="N",
                    help="workers per node: one per NPU / GPU, or N CPU processes with --device cpu (default 1)")
     g.add_argument("--device", choices=("auto", "npu", "cuda", "cpu"), default="auto",
                    help="auto: the first of npu, cuda, cpu present (with a warning when it is the CPU)")
     g.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=N' per line) for several nodes")
-    g.add_argument("--num_nodes", "--num-nodes", type=int, help="how many of the hostfile's nodes to use")
+    g.add_argument("--num_nodes", "--num-nodes", type=positive_int, help="how many of the hostfile's nodes to use")
     g.add_argument("--master_addr", "--master-addr", help="address of node 0 (multi-node)")
     g.add_argument("--master_port", "--master-port", type=int, default=29500)
     g.add_argument("--patch", choices=PATCH_MODES, default="auto", dest="patch_mode",
@@ -117,17 +117,17 @@ def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]
 def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str], registry) -> LaunchPlan:
     cls, notes = resolve_device(args.device)
     if args.npus < 1:
-        raise PorterError(f"--npus {args.npus}: need at least one worker")
+        raise PorterError(f"--npus {args.npus}: need at least one worker", exit_code=EXIT_USAGE)
     present = device_count(cls)
     if present is None:
         if not args.dry_run:
             raise PorterError(f"--device {cls.name}: no {cls.name} device is usable on this machine",
-                              hint="--device cpu runs the workers as CPU processes")
+                              hint="--device cpu runs the workers as CPU processes", exit_code=EXIT_USAGE)
         notes.append(f"no {cls.name} here: device count not checked (dry run)")
     elif args.npus > present and not args.hostfile:
         what = "CPU cores" if cls.name == "cpu" else f"{cls.name} devices"
         raise PorterError(f"--npus {args.npus}, but this machine has {present} {what}",
-                          hint=f"use --npus {present} or fewer")
+                          hint=f"use --npus {present} or fewer", exit_code=EXIT_USAGE)
     patch_mode = decide_patch_mode(args.patch_mode, recipe, registry, notes, args.dry_run)
 
     worker_env = {"PORTER_DEVICE": cls.name, "PORTER_BACKEND": cls.backend, "DS_ACCELERATOR": cls.deepspeed_accelerator,

@@ -5,29 +5,36 @@ Every step is ordered so that a crash at any point leaves either the untouched t
 """
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .diskio import atomic_write, drop_bytecode, sha256_bytes, sha256_file
+from .diskio import atomic_write, drop_bytecode, replace_problem, sha256_bytes, sha256_file
 from .errors import StateError
-from .journal import APPLIED, PENDING, FileEntry, Journal, originals_dir, remove_state, saved_original
+from .journal import (APPLIED, PENDING, FileEntry, Journal, original_problem, originals_dir, remove_state,
+                      saved_original, stray_originals)
 from .lock import dir_lock, is_locked
 from .plan import Plan, make_plan, read_source, select_rules
 from .rules import Rule, fingerprint
-from .target import InstalledTarget
+from .target import InstalledTarget, record_hashes
 
 Progress = Callable[[str], None]
 
-# Test-only: seconds to sleep between two file replacements, so a test can kill a patch or revert mid-write.
-TEST_DELAY_ENV = "PORTER_TEST_WRITE_DELAY"
 
 CLEAN, PATCHED, DRIFTED, INTERRUPTED, IN_PROGRESS = "clean", "patched", "drifted", "interrupted", "in-progress"
+# saved originals with no journal, and installed files that differ from them (the journal was deleted)
+ORPHANED = "orphaned"
+# the journal is there, but a saved original it needs is missing or altered: revert cannot restore that file
+DAMAGED = "damaged"
 
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+# Called at each named step of a transaction: "originals-saved", "journal-pending", "wrote N/M", "applied";
+# "revert-pending", "restored N/M", "restored-all". Fault-injection tests set it (tests/fault_runner.py kills or
+# pauses the process at a step); porter itself never does.
+step_hook: Callable[[str], None] = _quiet
 
 
 @dataclass
@@ -64,13 +71,33 @@ def read_original(installed: InstalledTarget, journal: Journal | None) -> Callab
     return read
 
 
+def orphans(installed: InstalledTarget) -> dict[str, str]:
+    """Saved originals without a journal, each against the installed file: 'same', 'differs' or 'missing'."""
+    if Journal.path_in(installed.state_dir).exists():
+        return {}
+    found = {}
+    for rel in stray_originals(installed.state_dir):
+        disk = installed.path(rel)
+        now = None if disk.is_dir() else sha256_file(disk)
+        saved = sha256_file(originals_dir(installed.state_dir) / rel)
+        found[rel] = "missing" if now is None else "same" if now == saved else "differs"
+    return found
+
+
 def status(installed: InstalledTarget) -> Status:
     journal = Journal.load(installed.state_dir)
     if journal is None:
-        return Status(installed.name, installed.version, CLEAN, {}, None)
+        left = {p: f"orphaned original ({s})" for p, s in orphans(installed).items() if s != "same"}
+        return Status(installed.name, installed.version, ORPHANED if left else CLEAN, left, None)
     files = journal.file_states(installed.site_packages)
-    if journal.status == PENDING:
-        state = IN_PROGRESS if is_locked(installed.package_dir) else INTERRUPTED
+    lost = {e.path: f"original {problem}" for e in journal.files
+            if files[e.path] != "original" and (problem := original_problem(installed.state_dir, e))}
+    if journal.status == PENDING and is_locked(installed.package_dir):
+        state = IN_PROGRESS
+    elif lost:
+        state, files = DAMAGED, {**files, **lost}
+    elif journal.status == PENDING:
+        state = INTERRUPTED
     elif all(s == "patched" for s in files.values()) and journal.version == installed.version:
         state = PATCHED
     else:
@@ -78,14 +105,26 @@ def status(installed: InstalledTarget) -> Status:
     return Status(installed.name, installed.version, state, files, journal)
 
 
+def _clear_strays(installed: InstalledTarget) -> None:
+    """Remove a state folder without a journal, but only when it holds nothing the installed files lack."""
+    differing = {p: s for p, s in orphans(installed).items() if s != "same"}
+    if differing:
+        raise StateError(
+            f"{installed.state_dir} holds saved originals but no journal, and the installed files differ from "
+            f"them: " + ", ".join(f"{p} ({s})" for p, s in sorted(differing.items())) + "; nothing was changed",
+            hint=f"`porter revert {installed.name}` restores those originals (checked against the package's RECORD)")
+    remove_state(installed.state_dir)
+
+
 def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
-                progress: Progress = _quiet, need_plan: bool = False) -> Outcome:
-    """Patch ``installed`` with ``rules``; ``need_plan`` asks for the plan even when nothing is to be done."""
+                progress: Progress = _quiet, need_plan: bool = False, force: bool = False) -> Outcome:
+    """Patch ``installed`` with ``rules``; ``need_plan`` asks for the plan even when nothing is to be done;
+    ``force`` lets ``only`` replace a patch made with other rules."""
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         notes = []
         if journal is None and installed.state_dir.exists():
-            remove_state(installed.state_dir)  # originals of a patch that stopped before its journal
+            _clear_strays(installed)  # originals of a patch that stopped before its journal
         if journal is not None:
             if journal.status == PENDING:
                 progress("a previous patch was interrupted: restoring the originals first")
@@ -101,6 +140,11 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
                         hint=f"`porter revert {installed.name} --force` puts the saved originals back, "
                              f"or reinstall {installed.target.distribution} and remove {installed.state_dir}")
                 chosen, _ = select_rules(installed, rules, only)
+                if only and sorted(r.id for r in chosen) != sorted(journal.rules) and not force:
+                    raise StateError(
+                        f"{installed.name} is patched with {len(journal.rules)} rule(s); --only would replace that "
+                        f"patch with {len(chosen)}: {', '.join(r.id for r in chosen)}",
+                        hint=f"add --force to do so, or `porter revert {installed.name}` first")
                 if not need_plan and journal.rules_fingerprint == fingerprint(chosen):
                     return Outcome("already-patched", None, [e.path for e in journal.files])
                 wanted = make_plan(installed, rules, only, read=read_original(installed, journal))
@@ -137,44 +181,122 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     journal = Journal(target=installed.name, distribution=installed.target.distribution,
                       version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
                       rules_fingerprint=fingerprint(plan.rules))
+    _check_writable([installed.path(f.path) for f in plan.changed] + [originals_dir(state_dir) / "x"])
     # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
-    #    (a crash leaves them unreferenced, and the next patch or revert clears them).
+    #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).
     try:
         for rel, data in originals.items():
             atomic_write(originals_dir(state_dir) / rel, data)
+        step_hook("originals-saved")
         # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file.
         journal.save(state_dir)
+        step_hook("journal-pending")
+    except OSError as exc:
+        remove_state(state_dir)
+        raise StateError(f"could not save the originals ({exc.strerror or exc}: {exc.filename}); nothing was changed",
+                         hint="free the space or fix the permissions, then run it again") from None
     except BaseException:
         remove_state(state_dir)
         raise
-    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     # 3. one atomic replace per file: each file is always either its original or its patched self.
-    for n, f in enumerate(plan.changed, 1):
-        if delay and n > 1:
-            time.sleep(delay)
-        disk = installed.path(f.path)
-        atomic_write(disk, f.after.encode("utf-8"))
-        drop_bytecode(disk)
-        progress(f"patched {n}/{len(plan.changed)} {f.path}")
+    written = []
+    try:
+        for n, f in enumerate(plan.changed, 1):
+            disk = installed.path(f.path)
+            atomic_write(disk, f.after.encode("utf-8"))
+            written.append(f.path)
+            drop_bytecode(disk)
+            progress(f"patched {n}/{len(plan.changed)} {f.path}")
+            step_hook(f"wrote {n}/{len(plan.changed)}")
+    except OSError as exc:
+        _roll_back(installed, journal, written, originals, exc, failed=f.path)
     # 4. done.
     journal.status = APPLIED
     journal.save(state_dir)
+    step_hook("applied")
+
+
+def _check_writable(paths) -> None:
+    problems = [p for p in map(replace_problem, paths) if p]
+    if problems:
+        raise StateError("cannot write: " + "; ".join(dict.fromkeys(problems)) + "; nothing was changed",
+                         hint="make those files and folders writable, then run it again")
+
+
+def _roll_back(installed: InstalledTarget, journal: Journal, written: list[str], originals: dict[str, bytes],
+               exc: OSError, failed: str) -> None:
+    """A write failed half-way (disk full, a file made immutable meanwhile): put back what was written."""
+    entries = {e.path: e for e in journal.files}
+    try:
+        for rel in written:
+            atomic_write(installed.path(rel), originals[rel], mode=entries[rel].mode)
+            drop_bytecode(installed.path(rel))
+    except OSError as again:
+        raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}), and putting back the "
+                         f"files already written failed too ({again.strerror or again}): the patch is interrupted",
+                         hint=f"free the space or fix the permissions, then `porter revert {installed.name}`") from None
+    remove_state(installed.state_dir)
+    raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}); the {len(written)} file(s) "
+                     f"already written were put back, so nothing is changed",
+                     hint="free the space or fix the permissions, then run it again") from None
 
 
 def revert(installed: InstalledTarget, force: bool = False, progress: Progress = _quiet) -> Outcome:
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         if journal is None:
-            if installed.state_dir.exists():  # originals saved by a patch that stopped before its journal
+            differing = {p: s for p, s in orphans(installed).items() if s != "same"}
+            if differing:
+                files = _restore_orphans(installed, sorted(differing), force, progress)
+                return Outcome("reverted", files=files, notes=["restored from saved originals that had no journal"])
+            if installed.state_dir.exists():  # strays of a patch that stopped before its journal: copies only
                 remove_state(installed.state_dir)
             return Outcome("nothing-to-revert")
         files = _restore(installed, journal, force=force, progress=progress)
         return Outcome("reverted", files=files)
 
 
+def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, progress: Progress) -> list[str]:
+    """Put back saved originals that lost their journal, each vouched for by the package's RECORD."""
+    record = record_hashes(installed)
+    saved = {p: (originals_dir(installed.state_dir) / p).read_bytes() for p in paths}
+    unvouched = [p for p in paths if record.get(p) != sha256_bytes(saved[p])]
+    if unvouched and not force:
+        raise StateError(
+            f"{installed.state_dir} holds saved originals but no journal, and the package's RECORD does not vouch "
+            f"for these: {', '.join(unvouched)}; nothing was changed",
+            hint="--force restores them anyway; or reinstall "
+                 f"{installed.target.distribution}=={installed.version} and remove {installed.state_dir}")
+    for rel in paths:
+        disk = installed.path(rel)
+        if disk.is_dir():
+            raise StateError(f"{disk} is a folder now; cannot restore a file over it", hint="remove it, then revert again")
+        atomic_write(disk, saved[rel])
+        drop_bytecode(disk)
+        progress(f"restored {rel} (from a saved original without a journal)")
+    wrong = [p for p in paths if sha256_file(installed.path(p)) != sha256_bytes(saved[p])]
+    if wrong:
+        raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}")
+    remove_state(installed.state_dir)
+    return paths
+
+
 def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress: Progress) -> list[str]:
     """Put every journaled file back to its original bytes, check the hashes, then drop the state."""
     states = journal.file_states(installed.site_packages)
+    # every original this needs must be there and intact before the first write
+    lost = {e.path: why for e in journal.files
+            if states[e.path] != "original" and (why := original_problem(installed.state_dir, e))}
+    if lost:
+        raise StateError(
+            "cannot revert: saved originals are " + ", ".join(f"{p} ({why})" for p, why in sorted(lost.items()))
+            + f" in {originals_dir(installed.state_dir)}; nothing was changed",
+            hint=f"reinstall {installed.target.distribution}=={journal.version} to get pristine files, then remove "
+                 f"{installed.state_dir}")
+    _check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"])
+    folders = [e.path for e in journal.files if installed.path(e.path).is_dir()]
+    if folders and force:
+        raise StateError(f"cannot restore files over folders: {', '.join(folders)}", hint="remove them, then revert again")
     if journal.status != PENDING:
         # Mark the journal pending first: a crash half-way through the restore is then "interrupted"
         # (each file original or patched), which the next revert or patch repairs, not "drifted".
@@ -182,6 +304,7 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
         if not checked or force:
             journal.status = PENDING
             journal.save(installed.state_dir)
+            step_hook("revert-pending")
     foreign = {p: s for p, s in states.items() if s in ("drifted", "missing")}
     if foreign and not force:
         raise StateError(
@@ -190,20 +313,18 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
             hint="they were edited by hand, or the package was reinstalled or upgraded; "
                  "--force restores the saved originals over them")
     restored = []
-    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
-    for entry in journal.files:
-        if states[entry.path] == "original":
-            continue
-        if delay and restored:
-            time.sleep(delay)
+    todo = [e for e in journal.files if states[e.path] != "original"]
+    for n, entry in enumerate(todo, 1):
         disk = installed.path(entry.path)
         atomic_write(disk, saved_original(installed.state_dir, entry), mode=entry.mode)
         drop_bytecode(disk)
         restored.append(entry.path)
         progress(f"restored {entry.path}")
+        step_hook(f"restored {n}/{len(todo)}")
     wrong = [e.path for e in journal.files if sha256_file(installed.path(e.path)) != e.original_sha256]
     if wrong:
         raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}",
                          hint=f"the journal and originals are kept in {installed.state_dir}")
+    step_hook("restored-all")
     remove_state(installed.state_dir)
     return restored

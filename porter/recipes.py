@@ -41,6 +41,9 @@ class Recipe:
     epilog: str = ""  # examples for --help
     launch: bool = False  # started on N devices through DeepSpeed's launcher (porter's --npus, --device, ...)
     targets: tuple[str, ...] = ()  # targets whose port the workers need (patched on disk or in memory)
+    # Runs in the parent with the parsed arguments before anything is launched or written: raise a PorterError
+    # for input that cannot work (data, checkpoint, tokenizer), so it is one line here and not one per worker.
+    preflight: Callable[[argparse.Namespace], None] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -59,6 +62,39 @@ def find_recipe(registry, model: str, name: str | None) -> Recipe | None:
         known = ", ".join(sorted(r.name for r in registry.recipes.values() if r.model == model)) or "none"
         raise NotFoundError(f"model {model!r} has no recipe {name!r} (recipes: {known})")
     return recipe
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    return _number(text, int, lambda v: v >= 1, "at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "0 or more")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "more than 0")
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    return _number(text, float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    return _number(text, float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _number(text: str, kind, ok, wanted: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, not {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
+    return value
 
 
 def recipe_parser(recipe: Recipe) -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from typing import Sequence, TextIO
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
 STATUS_COLOURS = {"ok": "green", "fail": "red", "skip": "yellow", "clean": "green", "patched": "cyan",
-                  "drifted": "red", "interrupted": "red", "in-progress": "yellow", "original": "green",
+                  "drifted": "red", "interrupted": "red", "orphaned": "red", "damaged": "red", "in-progress": "yellow", "original": "green",
                   "missing": "red"}
 
 

@@ -32,11 +32,24 @@ class FileRewrite:
         return sorted({m.rule_id for m in self.matches})
 
 
+def _syntax_error_at(text: str, exc: cst.ParserSyntaxError) -> tuple[int, str]:
+    """The line and message of a syntax error as Python's own parser reports them (libcst's native parser often
+    points at the next token's line); libcst's when Python accepts the text (a newer syntax than libcst knows)."""
+    try:
+        compile(text, "<target>", "exec", dont_inherit=True)
+    except SyntaxError as err:
+        return err.lineno or exc.raw_line, err.msg
+    except ValueError:  # e.g. null bytes
+        pass
+    return exc.raw_line, exc.message
+
+
 def _parse(path: str, text: str, rule_id: str) -> MetadataWrapper:
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
-        raise PlanError(f"{path}:{exc.raw_line}: cannot parse ({exc.message}); rule {rule_id} not applied") from None
+        line, message = _syntax_error_at(text, exc)
+        raise PlanError(f"{path}:{line}: cannot parse ({message}); rule {rule_id} not applied") from None
     return MetadataWrapper(module, unsafe_skip_copy=True)
 
 

@@ -60,6 +60,23 @@ class InstalledTarget:
         return self.site_packages / rel
 
 
+def record_hashes(installed: InstalledTarget) -> dict[str, str]:
+    """sha256 (hex) of each file as pip installed it, from the distribution's RECORD; {} when there is none."""
+    import base64
+
+    wanted = _normalise(installed.target.distribution)
+    for dist in md.distributions(path=[str(installed.site_packages)]):
+        if _normalise(dist.metadata["Name"] or "") != wanted:
+            continue
+        hashes = {}
+        for f in dist.files or ():
+            if f.hash is not None and f.hash.mode == "sha256":
+                digest = base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4))
+                hashes[f.as_posix()] = digest.hex()
+        return hashes
+    return {}
+
+
 def version_in(version: str, specifiers: str) -> bool:
     if not specifiers:
         return True

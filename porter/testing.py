@@ -57,8 +57,19 @@ def make_distribution(site_packages: Path, name: str, version: str, files: Mappi
     info = site_packages / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files))
+    (info / "RECORD").write_text("".join(f"{rel},{record_hash(site_packages / rel)}\n" for rel in files)
+                                 + f"{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
     return site_packages
+
+
+def record_hash(path: Path) -> str:
+    """A RECORD entry's hash and size, as pip writes them: ``sha256=<urlsafe base64, unpadded>,<bytes>``."""
+    import base64
+    import hashlib
+
+    data = Path(path).read_bytes()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest},{len(data)}"
 
 
 def copy_distribution(distribution: str, dest: Path) -> Path:

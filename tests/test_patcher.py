@@ -10,6 +10,8 @@ import pytest
 from porter.journal import Journal
 from porter.testing import run_porter, tree_digest
 
+FAULT_RUNNER = os.path.join(os.path.dirname(__file__), "fault_runner.py")
+
 PATCHED_DIST = "BACKEND = 'gloo'  # the default every rank uses\n"
 
 
@@ -167,8 +169,9 @@ def test_stale_bytecode_is_dropped(toylib_site, porter_env):
 
 def test_sigkill_mid_write_is_interrupted_and_revert_repairs(toylib_site, porter_env):
     pristine = tree_digest(toylib_site / "toylib")
-    env = {**os.environ, **porter_env, "PORTER_TEST_WRITE_DELAY": "30"}
-    proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "patch", "toylib", "--site-packages", str(toylib_site)],
+    env = {**os.environ, **porter_env}
+    proc = subprocess.Popen([sys.executable, FAULT_RUNNER, "--pause-at", "wrote 1/3", "--", "patch", "toylib",
+                             "--site-packages", str(toylib_site)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:
         line = proc.stderr.readline()
@@ -192,8 +195,9 @@ def test_sigkill_mid_write_is_interrupted_and_revert_repairs(toylib_site, porter
 
 
 def test_sigkill_then_patch_again_repairs_and_completes(toylib_site, porter_env):
-    env = {**os.environ, **porter_env, "PORTER_TEST_WRITE_DELAY": "30"}
-    proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "patch", "toylib", "--site-packages", str(toylib_site)],
+    env = {**os.environ, **porter_env}
+    proc = subprocess.Popen([sys.executable, FAULT_RUNNER, "--pause-at", "wrote 1/3", "--", "patch", "toylib",
+                             "--site-packages", str(toylib_site)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     assert proc.stderr.readline().startswith("patched 1/3")
     proc.kill()
@@ -247,8 +251,9 @@ def test_an_upgraded_rule_re_patches_and_an_unchanged_one_does_not(toylib_site, 
 def test_sigkill_mid_revert_is_interrupted_and_revert_finishes(toylib_site, porter_env):
     pristine = tree_digest(toylib_site / "toylib")
     assert porter(toylib_site, "patch", "toylib", env=porter_env).returncode == 0
-    env = {**os.environ, **porter_env, "PORTER_TEST_WRITE_DELAY": "30"}
-    proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "revert", "toylib", "--site-packages", str(toylib_site)],
+    env = {**os.environ, **porter_env}
+    proc = subprocess.Popen([sys.executable, FAULT_RUNNER, "--pause-at", "restored 1/3", "--", "revert", "toylib",
+                             "--site-packages", str(toylib_site)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:
         assert proc.stderr.readline().startswith("restored ")

@@ -17,7 +17,7 @@ EPILOG = """\
 examples:
   porter run visualglm check --from_pretrained glm/visualglm --chatglm_path glm/chatglm
       the released weights: config, 1012 keys and shapes, tokenizer, memory for fp16 on this machine
-  porter run visualglm check --from_pretrained runs/demo/checkpoints/visualglm-demo --dtype fp32
+  porter run visualglm check --from_pretrained runs/demo/checkpoints/visualglm-MM-DD-HH-MM --dtype fp32
 exit codes: 0 every check passed; 7 a problem was found (each one is listed)
 """
 

@@ -165,14 +165,19 @@ def resolve_dtype(name: str | None) -> torch.dtype:
         raise InputError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}", exit_code=2) from None
 
 
-def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype = torch.float32, say=None):
-    """Build the model ``model_config.json`` describes and assign it the file's weights in ``dtype``."""
-    from .model import assign_weights, build_model, materialise_derived
+def check_checkpoint(folder: str | Path):
+    """(checkpoint, the model built on the meta device, the file's weights memory-mapped, key report); raises a
+    CheckpointError listing every key or shape that does not match. Reads no tensor data."""
+    from .model import build_model
 
     ckpt = inspect_checkpoint(folder)
-    model = build_model(ckpt.config, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
-                        lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8),
-                        meta=True)
+    try:
+        model = build_model(ckpt.config, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
+                            lora_layers=ckpt.sat_args.get("layer_range"),
+                            pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8), meta=True)
+    except (AssertionError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"{ckpt.folder / 'model_config.json'}: SAT cannot build the model it describes "
+                              f"({_first_line(exc)})") from None
     weights = read_states(ckpt.states_file)
     report = compare_keys(weights, model.state_dict())
     if report.problems:
@@ -181,6 +186,14 @@ def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype 
             f"({len(report.problems)} problem(s)): " + "; ".join(report.problems),
             hint="the weights and model_config.json come from different models, or the file is not a VisualGLM "
                  "checkpoint")
+    return ckpt, model, weights, report
+
+
+def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype = torch.float32, say=None):
+    """Build the model ``model_config.json`` describes and assign it the file's weights in ``dtype``."""
+    from .model import assign_weights, materialise_derived
+
+    ckpt, model, weights, report = check_checkpoint(folder)
     for name in report.stale:
         if say:
             say(f"note: dropped {name} from {ckpt.states_file.name}: {STALE[name]}")

@@ -126,6 +126,9 @@ PRESETS = {
 }
 
 
+PRESET_NAMES = tuple(PRESETS)
+
+
 def preset(name: str) -> VisualGLMConfig:
     try:
         return PRESETS[name]
@@ -133,4 +136,5 @@ def preset(name: str) -> VisualGLMConfig:
         raise PorterError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
 
 
-__all__ = ["VisionConfig", "QFormerConfig", "LanguageConfig", "VisualGLMConfig", "PRESETS", "preset", "replace"]
+__all__ = ["VisionConfig", "QFormerConfig", "LanguageConfig", "VisualGLMConfig", "PRESETS", "PRESET_NAMES", "preset",
+           "replace"]

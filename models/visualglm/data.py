@@ -61,7 +61,7 @@ def read_fewshot(path: Path, skip_bad: bool = False) -> Loaded:
         raise DataError(f"{path}: expected a JSON list of {{img, prompt, label}} records, got {type(data).__name__}")
     loaded, problems = Loaded([], [], "fewshot"), []
     for n, item in enumerate(data):
-        where = f"{path}: record {n}"
+        where = f"{path}: record {n} (counting from 0)"
         if not isinstance(item, dict):
             _problem(problems, skip_bad, f"{where}: expected an object, got {type(item).__name__}")
             continue
@@ -114,7 +114,7 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
     loaded, problems = Loaded([], [], "coco"), []
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
-        where = f"{annotations}: annotation {ann_id}"
+        where = f"{annotations}: annotation id {ann_id}"
         caption = str(ann.get("caption", "")).strip()
         if not caption:
             _problem(problems, skip_bad, f"{where}: empty caption")

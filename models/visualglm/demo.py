@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from porter.errors import PorterError
+from porter.recipes import positive_int
 
 EPILOG = """\
 examples:
@@ -20,8 +21,8 @@ examples:
 
 
 def add_arguments(p):
-    p.add_argument("--iters", type=int, default=400, help="training steps (default 400)")
-    p.add_argument("--workers", type=int, default=2, help="CPU processes (default 2)")
+    p.add_argument("--iters", type=positive_int, default=400, help="training steps (default 400)")
+    p.add_argument("--workers", type=positive_int, default=2, help="CPU processes (default 2)")
     p.add_argument("--save", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     p.add_argument("--patch", choices=("disk", "memory"), default="disk",
                    help="disk (default): patch the installed SAT and revert it at the end; memory: touch nothing")

@@ -14,16 +14,29 @@ class ImageError(ValueError):
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """``path`` as a normalised float tensor [3, size, size]."""
+    """``path`` as a normalised float tensor [3, size, size].
+
+    Images over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89.5 million pixels) are refused
+    with one line, not a warning and then a very long decode.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except FileNotFoundError:
         raise ImageError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except IsADirectoryError:
+        raise ImageError(f"{path}: a folder, not an image") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: image too large ({exc.args[0].split('could be')[0].strip()}); porter reads "
+                         f"images up to {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{path}: unreadable image ({exc})") from None
     return to_tensor(image)
 

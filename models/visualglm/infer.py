@@ -13,7 +13,10 @@ from pathlib import Path
 
 from porter.errors import InputError, PorterError
 
+from porter.recipes import non_negative_int, positive_float, positive_int, probability
+
 from .assets import STANDIN, add_weight_arguments, tokenizer_for
+from .config import PRESET_NAMES
 
 DEFAULT_EN, DEFAULT_ZH = "Describe the image.", "描述这张图片。"  # cli_demo.py's first-turn questions
 
@@ -23,7 +26,8 @@ examples:
       the tiny preset with random weights on a shipped image: see it work
   porter run visualglm infer --image examples/1.jpeg --prompt "What's in the image?" --english \\
       --from_pretrained glm/visualglm --chatglm_path glm/chatglm
-  porter run visualglm infer --from_pretrained runs/demo/checkpoint --interactive
+  porter run visualglm infer --from_pretrained runs/demo/checkpoints/visualglm-MM-DD-HH-MM --interactive
+      a checkpoint of `make demo` (its last line names the folder)
 """
 
 
@@ -37,18 +41,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--english", action="store_true", help="English: the Q:/A: template, --prompt_en, and no Chinese "
                                                           "token sampled (upstream's invalid_slices)")
     add_weight_arguments(p)
-    p.add_argument("--preset", default="tiny", help="architecture when there is no checkpoint (default: tiny)")
-    p.add_argument("--max_length", "--max-length", type=int, default=None,
+    p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="architecture when there is no checkpoint "
+                                                                     "(default: tiny)")
+    p.add_argument("--max_length", "--max-length", type=positive_int, default=None,
                    help="prompt + answer tokens (default: 2048, or the model's maximum if smaller)")
-    p.add_argument("--top_p", "--top-p", type=float, default=0.4)
-    p.add_argument("--top_k", "--top-k", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--repetition_penalty", "--repetition-penalty", type=float, default=1.2,
+    p.add_argument("--top_p", "--top-p", type=probability, default=0.4, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--top_k", "--top-k", type=non_negative_int, default=100, help="0: no top-k cut")
+    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--repetition_penalty", "--repetition-penalty", type=positive_float, default=1.2,
                    help="divide the logits of tokens already in the answer by this (default 1.2, as upstream)")
     p.add_argument("--keep-history", action="store_true",
                    help="--interactive: keep every earlier turn, as upstream does, and stop with an error when they no "
                         "longer fit --max_length (default: drop the oldest turns to leave half of it for the answer)")
-    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="make sampling reproducible")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
                    help="where to run (default: detection, npu first)")
     p.add_argument("--interactive", action="store_true", help="a chat loop with history; at the image prompt an "

@@ -37,7 +37,8 @@ def porter_register_recipes(register):
     register(Recipe("visualglm", "infer", "answer a question about an image, streamed token by token",
                     infer.add_arguments, infer.run, epilog=infer.EPILOG))
     register(Recipe("visualglm", "train", "fine-tune VisualGLM through SAT's training_main and DeepSpeed on 1..N "
-                    "devices", train.add_arguments, train.run, epilog=train.EPILOG, launch=True, targets=("sat",)))
+                    "devices", train.add_arguments, train.run, epilog=train.EPILOG, launch=True, targets=("sat",),
+                    preflight=train.preflight))
     register(Recipe("visualglm", "check", "will a checkpoint folder and tokenizer work here? keys, shapes, tokenizer "
                     "layout, memory; in seconds, loading no weights", check.add_arguments, check.run,
                     epilog=check.EPILOG))

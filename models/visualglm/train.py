@@ -19,7 +19,10 @@ import torch
 from porter.errors import PorterError
 
 from . import tokenizer as tok
+from porter.recipes import fraction, non_negative_int, positive_float, positive_int
+
 from .assets import add_weight_arguments
+from .config import PRESET_NAMES
 from .model import FINETUNE_MODES
 
 EPILOG = """\
@@ -44,17 +47,17 @@ def default_data() -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny", help="architecture for random init: tiny | visualglm-6b (default tiny)")
+    g.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="architecture for random init (default tiny)")
     add_weight_arguments(g, dtype=False)  # --fp16 / --bf16 decide
     g.add_argument("--finetune", choices=("auto", *FINETUNE_MODES), default="auto",
                    help="lora: SAT's LoRA adapters only; ptuning: P-tuning v2 prefixes; full: every weight; "
                         "auto (default): lora when starting from --from_pretrained weights, full for a random-init "
                         "--preset (adapters on random weights have nothing to adapt)")
-    g.add_argument("--lora-rank", type=int, default=10)
-    g.add_argument("--layer_range", "--layer-range", "--lora-layers", dest="lora_layers", type=int, nargs="+",
+    g.add_argument("--lora_rank", "--lora-rank", type=positive_int, default=10)
+    g.add_argument("--layer_range", "--layer-range", "--lora-layers", dest="lora_layers", type=non_negative_int, nargs="+",
                    metavar="I", help="the layers that get LoRA, each one named (upstream's --layer_range: '0 14' is "
                                      "layers 0 and 14, not a range); default: all")
-    g.add_argument("--pre-seq-len", type=int, default=8, help="P-tuning prefix length")
+    g.add_argument("--pre_seq_len", "--pre-seq-len", type=positive_int, default=8, help="P-tuning prefix length")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
                                              "shapes set)")
@@ -64,9 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                             "do not depend on orientation)")
     g.add_argument("--skip-bad", action="store_true", help="skip records with a missing or unreadable image, a "
                                                            "missing field or an empty caption, and say how many")
-    g.add_argument("--max_source_length", "--max-source-length", type=int, default=64,
+    g.add_argument("--max_source_length", "--max-source-length", type=positive_int, default=64,
                    help="ids of image and question, cut to this minus 1 (default 64, as upstream)")
-    g.add_argument("--max_target_length", "--max-target-length", type=int, default=256,
+    g.add_argument("--max_target_length", "--max-target-length", type=positive_int, default=256,
                    help="ids of the answer, cut to this minus 2 (default 256, as upstream's finetune script)")
     g.add_argument("--pad-to", choices=("max", "longest"), default="max",
                    help="max (default, upstream): every sample padded to the two lengths' sum; longest: to the "
@@ -74,22 +77,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore_pad_token_for_loss", "--ignore-pad-token-for-loss", type=_yes_no, default=True,
                    metavar="true|false", help="pad positions get no loss (default true, as upstream)")
     g = p.add_argument_group("training")
-    g.add_argument("--iters", type=int, default=100, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=4, help="samples per worker per micro-batch")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--warmup", type=float, default=0.02, help="fraction of --iters spent warming up (cosine after)")
+    g.add_argument("--iters", type=positive_int, default=100, help="optimizer steps")
+    g.add_argument("--batch-size", type=positive_int, default=4, help="samples per worker per micro-batch")
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=positive_float, default=1e-4)
+    g.add_argument("--warmup", type=fraction, default=0.02, help="fraction of --iters spent warming up (cosine after)")
     g.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=1, help="DeepSpeed ZeRO stage (default 1)")
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="fp16 with loss scaling (accelerators only)")
     precision.add_argument("--bf16", action="store_true", help="bf16 (accelerators only; the CPU trains in fp32)")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=non_negative_int, default=1234)
     g.add_argument("--mode", choices=("full", "performance"), default="full",
                    help="performance: at most 20 steps, no checkpoint, report throughput (as the old scripts)")
     g = p.add_argument_group("output")
     g.add_argument("--save", type=Path, default=Path("runs/visualglm"), help="run folder (default runs/visualglm)")
-    g.add_argument("--save-interval", type=int, help="steps between checkpoints (default: only at the end)")
-    g.add_argument("--log-interval", type=int, default=1, help="steps between progress lines when not on a terminal")
+    g.add_argument("--save-interval", type=positive_int, help="steps between checkpoints (default: only at the end)")
+    g.add_argument("--log-interval", type=positive_int, default=1, help="steps between progress lines when not on a terminal")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --save")
 
 
@@ -150,6 +153,38 @@ def build(args, say):
         if not args.resume:
             say(f"weights: random ({args.preset} preset)")
     return model, tokenizer_for(tokenizer_type, args.chatglm_path), config, tokenizer_type
+
+
+def preflight(args) -> None:
+    """Run in the parent before any worker starts: everything about the input that a worker would otherwise find
+    out after DeepSpeed's start, as one error line with its exit code."""
+    from porter.errors import EXIT_USAGE, InputError
+
+    from .assets import CHATGLM_TOKENIZER, STANDIN, tokenizer_for
+    from .checkpoint import check_checkpoint
+    from .config import preset
+    from .data import DataError, Lengths, encode_example, load_records
+
+    if args.save.exists() and not args.save.is_dir():
+        raise InputError(f"--save {args.save}: a file, not a folder", hint="name a folder for the run",
+                         exit_code=EXIT_USAGE)
+    if args.resume and latest_checkpoint(args.save.resolve()) is None:
+        raise InputError(f"--resume: no checkpoint under {args.save / 'checkpoints'}",
+                         hint="--save names the run folder of the run to continue", exit_code=EXIT_USAGE)
+    if args.from_pretrained and not args.resume:
+        ckpt = check_checkpoint(args.from_pretrained)[0]
+        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", CHATGLM_TOKENIZER)
+    else:
+        config = preset(args.preset)
+        tokenizer_type = STANDIN if args.preset == "tiny" else CHATGLM_TOKENIZER
+    tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
+    data = args.data or default_data()
+    loaded = load_records(data, args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
+    if not loaded.records:
+        raise DataError(f"{data}: no usable records")
+    first = loaded.records[0]
+    encode_example(tokenizer, config.image_length, first.prompt, first.answer,
+                   Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss))
 
 
 def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, resume_from: Path | None,
@@ -214,7 +249,7 @@ def run(args) -> int:
     run_dir = args.save.resolve()
     resume_from = latest_checkpoint(run_dir) if args.resume else None
     if args.resume and resume_from is None:
-        raise PorterError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+        raise PorterError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}", exit_code=2)
 
     with contextlib.redirect_stdout(sys.stderr):  # SAT/DeepSpeed bind their log handlers at import
         import sat  # noqa: F401

@@ -91,8 +91,8 @@ def test_upstreams_fewshot_layout_reads_image_paths_from_the_current_folder(tmp_
     loaded = load_records(Path("fewshot-data/dataset.json"))
     assert [r.image for r in loaded.records] == [(folder / "2p.png").resolve()]
     monkeypatch.chdir(folder)  # from elsewhere the path names nothing: said, with where porter looked
-    with pytest.raises(DataError, match=r"record 0: image fewshot-data/2p\.png not found \(looked beside "
-                                        r"dataset\.json and in the current folder\)"):
+    with pytest.raises(DataError, match=r"record 0 \(counting from 0\): image fewshot-data/2p\.png not found "
+                                        r"\(looked beside dataset\.json and in the current folder\)"):
         load_records(Path("dataset.json"))
 
 
@@ -111,11 +111,11 @@ def fewshot(tmp_path):
 
 @pytest.mark.parametrize("records, message", [
     ({"img": "ok.png"}, "expected a JSON list"),
-    ([{"img": "ok.png", "prompt": "q"}], r"record 0: missing field\(s\) label"),
+    ([{"img": "ok.png", "prompt": "q"}], r"record 0 \(counting from 0\): missing field\(s\) label"),
     ([{"img": "ok.png", "prompt": "q", "label": "fine"}, {"img": "gone.png", "prompt": "q", "label": "a"}],
-     r"record 1: image .*gone\.png not found"),
-    ([{"img": "ok.png", "prompt": "q", "label": "  "}], "record 0: empty label"),
-    (["just a string"], "record 0: expected an object"),
+     r"record 1 \(counting from 0\): image .*gone\.png not found"),
+    ([{"img": "ok.png", "prompt": "q", "label": "  "}], r"record 0 \(counting from 0\): empty label"),
+    (["just a string"], r"record 0 \(counting from 0\): expected an object"),
 ])
 def test_bad_fewshot_records_name_file_and_record(fewshot, records, message):
     path = fewshot(records)
@@ -145,7 +145,7 @@ def test_bad_coco_inputs(tmp_path):
     victim = next(img for img in doc["images"] if img["id"] not in touched)
     (root / "train2017" / victim["file_name"]).unlink()
     path.write_text(json.dumps(doc))
-    with pytest.raises(DataError, match=r"captions_train2017\.json: annotation \d+: "):
+    with pytest.raises(DataError, match=r"captions_train2017\.json: annotation id \d+: "):
         load_records(root, "coco")
     loaded = load_records(root, "coco", skip_bad=True)
     assert len(loaded.records) == len(COLOURS) - 3
