@@ -109,8 +109,8 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco = COCO(str(annotations))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{annotations}: not a COCO captions file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - pycocotools asserts, indexes and hashes whatever the file holds
+        raise DataError(f"{annotations}: not a COCO captions file ({type(exc).__name__}: {exc})") from None
     loaded, problems = Loaded([], [], "coco"), []
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
@@ -122,6 +122,9 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
         info = coco.imgs.get(ann.get("image_id"))
         if info is None:
             _problem(problems, skip_bad, f"{where}: image_id {ann.get('image_id')} is not in the images list")
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("file_name"), str) or not info["file_name"]:
+            _problem(problems, skip_bad, f"{where}: image_id {ann.get('image_id')} has no file_name")
             continue
         image = images / info["file_name"]
         if not image.is_file():

@@ -44,9 +44,9 @@ def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path):
     resumed = rows[len(before):]
     assert [row["step"] for row in resumed] == list(range(21, 41))  # from the step-20 checkpoint on
     loss_at = {row["step"]: row["loss"] for row in before}
-    first_loss = loss_at[1]
-    # the loss continues from where the weights were, not from a fresh start
-    assert resumed[0]["loss"] < 0.5 * first_loss
-    assert abs(resumed[0]["loss"] - loss_at[21]) < 0.5 * loss_at[21] + 0.5  # the killed run's step 21
+    # the same weights and data as the killed run at step 21 (SAT restores no optimizer state, and none is used
+    # before that step's forward): the same loss, far below a fresh start's
+    assert abs(resumed[0]["loss"] - loss_at[21]) < 0.02 * loss_at[21]
+    assert resumed[0]["loss"] < loss_at[1] - 1.0
     latest = list((save / "checkpoints").glob("*/latest"))
     assert len(latest) == 1 and latest[0].read_text().strip() == "40"
