@@ -230,17 +230,27 @@ def _targets_for(args, registry):
 
 
 def _unknown_journals(args, registry) -> list[Path]:
-    """Journals in this environment of targets no loaded plugin registers (disabled or uninstalled)."""
+    """Journals of targets no loaded plugin registers (disabled or uninstalled), in --site-packages or in every
+    site folder of this interpreter (user site included)."""
+    import site
     import sysconfig
 
-    site = Path(args.site_packages) if args.site_packages else Path(sysconfig.get_paths()["purelib"])
-    return sorted(j for j in (site / STATE_DIR_NAME).glob("*/journal.json") if j.parent.name not in registry.targets)
+    if args.site_packages:
+        folders = [Path(args.site_packages)]
+    else:
+        folders = [Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"]),
+                   *map(Path, site.getsitepackages()), Path(site.getusersitepackages())]
+    journals = {j.resolve() for folder in folders for j in (folder / STATE_DIR_NAME).glob("*/journal.json")}
+    return sorted(j for j in journals if j.parent.name not in registry.targets)
 
 
 def cmd_status(args, registry, con: Console) -> int:
     statuses = [patcher.status(i) for i in _targets_for(args, registry)]
+    unknown = [] if args.target else _unknown_journals(args, registry)
     if args.json:
-        con.print(json.dumps([s.to_json() for s in statuses], indent=2))
+        con.print(json.dumps([s.to_json() for s in statuses] +
+                             [{"target": j.parent.name, "state": "unknown", "journal": str(j)} for j in unknown],
+                             indent=2))
         return EXIT_OK
     if not statuses:
         con.print("no registered target is installed here")
@@ -254,8 +264,8 @@ def cmd_status(args, registry, con: Console) -> int:
         if s.state == "orphaned":
             con.print(f"the journal is gone but the saved originals are not: porter revert {s.target} restores them")
         if s.state == "damaged":
-            con.print(f"saved originals are missing or altered: reinstall the package to get pristine files")
-    for journal in _unknown_journals(args, registry):
+            con.print("saved originals are missing or altered: reinstall the package to get pristine files")
+    for journal in unknown:
         con.print(f"{journal.parent.name}: {con.status('unknown')} - {journal} holds a patch, but no loaded plugin "
                   f"registers that target")
     return EXIT_OK

@@ -93,7 +93,7 @@ def replace_problem(path: Path) -> str | None:
         return f"{folder} is on a read-only file system"
     if _inode_flags(folder) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
         return f"{folder} is immutable or append-only (chattr +i/+a)"
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):  # read too: the folder is fsynced after a replace
         return f"{folder} is not writable by this user"
     return None
 

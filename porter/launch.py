@@ -116,8 +116,6 @@ def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]
 
 def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str], registry) -> LaunchPlan:
     cls, notes = resolve_device(args.device)
-    if args.npus < 1:
-        raise PorterError(f"--npus {args.npus}: need at least one worker", exit_code=EXIT_USAGE)
     present = device_count(cls)
     if present is None:
         if not args.dry_run:

@@ -126,12 +126,22 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
         if journal is None and installed.state_dir.exists():
             _clear_strays(installed)  # originals of a patch that stopped before its journal
         if journal is not None:
+            current = status(installed)
+            if current.state == DAMAGED:
+                lost = {p: s for p, s in current.files.items() if s.startswith("original ")}
+                raise StateError(f"{installed.name} was patched, but saved originals are "
+                                 + ", ".join(f"{p} ({s.split()[-1]})" for p, s in sorted(lost.items()))
+                                 + "; nothing was changed",
+                                 hint=f"reinstall {installed.target.distribution}=={journal.version} and remove "
+                                      f"{installed.state_dir}")
+            # restoring is the first write of a repair or re-patch: the files must be writable before it
+            writable = [installed.path(e.path) for e in journal.files] + [originals_dir(installed.state_dir)]
             if journal.status == PENDING:
                 progress("a previous patch was interrupted: restoring the originals first")
+                _check_writable(writable)
                 _restore(installed, journal, force=False, progress=progress)
                 notes.append("repaired an interrupted patch")
             else:
-                current = status(installed)
                 if current.state == DRIFTED:
                     bad = {p: s for p, s in current.files.items() if s != "patched"}
                     raise StateError(
@@ -151,6 +161,7 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
                 if _same_patch(wanted, journal):
                     return Outcome("already-patched", wanted, [e.path for e in journal.files])
                 progress("the rules changed since the last patch: reverting, then patching again")
+                _check_writable(writable + [installed.path(f.path) for f in wanted.changed])
                 _restore(installed, journal, force=False, progress=progress)
                 notes.append("reverted the previous patch (rules changed)")
         plan = make_plan(installed, rules, only)
@@ -172,8 +183,12 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     originals = {}
     for f in plan.changed:
         disk = installed.path(f.path)
-        originals[f.path] = disk.read_bytes()
-        if originals[f.path].decode("utf-8") != f.before:
+        try:
+            originals[f.path] = disk.read_bytes()
+        except OSError as exc:
+            raise StateError(f"{disk} changed while porter was planning ({exc.strerror}); nothing was written",
+                             hint="run it again") from None
+        if originals[f.path] != f.before.encode("utf-8"):
             raise StateError(f"{disk} changed while porter was planning; nothing was written", hint="run it again")
     entries = [FileEntry(path=f.path, original_sha256=sha256_bytes(originals[f.path]),
                          patched_sha256=sha256_bytes(f.after.encode("utf-8")),
@@ -199,17 +214,15 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
         remove_state(state_dir)
         raise
     # 3. one atomic replace per file: each file is always either its original or its patched self.
-    written = []
     try:
         for n, f in enumerate(plan.changed, 1):
             disk = installed.path(f.path)
             atomic_write(disk, f.after.encode("utf-8"))
-            written.append(f.path)
             drop_bytecode(disk)
             progress(f"patched {n}/{len(plan.changed)} {f.path}")
             step_hook(f"wrote {n}/{len(plan.changed)}")
     except OSError as exc:
-        _roll_back(installed, journal, written, originals, exc, failed=f.path)
+        _roll_back(installed, journal, originals, exc, failed=f.path)
     # 4. done.
     journal.status = APPLIED
     journal.save(state_dir)
@@ -223,21 +236,27 @@ def _check_writable(paths) -> None:
                          hint="make those files and folders writable, then run it again")
 
 
-def _roll_back(installed: InstalledTarget, journal: Journal, written: list[str], originals: dict[str, bytes],
-               exc: OSError, failed: str) -> None:
-    """A write failed half-way (disk full, a file made immutable meanwhile): put back what was written."""
-    entries = {e.path: e for e in journal.files}
+def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str, bytes], exc: OSError,
+               failed: str) -> None:
+    """A write failed half-way (disk full, a file made immutable meanwhile): put back every file that is not its
+    original any more (a replace can fail after its rename, so what was written is read from the disk), check
+    every hash, and only then drop the saved originals."""
     try:
-        for rel in written:
-            atomic_write(installed.path(rel), originals[rel], mode=entries[rel].mode)
-            drop_bytecode(installed.path(rel))
+        for entry in journal.files:
+            disk = installed.path(entry.path)
+            if sha256_file(disk) != entry.original_sha256:
+                atomic_write(disk, originals[entry.path], mode=entry.mode)
+                drop_bytecode(disk)
+        wrong = [e.path for e in journal.files if sha256_file(installed.path(e.path)) != e.original_sha256]
     except OSError as again:
+        wrong = [f"{again.filename or failed} ({again.strerror or again})"]
+    if wrong:
         raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}), and putting back the "
-                         f"files already written failed too ({again.strerror or again}): the patch is interrupted",
+                         f"files already written failed too ({', '.join(wrong)}): the patch is interrupted",
                          hint=f"free the space or fix the permissions, then `porter revert {installed.name}`") from None
     remove_state(installed.state_dir)
-    raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}); the {len(written)} file(s) "
-                     f"already written were put back, so nothing is changed",
+    raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}); the files already written "
+                     f"were put back, so nothing is changed",
                      hint="free the space or fix the permissions, then run it again") from None
 
 
@@ -267,10 +286,13 @@ def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, 
             f"for these: {', '.join(unvouched)}; nothing was changed",
             hint="--force restores them anyway; or reinstall "
                  f"{installed.target.distribution}=={installed.version} and remove {installed.state_dir}")
+    folders = [p for p in paths if installed.path(p).is_dir()]
+    if folders:
+        raise StateError(f"cannot restore files over folders: {', '.join(folders)}; nothing was changed",
+                         hint="remove them, then revert again")
+    _check_writable([installed.path(p) for p in paths])
     for rel in paths:
         disk = installed.path(rel)
-        if disk.is_dir():
-            raise StateError(f"{disk} is a folder now; cannot restore a file over it", hint="remove it, then revert again")
         atomic_write(disk, saved[rel])
         drop_bytecode(disk)
         progress(f"restored {rel} (from a saved original without a journal)")

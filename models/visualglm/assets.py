@@ -22,6 +22,23 @@ def add_weight_arguments(p, dtype: bool = True) -> None:
                             "CPU)")
 
 
+def tokenizer_type_of(ckpt) -> str:
+    """The tokenizer a checkpoint names; the release's model_config.json says THUDM/chatglm-6b."""
+    return ckpt.sat_args.get("tokenizer_type", CHATGLM_TOKENIZER)
+
+
+def model_source(args):
+    """(config, tokenizer_type, checkpoint or None) for --from_pretrained or --preset, reading no weights: the
+    checkpoint's keys and shapes are checked (memory-mapped)."""
+    from .checkpoint import check_checkpoint
+    from .config import preset
+
+    if args.from_pretrained and not getattr(args, "resume", False):
+        ckpt = check_checkpoint(args.from_pretrained)[0]
+        return ckpt.config, tokenizer_type_of(ckpt), ckpt
+    return preset(args.preset), STANDIN if args.preset == "tiny" else CHATGLM_TOKENIZER, None
+
+
 def tokenizer_for(tokenizer_type: str, chatglm_path: Path | None):
     """The tokenizer a checkpoint needs: --chatglm_path when given, else the stand-in for porter's tiny models."""
     from .standin_tokenizer import standin_tokenizer_dir

@@ -56,9 +56,8 @@ def run(args) -> int:
         import sat  # noqa: F401
     from porter.runtime import device
 
-    from .assets import tokenizer_for
-    from .checkpoint import compare_keys, inspect_checkpoint, read_states, resolve_dtype
-    from .model import build_model
+    from .assets import tokenizer_for, tokenizer_type_of
+    from .checkpoint import compare_keys, inspect_checkpoint, meta_model, read_states, resolve_dtype
 
     problems: list[str] = []
 
@@ -77,9 +76,7 @@ def run(args) -> int:
        + (f"; fine-tuned with {ckpt.finetune}" if ckpt.finetune else ""))
 
     weights = read_states(ckpt.states_file)
-    expected = build_model(c, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
-                           lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8),
-                           meta=True).state_dict()
+    expected = meta_model(ckpt).state_dict()
     report = compare_keys(weights, expected)
     for p in report.problems:
         problem(f"{ckpt.states_file.name}: {p}")
@@ -124,7 +121,7 @@ def run(args) -> int:
                + (f", {gib(device_free)} free" if device_free is not None else ""))
 
     try:
-        tokenizer = tokenizer_for(ckpt.sat_args.get("tokenizer_type", ""), args.chatglm_path)
+        tokenizer = tokenizer_for(tokenizer_type_of(ckpt), args.chatglm_path)
         ok(f"tokenizer: {tokenizer.folder}: {tokenizer.pieces:,} pieces, ChatGLM-6B's ids ([gMASK] 130001, <sop> "
            f"130004, <eop> 130005, pad 3)")
     except InputError as exc:

@@ -165,19 +165,24 @@ def resolve_dtype(name: str | None) -> torch.dtype:
         raise InputError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}", exit_code=2) from None
 
 
-def check_checkpoint(folder: str | Path):
-    """(checkpoint, the model built on the meta device, the file's weights memory-mapped, key report); raises a
-    CheckpointError listing every key or shape that does not match. Reads no tensor data."""
+def meta_model(ckpt: Checkpoint):
+    """The model ``model_config.json`` describes (with its adapters), on the meta device: shapes, no memory."""
     from .model import build_model
 
-    ckpt = inspect_checkpoint(folder)
     try:
-        model = build_model(ckpt.config, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
-                            lora_layers=ckpt.sat_args.get("layer_range"),
-                            pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8), meta=True)
+        return build_model(ckpt.config, finetune=ckpt.finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
+                           lora_layers=ckpt.sat_args.get("layer_range"),
+                           pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8), meta=True)
     except (AssertionError, ValueError, TypeError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{ckpt.folder / 'model_config.json'}: SAT cannot build the model it describes "
                               f"({_first_line(exc)})") from None
+
+
+def check_checkpoint(folder: str | Path):
+    """(checkpoint, the model built on the meta device, the file's weights memory-mapped, key report); raises a
+    CheckpointError listing every key or shape that does not match. Reads no tensor data."""
+    ckpt = inspect_checkpoint(folder)
+    model = meta_model(ckpt)
     weights = read_states(ckpt.states_file)
     report = compare_keys(weights, model.state_dict())
     if report.problems:

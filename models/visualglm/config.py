@@ -8,6 +8,9 @@ from porter.errors import InputError, PorterError
 from . import tokenizer as tok
 
 
+FINETUNE_MODES = ("lora", "ptuning", "full")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """EVA ViT."""
@@ -85,9 +88,14 @@ class VisualGLMConfig:
             eva, qf = args["eva_args"], args["qformer_args"]
             size = eva.get("image_size", [224, 224])
             is_decoder = qf.get("is_decoder", [True] * qf["num_layers"])
-            cross = [i for i, d in enumerate(is_decoder) if d] if isinstance(is_decoder, list) else [0]
+            if is_decoder is True:  # SAT: a single bool applies to every layer
+                is_decoder = [True] * qf["num_layers"]
+            if not isinstance(is_decoder, list) or not any(is_decoder):
+                raise ValueError(f"'qformer_args.is_decoder' {is_decoder!r}: the Q-Former must cross-attend to the "
+                                 f"image in some layer")
+            cross = [i for i, d in enumerate(is_decoder) if d]
             every = cross[1] - cross[0] if len(cross) > 1 else qf["num_layers"]
-            if isinstance(is_decoder, list) and is_decoder != [i % every == 0 for i in range(qf["num_layers"])]:
+            if is_decoder != [i % every == 0 for i in range(qf["num_layers"])]:
                 raise ValueError(f"'qformer_args.is_decoder' {is_decoder}: cross-attention every n-th layer from "
                                  f"layer 0 is what VisualGLM uses")
             vision = VisionConfig(layers=eva["num_layers"], hidden=eva["hidden_size"], heads=eva["num_attention_heads"],

@@ -239,11 +239,12 @@ class VisualGLMDataset(torch.utils.data.Dataset):
                 "pre_image": example.pre_image}
 
 
-def collate(batch: list[dict]) -> dict:
-    """Pad on the right with pad id 3 (labels with -100); every sample has its image at the same offset."""
+def collate(batch: list[dict], label_pad: int = -100) -> dict:
+    """Pad on the right with pad id 3, labels with ``label_pad`` (-100, or the pad id when pads are trained on, as
+    upstream does without ignore_pad_token_for_loss); every sample has its image at the same offset."""
     width = max(len(b["input_ids"]) for b in batch)
     ids = torch.full((len(batch), width), tok.PAD, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    labels = torch.full((len(batch), width), label_pad, dtype=torch.long)
     for row, b in enumerate(batch):
         ids[row, : len(b["input_ids"])] = torch.tensor(b["input_ids"])
         labels[row, : len(b["labels"])] = torch.tensor(b["labels"])

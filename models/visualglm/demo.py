@@ -71,11 +71,11 @@ def evaluate_run(save: Path) -> int:
         import sat  # noqa: F401  (SAT's log handlers bind to stderr)
     from . import evaluate
     from .checkpoint import load_model
-    from .assets import tokenizer_for
+    from .assets import tokenizer_for, tokenizer_type_of
 
     summary = json.loads((save / "summary.json").read_text())
     model, ckpt = load_model(summary["checkpoint"])
-    tokenizer = tokenizer_for(ckpt.sat_args.get("tokenizer_type", ""), None)
+    tokenizer = tokenizer_for(tokenizer_type_of(ckpt), None)
     print("\nheld-out images (never seen in training): the model's answer beside the expected caption\n", flush=True)
     rows = evaluate.answer_all(model.eval(), tokenizer, evaluate.held_out(), ckpt.config.vision.image_size)
     width = max(len(r.expected) for r in rows)

@@ -15,7 +15,7 @@ from porter.errors import InputError, PorterError
 
 from porter.recipes import non_negative_int, positive_float, positive_int, probability
 
-from .assets import STANDIN, add_weight_arguments, tokenizer_for
+from .assets import STANDIN, add_weight_arguments, tokenizer_for, tokenizer_type_of
 from .config import PRESET_NAMES
 
 DEFAULT_EN, DEFAULT_ZH = "Describe the image.", "描述这张图片。"  # cli_demo.py's first-turn questions
@@ -84,7 +84,7 @@ def load(args, say=print):
     dtype = resolve_dtype(args.dtype)
     if args.from_pretrained:
         model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say)
-        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", "")
+        config, tokenizer_type = ckpt.config, tokenizer_type_of(ckpt)
         say(f"model: {args.from_pretrained} (iteration {ckpt.iteration}, {str(dtype).removeprefix('torch.')})")
     else:
         if args.preset != "tiny":

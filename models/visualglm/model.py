@@ -15,9 +15,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from .config import VisualGLMConfig
+from .config import FINETUNE_MODES, VisualGLMConfig
 
-FINETUNE_MODES = ("lora", "ptuning", "full")
 
 
 def _sat():

@@ -1,7 +1,7 @@
 """What the released VisualGLM-6B checkpoint holds, written down from documented facts, and a tiny folder laid out
 the same way, so porter's loader is tested against the release's layout and not only against what porter saved.
 
-Sources (``shared/reference/visualglm-release-facts.md`` has the detail):
+Sources (read from THUDM/VisualGLM-6B, THUDM/SwissArmyTransformer and ChatGLM-6B's tokenizer code):
 - the folder: ``latest`` ("1"), ``model_config.json`` (SAT's saved arguments), ``1/mp_rank_00_model_states.pt``
   holding ``{"module": state_dict, ...}`` in fp16 (upstream runs it in fp16);
 - the architecture and sizes: THUDM/VisualGLM-6B ``model/visualglm.py`` and ``model/blip2.py`` on SAT's

@@ -4,7 +4,7 @@ The real file cannot be downloaded here, so this writes a sentencepiece model th
 piece where the layout is documented, and the tiny preset uses it, so tests and the demo run the same
 tokenizer code path as a user with the released file.
 
-What is documented, and where (see also ``shared/reference/visualglm-release-facts.md``):
+What is documented, and where:
 
 - 130,344 pieces (ChatGLM-6B issue #776): icetk's 130,000 text pieces, then the 8 specials ``[MASK]``
   ``[gMASK]`` ``[sMASK]`` ``<unused_0>`` ``<sop>`` ``<eop>`` ``<ENC>`` ``<dBLOCK>`` (ids 130000..130007),

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from porter.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FILE = "ice_text.model"
 MASK, GMASK, SMASK, BOS, EOS, PAD = 130000, 130001, 130002, 130004, 130005, 3

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from porter.errors import PorterError
-
-from . import tokenizer as tok
 from porter.recipes import fraction, non_negative_int, positive_float, positive_int
 
+from . import tokenizer as tok
 from .assets import add_weight_arguments
-from .config import PRESET_NAMES
-from .model import FINETUNE_MODES
+from .config import FINETUNE_MODES, PRESET_NAMES
 
 EPILOG = """\
 examples:
@@ -130,24 +127,22 @@ def deepspeed_config(args, device_name: str) -> dict:
 
 def build(args, say):
     """(model, tokenizer, config, tokenizer_type) for the arguments; the model has its adapters."""
-    import torch
+    import torch  # here, not at the top: `porter status` and `--help` load this plugin and must stay light
 
-    from .assets import CHATGLM_TOKENIZER, STANDIN, tokenizer_for
+    from .assets import model_source, tokenizer_for, tokenizer_type_of
     from .checkpoint import load_model
-    from .config import preset
     from .model import add_finetuning, build_model
 
     if args.from_pretrained and not args.resume:
         # the precision training runs in (SAT's --fp16 halves the model anyway): no fp32 copy of fp16 weights
         dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
         model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say)
-        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", CHATGLM_TOKENIZER)
+        config, tokenizer_type = ckpt.config, tokenizer_type_of(ckpt)
         say(f"weights: {args.from_pretrained} (iteration {ckpt.iteration})")
         add_finetuning(model, args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
                        pre_seq_len=args.pre_seq_len)
     else:
-        config = preset(args.preset)
-        tokenizer_type = STANDIN if args.preset == "tiny" else CHATGLM_TOKENIZER
+        config, tokenizer_type, _ = model_source(args)
         model = build_model(config, finetune=args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
                             pre_seq_len=args.pre_seq_len, seed=args.seed)
         if not args.resume:
@@ -160,9 +155,7 @@ def preflight(args) -> None:
     out after DeepSpeed's start, as one error line with its exit code."""
     from porter.errors import EXIT_USAGE, InputError
 
-    from .assets import CHATGLM_TOKENIZER, STANDIN, tokenizer_for
-    from .checkpoint import check_checkpoint
-    from .config import preset
+    from .assets import model_source, tokenizer_for
     from .data import DataError, Lengths, encode_example, load_records
 
     if args.save.exists() and not args.save.is_dir():
@@ -171,12 +164,7 @@ def preflight(args) -> None:
     if args.resume and latest_checkpoint(args.save.resolve()) is None:
         raise InputError(f"--resume: no checkpoint under {args.save / 'checkpoints'}",
                          hint="--save names the run folder of the run to continue", exit_code=EXIT_USAGE)
-    if args.from_pretrained and not args.resume:
-        ckpt = check_checkpoint(args.from_pretrained)[0]
-        config, tokenizer_type = ckpt.config, ckpt.sat_args.get("tokenizer_type", CHATGLM_TOKENIZER)
-    else:
-        config = preset(args.preset)
-        tokenizer_type = STANDIN if args.preset == "tiny" else CHATGLM_TOKENIZER
+    config, tokenizer_type, _ = model_source(args)
     tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
     data = args.data or default_data()
     loaded = load_records(data, args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
@@ -229,6 +217,8 @@ def run(args) -> int:
         args.finetune = "lora" if args.from_pretrained else "full"
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     os.environ.setdefault("SAT_LOGLEVEL", "WARNING")  # SAT's per-step log lines would drown the progress bar
+    import torch
+
     from porter.launch import single_process_defaults
 
     single_process_defaults()
@@ -330,7 +320,8 @@ def run(args) -> int:
         state["step"] = getattr(sat_args_, "iteration", 0)  # after --resume, counting continues from there
 
     training_main(sat_args, model_cls=model, forward_step_function=forward_step,
-                  create_dataset_function=lambda path, a: dataset, collate_fn=collate, init_function=init_function)
+                  create_dataset_function=lambda path, a: dataset, init_function=init_function,
+                  collate_fn=functools.partial(collate, label_pad=-100 if lengths.ignore_pad_token_for_loss else tok.PAD))
     _finish_step(model, time.monotonic())
     checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
     summary = log.close(checkpoint)

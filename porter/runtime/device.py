@@ -105,8 +105,8 @@ class Device:
     # -- data types ---------------------------------------------------------------------------------------
     @property
     def default_dtype(self) -> torch.dtype:
-        """The dtype a model runs in here unless told otherwise: fp16 on accelerators (bf16 where fp16 is not
-        supported), fp32 on the CPU."""
+        """The dtype a model runs in here unless told otherwise: fp16 on accelerators, bf16 on a (plugin) device
+        whose class says ``fp16 = False``, fp32 on the CPU."""
         return torch.float16 if self.fp16 else torch.bfloat16
 
     # -- numerics flags and profiling ------------------------------------------------------------------

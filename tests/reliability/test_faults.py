@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from porter.errors import StateError
 from porter.target import locate
 from porter.testing import run_porter, tree_digest
 
-from conftest import FIXTURE_PLUGIN
+FIXTURE_PLUGIN = str(Path(__file__).parents[1] / "fixture_plugin.py")
 
 
 def porter(site, *args, env, **kw):
@@ -27,8 +28,9 @@ def toylib(toylib_site):
     return locate(registry.target("toylib"), toylib_site), registry.rules_for("toylib")
 
 
+@pytest.mark.parametrize("after_rename", [False, True], ids=["before-rename", "after-rename"])
 @pytest.mark.parametrize("failing_write", [1, 2, 3])
-def test_disk_full_on_the_nth_file_puts_back_what_was_written(toylib, monkeypatch, failing_write):
+def test_disk_full_on_the_nth_file_puts_back_what_was_written(toylib, monkeypatch, failing_write, after_rename):
     installed, rules = toylib
     pristine = tree_digest(installed.package_dir)
     real = patcher.atomic_write
@@ -38,6 +40,8 @@ def test_disk_full_on_the_nth_file_puts_back_what_was_written(toylib, monkeypatc
         if ".porter-state" not in str(path):  # the target's files, not the saved originals
             calls["target"] += 1
             if calls["target"] == failing_write:
+                if after_rename:  # the file is replaced, then fsyncing its folder fails (EIO)
+                    real(path, data, mode)
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data, mode)
 
@@ -46,7 +50,7 @@ def test_disk_full_on_the_nth_file_puts_back_what_was_written(toylib, monkeypatc
         patcher.apply_patch(installed, rules)
     assert caught.value.exit_code == 4
     assert "No space left on device" in caught.value.message and "nothing is changed" in caught.value.message
-    assert f"already written were put back" in caught.value.message
+    assert "already written were put back" in caught.value.message
     assert tree_digest(installed.package_dir) == pristine
     assert not installed.state_dir.exists()
 

@@ -81,6 +81,8 @@ def test_a_deleted_original_is_reported_and_revert_refuses_before_writing(toylib
     assert "cannot revert: saved originals are toylib/timer.py (missing)" in r.stderr and "nothing was changed" in r.stderr
     assert tree_digest(toylib_site / "toylib") == before  # not two files restored and then a stop
     assert json.loads((state / "journal.json").read_text())["status"] == "applied"
+    r = porter(toylib_site, "patch", "toylib", env=porter_env)  # not "already patched"
+    assert r.returncode == 4 and "saved originals are toylib/timer.py (missing)" in r.stderr
 
 
 def test_an_altered_original_is_damaged_too(toylib_site, porter_env):

@@ -129,7 +129,7 @@ def test_skip_bad_skips_and_counts(fewshot, standin_tokenizer):
                     {"img": "ok.png", "prompt": "q"}, {"img": "broken.png", "prompt": "q", "label": "b"}])
     loaded = load_records(path, "fewshot", skip_bad=True)
     assert len(loaded.records) == 2 and len(loaded.skipped) == 2
-    with pytest.raises(DataError, match=r"record 3: .*broken\.png: unreadable image"):
+    with pytest.raises(DataError, match=r"record 3 \(counting from 0\): .*broken\.png: unreadable image"):
         data.VisualGLMDataset(loaded.records, standin_tokenizer, 56, 4)
     dataset = data.VisualGLMDataset(loaded.records, standin_tokenizer, 56, 4, skip_bad=True)
     assert len(dataset) == 1 and len(dataset.skipped) == 1
@@ -194,6 +194,16 @@ def test_padding_to_the_longest_gives_the_same_ids_unpadded(standin_tokenizer):
     batch = data.collate([{"input_ids": short.input_ids, "labels": short.labels, "image": torch.zeros(3, 2, 2),
                            "pre_image": short.pre_image}] * 2)
     assert batch["input_ids"].shape == (2, n) and batch["pre_image"] == short.pre_image
+
+
+def test_without_ignore_pad_token_for_loss_pads_are_trained_on_however_padded(standin_tokenizer):
+    lengths = dict(max_source=64, max_target=16, ignore_pad_token_for_loss=False)
+    full = data.encode_example(standin_tokenizer, 4, "q", "a red circle", data.Lengths(pad_to="max", **lengths))
+    short = data.encode_example(standin_tokenizer, 4, "q", "a", data.Lengths(pad_to="longest", **lengths))
+    batch = data.collate([{"input_ids": e.input_ids, "labels": e.labels, "image": torch.zeros(3, 2, 2),
+                           "pre_image": e.pre_image} for e in (full, short)], label_pad=3)
+    assert batch["labels"][1, len(short.labels):].tolist() == [3] * (len(full.labels) - len(short.labels))
+    assert full.labels[-1] == 3  # upstream: pad labels are the pad id, and count in the loss
 
 
 def test_a_source_length_that_cuts_the_image_is_refused(standin_tokenizer):

@@ -32,6 +32,15 @@ def test_the_releases_model_config_is_the_6b_preset():
     assert VisualGLMConfig.from_sat_args(release.release_config()) == preset("visualglm-6b")
 
 
+def test_is_decoder_as_one_bool_means_every_layer_as_in_sat():
+    config = release.release_config()
+    config["qformer_args"]["is_decoder"] = True
+    assert VisualGLMConfig.from_sat_args(config).qformer.cross_every == 1
+    config["qformer_args"]["is_decoder"] = False
+    with pytest.raises(Exception, match="the Q-Former must cross-attend to the image in some layer"):
+        VisualGLMConfig.from_sat_args(config)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """The same weights twice: as the release saved them (stale key, inv_freq, fp16), and without those keys."""
