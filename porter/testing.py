@@ -99,8 +99,9 @@ def tree_digest(path: Path) -> str:
 
 
 def run_porter(*args: str, env: Mapping[str, str] | None = None, timeout: float = 600,
-               **kwargs) -> subprocess.CompletedProcess:
-    """Run the porter CLI in a fresh interpreter, as a user would."""
+               site_packages: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the porter CLI in a fresh interpreter, as a user would; ``site_packages`` adds --site-packages DIR."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "porter.cli", *args], capture_output=True, text=True,
+    where = ["--site-packages", str(site_packages)] if site_packages is not None else []
+    return subprocess.run([sys.executable, "-m", "porter.cli", *args, *where], capture_output=True, text=True,
                           env=full_env, timeout=timeout, **kwargs)

@@ -15,8 +15,8 @@ FAULT_RUNNER = os.path.join(os.path.dirname(__file__), "fault_runner.py")
 PATCHED_DIST = "BACKEND = 'gloo'  # the default every rank uses\n"
 
 
-def porter(site, *args, env):
-    return run_porter(*args, "--site-packages", str(site), env=env)
+def porter(site, *args, env, **kw):
+    return run_porter(*args, env=env, site_packages=site, **kw)
 
 
 def test_patch_then_revert_restores_every_byte(toylib_site, porter_env):

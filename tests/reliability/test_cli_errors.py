@@ -6,8 +6,8 @@ import pytest
 from porter.testing import run_porter, tree_digest
 
 
-def porter(site, *args, env):
-    return run_porter(*args, "--site-packages", str(site), env=env)
+def porter(site, *args, env, **kw):
+    return run_porter(*args, env=env, site_packages=site, **kw)
 
 
 @pytest.mark.parametrize("command", ["status", "revert", "patch toylib", "verify toylib", "scan toylib"])

@@ -19,7 +19,7 @@ FIXTURE_PLUGIN = str(Path(__file__).parents[1] / "fixture_plugin.py")
 
 
 def porter(site, *args, env, **kw):
-    return run_porter(*args, "--site-packages", str(site), env=env, **kw)
+    return run_porter(*args, env=env, site_packages=site, **kw)
 
 
 @pytest.fixture

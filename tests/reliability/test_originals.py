@@ -7,8 +7,8 @@ import shutil
 from porter.testing import run_porter, tree_digest
 
 
-def porter(site, *args, env):
-    return run_porter(*args, "--site-packages", str(site), env=env)
+def porter(site, *args, env, **kw):
+    return run_porter(*args, env=env, site_packages=site, **kw)
 
 
 def patched(site, env):
