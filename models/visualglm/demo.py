@@ -36,16 +36,19 @@ def porter(*args) -> int:
 def run(args) -> int:
     import shutil
 
-    from porter import plugins
-    from porter.patcher import PATCHED, status
+    from porter import patcher, plugins
     from porter.target import locate
 
     registry = plugins.load()
-    already = status(locate(registry.target("sat"))).state == PATCHED
+    sat = locate(registry.target("sat"))
     applied = False
-    if args.patch == "disk" and not already:
-        if porter("patch", "sat") != 0:
-            raise PorterError("porter patch sat failed; see above")
+    if args.patch == "disk" and patcher.status(sat).state != patcher.PATCHED:
+        print("\npatching the installed SAT (the journaled transaction; `porter patch sat --dry-run` shows the diff)",
+              flush=True)
+        outcome = patcher.apply_patch(sat, registry.rules_for("sat"))
+        rules = sorted({m.rule_id for m in outcome.plan.matches()}) if outcome.plan else []
+        print(f"sat {sat.version}: patched {len(outcome.files)} file(s) with {len(rules)} rule(s) in "
+              f"{sat.package_dir}", flush=True)
         applied = True
     try:
         shutil.rmtree(args.save, ignore_errors=True)
@@ -58,7 +61,8 @@ def run(args) -> int:
         return evaluate_run(args.save)
     finally:
         if applied:
-            porter("revert", "sat")
+            restored = patcher.revert(sat).files
+            print(f"\nsat {sat.version}: reverted; {len(restored)} file(s) restored byte for byte", flush=True)
 
 
 def evaluate_run(save: Path) -> int:
