@@ -70,6 +70,9 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="RULE,...", help="apply only these rule ids (on a patched target, with --force: "
                                                       "replace the patch with just these)")
     p.add_argument("--force", action="store_true", help="let --only replace a patch made with other rules")
+    p.add_argument("--accept-modified", action="store_true",
+                   help="patch files that differ from what pip installed (their RECORD sha256), e.g. files an older "
+                        "recipe copied over; revert then restores those modified files")
     p.add_argument("--verify", action="store_true", help="run `porter verify` after patching")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     _site_packages_arg(p, 'patch')
@@ -175,7 +178,7 @@ def cmd_patch(args, registry, con: Console) -> int:
                  f"({installed.target.distribution} {installed.version}, currently {current.state})")
         return EXIT_OK
     outcome = patcher.apply_patch(installed, rules, only, progress=con.note, need_plan=bool(args.report),
-                                  force=args.force)
+                                  force=args.force, accept_modified=args.accept_modified)
     if args.report and outcome.plan:
         outcome.plan.write_report(args.report)
     for note in outcome.notes:
@@ -259,6 +262,8 @@ def cmd_status(args, registry, con: Console) -> int:
                   (f" (patched {s.journal.created}, {len(s.journal.rules)} rules)" if s.journal else ""))
         if s.files and s.state != "patched":
             con.print(con.table(("file", "state"), sorted(s.files.items()), status_col=1))
+        if s.changed_since_install:
+            con.print(f"changed since install (differ from {s.target}'s RECORD): " + ", ".join(s.changed_since_install))
         if s.state == "interrupted":
             con.print(f"repair with: porter revert {s.target} (or run porter patch {s.target} again)")
         if s.state == "orphaned":

@@ -15,7 +15,7 @@ from .journal import (APPLIED, PENDING, FileEntry, Journal, original_problem, or
 from .lock import dir_lock, is_locked
 from .plan import Plan, make_plan, read_source, select_rules
 from .rules import Rule, fingerprint
-from .target import InstalledTarget, record_hashes
+from .target import InstalledTarget, changed_since_install, record_hashes
 
 Progress = Callable[[str], None]
 
@@ -52,11 +52,13 @@ class Status:
     state: str
     files: dict[str, str]  # path -> original | patched | drifted | missing
     journal: Journal | None
+    changed_since_install: list[str] = field(default_factory=list)  # unpatched files that differ from RECORD
 
     def to_json(self) -> dict:
         return {"target": self.target, "version": self.version, "state": self.state, "files": self.files,
                 "rules": self.journal.rules if self.journal else [],
-                "patched_at": self.journal.created if self.journal else None}
+                "patched_at": self.journal.created if self.journal else None,
+                "changed_since_install": self.changed_since_install}
 
 
 def read_original(installed: InstalledTarget, journal: Journal | None) -> Callable[[str], str]:
@@ -88,7 +90,8 @@ def status(installed: InstalledTarget) -> Status:
     journal = Journal.load(installed.state_dir)
     if journal is None:
         left = {p: f"orphaned original ({s})" for p, s in orphans(installed).items() if s != "same"}
-        return Status(installed.name, installed.version, ORPHANED if left else CLEAN, left, None)
+        changed = [] if left else changed_since_install(installed)
+        return Status(installed.name, installed.version, ORPHANED if left else CLEAN, left, None, changed)
     files = journal.file_states(installed.site_packages)
     lost = {e.path: f"original {problem}" for e in journal.files
             if files[e.path] != "original" and (problem := original_problem(installed.state_dir, e))}
@@ -117,9 +120,11 @@ def _clear_strays(installed: InstalledTarget) -> None:
 
 
 def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
-                progress: Progress = _quiet, need_plan: bool = False, force: bool = False) -> Outcome:
+                progress: Progress = _quiet, need_plan: bool = False, force: bool = False,
+                accept_modified: bool = False) -> Outcome:
     """Patch ``installed`` with ``rules``; ``need_plan`` asks for the plan even when nothing is to be done;
-    ``force`` lets ``only`` replace a patch made with other rules."""
+    ``force`` lets ``only`` replace a patch made with other rules; ``accept_modified`` patches files that differ
+    from what pip installed."""
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         notes = []
@@ -164,11 +169,25 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
                 _check_writable(writable + [installed.path(f.path) for f in wanted.changed])
                 _restore(installed, journal, force=False, progress=progress)
                 notes.append("reverted the previous patch (rules changed)")
+        if not accept_modified:
+            _refuse_modified(installed, rules, only)
         plan = make_plan(installed, rules, only)
         if not plan.changed:
             return Outcome("nothing-to-change", plan, notes=notes)
         _write(installed, plan, progress)
         return Outcome("repatched" if notes else "applied", plan, [f.path for f in plan.changed], notes)
+
+
+def _refuse_modified(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str]) -> None:
+    chosen, _ = select_rules(installed, rules, only)
+    changed = changed_since_install(installed, {rel for rule in chosen for rel in rule.files})
+    if changed:
+        raise StateError(
+            f"{installed.target.distribution} {installed.version}: files changed since install (they differ from the "
+            f"sha256 in its RECORD): {', '.join(changed)}; nothing was changed",
+            hint=f"reinstall the pristine files (pip install --force-reinstall --no-deps "
+                 f"{installed.target.distribution}=={installed.version}), or patch them as they are with "
+                 f"--accept-modified")
 
 
 def _same_patch(plan: Plan, journal: Journal) -> bool:

@@ -77,6 +77,22 @@ def record_hashes(installed: InstalledTarget) -> dict[str, str]:
     return {}
 
 
+def changed_since_install(installed: InstalledTarget, paths=None) -> list[str]:
+    """Files of the target's package (or of ``paths``) whose bytes differ from the sha256 pip recorded in RECORD:
+    edited by hand, or copied over (as the old Ascend recipe does with three SAT files)."""
+    from .diskio import sha256_file
+
+    prefix = installed.target.package + "/"
+    changed = []
+    for rel, digest in sorted(record_hashes(installed).items()):
+        if not rel.startswith(prefix) or "__pycache__/" in rel or (paths is not None and rel not in paths):
+            continue
+        now = sha256_file(installed.path(rel))
+        if now is not None and now != digest:
+            changed.append(rel)
+    return changed
+
+
 def version_in(version: str, specifiers: str) -> bool:
     if not specifiers:
         return True

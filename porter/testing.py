@@ -62,6 +62,20 @@ def make_distribution(site_packages: Path, name: str, version: str, files: Mappi
     return site_packages
 
 
+def refresh_record(site_packages: Path, name: str) -> None:
+    """Rewrite a distribution's RECORD hashes to its files as they are now: a test's edit becomes what pip installed
+    (another release of the package), not a change since install."""
+    site_packages = Path(site_packages)
+    record = next(site_packages.glob(f"{name.replace('-', '_')}-*.dist-info")) / "RECORD"
+    lines = []
+    for line in record.read_text().splitlines():
+        rel, digest, _size = line.rsplit(",", 2)
+        if digest and (site_packages / rel).is_file():
+            line = f"{rel},{record_hash(site_packages / rel)}"
+        lines.append(line)
+    record.write_text("\n".join(lines) + "\n")
+
+
 def record_hash(path: Path) -> str:
     """A RECORD entry's hash and size, as pip writes them: ``sha256=<urlsafe base64, unpadded>,<bytes>``."""
     import base64

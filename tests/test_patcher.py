@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from porter.journal import Journal
-from porter.testing import run_porter, tree_digest
+from porter.testing import refresh_record, run_porter, tree_digest
 
 FAULT_RUNNER = os.path.join(os.path.dirname(__file__), "fault_runner.py")
 
@@ -83,6 +83,7 @@ def test_only_with_an_unknown_rule_is_an_error(toylib_site, porter_env):
 def test_required_rule_no_longer_matching_aborts_and_touches_nothing(toylib_site, porter_env):
     # Simulate an upstream release that changed the default.
     (toylib_site / "toylib/dist.py").write_text("BACKEND = 'mpi'\n")
+    refresh_record(toylib_site, "toylib")
     before = tree_digest(toylib_site)
     r = porter(toylib_site, "patch", "toylib", env=porter_env)
     assert r.returncode == 3
@@ -286,6 +287,7 @@ def test_a_file_changed_during_planning_writes_no_state(toylib_site, porter_env)
 def test_crlf_files_round_trip(toylib_site, porter_env):
     path = toylib_site / "toylib/dist.py"
     path.write_bytes(b"BACKEND = 'nccl'\r\nOTHER = 1\r\n")
+    refresh_record(toylib_site, "toylib")  # installed this way, not edited since
     before = path.read_bytes()
     assert porter(toylib_site, "patch", "toylib", env=porter_env).returncode == 0
     assert path.read_bytes() == b"BACKEND = 'gloo'\r\nOTHER = 1\r\n"
