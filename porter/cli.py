@@ -113,6 +113,21 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _site_packages_arg(p, 'scan')
 
+    p = sub.add_parser("restore-original", help="put back the files pip installed, from the release's wheel",
+                       formatter_class=_Formatter,
+                       description="Replace every file of the target's package that differs from the sha256 in its\n"
+                                   "distribution's RECORD (hand edits, the old Ascend recipe's copied files) or is\n"
+                                   "missing, with the release wheel's copy; each copy is checked against RECORD\n"
+                                   "before the first write. Works on an unpatched install (revert first).",
+                       epilog="examples:\n  porter restore-original sat --dry-run     list what differs from RECORD\n"
+                              "  porter restore-original sat               pip downloads the matching wheel\n"
+                              "  porter restore-original sat --wheel swissarmytransformer-0.4.12-py3-none-any.whl\n\n"
+                              + EXIT_CODES)
+    p.add_argument("target")
+    p.add_argument("--wheel", type=Path, metavar="FILE", help="the release's wheel (default: pip download it)")
+    p.add_argument("--dry-run", action="store_true", help="list the files that differ from RECORD; change nothing")
+    _site_packages_arg(p, "restore")
+
     p = sub.add_parser("rules", help="the rule catalogue of a target, with docs", formatter_class=_Formatter,
                        epilog="examples:\n  porter rules sat\n  porter rules sat --json\n"
                               "  porter rules sat --markdown > docs/sat-rules.md\n")
@@ -314,6 +329,22 @@ def cmd_verify(args, registry, con: Console) -> int:
     return _run_verify(locate(registry.target(args.target), args.site_packages), registry, con, args.json)
 
 
+def cmd_restore_original(args, registry, con: Console) -> int:
+    from .restore import restore_original
+
+    installed = locate(registry.target(args.target), args.site_packages, check_version=False)
+    done = restore_original(installed, args.wheel, dry_run=args.dry_run, progress=con.note)
+    if not done:
+        con.print(f"{installed.name} {installed.version}: every file matches its RECORD; nothing to restore")
+    elif args.dry_run:
+        con.print(con.table(("file", "state"), sorted(done.items())))
+        con.print(f"dry run: {len(done)} file(s) differ from {installed.target.distribution}'s RECORD")
+    else:
+        con.print(f"{installed.name} {installed.version}: restored {len(done)} file(s) from the release's wheel; "
+                  f"every file matches its RECORD")
+    return EXIT_OK
+
+
 def cmd_scan(args, registry, con: Console) -> int:
     from .scan import scan
 
@@ -440,7 +471,7 @@ def cmd_plugins(args, registry, con: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "scan": cmd_scan, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
+COMMANDS = {"run": cmd_run, "scan": cmd_scan, "restore-original": cmd_restore_original, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
             "rules": cmd_rules, "plugins": cmd_plugins}
 
 

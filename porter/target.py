@@ -77,20 +77,28 @@ def record_hashes(installed: InstalledTarget) -> dict[str, str]:
     return {}
 
 
-def changed_since_install(installed: InstalledTarget, paths=None) -> list[str]:
-    """Files of the target's package (or of ``paths``) whose bytes differ from the sha256 pip recorded in RECORD:
-    edited by hand, or copied over (as the old Ascend recipe does with three SAT files)."""
+def record_differences(installed: InstalledTarget) -> dict[str, str]:
+    """Files of the target's package that are not as pip installed them: path -> 'changed' (the bytes differ
+    from the sha256 in RECORD: a hand edit, or a file copied over as the old Ascend recipe does) or 'missing'."""
     from .diskio import sha256_file
 
     prefix = installed.target.package + "/"
-    changed = []
+    found = {}
     for rel, digest in sorted(record_hashes(installed).items()):
-        if not rel.startswith(prefix) or "__pycache__/" in rel or (paths is not None and rel not in paths):
+        if not rel.startswith(prefix) or "__pycache__/" in rel:
             continue
         now = sha256_file(installed.path(rel))
-        if now is not None and now != digest:
-            changed.append(rel)
-    return changed
+        if now is None:
+            found[rel] = "missing"
+        elif now != digest:
+            found[rel] = "changed"
+    return found
+
+
+def changed_since_install(installed: InstalledTarget, paths=None) -> list[str]:
+    """The changed files of :func:`record_differences`, among ``paths`` when given."""
+    return [rel for rel, why in record_differences(installed).items()
+            if why == "changed" and (paths is None or rel in paths)]
 
 
 def version_in(version: str, specifiers: str) -> bool:
