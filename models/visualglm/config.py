@@ -125,9 +125,10 @@ class VisualGLMConfig:
 PRESETS = {
     # The released architecture: about 7.8e9 parameters.
     "visualglm-6b": VisualGLMConfig(),
-    # Trains on a laptop CPU in seconds; same code paths, ChatGLM's real vocabulary.
+    # Trains on a laptop CPU in seconds; same code paths, ChatGLM's real vocabulary. 7-pixel patches (64 per
+    # image): at 14 the demo named colours right 61 % of the time, at 7 83 %.
     "tiny": VisualGLMConfig(
-        vision=VisionConfig(layers=2, hidden=64, heads=4, mlp=128, image_size=56, patch_size=14),
+        vision=VisionConfig(layers=2, hidden=64, heads=4, mlp=128, image_size=56, patch_size=7),
         qformer=QFormerConfig(layers=2, hidden=64, heads=4, queries=8, cross_every=1, layernorm_order="pre"),
         lm=LanguageConfig(layers=2, hidden=64, heads=4, inner=128, max_sequence_length=256),
     ),
