@@ -49,7 +49,7 @@ def test_shipped_data_in_both_formats():
     fewshot = load_records(SHAPES_DIR / "fewshot" / "train.json")
     coco = load_records(SHAPES_DIR / "coco")
     assert fewshot.format == "fewshot" and coco.format == "coco"
-    assert len(fewshot.records) == len(coco.records) == 144  # 72 images, English and Chinese
+    assert len(fewshot.records) == len(coco.records) == 432  # 216 images, English and Chinese
     assert {r.prompt for r in fewshot.records} == {data.PROMPT_EN, data.PROMPT_ZH}
     val = load_records(SHAPES_DIR / "coco", split="val", prompt="图片里有什么？")
     assert len(val.records) == 36 and val.records[0].prompt == "图片里有什么？"

@@ -29,7 +29,7 @@ SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
 BACKGROUNDS = {"white": ((250, 250, 250), "白色"), "black": ((15, 15, 15), "黑色"), "gray": ((128, 128, 128), "灰色")}
 PROMPT_EN, PROMPT_ZH = "What's in the image?", "图片里有什么？"
 SIZE = 64
-PER_COMBO_TRAIN, PER_COMBO_VAL = 4, 1  # 18 colour/shape pairs -> 72 training and 18 held-out images
+PER_COMBO_TRAIN, PER_COMBO_VAL = 12, 1  # 18 colour/shape pairs -> 216 training and 18 held-out images
 
 
 def draw(colour: str, shape: str, background: str, rng: random.Random) -> Image.Image:
