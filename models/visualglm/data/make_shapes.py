@@ -48,7 +48,8 @@ def draw(colour: str, shape: str, background: str, rng: random.Random) -> Image.
 
 
 def captions(colour: str, shape: str, background: str) -> tuple[str, str]:
-    english = f"a {colour} {shape} on a {background} background"
+    article = "an" if colour[0] in "aeiou" else "a"
+    english = f"{article} {colour} {shape} on a {background} background"
     chinese = f"{BACKGROUNDS[background][1]}背景上的一个{COLOURS[colour][1]}{SHAPES[shape]}"
     return english, chinese
 
