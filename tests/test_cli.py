@@ -54,3 +54,16 @@ def test_docs_rule_catalogue_is_current():
     r = run_porter("rules", "sat", "--markdown")
     assert r.returncode == 0
     assert page.read_text() == r.stdout, "regenerate: porter rules sat --markdown > docs/sat-rules.md"
+
+
+@pytest.mark.parametrize("command", [["status"], ["--help"], ["plugins"], ["rules", "sat"], ["revert"]])
+def test_everyday_commands_import_no_torch_deepspeed_or_sat(command):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "porter.cli", *command], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "porter.plugins" in imported and "libcst" in imported  # the check sees the imports
+    assert not imported & {"torch", "deepspeed", "sat"}
