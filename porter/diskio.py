@@ -98,6 +98,17 @@ def replace_problem(path: Path) -> str | None:
     return None
 
 
+def check_writable(paths) -> None:
+    """Refuse, before a transaction's first write, when any of ``paths`` cannot be replaced (see
+    :func:`replace_problem`), naming each."""
+    from .errors import StateError
+
+    problems = [p for p in map(replace_problem, paths) if p]
+    if problems:
+        raise StateError("cannot write: " + "; ".join(dict.fromkeys(problems)) + "; nothing was changed",
+                         hint="make those files and folders writable, then run it again")
+
+
 def drop_bytecode(path: Path) -> list[Path]:
     """Remove ``__pycache__`` entries compiled from ``path``.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .diskio import atomic_write, drop_bytecode, replace_problem, sha256_bytes, sha256_file
+from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import (APPLIED, PENDING, FileEntry, Journal, original_problem, originals_dir, remove_state,
                       saved_original, stray_originals)
@@ -74,7 +74,9 @@ def read_original(installed: InstalledTarget, journal: Journal | None) -> Callab
 
 
 def orphans(installed: InstalledTarget) -> dict[str, str]:
-    """Saved originals without a journal, each against the installed file: 'same', 'differs' or 'missing'."""
+    """Saved originals without a journal that the installed file no longer equals: 'differs' or 'missing'.
+
+    Those that equal it are only copies (a patch killed before its journal) and are left out."""
     if Journal.path_in(installed.state_dir).exists():
         return {}
     found = {}
@@ -82,14 +84,15 @@ def orphans(installed: InstalledTarget) -> dict[str, str]:
         disk = installed.path(rel)
         now = None if disk.is_dir() else sha256_file(disk)
         saved = sha256_file(originals_dir(installed.state_dir) / rel)
-        found[rel] = "missing" if now is None else "same" if now == saved else "differs"
+        if now != saved:
+            found[rel] = "missing" if now is None else "differs"
     return found
 
 
 def status(installed: InstalledTarget) -> Status:
     journal = Journal.load(installed.state_dir)
     if journal is None:
-        left = {p: f"orphaned original ({s})" for p, s in orphans(installed).items() if s != "same"}
+        left = {p: f"orphaned original ({s})" for p, s in orphans(installed).items()}
         changed = [] if left else changed_since_install(installed)
         return Status(installed.name, installed.version, ORPHANED if left else CLEAN, left, None, changed)
     files = journal.file_states(installed.site_packages)
@@ -110,7 +113,7 @@ def status(installed: InstalledTarget) -> Status:
 
 def _clear_strays(installed: InstalledTarget) -> None:
     """Remove a state folder without a journal, but only when it holds nothing the installed files lack."""
-    differing = {p: s for p, s in orphans(installed).items() if s != "same"}
+    differing = orphans(installed)
     if differing:
         raise StateError(
             f"{installed.state_dir} holds saved originals but no journal, and the installed files differ from "
@@ -143,7 +146,7 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
             writable = [installed.path(e.path) for e in journal.files] + [originals_dir(installed.state_dir)]
             if journal.status == PENDING:
                 progress("a previous patch was interrupted: restoring the originals first")
-                _check_writable(writable)
+                check_writable(writable)
                 _restore(installed, journal, force=False, progress=progress)
                 notes.append("repaired an interrupted patch")
             else:
@@ -166,7 +169,7 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
                 if _same_patch(wanted, journal):
                     return Outcome("already-patched", wanted, [e.path for e in journal.files])
                 progress("the rules changed since the last patch: reverting, then patching again")
-                _check_writable(writable + [installed.path(f.path) for f in wanted.changed])
+                check_writable(writable + [installed.path(f.path) for f in wanted.changed])
                 _restore(installed, journal, force=False, progress=progress)
                 notes.append("reverted the previous patch (rules changed)")
         if not accept_modified:
@@ -215,7 +218,7 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     journal = Journal(target=installed.name, distribution=installed.target.distribution,
                       version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
                       rules_fingerprint=fingerprint(plan.rules))
-    _check_writable([installed.path(f.path) for f in plan.changed] + [originals_dir(state_dir) / "x"])
+    check_writable([installed.path(f.path) for f in plan.changed] + [originals_dir(state_dir) / "x"])
     # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
     #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).
     try:
@@ -248,13 +251,6 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     step_hook("applied")
 
 
-def _check_writable(paths) -> None:
-    problems = [p for p in map(replace_problem, paths) if p]
-    if problems:
-        raise StateError("cannot write: " + "; ".join(dict.fromkeys(problems)) + "; nothing was changed",
-                         hint="make those files and folders writable, then run it again")
-
-
 def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str, bytes], exc: OSError,
                failed: str) -> None:
     """A write failed half-way (disk full, a file made immutable meanwhile): put back every file that is not its
@@ -283,7 +279,7 @@ def revert(installed: InstalledTarget, force: bool = False, progress: Progress =
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         if journal is None:
-            differing = {p: s for p, s in orphans(installed).items() if s != "same"}
+            differing = orphans(installed)
             if differing:
                 files = _restore_orphans(installed, sorted(differing), force, progress)
                 return Outcome("reverted", files=files, notes=["restored from saved originals that had no journal"])
@@ -309,7 +305,7 @@ def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, 
     if folders:
         raise StateError(f"cannot restore files over folders: {', '.join(folders)}; nothing was changed",
                          hint="remove them, then revert again")
-    _check_writable([installed.path(p) for p in paths])
+    check_writable([installed.path(p) for p in paths])
     for rel in paths:
         disk = installed.path(rel)
         atomic_write(disk, saved[rel])
@@ -334,7 +330,7 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
             + f" in {originals_dir(installed.state_dir)}; nothing was changed",
             hint=f"reinstall {installed.target.distribution}=={journal.version} to get pristine files, then remove "
                  f"{installed.state_dir}")
-    _check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"])
+    check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"])
     folders = [e.path for e in journal.files if installed.path(e.path).is_dir()]
     if folders and force:
         raise StateError(f"cannot restore files over folders: {', '.join(folders)}", hint="remove them, then revert again")

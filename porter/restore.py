@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from .diskio import atomic_write, drop_bytecode, replace_problem, sha256_bytes, sha256_file
+from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
 from .errors import EXIT_NOT_FOUND, PorterError, StateError
 from .lock import dir_lock
 from .target import InstalledTarget, record_differences, record_hashes
@@ -67,9 +67,7 @@ def restore_original(installed: InstalledTarget, wheel: Path | None = None, dry_
             raise StateError(f"{wheel}: {', '.join(wrong)} do(es) not match the sha256 in "
                              f"{installed.target.distribution}'s RECORD; nothing was changed",
                              hint=f"use the wheel of {installed.target.distribution} {installed.version}")
-        problems = [p for p in (replace_problem(installed.path(rel)) for rel in todo) if p]
-        if problems:
-            raise StateError("cannot write: " + "; ".join(problems) + "; nothing was changed")
+        check_writable([installed.path(rel) for rel in todo])
         for rel in todo:
             atomic_write(installed.path(rel), data[rel])
             drop_bytecode(installed.path(rel))

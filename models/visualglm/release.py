@@ -131,8 +131,9 @@ def make_release_folder(folder: Path, config: dict | None = None, *, seed: int =
                 weights[name] = 0.05 * torch.randn(shape, generator=gen)
         head = config["hidden_size"] // config["num_attention_heads"] // 2
         weights[INV_FREQ] = 1.0 / (10000 ** (torch.arange(0, head, 2).float() / head))
-        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        weights = {n: t.to(torch_dtype) for n, t in weights.items()}
+        from .checkpoint import DTYPES
+
+        weights = {n: t.to(DTYPES[dtype]) for n, t in weights.items()}
     weights = {n: t for n, t in weights.items() if (stale or n != STALE_KEY) and (inv_freq or n != INV_FREQ)}
     torch.save({"module": weights, "iteration": 1}, folder / "1" / "mp_rank_00_model_states.pt")
     return folder
