@@ -369,7 +369,7 @@ def cmd_rules(args, registry, con: Console) -> int:
     registry.target(args.target)
     rules = registry.rules_for(args.target)
     if args.json:
-        con.print(json.dumps([{"id": r.id, "category": r.category, "summary": r.summary, "files": list(r.files),
+        con.print(json.dumps([{"id": r.id, "category": r.category, "summary": r.summary, "files": list(r.files), "file_versions": dict(r.file_versions),
                                "required": r.required, "versions": r.versions, "after": list(r.after),
                                "why": r.docs.why, "how": r.docs.how, "upstream": r.docs.upstream,
                                "removal": r.docs.removal} for r in rules], indent=2))
@@ -453,7 +453,8 @@ def _rule_fields(rule, quote: str = "") -> list[tuple[str, str]]:
     """What `porter rules` shows of a rule beyond its id and summary, in order, empty fields left out."""
     def names(items):
         return ", ".join(f"{quote}{i}{quote}" for i in items)
-    fields = [("files", names(rule.files)), ("versions", rule.versions), ("after", names(rule.after))]
+    files = [f"{f} ({rule.file_versions[f]})" if f in rule.file_versions else f for f in rule.files]
+    fields = [("files", names(files)), ("versions", rule.versions), ("after", names(rule.after))]
     fields += [(label, getattr(rule.docs, label)) for label in ("why", "how", "upstream", "removal")]
     return [(label, text) for label, text in fields if text]
 

@@ -30,7 +30,7 @@ def _fingerprint(installed: InstalledTarget, rules) -> str:
     """The installed files the rules read, the rules themselves, and porter's version."""
     h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
                        f"{fingerprint(rules)}".encode())
-    for rel in sorted({f for rule in rules for f in rule.files}):
+    for rel in sorted({f for rule in rules for f in rule.files_for(installed.version)}):
         path = installed.path(rel)
         h.update(path.read_bytes() if path.exists() else b"missing")
     return h.hexdigest()[:24]

@@ -183,7 +183,7 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
 
 def _refuse_modified(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str]) -> None:
     chosen, _ = select_rules(installed, rules, only)
-    changed = changed_since_install(installed, {rel for rule in chosen for rel in rule.files})
+    changed = changed_since_install(installed, {rel for rule in chosen for rel in rule.files_for(installed.version)})
     if changed:
         raise StateError(
             f"{installed.target.distribution} {installed.version}: files changed since install (they differ from the "

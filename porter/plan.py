@@ -79,7 +79,7 @@ def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequen
         if only and rule.id not in only:
             skipped.append((rule.id, "not in --only"))
         elif not rule.applies_to(installed.version):
-            skipped.append((rule.id, f"{installed.version} not in {rule.versions}"))
+            skipped.append((rule.id, f"{installed.version} not in {rule.versions or 'the releases of its files'}"))
         else:
             chosen.append(rule)
     return chosen, skipped
@@ -95,11 +95,12 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
             try:
                 return read_source(path)
             except FileNotFoundError:
-                raise PlanError(f"{path}: file not found; rules {', '.join(r.id for r in chosen if rel in r.files)} "
+                raise PlanError(f"{path}: file not found; rules "
+                                f"{', '.join(r.id for r in chosen if rel in r.files_for(installed.version))} "
                                 f"expect it in {installed.target.distribution} {installed.version}") from None
     by_file: dict[str, list[Rule]] = {}
     for rule in chosen:
-        for rel in rule.files:
+        for rel in rule.files_for(installed.version):
             by_file.setdefault(rel, []).append(rule)
     plan = Plan(installed=installed, rules=chosen, skipped=skipped)
     for rel in sorted(by_file):

@@ -63,7 +63,7 @@ def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None 
         return rule.rewrite.rewrite(text, rule.id, path)
     wrapper = parsed or _parse(path, text, rule.id)
     transformer = rule.rewrite(rule.id, path)
-    return wrapper.visit(transformer).code, transformer.matches
+    return transformer.finish(wrapper.visit(transformer)).code, transformer.matches
 
 
 def order_rules(rules: Sequence[Rule]) -> list[Rule]:

@@ -1,14 +1,18 @@
 """Rules: one named, documented rewrite of one or more files of a target."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import sys
+import textwrap
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable, Union
+from typing import ClassVar, Iterable, Mapping, Union
 
 import libcst as cst
-from libcst.metadata import PositionProvider
+from libcst.codemod import CodemodContext
+from libcst.codemod.visitors import AddImportsVisitor
+from libcst.metadata import PositionProvider, QualifiedNameProvider, ScopeProvider
 
 from .target import version_in
 
@@ -50,65 +54,136 @@ class Match:
 class RuleTransformer(cst.CSTTransformer):
     """Base for Python rules: a libcst transformer that records what it changes.
 
+    Rules match code by what it means, not how it is written: ``self.qualified_name(node)`` resolves a name
+    or attribute chain through the file's imports (``th.cuda.synchronize`` after ``import torch as th`` is
+    ``torch.cuda.synchronize``), ``same(a, b)`` compares two expressions as Python reads them (layout,
+    comments and redundant parentheses aside), and ``literal(node)`` gives a constant's value.
+
     Call ``self.record(original_node, message)`` for every rewrite, with the *original* node (the one
     libcst passes as ``original_node``): its position in the file is what the report shows.
     """
 
-    METADATA_DEPENDENCIES: ClassVar = (PositionProvider,)
+    METADATA_DEPENDENCIES: ClassVar = (PositionProvider, QualifiedNameProvider, ScopeProvider)
 
     def __init__(self, rule_id: str = "", path: str = "") -> None:
         super().__init__()
         self.rule_id = rule_id
         self.path = path
         self.matches: list[Match] = []
-        self._imports: dict[str, str] = {}  # module -> alias, added to the module once it is rewritten
+        self.context = CodemodContext()  # collects the imports the rewrite needs (AddImportsVisitor)
 
     def record(self, node: cst.CSTNode, message: str) -> None:
         pos = self.get_metadata(PositionProvider, node)
         self.matches.append(Match(self.rule_id, self.path, pos.start.line, pos.end.line, message,
                                   pos.start.column, pos.end.column))
 
-    def require_import(self, module: str, alias: str) -> cst.Name:
-        """Make ``import module as alias`` present in the rewritten module; returns the alias as a Name.
+    def qualified_name(self, node: cst.CSTNode) -> str | None:
+        """The dotted name ``node`` refers to through the file's imports, or None for anything else.
 
-        The import goes after the docstring and ``__future__`` imports, once, and only if not already there,
-        so a rule that uses it stays a fixpoint. Subclasses that override ``leave_Module`` call super.
+        A root name the file never binds (a star import, a snippet) is taken as written: that is the only
+        reading Python could give it. A name bound to something that is not an import (a parameter, a local)
+        resolves to itself in its scope, so ``torch`` as a function's parameter is not the torch module.
         """
-        self._imports[module] = alias
-        return cst.Name(alias)
+        try:
+            names = self.get_metadata(QualifiedNameProvider, node, set())
+        except KeyError:  # a node the rule built itself: it has no metadata
+            names = set()
+        names = {q.name for q in names}
+        if len(names) == 1:
+            return names.pop()
+        if names:
+            return None  # bound differently on different paths: not one meaning
+        dotted = _dotted(node)
+        if dotted is None:
+            return None
+        root = _root_name(node)
+        try:
+            scope = self.get_metadata(ScopeProvider, root, None)
+        except KeyError:
+            scope = None
+        if scope is not None and dotted.split(".")[0] in scope:
+            return None  # bound, but not to an import QualifiedNameProvider could follow
+        return dotted
 
-    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self._imports:
-            return updated_node
-        body = list(updated_node.body)
-        present = {(m, a) for m, a in _module_imports(body)}
-        new = [cst.parse_statement(f"import {m} as {a}") for m, a in sorted(self._imports.items()) if (m, a) not in present]
-        if not new:
-            return updated_node
-        at = 0
-        for i, stmt in enumerate(body):
-            if _is_docstring(stmt) and i == 0 or _is_future_import(stmt):
-                at = i + 1
-        return updated_node.with_changes(body=body[:at] + new + body[at:])
+    def refers_to(self, node: cst.CSTNode, *names: str) -> bool:
+        return self.qualified_name(node) in names
+
+    def require_import(self, module: str, alias: str | None = None) -> cst.Name:
+        """Make ``import module as alias`` (or plain ``import module``) present in the rewritten module; returns
+        the name to use.
+
+        libcst's AddImportsVisitor adds it once, after the module's leading imports, and not at all when the
+        file already has it, so a rule that uses it stays a fixpoint.
+        """
+        AddImportsVisitor.add_needed_import(self.context, module, asname=alias)
+        return cst.Name(alias or module)
+
+    def finish(self, module: cst.Module) -> cst.Module:
+        """The rewritten module with the imports the rewrite asked for.
+
+        AddImportsVisitor only reads and edits the module's head (docstring, ``__future__`` and the leading
+        imports, up to the first other statement), so it runs on that head alone and the rest is spliced back:
+        the same result as over the whole file, without copying and walking every node of it again.
+        """
+        if not self.context.scratch.get(AddImportsVisitor.CONTEXT_KEY):
+            return module
+        body = list(module.body)
+        cut = next((i for i, stmt in enumerate(body) if not _is_head(stmt, i)), len(body))
+        head = module.with_changes(body=body[:cut + 1], footer=module.footer if cut + 1 >= len(body) else ())
+        added = AddImportsVisitor(self.context).transform_module(head)
+        return module.with_changes(body=[*added.body, *body[cut + 1:]],
+                                   footer=added.footer if cut + 1 >= len(body) else module.footer)
 
 
-def _is_docstring(stmt) -> bool:
-    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
-            and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
+def _is_head(stmt: cst.CSTNode, index: int) -> bool:
+    """Docstring (first statement only) or import: what comes before a module's code."""
+    if not isinstance(stmt, cst.SimpleStatementLine):
+        return False
+    if all(isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body):
+        return True
+    return index == 0 and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Expr) \
+        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
 
 
-def _is_future_import(stmt) -> bool:
-    return (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.ImportFrom)
-            and isinstance(stmt.body[0].module, cst.Name) and stmt.body[0].module.value == "__future__")
+def _dotted(node: cst.CSTNode) -> str | None:
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr.value}"
+    if isinstance(node, cst.Call):  # torch.cuda.cudart().x reads as torch.cuda.cudart.x, as libcst names it
+        return _dotted(node.func)
+    return None
 
 
-def _module_imports(body):
-    """(module, alias) of every top-level ``import a.b as c``."""
-    for stmt in body:
-        if isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Import):
-            for alias in stmt.body[0].names:
-                if alias.asname is not None:
-                    yield cst.Module([]).code_for_node(alias.name), alias.asname.name.value
+def _root_name(node: cst.CSTNode) -> cst.CSTNode:
+    while isinstance(node, (cst.Attribute, cst.Call)):
+        node = node.value if isinstance(node, cst.Attribute) else node.func
+    return node
+
+
+def _python_ast(node: cst.CSTNode) -> str:
+    text = cst.Module([]).code_for_node(node)
+    try:
+        return ast.dump(ast.parse(text.strip(), mode="eval"))
+    except SyntaxError:
+        return ast.dump(ast.parse(textwrap.dedent(text)))
+
+
+def same(a: cst.CSTNode, b: cst.CSTNode) -> bool:
+    """Whether two nodes are the same code as Python parses it: layout, comments and parentheses aside."""
+    return _python_ast(a) == _python_ast(b)
+
+
+NOT_A_LITERAL = object()
+
+
+def literal(node: cst.CSTNode) -> object:
+    """The value of a constant expression (``'nccl'``, ``0.0``, ``-1``, ``True``); NOT_A_LITERAL otherwise."""
+    try:
+        return ast.literal_eval(cst.Module([]).code_for_node(node).strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return NOT_A_LITERAL
 
 
 class TextRewrite:
@@ -166,12 +241,18 @@ class Rule:
     versions: str = ""  # target versions this rule applies to; "" means all the target supports
     required: bool = True  # a required rule that matches nothing in one of its files aborts the plan
     after: tuple[str, ...] = field(default=())  # ids of rules whose output this one rewrites
+    # files the code to rewrite is in only for some releases: path -> PEP 440 range ("sat/x.py": ">=0.4.10");
+    # outside that range the rule does not look at the file, so `required` still holds for the files it does
+    file_versions: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.files, str):
             object.__setattr__(self, "files", (self.files,))
         if isinstance(self.after, str):
             object.__setattr__(self, "after", (self.after,))
+        stray = set(self.file_versions) - set(self.files)
+        if stray:
+            raise ValueError(f"rule {self.id}: file_versions names files not in files: {', '.join(sorted(stray))}")
         if self.category not in CATEGORIES:
             raise ValueError(f"rule {self.id}: category {self.category!r} is not one of {', '.join(CATEGORIES)}")
         python = all(f.endswith(".py") for f in self.files)
@@ -185,7 +266,11 @@ class Rule:
         return self.id
 
     def applies_to(self, version: str) -> bool:
-        return version_in(version, self.versions)
+        return version_in(version, self.versions) and bool(self.files_for(version))
+
+    def files_for(self, version: str) -> tuple[str, ...]:
+        """The files this rule rewrites in that release of its target."""
+        return tuple(f for f in self.files if version_in(version, self.file_versions.get(f, "")))
 
 
 def fingerprint(rules: Iterable[Rule]) -> str:
@@ -198,7 +283,8 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     h = hashlib.sha256(__version__.encode())
     sources: set[Path] = set()
     for rule in sorted(rules, key=lambda r: r.id):
-        h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{rule.after}\0".encode())
+        h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{sorted(rule.file_versions.items())}\0"
+                 f"{rule.after}\0".encode())
         code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
         if not isinstance(rule.rewrite, type):
             h.update(repr(sorted(vars(rule.rewrite).items())).encode())

@@ -156,7 +156,8 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             add(CheckResult("fixpoint", entry.path, FAIL, "file missing"))
             continue
         text = installed.path(entry.path).read_bytes().decode("utf-8")
-        again = rewrite_file(entry.path, text, [r for r in applied if entry.path in r.files], enforce_required=False)
+        mine = [r for r in applied if entry.path in r.files_for(installed.version)]
+        again = rewrite_file(entry.path, text, mine, enforce_required=False)
         add(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
                         "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))
 

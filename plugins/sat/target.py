@@ -7,7 +7,7 @@ SAT = Target(
     name="sat",
     distribution="SwissArmyTransformer",
     package="sat",
-    versions=">=0.4.12,<0.5",
+    versions=">=0.3.6,<0.5",
     description="SwissArmyTransformer: the transformer library VisualGLM-6B and ChatGLM-6B are built on",
     scan_exempt={
         "sat/model/official/eva_clip_model.py::*": "EVA2-CLIP only, and only with USE_XFORMERS set; " + NOT_VISUALGLM,

@@ -1,45 +1,60 @@
 """sat.device.*: source in, source out, and the cases that must stay untouched."""
 import pytest
 
-from porter.testing import assert_rewrites, assert_untouched
+from porter.testing import assert_rewrites, assert_untouched, rewrite
 from porter_sat.rules import device as d
 
-IMPORT = "import porter.runtime.device as porter_device\n"
+TORCH = "import torch\n"
+IMPORT = "import porter.runtime.device as porter_device\n\n"  # AddImportsVisitor ends the import block there
 
 
 def test_synchronize():
     assert_rewrites(d.SYNCHRONIZE, """
         import time
+        import torch
         def start(self):
             torch.cuda.synchronize()
     """, """
-        import porter.runtime.device as porter_device
         import time
+        import torch
+        import porter.runtime.device as porter_device
+
         def start(self):
             porter_device.synchronize()
     """)
 
 
-def test_import_goes_after_docstring_and_future_imports():
+def test_import_goes_after_docstring_future_and_leading_imports_once():
     assert_rewrites(d.SYNCHRONIZE, '''
         """Timers."""
         from __future__ import annotations
         import torch
-        torch.cuda.synchronize()
+
+
+        def start():
+            torch.cuda.synchronize()
     ''', '''
         """Timers."""
         from __future__ import annotations
-        import porter.runtime.device as porter_device
         import torch
-        porter_device.synchronize()
+        import porter.runtime.device as porter_device
+
+
+        def start():
+            porter_device.synchronize()
     ''')
+    assert_rewrites(d.SYNCHRONIZE, "import porter.runtime.device as porter_device\nimport torch\ntorch.cuda.synchronize()\n",
+                    "import porter.runtime.device as porter_device\nimport torch\nporter_device.synchronize()\n")
 
 
 def test_current_device_keeps_arguments_context():
     assert_rewrites(d.CURRENT_DEVICE, """
+        import torch
         sizes = torch.tensor(sizes, dtype=torch.long, device=torch.cuda.current_device())
     """, """
+        import torch
         import porter.runtime.device as porter_device
+
         sizes = torch.tensor(sizes, dtype=torch.long, device=porter_device.current_device())
     """)
 
@@ -62,14 +77,60 @@ def test_current_device_keeps_arguments_context():
      "DataLoader(ds, pin_memory=porter_device.pin_memory(), num_workers=2)"),
 ])
 def test_call_rewrites(rule, before, after):
-    assert_rewrites(rule, before + "\n", IMPORT + after + "\n")
+    assert_rewrites(rule, TORCH + before + "\n", TORCH + IMPORT + after + "\n")
+
+
+# One site, written the ways real code writes it: every spelling is the same call to the rule.
+@pytest.mark.parametrize("header, call", [
+    ("import torch", "torch.cuda.synchronize()"),
+    ("import torch as th", "th.cuda.synchronize()"),
+    ("from torch import cuda", "cuda.synchronize()"),
+    ("from torch import cuda as gpu", "gpu.synchronize()"),
+    ("import torch.cuda", "torch.cuda.synchronize()"),
+    ("from torch.cuda import synchronize", "synchronize()"),
+    ("import torch", "torch.cuda.synchronize(  # wait for the kernels\n)"),
+    ("import torch", "(torch\n    .cuda\n    .synchronize)()"),
+])
+def test_device_calls_match_through_any_import(header, call):
+    out, matches = rewrite(d.SYNCHRONIZE, f"{header}\ndef stop():\n    {call}\n")
+    assert "porter_device.synchronize(" in out and len(matches) == 1, out
+    assert "cuda" not in out.split("def stop", 1)[1], out
+
+
+@pytest.mark.parametrize("source", [
+    "def f(torch):\n    torch.cuda.synchronize()\n",  # a parameter named torch is not the module
+    "import mylib as torch\ntorch.cuda.synchronize()\n",  # nor is another module imported as torch
+    "from mylib import cuda\ncuda.synchronize()\n",
+    "import torch\ntorch.npu.synchronize()\nsynchronize()\n",
+])
+def test_device_calls_that_only_look_alike_are_left(source):
+    assert_untouched(d.SYNCHRONIZE, source)
+
+
+def test_cudnn_flags_and_as_device_through_aliases():
+    assert_rewrites(d.CUDNN_FLAGS, """
+        from torch.backends import cudnn
+        import torch.backends.cuda as tbc
+        def seed():
+            cudnn.benchmark = False
+            cudnn.deterministic = True
+            tbc.matmul.allow_tf32 = False
+    """, """
+        from torch.backends import cudnn
+        import torch.backends.cuda as tbc
+        import porter.runtime.device as porter_device
+
+        def seed():
+            porter_device.set_determinism(benchmark=False, deterministic=True, allow_tf32=False)
+    """)
+    assert_rewrites(d.AS_DEVICE, "import torch as th\ndev = th.device(opts.device)\n",
+                    "import torch as th\nimport porter.runtime.device as porter_device\n\ndev = porter_device.as_device(opts.device)\n")
 
 
 @pytest.mark.parametrize("rule, source", [
-    (d.SYNCHRONIZE, "torch.npu.synchronize()\nsynchronize()\n"),
-    (d.CURRENT_DEVICE, "x = torch.cuda.current_stream()\n"),
+    (d.CURRENT_DEVICE, "import torch\nx = torch.cuda.current_stream()\n"),
     (d.DOT_CUDA, "x.cuda(1)\ny.cuda\n"),  # an explicit index says the author meant CUDA
-    (d.AS_DEVICE, "torch.device('cpu')\ntorch.device(dev)\n"),
+    (d.AS_DEVICE, "import torch\ntorch.device('cpu')\ntorch.device(dev)\n"),
     (d.PIN_MEMORY, "DataLoader(ds, pin_memory=False)\n"),
 ])
 def test_untouched(rule, source):
@@ -78,28 +139,50 @@ def test_untouched(rule, source):
 
 def test_backend_default_and_choice():
     assert_rewrites(d.BACKEND, """
+        import torch
         group.add_argument('--distributed-backend', default='nccl', help='which backend')
         args = Namespace(distributed_backend='nccl' if torch.distributed.is_nccl_available() and ok else 'gloo')
     """, """
+        import torch
         import porter.runtime.device as porter_device
+
         group.add_argument('--distributed-backend', default=porter_device.communication_backend(), help='which backend')
         args = Namespace(distributed_backend=porter_device.communication_backend())
     """)
+    # the same, quoted and laid out otherwise
+    out, matches = rewrite(d.BACKEND, '''
+        parser.add_argument(
+            "--distributed-backend",
+            default="nccl",
+        )
+        backend = ("nccl"
+                   if available else "gloo")
+    ''')
+    assert len(matches) == 2 and "nccl" not in out, out
     assert_untouched(d.BACKEND, "group.add_argument('--other', default='nccl')\nb = 'nccl' if x else 'mpi'\n")
 
 
-def test_local_rank_check_skips_cpu():
-    assert_rewrites(d.LOCAL_RANK, """
-        if args.local_rank != args.device and args.mode != 'inference':
-            raise ValueError('inconsistent')
-    """, """
-        if args.device != 'cpu' and args.local_rank != args.device and args.mode != 'inference':
-            raise ValueError('inconsistent')
-    """)
+@pytest.mark.parametrize("test, expected", [
+    ("args.local_rank != args.device and args.mode != 'inference'",
+     "args.device != 'cpu' and args.local_rank != args.device and args.mode != 'inference'"),
+    ("opts.device != opts.local_rank and opts.mode != 'inference'",  # renamed, operands swapped
+     "opts.device != 'cpu' and opts.device != opts.local_rank and opts.mode != 'inference'"),
+    ("(args.local_rank\n        != args.device) and args.mode != 'inference'",
+     "args.device != 'cpu' and (args.local_rank\n        != args.device) and args.mode != 'inference'"),
+])
+def test_local_rank_check_skips_cpu(test, expected):
+    assert_rewrites(d.LOCAL_RANK, f"if {test}:\n    raise ValueError('inconsistent')\n",
+                    f"if {expected}:\n    raise ValueError('inconsistent')\n")
+
+
+def test_local_rank_check_leaves_other_comparisons():
+    assert_untouched(d.LOCAL_RANK, "if args.local_rank != other.device:\n    pass\n"
+                                   "if args.local_rank != args.device or args.mode != 'inference':\n    pass\n")
 
 
 def test_cudnn_flags_become_one_call():
     assert_rewrites(d.CUDNN_FLAGS, """
+        import torch
         def set_random_seed(seed):
             torch.manual_seed(seed)
             torch.backends.cudnn.benchmark = True
@@ -108,11 +191,13 @@ def test_cudnn_flags_become_one_call():
             torch.backends.cuda.matmul.allow_tf32 = False # faster but not accurate
             print('seeded')
     """, """
+        import torch
         import porter.runtime.device as porter_device
+
         def set_random_seed(seed):
             torch.manual_seed(seed)
             porter_device.set_determinism(benchmark=True, deterministic=True, allow_tf32=False)
             print('seeded')
     """)
     # a lone flag elsewhere is a deliberate choice, not the seed-time block: left alone
-    assert_untouched(d.CUDNN_FLAGS, "def f():\n    torch.backends.cudnn.benchmark = False\n")
+    assert_untouched(d.CUDNN_FLAGS, "import torch\ndef f():\n    torch.backends.cudnn.benchmark = False\n")

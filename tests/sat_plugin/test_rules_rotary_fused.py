@@ -1,6 +1,8 @@
 """sat.rotary.*, sat.fused.*, sat.imports.triton and sat.compat.*: source in, source out."""
 from porter.rewrite import rewrite_file
-from porter.testing import assert_rewrites, assert_untouched
+import textwrap
+
+from porter.testing import assert_rewrites, assert_untouched, rewrite
 from porter_sat.rules import compat, fused, imports, rotary
 
 OPS = "import porter.runtime.ops as porter_ops\n"
@@ -14,6 +16,7 @@ def test_rotary_index_uses_rotary_mul():
             return q, k
     """, """
         import porter.runtime.ops as porter_ops
+
         def apply_rotary_pos_emb_index(q, k, cos, sin, position_id):
             cos, sin = F.embedding(position_id, cos.squeeze(1)).unsqueeze(2), F.embedding(position_id, sin.squeeze(1)).unsqueeze(2)
             q, k = porter_ops.rotary_mul(q, cos, sin), porter_ops.rotary_mul(k, cos, sin)
@@ -56,7 +59,7 @@ def test_gelu_keeps_docstring_and_unscript_drops_only_runtime_callers():
     import textwrap
     out = rewrite_file("sat/model/official/chatglm_model.py", textwrap.dedent(before).lstrip(),
                        [fused.GELU, fused.UNSCRIPT])
-    assert out.after == OPS + textwrap.dedent('''
+    assert out.after == OPS + "\n" + textwrap.dedent('''
         def gelu_impl(x):
             """OpenAI's gelu implementation."""
             return porter_ops.gelu(x)
@@ -101,6 +104,7 @@ def test_glm130b_bmm():
 
 def test_glm130b_softmax():
     assert_rewrites(fused.GLM130B_SOFTMAX, """
+        import torch.nn.functional as F
         def f():
             if True:
                 pass
@@ -116,7 +120,9 @@ def test_glm130b_softmax():
 
                 attention_probs = attention_probs.half()
     """, """
+        import torch.nn.functional as F
         import porter.runtime.ops as porter_ops
+
         def f():
             if True:
                 pass
@@ -133,6 +139,7 @@ def test_glm130b_softmax():
 
 def test_attention_only_without_a_mask():
     assert_rewrites(fused.ATTENTION, """
+        import torch
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v,
             attn_mask=None,
@@ -140,10 +147,13 @@ def test_attention_only_without_a_mask():
             is_causal=not is_full
         )
     """, """
+        import torch
         import porter.runtime.ops as porter_ops
+
         out = porter_ops.attention(q, k, v, is_causal=not is_full, dropout_p=dropout_p)
     """)
-    assert_untouched(fused.ATTENTION, "out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)\n")
+    assert_untouched(fused.ATTENTION, "import torch.nn.functional as F\n"
+                                      "out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)\n")
 
 
 def test_triton_import_is_guarded():
@@ -151,8 +161,9 @@ def test_triton_import_is_guarded():
         import torch
         from .triton_rotary import apply_rotary
     """, """
-        import porter.runtime.optional as porter_optional
         import torch
+        import porter.runtime.optional as porter_optional
+
         try:
             from .triton_rotary import apply_rotary
         except ImportError as porter_import_error:  # triton is optional: only FastRotaryEmbedding needs it
@@ -187,8 +198,95 @@ def test_unwrapped_optimizer():
 
 def test_torch_load_reads_full_checkpoints():
     assert_rewrites(compat.LOAD_CHECKPOINT, """
+        import torch
         sd = torch.load(checkpoint_name, map_location='cpu')
     """, """
+        import torch
         sd = torch.load(checkpoint_name, map_location='cpu', weights_only=False)
     """)
-    assert_untouched(compat.LOAD_CHECKPOINT, "sd = torch.load(path, weights_only=True)\n")
+    assert_untouched(compat.LOAD_CHECKPOINT, "import torch\nsd = torch.load(path, weights_only=True)\n")
+
+
+# Aliases and other layouts: the rules read what the code means, not how it is spelt.
+
+def test_rotary_rules_ignore_layout_and_names():
+    out, matches = rewrite(rotary.INDEX, """
+        def apply_rotary_pos_emb(query, cos, sin):
+            return ((query*cos) +
+                    (rotate_half( query )*sin))
+    """)
+    assert len(matches) == 1 and "porter_ops.rotary_mul(query, cos, sin)" in out, out
+    assert_rewrites(rotary.ROTATE_HALF, """
+        def rotate_half(t):
+            a, b = t[..., : t.shape[-1]//2], t[..., t.shape[-1]//2 :]  # halves
+            return torch.cat((-b, a), dim=a.ndim - 1)
+    """, """
+        def rotate_half(t):
+            a, b = t.chunk(2, dim=t.ndim - 1)  # halves
+            return torch.cat((-b, a), dim=a.ndim - 1)
+    """)
+    assert_untouched(rotary.ROTATE_HALF, "a, b = t[..., :t.shape[-1] // 3], t[..., t.shape[-1] // 3:]\n")
+
+
+def test_fused_rules_through_aliases():
+    out = rewrite_file("sat/model/official/chatglm_model.py", textwrap.dedent('''
+        import torch as th
+        @th.jit.script
+        def gelu_impl(v):
+            return 0.5 * v * (1.0 + th.tanh(0.79788456 * v * (1.0 + 0.044715 * v * v)))
+    ''').lstrip(), [fused.GELU, fused.UNSCRIPT])
+    assert "@th.jit.script" not in out.after and "return porter_ops.gelu(v)" in out.after, out.after
+    assert_rewrites(fused.GLM130B_BMM, """
+        import torch as th
+        def f(a, b):
+            r = th.empty(4, 3, 3)
+            r = th.baddbmm(r, a, b, beta=0, alpha=1)
+            return r
+    """, """
+        import torch as th
+        def f(a, b):
+            r = th.bmm(a, b)
+            return r
+    """)
+    out, matches = rewrite(fused.ATTENTION, """
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+        o = sdpa(q, k, v, attn_mask=None, is_causal=True)
+    """)
+    assert len(matches) == 1 and "porter_ops.attention(q, k, v, is_causal=True)" in out, out
+
+
+def test_glm130b_softmax_through_another_import_and_names():
+    out, matches = rewrite(fused.GLM130B_SOFTMAX, """
+        from torch.nn import functional as nnf
+        def f(s, m, c):
+            if not (m.shape[-2] == 1 and (m > 0).all()):
+                s.masked_fill_(m, -10000.0)
+            s = s.float()
+            s = s * c
+            p = nnf.softmax(s, dim=-1)
+            return p
+    """)
+    assert len(matches) == 1, out
+    assert "p = porter_ops.scaled_masked_softmax(\n        s,\n        None if (m.shape[-2] == 1 and (m > 0).all()) else m,\n" \
+           "        c,\n    )" in out, out
+    # another softmax (not torch's) or another fill value is not this block
+    assert_untouched(fused.GLM130B_SOFTMAX, """
+        def f(s, m, c):
+            if not (m.shape[-2] == 1 and (m > 0).all()):
+                s.masked_fill_(m, -10000.0)
+            s = s.float()
+            s = s * c
+            p = mylib.softmax(s, dim=-1)
+    """)
+
+
+def test_compat_and_import_rules_through_aliases():
+    assert_rewrites(compat.LOAD_CHECKPOINT, "from torch import load\nsd = load(path)\n",
+                    "from torch import load\nsd = load(path, weights_only=False)\n")
+    assert_untouched(compat.LOAD_CHECKPOINT, "import pickle as torch\nsd = torch.load(f)\n")
+    assert_rewrites(compat.UNWRAPPED_OPTIMIZER, "name = opt.optimizer.__class__.__name__\n",
+                    "name = getattr(opt, 'optimizer', opt).__class__.__name__\n")
+    out, matches = rewrite(imports.TRITON, """
+        from sat.model.position_embedding.triton_rotary import apply_rotary as rotary_kernel
+    """)
+    assert len(matches) == 1 and "rotary_kernel = porter_optional.missing('triton', 'rotary_kernel'" in out, out

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.rules import JsonValue, Rule, RuleDocs, RuleTransformer
 
-from .runtime import code, keyword
+from .runtime import keyword
 
 MIN_LOSS_SCALE = Rule(
     id="sat.compat.zero0-min-loss-scale", target="sat", category="compat",
@@ -20,16 +21,20 @@ MIN_LOSS_SCALE = Rule(
 
 
 class UnwrappedOptimizer(RuleTransformer):
-    """``optimizer.optimizer.__class__`` -> ``getattr(optimizer, 'optimizer', optimizer).__class__``."""
+    """``<opt>.optimizer.__class__`` -> ``getattr(<opt>, 'optimizer', <opt>).__class__``."""
+
+    WRAPPED_CLASS = m.Attribute(value=m.Attribute(value=m.Name(), attr=m.Name("optimizer")), attr=m.Name("__class__"))
 
     def leave_Attribute(self, original_node, updated_node):
-        if code(updated_node) == "optimizer.optimizer.__class__":
-            self.record(original_node, "optimizer.optimizer -> getattr(optimizer, 'optimizer', optimizer)")
-            return updated_node.with_changes(value=cst.parse_expression("getattr(optimizer, 'optimizer', optimizer)"))
-        return updated_node
+        if not m.matches(updated_node, self.WRAPPED_CLASS):
+            return updated_node
+        name = updated_node.value.value.value
+        self.record(original_node, f"{name}.optimizer -> getattr({name}, 'optimizer', {name})")
+        return updated_node.with_changes(value=cst.parse_expression(f"getattr({name}, 'optimizer', {name})"))
 
 
 UNWRAPPED_OPTIMIZER = Rule(
+    versions=">=0.4.0",
     id="sat.compat.unwrapped-optimizer", target="sat", category="compat", files=("sat/training/model_io.py",),
     summary="save_checkpoint accepts an optimizer DeepSpeed did not wrap", rewrite=UnwrappedOptimizer,
     docs=RuleDocs(
@@ -43,7 +48,7 @@ class LoadFullCheckpoint(RuleTransformer):
     """``torch.load(path, map_location=...)`` -> the same with ``weights_only=False``."""
 
     def leave_Call(self, original_node, updated_node):
-        if code(updated_node.func) != "torch.load" or any(a.keyword and a.keyword.value == "weights_only"
+        if not self.refers_to(original_node.func, "torch.load") or any(a.keyword and a.keyword.value == "weights_only"
                                                              for a in updated_node.args):
             return updated_node
         self.record(original_node, "torch.load(...) -> torch.load(..., weights_only=False)")

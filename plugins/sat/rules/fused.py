@@ -5,23 +5,35 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.rules import Rule, RuleDocs, RuleTransformer
+from porter.rules import Rule, RuleDocs, RuleTransformer, literal, same
 
-from .runtime import OPS, call, code
+from .runtime import DEVICE, OPS, call
 
 GLM130B_FILE = "sat/model/official/glm130B_model.py"
+
+
+def _calls_runtime(transformer: RuleTransformer, node: cst.CSTNode, *modules: str) -> bool:
+    """Whether ``node`` contains a call into one of porter's runtime modules (however it was imported)."""
+    for found in m.findall(node, m.Call(func=m.Attribute())):
+        name = transformer.qualified_name(found.func)
+        if name is not None and name.rsplit(".", 1)[0] in modules:
+            return True
+    return False
 
 
 class GeluImpl(RuleTransformer):
     """The body of ChatGLM's ``gelu_impl(x)`` -> ``return porter_ops.gelu(x)``."""
 
     def leave_FunctionDef(self, original_node, updated_node):
-        if updated_node.name.value != "gelu_impl" or "porter_ops.gelu(" in code(updated_node.body):
+        if updated_node.name.value != "gelu_impl" or _calls_runtime(self, original_node, OPS[0]):
+            return updated_node
+        params = updated_node.params.params
+        if len(params) != 1:
             return updated_node
         body = updated_node.body.body
         docstring = [s for s in body[:1] if m.matches(s, m.SimpleStatementLine(body=[m.Expr(m.SimpleString())]))]
         self.record(original_node, "gelu_impl -> porter_ops.gelu (exact tanh formula, or the device's fast GELU)")
-        ret = cst.SimpleStatementLine([cst.Return(call(self, OPS, "gelu", [cst.Name("x")]))])
+        ret = cst.SimpleStatementLine([cst.Return(call(self, OPS, "gelu", [params[0].name]))])
         return updated_node.with_changes(body=updated_node.body.with_changes(body=[*docstring, ret]))
 
 
@@ -41,10 +53,10 @@ class Unscript(RuleTransformer):
     """Drop ``@torch.jit.script`` from functions whose body now calls porter's runtime (TorchScript cannot)."""
 
     def leave_FunctionDef(self, original_node, updated_node):
-        body = code(updated_node.body)
-        if "porter_ops." not in body and "porter_device." not in body:
+        if not _calls_runtime(self, original_node.body, OPS[0], DEVICE[0]):
             return updated_node
-        kept = [d for d in updated_node.decorators if code(d.decorator) != "torch.jit.script"]
+        kept = [d for d, o in zip(updated_node.decorators, original_node.decorators)
+                if not self.refers_to(o.decorator, "torch.jit.script")]
         if len(kept) == len(updated_node.decorators):
             return updated_node
         self.record(original_node, f"@torch.jit.script dropped from {updated_node.name.value} (it calls the runtime)")
@@ -65,32 +77,38 @@ UNSCRIPT = Rule(
         removal="With the rules that introduce the runtime calls."))
 
 
+ASSIGN_CALL = m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())], m.Call())])
+
+
 class BaddbmmToBmm(RuleTransformer):
     """``r = torch.empty(...)`` then ``r = torch.baddbmm(r, a, b, beta=0.0, alpha=1.0)`` -> ``r = torch.bmm(a, b)``."""
 
     def leave_IndentedBlock(self, original_node, updated_node):
         body = list(updated_node.body)
         for i in range(len(body) - 1):
-            empty, bmm = body[i], body[i + 1]
-            if not (m.matches(empty, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())], m.Call())]))
-                    and m.matches(bmm, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())], m.Call())]))):
+            empty, bmm = original_node.body[i], original_node.body[i + 1]
+            if not (m.matches(empty, ASSIGN_CALL) and m.matches(bmm, ASSIGN_CALL)):
                 continue
             name = empty.body[0].targets[0].target.value
             e_call, b_call = empty.body[0].value, bmm.body[0].value
-            if code(e_call.func) != "torch.empty" or code(b_call.func) != "torch.baddbmm" \
-                    or bmm.body[0].targets[0].target.value != name:
+            if not (self.refers_to(e_call.func, "torch.empty") and self.refers_to(b_call.func, "torch.baddbmm")
+                    and bmm.body[0].targets[0].target.value == name):
                 continue
-            args = b_call.args
-            kw = {a.keyword.value: code(a.value) for a in args if a.keyword}
-            positional = [a for a in args if a.keyword is None]
-            if len(positional) != 3 or code(positional[0].value) != name or kw.get("beta") not in ("0.0", "0"):
+            keywords = {a.keyword.value: literal(a.value) for a in b_call.args if a.keyword}
+            positional = [a for a in b_call.args if a.keyword is None]
+            if len(positional) != 3 or not m.matches(positional[0].value, m.Name(name)) \
+                    or keywords.get("beta") != 0 or keywords.get("alpha", 1) != 1 or set(keywords) - {"beta", "alpha"}:
                 continue
             self.record(original_node.body[i], "torch.empty + torch.baddbmm(beta=0) -> torch.bmm")
-            source = cst.Module([]).code_for_node
-            new_call = cst.parse_expression(
-                f"torch.bmm({source(positional[1].value)}, {source(positional[2].value)})")
-            new_stmt = bmm.with_changes(body=[bmm.body[0].with_changes(value=new_call)],
-                                        leading_lines=empty.leading_lines)
+            updated_call = body[i + 1].body[0].value
+            new_call = updated_call.with_changes(
+                func=updated_call.func.with_changes(attr=cst.Name("bmm")) if isinstance(updated_call.func, cst.Attribute)
+                else cst.Attribute(cst.Name("torch"), cst.Name("bmm")),
+                args=[a.with_changes(comma=cst.MaybeSentinel.DEFAULT, whitespace_after_arg=cst.SimpleWhitespace(""))
+                      for a in updated_call.args[1:3]],
+                whitespace_before_args=cst.SimpleWhitespace(""))
+            new_stmt = body[i + 1].with_changes(body=[body[i + 1].body[0].with_changes(value=new_call)],
+                                                leading_lines=body[i].leading_lines)
             return updated_node.with_changes(body=body[:i] + [new_stmt] + body[i + 2:])
         return updated_node
 
@@ -108,34 +126,86 @@ GLM130B_BMM = Rule(
         removal="When SAT drops the baddbmm idiom."))
 
 
-SOFTMAX_BLOCK = [
-    "ifnot(attention_mask.shape[-2]==1and(attention_mask>0).all()):",  # prefix of the if statement
-    "attention_scores=attention_scores.float()",
-    "attention_scores=attention_scores*query_key_layer_scaling_coeff",
-    "attention_probs=F.softmax(attention_scores,dim=-1)",
-]
+def _assigns(stmt: cst.CSTNode) -> tuple[str, cst.BaseExpression] | None:
+    """``name = value`` as (name, value), for a one-target simple assignment."""
+    if m.matches(stmt, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())])])):
+        return stmt.body[0].targets[0].target.value, stmt.body[0].value
+    return None
 
 
 class Glm130bSoftmax(RuleTransformer):
-    """GLM-130B's mask-fill / fp32 / scale / softmax sequence -> one porter_ops.scaled_masked_softmax call."""
+    """GLM-130B's attention tail, four statements::
+
+        if not (<mask>.shape[-2] == 1 and (<mask> > 0).all()):
+            <scores>.masked_fill_(<mask>, -10000.0)
+        <scores> = <scores>.float()
+        <scores> = <scores> * <coeff>
+        <probs> = softmax(<scores>, dim=-1)        # torch.nn.functional.softmax, however imported
+
+    -> ``<probs> = porter_ops.scaled_masked_softmax(<scores>, None if <all visible> else <mask>, <coeff>)``.
+    """
 
     def leave_IndentedBlock(self, original_node, updated_node):
         body = list(updated_node.body)
         for i in range(len(body) - 3):
-            codes = [code(s) for s in body[i:i + 4]]
-            if not (codes[0].startswith(SOFTMAX_BLOCK[0]) and "masked_fill_(attention_mask,-10000.0)" in codes[0]
-                    and codes[1:] == SOFTMAX_BLOCK[1:]):
+            found = self._match(original_node.body[i:i + 4])
+            if found is None:
                 continue
+            scores, mask, coeff, probs, visible = found
             self.record(original_node.body[i], "mask fill + fp32 + scale + softmax -> porter_ops.scaled_masked_softmax")
             alias = self.require_import(*OPS).value
+            src = cst.Module([]).code_for_node
             stmt = cst.parse_statement(
-                f"attention_probs = {alias}.scaled_masked_softmax(\n"
-                "    attention_scores,\n"
-                "    None if (attention_mask.shape[-2] == 1 and (attention_mask > 0).all()) else attention_mask,\n"
-                "    query_key_layer_scaling_coeff,\n"
+                f"{probs} = {alias}.scaled_masked_softmax(\n"
+                f"    {scores},\n"
+                f"    None if ({src(visible.with_changes(lpar=[], rpar=[]))}) else {src(mask)},\n"
+                f"    {src(coeff)},\n"
                 ")\n").with_changes(leading_lines=body[i].leading_lines)
             return updated_node.with_changes(body=body[:i] + [stmt] + body[i + 4:])
         return updated_node
+
+    def _match(self, stmts):
+        guard, to_float, scale, softmax = stmts
+        if not m.matches(guard, m.If(test=m.UnaryOperation(operator=m.Not()), orelse=None)):
+            return None
+        fills = m.findall(guard.body, m.Call(func=m.Attribute(attr=m.Name("masked_fill_"))))
+        if len(guard.body.body) != 1 or len(fills) != 1 or len(fills[0].args) != 2 \
+                or literal(fills[0].args[1].value) != -10000.0:
+            return None
+        scores, mask = fills[0].func.value, fills[0].args[0].value
+        if not isinstance(scores, cst.Name):
+            return None
+        name = scores.value
+        visible = guard.test.expression
+        want = cst.parse_expression("__mask__.shape[-2] == 1 and (__mask__ > 0).all()")
+        if not same(visible, _substitute(want, "__mask__", mask)):
+            return None
+        steps = [_assigns(s) for s in (to_float, scale, softmax)]
+        if None in steps or steps[0][0] != name or steps[1][0] != name:
+            return None
+        if not same(steps[0][1], cst.parse_expression(f"{name}.float()")):
+            return None
+        product = steps[1][1]
+        if not (m.matches(product, m.BinaryOperation(left=m.Name(name), operator=m.Multiply()))):
+            return None
+        probs, call_ = steps[2]
+        if not (m.matches(call_, m.Call(args=[m.Arg(m.Name(name), keyword=None), m.Arg(keyword=m.Name("dim"))]))
+                and self.refers_to(call_.func, "torch.nn.functional.softmax") and literal(call_.args[1].value) == -1):
+            return None
+        return name, mask, product.right, probs, visible
+
+
+def _substitute(tree: cst.BaseExpression, placeholder: str, value: cst.BaseExpression) -> cst.BaseExpression:
+    """``tree`` with every Name ``placeholder`` replaced by ``value`` (parenthesised: precedence stays)."""
+    class Put(cst.CSTTransformer):
+        def leave_Name(self, original_node, updated_node):
+            if updated_node.value != placeholder:
+                return updated_node
+            if isinstance(value, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)):
+                return value
+            return value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+    return tree.visit(Put())
 
 
 GLM130B_SOFTMAX = Rule(
@@ -155,12 +225,11 @@ class SdpaToAttention(RuleTransformer):
     """SAT's mask-free ``F.scaled_dot_product_attention(q, k, v, attn_mask=None, ...)`` -> ``porter_ops.attention``."""
 
     def leave_Call(self, original_node, updated_node):
-        if code(updated_node.func) not in ("torch.nn.functional.scaled_dot_product_attention",
-                                           "F.scaled_dot_product_attention"):
+        if not self.refers_to(original_node.func, "torch.nn.functional.scaled_dot_product_attention"):
             return updated_node
         positional = [a for a in updated_node.args if a.keyword is None]
         kw = {a.keyword.value: a for a in updated_node.args if a.keyword is not None}
-        if len(positional) != 3 or "attn_mask" not in kw or code(kw["attn_mask"].value) != "None" \
+        if len(positional) != 3 or "attn_mask" not in kw or literal(kw["attn_mask"].value) is not None \
                 or set(kw) - {"attn_mask", "dropout_p", "is_causal"}:
             return updated_node  # a real mask: the semantics differ, leave it
         self.record(original_node, "scaled_dot_product_attention (no mask) -> porter_ops.attention")
@@ -169,6 +238,7 @@ class SdpaToAttention(RuleTransformer):
 
 
 ATTENTION = Rule(
+    versions=">=0.4.1",
     id="sat.fused.attention", target="sat", category="fused-op", files=("sat/transformer_defaults.py",),
     summary="SAT's mask-free attention core through porter_ops.attention", rewrite=SdpaToAttention,
     docs=RuleDocs(

@@ -6,7 +6,7 @@ import libcst.matchers as m
 
 from porter.rules import Rule, RuleDocs, RuleTransformer
 
-from .runtime import OPTIONAL, code
+from .runtime import OPTIONAL
 
 
 class DropUnguardedWandbImport(RuleTransformer):
@@ -33,6 +33,7 @@ class DropUnguardedWandbImport(RuleTransformer):
 
 
 WANDB = Rule(
+    versions=">=0.4.12",
     id="sat.imports.wandb",
     target="sat",
     files=("sat/training/deepspeed_training.py",),
@@ -51,26 +52,36 @@ WANDB = Rule(
 )
 
 
+# `from .triton_rotary import ...` or the same module named in full
+TRITON_KERNELS = m.SimpleStatementLine(body=[
+    m.ImportFrom(module=m.Name("triton_rotary"), relative=[m.Dot()])
+    | m.ImportFrom(module=m.Attribute(attr=m.Name("triton_rotary")), relative=[])])
+
+
 class GuardTritonImport(RuleTransformer):
-    """``from .triton_rotary import apply_rotary`` -> the same inside try/except ImportError with a stand-in."""
+    """An unguarded import from the triton kernels module -> the same inside try/except ImportError, each
+    imported name bound to a stand-in that raises a clear ImportError when used."""
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
-        if len(updated_node.body) == 1 and code(updated_node) == "from.triton_rotaryimportapply_rotary":
-            self.record(original_node, "triton import guarded; apply_rotary raises a clear ImportError when used")
-            alias = self.require_import(*OPTIONAL).value
-            guarded = cst.parse_statement(
-                "try:\n"
-                "    from .triton_rotary import apply_rotary\n"
-                "except ImportError as porter_import_error:  # triton is optional: only FastRotaryEmbedding needs it\n"
-                f"    apply_rotary = {alias}.missing('triton', 'apply_rotary', porter_import_error)\n")
-            return cst.FlattenSentinel([guarded])
-        return updated_node
+        if not m.matches(updated_node, TRITON_KERNELS) or isinstance(updated_node.body[0].names, cst.ImportStar):
+            return updated_node
+        names = [(a.asname.name if a.asname else a.name).value for a in updated_node.body[0].names]
+        self.record(original_node, f"triton import guarded; {', '.join(names)} raise(s) a clear ImportError when used")
+        alias = self.require_import(*OPTIONAL).value
+        handler = "".join(f"    {n} = {alias}.missing('triton', {n!r}, porter_import_error)\n" for n in names)
+        guarded = cst.parse_statement(
+            "try:\n    pass\n"
+            "except ImportError as porter_import_error:  # triton is optional: only FastRotaryEmbedding needs it\n"
+            + handler)
+        body = guarded.body.with_changes(body=[updated_node.with_changes(leading_lines=[])])
+        return guarded.with_changes(body=body, leading_lines=updated_node.leading_lines)
 
     def visit_Try(self, node):
         return False
 
 
 TRITON = Rule(
+    versions=">=0.4.7",
     id="sat.imports.triton",
     target="sat",
     files=("sat/model/position_embedding/triton_rotary_embeddings.py",),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.rules import Rule, RuleDocs, RuleTransformer
+from porter.rules import Rule, RuleDocs, RuleTransformer, same
 
-from .runtime import OPS, call, code
+from .runtime import OPS, call
 
 ROTARY_FILE = "sat/model/position_embedding/rotary_embeddings.py"
 APPLY_FUNCTIONS = ("apply_rotary_pos_emb", "apply_rotary_pos_emb_torch", "apply_rotary_pos_emb_index",
@@ -43,9 +43,10 @@ class RotaryMul(RuleTransformer):
             return updated_node
         x, cos = updated_node.left.left, updated_node.left.right
         rotated, sin = updated_node.right.left.args[0].value, updated_node.right.right
-        if code(x) != code(rotated):
+        if not same(x, rotated):
             return updated_node
-        self.record(original_node, f"({code(x)} * cos) + (rotate_half({code(x)}) * sin) -> porter_ops.rotary_mul")
+        name = cst.Module([]).code_for_node(x)
+        self.record(original_node, f"({name} * cos) + (rotate_half({name}) * sin) -> porter_ops.rotary_mul")
         strip = dict(lpar=[], rpar=[])
         return call(self, OPS, "rotary_mul", [x.with_changes(**strip) if hasattr(x, "lpar") else x, cos, sin]) \
             .with_changes(lpar=updated_node.lpar, rpar=updated_node.rpar)
@@ -64,16 +65,29 @@ INDEX = Rule(
         removal="When SAT dispatches rotary application per device itself."))
 
 
+def _halves(x: cst.BaseExpression) -> tuple[cst.BaseExpression, cst.BaseExpression]:
+    """``x[..., :x.shape[-1] // 2]`` and ``x[..., x.shape[-1] // 2:]`` for the tensor expression ``x``."""
+    text = cst.Module([]).code_for_node(x)
+    return (cst.parse_expression(f"({text})[..., :({text}).shape[-1] // 2]"),
+            cst.parse_expression(f"({text})[..., ({text}).shape[-1] // 2:]"))
+
+
 class RotateHalfByChunk(RuleTransformer):
-    """``x1, x2 = x[..., :x.shape[-1] // 2], x[..., x.shape[-1] // 2:]`` -> ``x1, x2 = x.chunk(2, dim=x.ndim - 1)``."""
+    """``a, b = x[..., :x.shape[-1] // 2], x[..., x.shape[-1] // 2:]`` -> ``a, b = x.chunk(2, dim=x.ndim - 1)``."""
 
-    SLICES = "x1,x2=x[...,:x.shape[-1]//2],x[...,x.shape[-1]//2:]"
+    PAIR = m.Assign(targets=[m.AssignTarget(m.Tuple([m.Element(), m.Element()]))],
+                    value=m.Tuple([m.Element(m.Subscript()), m.Element(m.Subscript())]))
 
-    def leave_SimpleStatementLine(self, original_node, updated_node):
-        if code(updated_node) == self.SLICES:
-            self.record(original_node, "rotate_half halves by torch.chunk")
-            return updated_node.with_changes(body=[cst.parse_statement("x1, x2 = x.chunk(2, dim=x.ndim - 1)").body[0]])
-        return updated_node
+    def leave_Assign(self, original_node, updated_node):
+        if not m.matches(updated_node, self.PAIR):
+            return updated_node
+        first, second = (e.value for e in updated_node.value.elements)
+        x = first.value
+        if not all(same(got, want) for got, want in zip((first, second), _halves(x))):
+            return updated_node
+        self.record(original_node, "rotate_half halves by torch.chunk")
+        text = cst.Module([]).code_for_node(x)
+        return updated_node.with_changes(value=cst.parse_expression(f"{text}.chunk(2, dim={text}.ndim - 1)"))
 
 
 ROTATE_HALF = Rule(

@@ -8,11 +8,6 @@ OPS = ("porter.runtime.ops", "porter_ops")
 OPTIONAL = ("porter.runtime.optional", "porter_optional")
 
 
-def code(node: cst.CSTNode) -> str:
-    """Source text of a node, whitespace-normalised, for matching small expressions."""
-    return "".join(cst.Module([]).code_for_node(node).split())
-
-
 def keyword(name: str, value: cst.BaseExpression) -> cst.Arg:
     """``name=value``, written the way PEP 8 writes keyword arguments."""
     return cst.Arg(value, keyword=cst.Name(name), equal=cst.AssignEqual(
