@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-releases demo bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install
 	$(PY) -m pytest -q
+
+# Every SAT release from 0.3.6 on: download, patch, verify, scan, revert (about 1.5 min each); rewrites
+# docs/releases.md. `make test` runs three of them (oldest, middle, newest).
+test-releases: install
+	PORTER_SAT_RELEASES=all $(PY) -m pytest -q tests/releases
+	$(PY) tests/releases/matrix.py render
 
 # Patch the installed SAT, train the tiny VisualGLM on 2 CPU processes, answer held-out images, revert.
 demo: install

@@ -1,10 +1,8 @@
 """Rules: one named, documented rewrite of one or more files of a target."""
 from __future__ import annotations
 
-import ast
 import hashlib
 import sys
-import textwrap
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterable, Mapping, Union
@@ -12,7 +10,9 @@ from typing import ClassVar, Iterable, Mapping, Union
 import libcst as cst
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
-from libcst.metadata import PositionProvider, QualifiedNameProvider, ScopeProvider
+from libcst.metadata import PositionProvider
+
+from .names import NOT_A_LITERAL, ResolvesNames, literal, same  # noqa: F401  (what rule authors use)
 
 from .target import version_in
 
@@ -51,7 +51,7 @@ class Match:
                 "message": self.message}
 
 
-class RuleTransformer(cst.CSTTransformer):
+class RuleTransformer(ResolvesNames, cst.CSTTransformer):
     """Base for Python rules: a libcst transformer that records what it changes.
 
     Rules match code by what it means, not how it is written: ``self.qualified_name(node)`` resolves a name
@@ -63,7 +63,7 @@ class RuleTransformer(cst.CSTTransformer):
     libcst passes as ``original_node``): its position in the file is what the report shows.
     """
 
-    METADATA_DEPENDENCIES: ClassVar = (PositionProvider, QualifiedNameProvider, ScopeProvider)
+    METADATA_DEPENDENCIES: ClassVar = (PositionProvider, *ResolvesNames.METADATA_DEPENDENCIES)
 
     def __init__(self, rule_id: str = "", path: str = "") -> None:
         super().__init__()
@@ -76,37 +76,6 @@ class RuleTransformer(cst.CSTTransformer):
         pos = self.get_metadata(PositionProvider, node)
         self.matches.append(Match(self.rule_id, self.path, pos.start.line, pos.end.line, message,
                                   pos.start.column, pos.end.column))
-
-    def qualified_name(self, node: cst.CSTNode) -> str | None:
-        """The dotted name ``node`` refers to through the file's imports, or None for anything else.
-
-        A root name the file never binds (a star import, a snippet) is taken as written: that is the only
-        reading Python could give it. A name bound to something that is not an import (a parameter, a local)
-        resolves to itself in its scope, so ``torch`` as a function's parameter is not the torch module.
-        """
-        try:
-            names = self.get_metadata(QualifiedNameProvider, node, set())
-        except KeyError:  # a node the rule built itself: it has no metadata
-            names = set()
-        names = {q.name for q in names}
-        if len(names) == 1:
-            return names.pop()
-        if names:
-            return None  # bound differently on different paths: not one meaning
-        dotted = _dotted(node)
-        if dotted is None:
-            return None
-        root = _root_name(node)
-        try:
-            scope = self.get_metadata(ScopeProvider, root, None)
-        except KeyError:
-            scope = None
-        if scope is not None and dotted.split(".")[0] in scope:
-            return None  # bound, but not to an import QualifiedNameProvider could follow
-        return dotted
-
-    def refers_to(self, node: cst.CSTNode, *names: str) -> bool:
-        return self.qualified_name(node) in names
 
     def require_import(self, module: str, alias: str | None = None) -> cst.Name:
         """Make ``import module as alias`` (or plain ``import module``) present in the rewritten module; returns
@@ -143,47 +112,6 @@ def _is_head(stmt: cst.CSTNode, index: int) -> bool:
         return True
     return index == 0 and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Expr) \
         and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
-
-
-def _dotted(node: cst.CSTNode) -> str | None:
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
-        base = _dotted(node.value)
-        return None if base is None else f"{base}.{node.attr.value}"
-    if isinstance(node, cst.Call):  # torch.cuda.cudart().x reads as torch.cuda.cudart.x, as libcst names it
-        return _dotted(node.func)
-    return None
-
-
-def _root_name(node: cst.CSTNode) -> cst.CSTNode:
-    while isinstance(node, (cst.Attribute, cst.Call)):
-        node = node.value if isinstance(node, cst.Attribute) else node.func
-    return node
-
-
-def _python_ast(node: cst.CSTNode) -> str:
-    text = cst.Module([]).code_for_node(node)
-    try:
-        return ast.dump(ast.parse(text.strip(), mode="eval"))
-    except SyntaxError:
-        return ast.dump(ast.parse(textwrap.dedent(text)))
-
-
-def same(a: cst.CSTNode, b: cst.CSTNode) -> bool:
-    """Whether two nodes are the same code as Python parses it: layout, comments and parentheses aside."""
-    return _python_ast(a) == _python_ast(b)
-
-
-NOT_A_LITERAL = object()
-
-
-def literal(node: cst.CSTNode) -> object:
-    """The value of a constant expression (``'nccl'``, ``0.0``, ``-1``, ``True``); NOT_A_LITERAL otherwise."""
-    try:
-        return ast.literal_eval(cst.Module([]).code_for_node(node).strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return NOT_A_LITERAL
 
 
 class TextRewrite:

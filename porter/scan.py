@@ -13,6 +13,7 @@ from typing import Callable
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .names import ResolvesNames
 from .plan import make_plan
 from .target import InstalledTarget
 
@@ -38,8 +39,11 @@ class Site:
                 "exempt": self.exempt}
 
 
-class _Finder(cst.CSTVisitor):
-    METADATA_DEPENDENCIES = (PositionProvider,)
+class _Finder(ResolvesNames, cst.CSTVisitor):
+    """Finds the sites by what the code refers to, through the file's imports: ``th.cuda.synchronize()`` after
+    ``import torch as th`` and ``cuda.synchronize()`` after ``from torch import cuda`` are both torch.cuda."""
+
+    METADATA_DEPENDENCIES = (PositionProvider, *ResolvesNames.METADATA_DEPENDENCIES)
 
     def __init__(self, path: str, module: cst.Module):
         self.path, self.module = path, module
@@ -55,7 +59,7 @@ class _Finder(cst.CSTVisitor):
     def visit_FunctionDef(self, node):
         self.scopes.append(node.name.value)
         for dec in node.decorators:
-            if self.module.code_for_node(dec.decorator).replace(" ", "") == "torch.jit.script":
+            if self.refers_to(dec.decorator, "torch.jit.script"):
                 self._add(dec, "jit.script")
 
     def leave_FunctionDef(self, node):
@@ -73,15 +77,22 @@ class _Finder(cst.CSTVisitor):
     def leave_Try(self, node):
         self.try_depth -= 1
 
-    def visit_Attribute(self, node):
-        text = self.module.code_for_node(node).replace(" ", "")
-        if text.startswith("torch.cuda.") and text.count(".") == 2:
+    def _name_site(self, node) -> bool:
+        """Report ``node`` if it names something CUDA-only; False stops the visit below it (one site each)."""
+        name = self.qualified_name(node) or ""
+        if name.startswith("torch.cuda."):
             self._add(node, "torch.cuda")
             return False
-        if text.startswith(("torch.backends.cudnn.", "torch.backends.cuda.")) and text.count(".") >= 3:
+        if name.startswith(("torch.backends.cudnn.", "torch.backends.cuda.")):
             self._add(node, "cudnn flag")
             return False
         return True
+
+    def visit_Attribute(self, node):
+        return self._name_site(node)
+
+    def visit_Name(self, node):
+        self._name_site(node)  # `synchronize()` after `from torch.cuda import synchronize`
 
     def visit_Call(self, node):
         func = node.func
@@ -106,10 +117,12 @@ class _Finder(cst.CSTVisitor):
 
     def visit_Import(self, node):
         self._import(node, [self.module.code_for_node(a.name) for a in node.names])
+        return False  # the names an import binds are not uses
 
     def visit_ImportFrom(self, node):
         if node.module is not None and not node.relative:
             self._import(node, [self.module.code_for_node(node.module)])
+        return False
 
 
 def find_sites(path: str, source: str) -> list[Site]:

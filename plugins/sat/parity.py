@@ -27,8 +27,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_original(originals: Path, rel: str, name: str):
-    """The saved original of ``rel`` as module ``name``; its own absolute imports resolve to the patched SAT."""
-    spec = importlib.util.spec_from_file_location(name, Path(originals) / rel)
+    """The saved original of ``rel`` as module ``name``; its own absolute imports resolve to the patched SAT.
+
+    A file the patch left alone (no rule applies to it in this release) is its own original: it is loaded
+    from the installed SAT, as the journal's verify context reads it."""
+    import sat
+
+    path = Path(originals) / rel
+    if not path.exists():
+        path = Path(sat.__file__).resolve().parents[1] / rel
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

@@ -23,12 +23,24 @@ SEQ = 24
 
 
 def model_args(seed: int = 1234) -> list[str]:
-    """A 2-layer ChatGLM small enough to train on a CPU in seconds."""
-    return ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--vocab-size", str(VOCAB),
-            "--max-sequence-length", "64", "--inner-hidden-size", "128", "--hidden-dropout", "0.0",
-            "--attention-dropout", "0.0", "--layernorm-order", "post", "--bos-token-id", str(BOS),
-            "--mask-token-id", "149", "--gmask-token-id", str(GMASK), "--pad-token-id", str(PAD),
-            "--seed", str(seed)]
+    """A 2-layer ChatGLM small enough to train on a CPU in seconds.
+
+    The token-id options are passed only where the installed release's ChatGLMModel declares them: SAT before
+    0.4.x fixes the ids in the model (pad 3) and would refuse an option it does not know."""
+    common = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--vocab-size", str(VOCAB),
+              "--max-sequence-length", "64", "--inner-hidden-size", "128", "--hidden-dropout", "0.0",
+              "--attention-dropout", "0.0", "--layernorm-order", "post", "--seed", str(seed)]
+    ids = {"--bos-token-id": BOS, "--mask-token-id": 149, "--gmask-token-id": GMASK, "--pad-token-id": PAD}
+    known = _chatglm_options()
+    return common + [str(x) for flag, value in ids.items() if flag in known for x in (flag, value)]
+
+
+def _chatglm_options() -> set[str]:
+    from sat.model.official.chatglm_model import ChatGLMModel
+
+    parser = argparse.ArgumentParser(add_help=False)
+    ChatGLMModel.add_model_specific_args(parser)
+    return set(parser._option_string_actions)
 
 
 def sample(index: int) -> torch.Tensor:

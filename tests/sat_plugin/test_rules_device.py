@@ -1,4 +1,6 @@
 """sat.device.*: source in, source out, and the cases that must stay untouched."""
+from pathlib import Path
+
 import pytest
 
 from porter.testing import assert_rewrites, assert_untouched, rewrite
@@ -201,3 +203,60 @@ def test_cudnn_flags_become_one_call():
     """)
     # a lone flag elsewhere is a deliberate choice, not the seed-time block: left alone
     assert_untouched(d.CUDNN_FLAGS, "import torch\ndef f():\n    torch.backends.cudnn.benchmark = False\n")
+
+
+def test_typed_tensor_from_a_list_only():
+    assert_rewrites(d.TYPED_TENSOR, """
+        import torch
+        def sizes_of(keys):
+            sizes = [0 for _ in range(len(keys))]
+            sizes_cuda = torch.cuda.LongTensor(sizes)
+            return sizes_cuda
+    """, """
+        import torch
+        import porter.runtime.device as porter_device
+
+        def sizes_of(keys):
+            sizes = [0 for _ in range(len(keys))]
+            sizes_cuda = torch.tensor(sizes, dtype=torch.long, device=porter_device.current_device())
+            return sizes_cuda
+    """)
+    # an int (or anything not known to be a list) asks for a tensor of that size: not the same call
+    assert_untouched(d.TYPED_TENSOR, "import torch\ndef f(n, xs):\n    a = torch.cuda.LongTensor(n)\n"
+                                     "    xs = compute()\n    b = torch.cuda.FloatTensor(xs)\n")
+
+
+def test_typed_tensor_through_from_import_adds_import_torch():
+    out, matches = rewrite(d.TYPED_TENSOR, "from torch import cuda\nt = cuda.IntTensor([1, 2])\n")
+    assert len(matches) == 1
+    assert out == ("from torch import cuda\nimport torch\nimport porter.runtime.device as porter_device\n\n"
+                   "t = torch.tensor([1, 2], dtype=torch.int, device=porter_device.current_device())\n"), out
+
+
+def test_default_device_before_and_after_is_available():
+    for test in ("torch.cuda.is_available()", "porter_device.is_available()"):
+        out, matches = rewrite(d.DEFAULT_DEVICE, f"""
+            import torch
+            import porter.runtime.device as porter_device
+            args.device = 'cuda' if {test} else 'cpu'
+        """)
+        assert len(matches) == 1 and f"args.device = porter_device.current_device() if {test} else 'cpu'" in out
+    assert_untouched(d.DEFAULT_DEVICE, "import torch\nd = 'cuda' if flag else 'cpu'\n")
+
+
+def test_a_file_outside_its_release_range_is_not_read():
+    from porter.target import InstalledTarget
+    from porter.plan import make_plan
+    from porter_sat.target import SAT
+
+    files = {"sat/mpu/data.py": "import torch\ndef f():\n    s = [1]\n    return torch.cuda.LongTensor(s)\n"}
+    old = InstalledTarget(SAT, Path("/nonexistent"), "0.4.10")
+    new = InstalledTarget(SAT, Path("/nonexistent"), "0.4.11")
+    assert d.TYPED_TENSOR.files_for("0.4.10") == ("sat/mpu/data.py",) and d.TYPED_TENSOR.files_for("0.4.11") == ()
+    plan = make_plan(old, [d.TYPED_TENSOR], read=files.__getitem__)
+    assert plan.rule_counts() == {"sat.device.typed-tensor": 1}
+    plan = make_plan(new, [d.TYPED_TENSOR], read=files.__getitem__)
+    assert plan.rules == [] and plan.skipped == [("sat.device.typed-tensor", "0.4.11 not in the releases of its files")]
+    # inside its range a required rule that finds nothing still stops the plan
+    with pytest.raises(Exception, match="required rule sat.device.typed-tensor matched nothing in sat/mpu/data.py"):
+        make_plan(old, [d.TYPED_TENSOR], read={"sat/mpu/data.py": "x = 1\n"}.__getitem__)

@@ -290,3 +290,16 @@ def test_compat_and_import_rules_through_aliases():
         from sat.model.position_embedding.triton_rotary import apply_rotary as rotary_kernel
     """)
     assert len(matches) == 1 and "rotary_kernel = porter_optional.missing('triton', 'rotary_kernel'" in out, out
+
+
+def test_prefetch_factor_only_with_workers():
+    assert_rewrites(compat.PREFETCH_FACTOR, """
+        loader = torch.utils.data.DataLoader(ds, num_workers=args.num_workers,
+                                             prefetch_factor=args.prefetch_factor,
+                                             )
+    """, """
+        loader = torch.utils.data.DataLoader(ds, num_workers=args.num_workers,
+                                             prefetch_factor=args.prefetch_factor if args.num_workers > 0 else None,
+                                             )
+    """)
+    assert_untouched(compat.PREFETCH_FACTOR, "DataLoader(ds, prefetch_factor=2)\n")  # no num_workers: default 0 raises anyway

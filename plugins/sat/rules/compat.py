@@ -70,4 +70,35 @@ LOAD_CHECKPOINT = Rule(
         upstream="sat/training/model_io.py load_checkpoint; torch 2.6 release notes (weights_only default)",
         removal="When SAT passes weights_only itself."))
 
-RULES = [LOAD_CHECKPOINT, MIN_LOSS_SCALE, UNWRAPPED_OPTIMIZER]
+class PrefetchOnlyWithWorkers(RuleTransformer):
+    """In a call that passes both, ``prefetch_factor=X`` -> ``prefetch_factor=X if <num_workers> > 0 else None``."""
+
+    def leave_Call(self, original_node, updated_node):
+        keywords = {a.keyword.value: a for a in updated_node.args if a.keyword is not None}
+        if "prefetch_factor" not in keywords or "num_workers" not in keywords \
+                or m.matches(keywords["prefetch_factor"].value, m.IfExp()):
+            return updated_node
+        src = cst.Module([]).code_for_node
+        workers, factor = keywords["num_workers"].value, keywords["prefetch_factor"].value
+        original = next(a for a in original_node.args if a.keyword is not None and a.keyword.value == "prefetch_factor")
+        self.record(original, "prefetch_factor passed only when there are worker processes")
+        guarded = cst.parse_expression(f"{src(factor)} if {src(workers)} > 0 else None")
+        return updated_node.with_changes(args=[a.with_changes(value=guarded) if a is keywords["prefetch_factor"] else a
+                                               for a in updated_node.args])
+
+
+PREFETCH_FACTOR = Rule(
+    id="sat.compat.prefetch-factor", target="sat", category="compat", files=("sat/data_utils/configure_data.py",),
+    versions="<0.4.1", file_versions={"sat/data_utils/configure_data.py": ">=0.4.0"},
+    summary="DataLoader gets prefetch_factor only with worker processes", rewrite=PrefetchOnlyWithWorkers,
+    docs=RuleDocs(
+        why="SAT 0.4.0 passes prefetch_factor=args.prefetch_factor to every DataLoader; torch (since 2.0) raises "
+            "ValueError when prefetch_factor is given with num_workers=0, so single-process loading (porter's "
+            "CPU runs, debugging) fails at the first batch.",
+        how="The keyword becomes `args.prefetch_factor if args.num_workers > 0 else None`, which is the fix "
+            "SAT itself shipped in 0.4.1.",
+        upstream="sat/data_utils/configure_data.py make_data_loader / make_loaders (fixed in 0.4.1)",
+        removal="When porter stops supporting SAT 0.4.0."))
+
+
+RULES = [LOAD_CHECKPOINT, MIN_LOSS_SCALE, PREFETCH_FACTOR, UNWRAPPED_OPTIMIZER]
