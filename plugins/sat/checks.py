@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from porter.journal import originals_dir
-from porter.verify import FAIL, OK, Check, CheckResult, VerifyContext
+from porter.verify import FAIL, OK, SKIP, Check, CheckResult, VerifyContext
 
 
 def _run(site_packages: Path, module_args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -33,8 +33,12 @@ def _tagged(proc: subprocess.CompletedProcess, tag: str) -> list:
 
 
 def op_parity(context: VerifyContext):
-    proc = _run(context.site_packages, ["porter_sat.parity", "ops", "--originals", str(originals_dir(context.installed.state_dir))])
+    proc = _run(context.site_packages, ["porter_sat.parity", "ops", "--originals", str(originals_dir(context.installed.state_dir)),
+                                        "--rules", ",".join(context.journal.rules)])
     for row in _tagged(proc, "PORTER-PARITY")[0]:
+        if "skipped" in row:
+            yield CheckResult("parity-ops", f"{row['op']} {row['dtype']}", SKIP, row["skipped"])
+            continue
         yield CheckResult("parity-ops", f"{row['op']} {row['dtype']}", OK if row["ok"] else FAIL,
                           f"max |patched - original| = {row['max_abs_diff']:.2e} (tolerance {row['tolerance']:.0e})"
                           + (f"; {row['detail']}" if row["detail"] else ""))
