@@ -97,7 +97,8 @@ def test_porter_plugins_lists_what_each_registers(porter_env):
     r = run_porter("plugins", env=porter_env)
     assert r.returncode == 0
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
-    assert "targets: sat; rules: sat.compat.torch-load" in lines["sat"] and "sat.imports.wandb" in lines["sat"]
+    assert "targets: sat; rules: sat.compat.prefetch-factor, sat.compat.torch-load" in lines["sat"]
+    assert "sat.imports.wandb" in lines["sat"]
     assert "models: visualglm; datasets: visualglm.coco, visualglm.fewshot; recipes: visualglm.check, visualglm.demo" in lines["visualglm"]
     assert "checks: sat.parity.model, sat.parity.ops, sat.smoke" in lines["sat"]
     assert "targets: toylib; rules: toylib.backend, toylib.config, toylib.sync" in lines["fixture_plugin"]
