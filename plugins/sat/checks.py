@@ -17,8 +17,9 @@ from porter.journal import originals_dir
 from porter.verify import FAIL, OK, SKIP, Check, CheckResult, VerifyContext
 
 
-def _run(site_packages: Path, module_args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def _run(site_packages: Path, module_args: list[str], timeout: float = 900,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(site_packages), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True, env=env,
                           timeout=timeout)
@@ -33,8 +34,11 @@ def _tagged(proc: subprocess.CompletedProcess, tag: str) -> list:
 
 
 def op_parity(context: VerifyContext):
+    # The originals run without TorchScript (PYTORCH_JIT=0: @torch.jit.script leaves plain Python). Scripted,
+    # ChatGLM's gelu_impl was seen in some processes, not others, to differ from its own formula by 1.7e-4
+    # (a fused tanh approximation in the JIT); compared that way the check measured the JIT, not the port.
     proc = _run(context.site_packages, ["porter_sat.parity", "ops", "--originals", str(originals_dir(context.installed.state_dir)),
-                                        "--rules", ",".join(context.journal.rules)])
+                                        "--rules", ",".join(context.journal.rules)], extra_env={"PYTORCH_JIT": "0"})
     for row in _tagged(proc, "PORTER-PARITY")[0]:
         if "skipped" in row:
             yield CheckResult("parity-ops", f"{row['op']} {row['dtype']}", SKIP, row["skipped"])

@@ -148,6 +148,17 @@ def render(rows: list[dict]) -> str:
             "-" if row.get("scan_left") is None else str(row["scan_left"]),
             "yes" if row["byte_identical"] and row["revert_ok"] else "**no**",
             str(row["plan_s"]), str(row["verify_s"])]) + " |")
+    lines += [
+        "",
+        "Columns: *rules matched* of the catalogue's rules (the others do not apply to that release, by their",
+        "release ranges); *sites rewritten*, the matches of the plan; the verify stages as `porter verify` names",
+        "them (*parity-ops* compares only the ops the applied rules bring in; the originals run with",
+        "`PYTORCH_JIT=0`, because TorchScript's fuser was seen to change ChatGLM's scripted GELU by 1.7e-4 in some",
+        "processes and not others); *smoke* is SAT's own `get_args` + `training_main` for a few steps on the",
+        "CPU, so every release's training loop runs with this torch and DeepSpeed; *CUDA sites left*, what",
+        "`porter scan sat` finds after the rules outside the plugin's documented exemptions; *plan s* and",
+        "*verify s*, whole CLI processes on this 2-core machine.",
+    ]
     failures = [(r["release"], f) for r in rows for f in r.get("verify_failures", [])]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {v}: {f}" for v, f in failures]
