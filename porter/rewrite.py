@@ -11,7 +11,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper
 
 from .errors import PlanError
-from .rules import Match, Rule, TextRewrite
+from .rules import Match, Rule, RuleTransformer, TextRewrite, add_needed_imports
 
 
 @dataclass
@@ -51,6 +51,15 @@ def _parse(path: str, text: str, rule_id: str) -> MetadataWrapper:
         line, message = _syntax_error_at(text, exc)
         raise PlanError(f"{path}:{line}: cannot parse ({message}); rule {rule_id} not applied") from None
     return MetadataWrapper(module, unsafe_skip_copy=True)
+
+
+def find_matches(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None) -> list[Match]:
+    """What ``rule`` would change in ``text``, without printing the result or adding its imports."""
+    if isinstance(rule.rewrite, TextRewrite):
+        return rule.rewrite.rewrite(text, rule.id, path)[1]
+    transformer = rule.rewrite(rule.id, path)
+    (parsed or _parse(path, text, rule.id)).visit(transformer)
+    return transformer.matches
 
 
 def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None) -> tuple[str, list[Match]]:
@@ -105,18 +114,112 @@ def _ordered_pairs(rules: Sequence[Rule]) -> set[frozenset[str]]:
     return {frozenset((a, b)) for a in by_id for b in collect(a)}
 
 
+class _Together(cst.CSTTransformer):
+    """Several rules' transformers in one walk of one tree, sharing its metadata.
+
+    At each node every rule's ``visit_``/``leave_`` runs in order; a rule that asked not to visit a subtree is
+    left out below it. A rule's ``leave_`` may then see, below the node, what the other rules changed, which it
+    never does when it runs alone. So the walk notes which rules changed something under each node, and when a
+    rule rewrites a node under which another rule changed something, the walk is marked ``entangled`` and its
+    result is not used (the caller falls back to one rule at a time). Without that, the result is the one the
+    rules give one after another.
+    """
+
+    METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
+
+    def __init__(self, parts: list[RuleTransformer]):
+        super().__init__()
+        self.parts = parts
+        self.skipping: list[cst.CSTNode | None] = [None] * len(parts)  # the subtree a part asked to skip
+        self.changed_below: list[set[int]] = [set()]  # per open node: the parts that changed something in it
+        self.entangled = False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Module):
+            for part in self.parts:
+                part.metadata = self.metadata
+        self.changed_below.append(set())
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None and part.on_visit(node) is False:
+                self.skipping[i] = node
+        return not all(self.skipping)
+
+    def on_leave(self, original_node, updated_node):
+        below = self.changed_below.pop()
+        result = updated_node
+        changed_here = set()
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is not None and self.skipping[i] is not original_node:
+                continue  # inside a subtree this part skips
+            self.skipping[i] = None
+            if type(result) is not type(original_node):
+                continue  # replaced by an earlier part: this node is that part's (the conflict check says so)
+            new = part.on_leave(original_node, result)
+            if new is not result:
+                changed_here.add(i)
+                if below - {i}:
+                    self.entangled = True
+            result = new
+        self.changed_below[-1] |= below | changed_here
+        return result
+
+    def on_visit_attribute(self, node, attribute):
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None:
+                part.on_visit_attribute(node, attribute)
+
+    def on_leave_attribute(self, original_node, attribute):
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None:
+                part.on_leave_attribute(original_node, attribute)
+
+
+def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> dict[str, tuple[str, list[Match]]] | None:
+    """Every rule of ``rules`` over one parsed file in a single walk: the new text (the same for all) and each
+    rule's matches; None when they cannot share a walk (a rule needs metadata the walk does not compute, or
+    one rule rewrote code another had changed)."""
+    parts = [rule.rewrite(rule.id, path) for rule in rules]
+    if any(not set(p.get_inherited_dependencies()) <= set(_Together.get_inherited_dependencies()) for p in parts):
+        return None
+    walk = _Together(parts)
+    module = wrapper.visit(walk)
+    if walk.entangled:
+        return None
+    text = add_needed_imports(module, *(p.context for p in parts)).code
+    return {rule.id: (text, part.matches) for rule, part in zip(rules, parts)}
+
+
+def _depths(rules: Sequence[Rule]) -> dict[str, int]:
+    """0 for a rule that rewrites the installed code, 1 + the deepest of its ``after`` rules otherwise."""
+    by_id = {r.id: r for r in rules}
+    depth: dict[str, int] = {}
+
+    def of(rid: str) -> int:
+        if rid not in depth:
+            depth[rid] = 1 + max((of(d) for d in by_id[rid].after if d in by_id), default=-1)
+        return depth[rid]
+
+    for rule in rules:
+        of(rule.id)
+    return depth
+
+
 def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
     """Run ``rules`` over one file.
 
-    Each rule is first run alone on the original text, so two rules that rewrite the same code are caught
-    as a conflict (unless one is declared ``after`` the other). Then the rules run in order, each on the
-    previous one's output, and a required rule that matches nothing is an error naming rule and file.
+    Each rule is first run alone on the original text, so two rules that rewrite the same code are caught as
+    a conflict (unless one is declared ``after`` the other); those runs share one parse and one metadata pass.
+    Then the rules apply in layers: the rules that rewrite installed code together in one walk of that same
+    tree, then each further layer of ``after`` rules together over the previous layer's output. A rule whose
+    matches in the shared walk differ from its solo run sends the file through the rules one at a time, so
+    the result never depends on the shortcut. A required rule that matches nothing is an error naming rule
+    and file.
     """
     ordered = order_rules(list(rules))
     related = _ordered_pairs(ordered)
-    parsed = _parse(path, text, ordered[0].id) if ordered and path.endswith(".py") else None
-    solo_runs = {rule.id: apply_rule(rule, path, text, parsed) for rule in ordered}
-    solo = {rid: found for rid, (_, found) in solo_runs.items()}
+    python = path.endswith(".py")
+    parsed = _parse(path, text, ordered[0].id) if ordered and python else None
+    solo = {rule.id: find_matches(rule, path, text, parsed) for rule in ordered}
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
             if frozenset((a.id, b.id)) in related:
@@ -129,25 +232,58 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
                             hint=f"declare one rule `after` the other, or narrow one of them "
                                  f"(lines {ma.start_line}-{ma.end_line} and {mb.start_line}-{mb.end_line})",
                         )
-    current = text
+    layered = _in_layers(path, text, ordered, parsed, solo) if python else None
+    current, found_by_rule = layered if layered is not None else _one_at_a_time(path, text, ordered, solo, parsed)
     matches: list[Match] = []
     for rule in ordered:
-        rule_input = current
-        if current == text:
-            current, found = solo_runs[rule.id]  # same input as its solo run
-        elif not solo[rule.id] and not rule.after:
-            found = []  # independent of the others and matched nothing in the original: still nothing
-        else:
-            current, found = apply_rule(rule, path, current)
+        found = found_by_rule[rule.id]
         if enforce_required and rule.required and not found:
             raise PlanError(
                 f"required rule {rule.id} matched nothing in {path}",
                 hint="the installed file no longer has the code this rule rewrites (an upstream change?); "
                      "update the rule, or leave it out with --only",
             )
-        matches.extend(_to_original_lines(found, text, rule_input))
+        matches.extend(found)
     matches.sort(key=lambda m: (m.start_line, m.start_col, m.rule_id))
     return FileRewrite(path=path, before=text, after=current, matches=matches)
+
+
+def _one_at_a_time(path, text, ordered, solo, parsed) -> tuple[str, dict[str, list[Match]]]:
+    """The rules in order, each over the previous one's output (matches reported at installed lines)."""
+    current, found_by_rule = text, {}
+    for rule in ordered:
+        rule_input = current
+        if current == text:
+            current, found = apply_rule(rule, path, current, parsed)  # the original: its parse is reused
+        elif not solo[rule.id] and not rule.after:
+            found = []  # independent of the others and matched nothing in the original: still nothing
+        else:
+            current, found = apply_rule(rule, path, current)
+        found_by_rule[rule.id] = _to_original_lines(found, text, rule_input)
+    return current, found_by_rule
+
+
+def _in_layers(path, text, ordered, parsed, solo) -> tuple[str, dict[str, list[Match]]] | None:
+    """The rules applied layer by layer, each layer in one walk; None to fall back to one at a time."""
+    depth = _depths(ordered)
+    current, found_by_rule = text, {}
+    for level in range(max(depth.values(), default=-1) + 1):
+        # a rule of the first layer that found nothing alone finds nothing together either
+        layer = [r for r in ordered if depth[r.id] == level and (level > 0 or solo[r.id])]
+        found_by_rule.update({r.id: [] for r in ordered if depth[r.id] == level and r not in layer})
+        if not layer:
+            continue
+        wrapper = parsed if current == text else _parse(path, current, layer[0].id)
+        together = _together(layer, path, wrapper)
+        if together is None:
+            return None
+        if level == 0 and any(together[r.id][1] != solo[r.id] for r in layer):
+            return None  # one rule saw another's change: the shared walk is not the same as the rules alone
+        rule_input = current
+        for rule in layer:
+            current, found = together[rule.id]
+            found_by_rule[rule.id] = _to_original_lines(found, text, rule_input)
+    return current, found_by_rule
 
 
 def _to_original_lines(matches: list[Match], original: str, seen: str) -> list[Match]:

@@ -88,20 +88,29 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
         return cst.Name(alias or module)
 
     def finish(self, module: cst.Module) -> cst.Module:
-        """The rewritten module with the imports the rewrite asked for.
+        """The rewritten module with the imports the rewrite asked for."""
+        return add_needed_imports(module, self.context)
 
-        AddImportsVisitor only reads and edits the module's head (docstring, ``__future__`` and the leading
-        imports, up to the first other statement), so it runs on that head alone and the rest is spliced back:
-        the same result as over the whole file, without copying and walking every node of it again.
-        """
-        if not self.context.scratch.get(AddImportsVisitor.CONTEXT_KEY):
-            return module
-        body = list(module.body)
-        cut = next((i for i, stmt in enumerate(body) if not _is_head(stmt, i)), len(body))
-        head = module.with_changes(body=body[:cut + 1], footer=module.footer if cut + 1 >= len(body) else ())
-        added = AddImportsVisitor(self.context).transform_module(head)
-        return module.with_changes(body=[*added.body, *body[cut + 1:]],
-                                   footer=added.footer if cut + 1 >= len(body) else module.footer)
+
+def add_needed_imports(module: cst.Module, *contexts: CodemodContext) -> cst.Module:
+    """``module`` with the imports requested in ``contexts`` (by ``require_import``), each added once.
+
+    AddImportsVisitor only reads and edits the module's head (docstring, ``__future__`` and the leading
+    imports, up to the first other statement), so it runs on that head alone and the rest is spliced back:
+    the same result as over the whole file, without copying and walking every node of it again.
+    """
+    merged = CodemodContext()
+    for context in contexts:
+        for item in context.scratch.get(AddImportsVisitor.CONTEXT_KEY, []):
+            merged.scratch.setdefault(AddImportsVisitor.CONTEXT_KEY, []).append(item)
+    if not merged.scratch.get(AddImportsVisitor.CONTEXT_KEY):
+        return module
+    body = list(module.body)
+    cut = next((i for i, stmt in enumerate(body) if not _is_head(stmt, i)), len(body))
+    whole = cut + 1 >= len(body)
+    head = module.with_changes(body=body[:cut + 1], footer=module.footer if whole else ())
+    added = AddImportsVisitor(merged).transform_module(head)
+    return module.with_changes(body=[*added.body, *body[cut + 1:]], footer=added.footer if whole else module.footer)
 
 
 def _is_head(stmt: cst.CSTNode, index: int) -> bool:

@@ -3,8 +3,8 @@ import pytest
 
 from fixture_plugin import DOCS, RULES, ReplaceText, rename_call, replace_string
 from porter.errors import PlanError
-from porter.rewrite import order_rules, rewrite_file
-from porter.rules import Rule
+from porter.rewrite import apply_rule, order_rules, rewrite_file
+from porter.rules import Rule, RuleTransformer
 from porter.testing import assert_rewrites, assert_untouched
 
 
@@ -105,3 +105,47 @@ def test_assert_rewrites_helper_catches_a_non_fixpoint_rule():
 
 def test_rename_call_example():
     assert_rewrites(rule("s", rename_call("f", "g")), "f()\nh()\n", "g()\nh()\n")
+
+
+# Rules share one walk of the tree; the result must be the one they give one after another.
+
+class ReverseBody(RuleTransformer):
+    """Reverses the statements of `def flip`, pairing nothing: rewrites the whole block."""
+
+    def leave_FunctionDef(self, original_node, updated_node):
+        if original_node.name.value != "flip":
+            return updated_node
+        self.record(original_node.name, "reversed")  # records the name, rewrites the whole body
+        return updated_node.with_changes(body=updated_node.body.with_changes(body=list(reversed(updated_node.body.body))))
+
+
+def _one_after_another(rules, text):
+    for rule in rules:
+        text, _ = apply_rule(rule, rule.files[0], text)
+    return text
+
+
+def test_rules_in_one_walk_equal_rules_one_after_another():
+    import porter.rewrite as engine
+
+    source = "def flip():\n    a = old()\n    b = 2\n\ndef other():\n    return old()\n"
+    rename = Rule(id="toy.rename", target="t", files=("m.py",), category="test", summary="s",
+                  rewrite=rename_call("old", "new"), docs=DOCS)
+    reverse = Rule(id="toy.reverse", target="t", files=("m.py",), category="test", summary="s",
+                   rewrite=ReverseBody, docs=DOCS)
+    calls = []
+    real = engine._one_at_a_time
+    engine._one_at_a_time = lambda *a: calls.append(a[0]) or real(*a)
+    try:
+        # independent rules on separate code: one walk, no fallback
+        out = rewrite_file("m.py", "x = old()\ndef flip():\n    pass\n", [rename, reverse])
+        assert out.after == _one_after_another([rename, reverse], "x = old()\ndef flip():\n    pass\n")
+        assert calls == []
+        # reverse rewrites a block in which rename changed a call: the walk notices and the file goes one rule
+        # at a time, so the result is still the sequential one
+        out = rewrite_file("m.py", source, [rename, reverse])
+        assert out.after == _one_after_another([reverse, rename], source) == \
+            "def flip():\n    b = 2\n    a = new()\n\ndef other():\n    return new()\n"
+        assert calls == ["m.py"]
+    finally:
+        engine._one_at_a_time = real

@@ -73,18 +73,27 @@ LOAD_CHECKPOINT = Rule(
 class PrefetchOnlyWithWorkers(RuleTransformer):
     """In a call that passes both, ``prefetch_factor=X`` -> ``prefetch_factor=X if <num_workers> > 0 else None``."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.workers: list[cst.BaseExpression | None] = []  # per open call: its num_workers value
+
+    def visit_Call(self, node):
+        self.workers.append(next((a.value for a in node.args if a.keyword is not None
+                                  and a.keyword.value == "num_workers"), None))
+
     def leave_Call(self, original_node, updated_node):
-        keywords = {a.keyword.value: a for a in updated_node.args if a.keyword is not None}
-        if "prefetch_factor" not in keywords or "num_workers" not in keywords \
-                or m.matches(keywords["prefetch_factor"].value, m.IfExp()):
+        self.workers.pop()
+        return updated_node
+
+    def leave_Arg(self, original_node, updated_node):
+        workers = self.workers[-1] if self.workers else None
+        if workers is None or not m.matches(updated_node, m.Arg(keyword=m.Name("prefetch_factor"))) \
+                or m.matches(updated_node.value, m.IfExp()):
             return updated_node
         src = cst.Module([]).code_for_node
-        workers, factor = keywords["num_workers"].value, keywords["prefetch_factor"].value
-        original = next(a for a in original_node.args if a.keyword is not None and a.keyword.value == "prefetch_factor")
-        self.record(original, "prefetch_factor passed only when there are worker processes")
-        guarded = cst.parse_expression(f"{src(factor)} if {src(workers)} > 0 else None")
-        return updated_node.with_changes(args=[a.with_changes(value=guarded) if a is keywords["prefetch_factor"] else a
-                                               for a in updated_node.args])
+        self.record(original_node, "prefetch_factor passed only when there are worker processes")
+        return updated_node.with_changes(
+            value=cst.parse_expression(f"{src(updated_node.value)} if {src(workers)} > 0 else None"))
 
 
 PREFETCH_FACTOR = Rule(

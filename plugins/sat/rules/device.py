@@ -369,29 +369,36 @@ DETERMINISM_TARGETS = {
 
 
 class CudnnFlags(RuleTransformer):
-    """A run of cudnn / tf32 flag assignments becomes one porter_device.set_determinism(...) call."""
+    """A run of cudnn / tf32 flag assignments becomes one porter_device.set_determinism(...) call.
 
-    def leave_IndentedBlock(self, original_node, updated_node):
-        body, found, first, originals = [], {}, None, []
-        for orig, stmt in zip(original_node.body, updated_node.body):
-            target = self._flag(orig)
-            if target is None:
-                body.append(stmt)
-                continue
-            originals.append(orig)
-            if DETERMINISM_TARGETS[target]:
-                found[DETERMINISM_TARGETS[target]] = stmt.body[0].value
-            if first is None:
-                first = len(body)
-                body.append(stmt)  # placeholder, replaced below
-        if first is None:
-            return updated_node
+    The block is read as installed (visit), then only the flag statements are rewritten (leave): the first
+    becomes the call, the others are removed; the rest of the block is never touched.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plans: dict[cst.SimpleStatementLine, cst.BaseSmallStatement | None] = {}  # flag statement -> its replacement
+
+    def visit_IndentedBlock(self, node):
+        flags = [(stmt, self._flag(stmt)) for stmt in node.body]
+        flags = [(stmt, target) for stmt, target in flags if target is not None]
+        found = {DETERMINISM_TARGETS[t]: stmt.body[0].value for stmt, t in flags if DETERMINISM_TARGETS[t]}
         if set(found) != {"benchmark", "deterministic", "allow_tf32"}:
+            return
+        keywords = {k: found[k] for k in ("benchmark", "deterministic", "allow_tf32")}
+        first = flags[0][0]
+        for stmt, _ in flags:
+            self.plans[stmt] = None
+        self.plans[first] = cst.Expr(call(self, DEVICE, "set_determinism", keywords=keywords))
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        if original_node not in self.plans:
             return updated_node
-        for orig in originals:
-            self.record(orig, "cudnn / tf32 flag -> porter_device.set_determinism()")
-        body[first] = cst.SimpleStatementLine([cst.Expr(call(self, DEVICE, "set_determinism", keywords=found))])
-        return updated_node.with_changes(body=body)
+        self.record(original_node, "cudnn / tf32 flag -> porter_device.set_determinism()")
+        replacement = self.plans[original_node]
+        if replacement is None:
+            return cst.RemoveFromParent()
+        return updated_node.with_changes(body=[replacement], trailing_whitespace=cst.TrailingWhitespace())
 
     def _flag(self, stmt):
         if m.matches(stmt, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget()])])):
