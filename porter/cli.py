@@ -9,10 +9,8 @@ from typing import Sequence
 
 from . import __version__, patcher, plugins
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
-from .plan import make_plan
 from .render import Console
 from .target import STATE_DIR_NAME, locate
-from .verify import verify
 
 EXIT_CODES = """\
 exit codes:
@@ -180,6 +178,8 @@ def cmd_patch(args, registry, con: Console) -> int:
     if args.only is not None and not only:
         raise PorterError("--only names no rule", hint=f"`porter rules {args.target}` lists them", exit_code=2)
     if args.dry_run:
+        from .plan import make_plan
+
         current = patcher.status(installed)
         plan = make_plan(installed, rules, only, read=patcher.read_original(installed, current.journal))
         if args.report:
@@ -312,6 +312,8 @@ def cmd_revert(args, registry, con: Console) -> int:
 
 
 def _run_verify(installed, registry, con: Console, as_json: bool) -> int:
+    from .verify import verify
+
     report = verify(installed, registry.rules_for(installed.name), registry.checks_for(installed.name),
                     progress=con.note)
     if as_json:
@@ -476,6 +478,10 @@ COMMANDS = {"run": cmd_run, "scan": cmd_scan, "restore-original": cmd_restore_or
             "rules": cmd_rules, "plugins": cmd_plugins}
 
 
+# Commands that need no rule or check: their plugins' rule and check hooks never run (nor import libcst).
+NO_RULES_NEEDED = (None, "status", "revert")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     con = Console()
@@ -483,11 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _global_args(pre)
     early, _ = pre.parse_known_args(argv)
     try:
-        registry = plugins.load(extra=early.plugin, strict=early.strict)
-        for info in registry.errors:
-            con.note(con.paint("warning:", "yellow") + f" plugin {info.name!r} was not loaded: {info.error}")
+        registry = plugins.load(extra=early.plugin, strict=early.strict, lazy=True)
         parser = build_parser(registry)
         args = parser.parse_args(argv)
+        if args.command not in NO_RULES_NEEDED:
+            registry.load_lazy(early.strict)
+        for info in registry.errors:
+            con.note(con.paint("warning:", "yellow") + f" plugin {info.name!r} was not loaded: {info.error}")
         if not args.command:
             parser.print_help()
             return EXIT_OK

@@ -123,3 +123,13 @@ def drop_bytecode(path: Path) -> list[Path]:
             pyc.unlink(missing_ok=True)
             removed.append(pyc)
     return removed
+
+
+def read_source(path: Path) -> str:
+    """A file's text exactly as stored: no newline translation, so CRLF files are planned and hashed alike."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        from .errors import PlanError
+
+        raise PlanError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None

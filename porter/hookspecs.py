@@ -42,8 +42,13 @@ def porter_register_rules(register):
     ``register(rule)`` takes a :class:`porter.rules.Rule`: a stable id (``sat.device.synchronize``), the
     target name, the files it rewrites, a category, the rewrite itself (a libcst transformer class or a
     text rewrite for data files), its documentation (why, how, upstream, removal), the target versions it
-    applies to, whether it is required, and the rules it must run ``after``. Rules for a target that no
-    plugin registers are reported by ``porter plugins`` and otherwise ignored.
+    applies to (and ``file_versions`` for files that only some releases have), whether it is required, and the
+    rules it must run ``after``. Rules for a target that no plugin registers are reported by ``porter plugins``
+    and otherwise ignored.
+
+    Called only when a command needs rules (not for ``porter status`` or ``revert``): import the module that
+    defines them inside this hook, so the commands that need none stay fast. A plugin that raises here is
+    dropped whole, as at load.
     """
 
 
@@ -55,6 +60,8 @@ def porter_register_checks(register):
     description and ``run(context) -> Iterable[CheckResult]``. ``context`` gives the site-packages
     directory, the journal, and the saved original sources. A check that raises counts as failed; a
     check that cannot run on this machine yields a result with ``status="skip"`` and says why.
+
+    Called, like ``porter_register_rules``, only when a command needs checks; import them inside the hook.
     """
 
 

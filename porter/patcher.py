@@ -6,16 +6,18 @@ Every step is ordered so that a crash at any point leaves either the untouched t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
+from .diskio import atomic_write, check_writable, drop_bytecode, read_source, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import (APPLIED, PENDING, FileEntry, Journal, original_problem, originals_dir, remove_state,
                       saved_original, stray_originals)
 from .lock import dir_lock, is_locked
-from .plan import Plan, make_plan, read_source, select_rules
-from .rules import Rule, fingerprint
 from .target import InstalledTarget, changed_since_install, record_hashes
+
+if TYPE_CHECKING:  # planning pulls in libcst: `porter status` and `revert` never need it
+    from .plan import Plan
+    from .rules import Rule
 
 Progress = Callable[[str], None]
 
@@ -128,6 +130,9 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
     """Patch ``installed`` with ``rules``; ``need_plan`` asks for the plan even when nothing is to be done;
     ``force`` lets ``only`` replace a patch made with other rules; ``accept_modified`` patches files that differ
     from what pip installed."""
+    from .plan import make_plan, select_rules
+    from .rules import fingerprint
+
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = Journal.load(installed.state_dir)
         notes = []
@@ -182,6 +187,8 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
 
 
 def _refuse_modified(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str]) -> None:
+    from .plan import select_rules
+
     chosen, _ = select_rules(installed, rules, only)
     changed = changed_since_install(installed, {rel for rule in chosen for rel in rule.files_for(installed.version)})
     if changed:
@@ -200,6 +207,8 @@ def _same_patch(plan: Plan, journal: Journal) -> bool:
 
 
 def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
+    from .rules import fingerprint
+
     state_dir = installed.state_dir
     # 0. every file still as planned, before anything is written
     originals = {}

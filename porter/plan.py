@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .diskio import read_source
 from .errors import NotFoundError, PlanError
 from .rewrite import FileRewrite, rewrite_file
 from .rules import Rule
@@ -56,14 +57,6 @@ class Plan:
 
     def write_report(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-
-def read_source(path: Path) -> str:
-    """A file's text exactly as stored: no newline translation, so CRLF files are planned and hashed alike."""
-    try:
-        return Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PlanError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:

@@ -63,16 +63,47 @@ def item_key(item: Any) -> str:
     raise TypeError(f"{item!r} has no key, id or name")
 
 
+# Kinds whose hooks run the first time something asks for them: rules and checks pull in libcst and friends,
+# which `porter status`, `revert` and `--help` never need.
+LAZY_KINDS = ("rules", "checks")
+
+
 @dataclass
 class Registry:
     plugins: list[PluginInfo] = field(default_factory=list)
     items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
     owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, key) -> plugin name
+    pending: list[tuple[PluginInfo, Any, Any]] = field(default_factory=list)  # (info, module, plugin manager)
 
     def __getattr__(self, kind: str) -> dict[str, Any]:
         if kind in KINDS:
-            return self.items[kind]
+            return self.kind(kind)
         raise AttributeError(kind)
+
+    def kind(self, kind: str) -> dict[str, Any]:
+        """Everything registered of ``kind``; with a lazy load, the rules' and checks' hooks run on first use."""
+        if kind in LAZY_KINDS:
+            self.load_lazy()
+        return self.items[kind]
+
+    def load_lazy(self, strict: bool = False) -> list[PluginInfo]:
+        """Run the plugins' hooks of the lazy kinds (once). A plugin that fails there is dropped whole, as at
+        load: its error recorded, nothing it registered kept. Returns the plugins that failed."""
+        pending, self.pending = self.pending, []
+        failed = []
+        for info, module, pm in pending:
+            error = _register(self, info, module, pm, LAZY_KINDS)
+            if error is None:
+                continue
+            info.error, info.registered = error, {}
+            for kind, key in [k for k, owner in self.owners.items() if owner == info.name]:
+                del self.items[kind][key], self.owners[(kind, key)]
+            pm.unregister(module)
+            failed.append(info)
+            if strict:
+                raise PluginError(f"plugin {info.name!r} failed: {error}",
+                                  hint=f"fix or uninstall it, or disable it with {DISABLE_ENV}={info.name}")
+        return failed
 
     @property
     def errors(self) -> list[PluginInfo]:
@@ -87,10 +118,10 @@ class Registry:
                                 hint="`porter plugins` shows what each plugin registers") from None
 
     def rules_for(self, target: str) -> list:
-        return sorted((r for r in self.items["rules"].values() if r.target == target), key=lambda r: r.id)
+        return sorted((r for r in self.kind("rules").values() if r.target == target), key=lambda r: r.id)
 
     def checks_for(self, target: str) -> list:
-        return sorted((c for c in self.items["checks"].values() if c.target == target), key=lambda c: c.id)
+        return sorted((c for c in self.kind("checks").values() if c.target == target), key=lambda c: c.id)
 
 
 def _load_module(spec: str):
@@ -126,11 +157,14 @@ class _PluginManager(pluggy.PluginManager):
         return opts
 
 
-def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str] | None = None) -> Registry:
+def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str] | None = None,
+         lazy: bool = False) -> Registry:
     """Load plugins from entry points and ``extra`` and fill a registry.
 
     A plugin that fails to import, has a misspelt hook, raises in a hook or registers a key another plugin
-    owns is recorded with its error and dropped; with ``strict`` the first such failure raises.
+    owns is recorded with its error and dropped; with ``strict`` the first such failure raises. With ``lazy``
+    the rules' and checks' hooks run only when those are first asked for (``Registry.load_lazy``), so a
+    command that needs neither never imports what they pull in.
     """
     pm = _PluginManager("porter")
     pm.add_hookspecs(hookspecs)
@@ -178,33 +212,15 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
     pm.check_pending()
 
     for info, module in loaded:
-        staged: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
-        try:
-            for kind, hook_name in KINDS.items():
-                impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is module]
-                if not impls:
-                    continue
-
-                def register(*args, kind=kind, **kwargs):
-                    item = Command(*args, **kwargs) if kind == "commands" else args[0]
-                    key = item_key(item)
-                    owner = registry.owners.get((kind, key))
-                    if owner is not None or key in staged[kind]:
-                        raise PluginError(f"{kind[:-1]} {key!r} is already registered by {owner or info.name!r}")
-                    staged[kind][key] = item
-
-                impls[0].function(register=register)
-        except Exception as exc:
-            fail(info, exc.message if isinstance(exc, PluginError) else _error_text(exc))
+        error = _register(registry, info, module, pm, [k for k in KINDS if k not in LAZY_KINDS])
+        if error is not None:
+            fail(info, error)
             pm.unregister(module)
             continue
-        for kind, items in staged.items():
-            for key, item in items.items():
-                registry.items[kind][key] = item
-                registry.owners[(kind, key)] = info.name
-            if items:
-                info.registered[kind] = sorted(items)
         registry.plugins.append(info)
+        registry.pending.append((info, module, pm))
+    if not lazy:
+        registry.load_lazy(strict)
     if registry.items["devices"]:
         # Plugin devices join the runtime's selection in this process (and in workers porter starts).
         from .runtime import device
@@ -212,3 +228,32 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
         for device_class in registry.items["devices"].values():
             device.register(device_class)
     return registry
+
+
+def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.PluginManager, kinds) -> str | None:
+    """Call ``module``'s hooks for ``kinds`` and add what they register, all or nothing; the error, if any."""
+    staged: dict[str, dict[str, Any]] = {k: {} for k in kinds}
+    try:
+        for kind in kinds:
+            impls = [i for i in getattr(pm.hook, KINDS[kind]).get_hookimpls() if i.plugin is module]
+            if not impls:
+                continue
+
+            def register(*args, kind=kind, **kwargs):
+                item = Command(*args, **kwargs) if kind == "commands" else args[0]
+                key = item_key(item)
+                owner = registry.owners.get((kind, key))
+                if owner is not None or key in staged[kind]:
+                    raise PluginError(f"{kind[:-1]} {key!r} is already registered by {owner or info.name!r}")
+                staged[kind][key] = item
+
+            impls[0].function(register=register)
+    except Exception as exc:
+        return exc.message if isinstance(exc, PluginError) else _error_text(exc)
+    for kind, items in staged.items():
+        for key, item in items.items():
+            registry.items[kind][key] = item
+            registry.owners[(kind, key)] = info.name
+        if items:
+            info.registered[kind] = sorted(items)
+    return None

@@ -1,7 +1,9 @@
-"""Entry point of the SAT target plugin: registers the target, its rules and checks."""
+"""Entry point of the SAT target plugin: registers the target, its rules and checks.
+
+Rules and checks are imported inside their hooks: porter calls those only when a command needs them, so
+`porter status` never loads libcst."""
 import porter
 
-from .rules import ALL_RULES
 from .target import SAT
 
 
@@ -12,6 +14,8 @@ def porter_register_targets(register):
 
 @porter.hookimpl
 def porter_register_rules(register):
+    from .rules import ALL_RULES
+
     for rule in ALL_RULES:
         register(rule)
 
