@@ -9,8 +9,9 @@ from typing import Callable, Sequence
 
 from .diskio import read_source
 from .errors import NotFoundError, PlanError
+from . import plancache
 from .rewrite import FileRewrite, rewrite_file
-from .rules import Rule
+from .rules import Rule, fingerprint
 from .target import InstalledTarget
 
 
@@ -96,6 +97,17 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
         for rel in rule.files_for(installed.version):
             by_file.setdefault(rel, []).append(rule)
     plan = Plan(installed=installed, rules=chosen, skipped=skipped)
+    cached = plancache.enabled()
+    rules_fingerprint = fingerprint(chosen) if cached else ""
     for rel in sorted(by_file):
-        plan.files.append(rewrite_file(rel, read(rel), by_file[rel]))
+        text = read(rel)
+        entry = plancache.key(rules_fingerprint, [r.id for r in by_file[rel]], rel, text) if cached else ""
+        hit = plancache.load(entry) if cached else None
+        if hit is not None:
+            plan.files.append(FileRewrite(path=rel, before=text, after=hit[0], matches=hit[1]))
+            continue
+        done = rewrite_file(rel, text, by_file[rel])
+        plan.files.append(done)
+        if cached:
+            plancache.store(entry, done.after, done.matches)
     return plan

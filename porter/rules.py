@@ -225,6 +225,8 @@ def fingerprint(rules: Iterable[Rule]) -> str:
         code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
         if not isinstance(rule.rewrite, type):
             h.update(repr(sorted(vars(rule.rewrite).items())).encode())
+        else:
+            h.update(_class_code(code))
         module = sys.modules.get(code.__module__)  # inspect.getmodule may scan every loaded module
         path = getattr(module, "__file__", None)
         if path is None:
@@ -239,3 +241,49 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     for source in sorted(sources):
         h.update(source.read_bytes())
     return h.hexdigest()
+
+
+def _class_code(cls: type) -> bytes:
+    """The code of a transformer class and its bases up to porter's: each method's bytecode, constants and the
+    values it closes over, and the class's plain attributes. Two classes made by one factory with different
+    arguments (``rename_call("a", "b")``) differ here, though their module's source is the same."""
+    parts = []
+    for klass in cls.__mro__:
+        if klass.__module__.split(".")[0] in ("porter", "libcst", "builtins"):
+            break
+        parts.append(klass.__qualname__)
+        for name, value in sorted(vars(klass).items()):
+            function = getattr(value, "__func__", value)
+            if getattr(function, "__code__", None) is not None:
+                cells = [c.cell_contents for c in (function.__closure__ or ()) if _has_contents(c)]
+                parts.append(f"{name}:{_stable(function.__code__)}:{_stable(cells)}")
+            elif not name.startswith("_"):  # private names hold caches (libcst's metadata dependencies)
+                parts.append(f"{name}={_stable(value)}")
+    return "\0".join(parts).encode()
+
+
+def _stable(value) -> str:
+    """A text for ``value`` that is the same in every process (no memory addresses)."""
+    if isinstance(value, (str, bytes, int, float, bool, complex, type(None), type(...))):
+        return repr(value)
+    if isinstance(value, type(_stable.__code__)):
+        return f"code({value.co_code.hex()},{_stable(value.co_consts)},{value.co_names!r})"
+    if isinstance(value, (tuple, list, frozenset, set)):
+        items = sorted(map(_stable, value)) if isinstance(value, (set, frozenset)) else map(_stable, value)
+        return f"{type(value).__name__}({','.join(items)})"
+    if isinstance(value, dict):
+        return "dict(" + ",".join(f"{_stable(k)}:{_stable(v)}" for k, v in value.items()) + ")"
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    function = getattr(value, "__func__", value)
+    if getattr(function, "__code__", None) is not None:
+        return f"function {_stable(function.__code__)}"
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True

@@ -14,6 +14,20 @@ sys.path.insert(0, str(TESTS))
 from fixture_plugin import TOYLIB_FILES  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_plan_cache():
+    """Every test plans for real (and CLI runs inherit it); tests/test_plancache.py turns the cache on."""
+    import os
+
+    saved = os.environ.get("PORTER_PLAN_CACHE")
+    os.environ["PORTER_PLAN_CACHE"] = "0"
+    yield
+    if saved is None:
+        os.environ.pop("PORTER_PLAN_CACHE", None)
+    else:
+        os.environ["PORTER_PLAN_CACHE"] = saved
+
+
 @pytest.fixture
 def toylib_site(tmp_path) -> Path:
     """A temporary site-packages holding the toylib 1.0 fixture distribution."""

@@ -1,0 +1,53 @@
+"""A cache of planned files: what the rules make of one file's text, kept by (text, rules, porter version).
+
+Planning the SAT port is dominated by libcst's scope analysis; a file whose text and rules are unchanged plans
+to the same result, so `porter patch sat --dry-run` followed by `porter patch sat` (or `verify`, or `scan`)
+plans once. Failures are never cached: a conflict or an unmatched required rule is found again each time.
+PORTER_PLAN_CACHE=0 turns it off; entries live under $PORTER_CACHE (default ~/.cache/porter)/plans.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .rules import Match
+
+ENV = "PORTER_PLAN_CACHE"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def root() -> Path:
+    return Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "plans"
+
+
+def key(rules_fingerprint: str, rule_ids: list[str], path: str, text: str) -> str:
+    h = hashlib.sha256(f"{rules_fingerprint}\0{','.join(sorted(rule_ids))}\0{path}\0".encode())
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def load(entry: str) -> tuple[str, list[Match]] | None:
+    """The rewritten text and matches stored under ``entry``, or None (missing or unreadable: plan again)."""
+    try:
+        data = json.loads((root() / entry[:2] / f"{entry}.json").read_text())
+        return data["after"], [Match(**m) for m in data["matches"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(entry: str, after: str, matches: list[Match]) -> None:
+    """Keep a result; a cache that cannot be written (read-only home, full disk) is simply not used."""
+    folder = root() / entry[:2]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{entry}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"after": after, "matches": [dataclasses.asdict(m) for m in matches]}))
+        os.replace(tmp, folder / f"{entry}.json")  # readers see the old entry or the new one, never half
+    except OSError:
+        pass

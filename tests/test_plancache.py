@@ -1,0 +1,78 @@
+"""The plan cache: a file whose text and rules are unchanged is planned once; anything else plans again."""
+import json
+
+import pytest
+
+import porter.plan as planning
+from fixture_plugin import RULES, TOYLIB
+from porter.errors import PlanError
+from porter.plan import make_plan
+from porter.target import locate
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTER_PLAN_CACHE", "1")
+    monkeypatch.setenv("PORTER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "plans"
+
+
+@pytest.fixture
+def planned_files(monkeypatch):
+    """The files actually planned (not taken from the cache), in order."""
+    seen = []
+    real = planning.rewrite_file
+    monkeypatch.setattr(planning, "rewrite_file", lambda path, *a, **k: seen.append(path) or real(path, *a, **k))
+    return seen
+
+
+def test_a_second_plan_comes_from_the_cache_and_equals_the_first(cache, planned_files, toylib_site):
+    installed = locate(TOYLIB, toylib_site)
+    first = make_plan(installed, RULES)
+    assert planned_files and len(list(cache.rglob("*.json"))) == len(first.files)
+    planned_files.clear()
+    second = make_plan(installed, RULES)
+    assert planned_files == []
+    assert [(f.path, f.before, f.after, f.matches) for f in second.files] == \
+        [(f.path, f.before, f.after, f.matches) for f in first.files]
+
+
+def test_changed_text_or_rules_plan_again(cache, planned_files, toylib_site):
+    installed = locate(TOYLIB, toylib_site)
+    make_plan(installed, RULES)
+    planned_files.clear()
+    dist = toylib_site / "toylib" / "dist.py"
+    dist.write_text(dist.read_text() + "# edited\n")
+    make_plan(installed, RULES)
+    assert planned_files == ["toylib/dist.py"]
+    planned_files.clear()
+    make_plan(installed, RULES[:1])  # another rule set: another fingerprint
+    assert planned_files
+
+
+def test_a_broken_entry_is_planned_again_and_errors_are_never_cached(cache, planned_files, toylib_site):
+    installed = locate(TOYLIB, toylib_site)
+    first = make_plan(installed, RULES)
+    for entry in cache.rglob("*.json"):
+        entry.write_text("{not json")
+    planned_files.clear()
+    again = make_plan(installed, RULES)
+    assert sorted(planned_files) == sorted(f.path for f in first.files)
+    assert [f.after for f in again.files] == [f.after for f in first.files]
+    assert all(json.loads(e.read_text())["after"] is not None for e in cache.rglob("*.json"))
+    # a required rule that no longer matches is an error every time: nothing is stored for that text
+    (toylib_site / "toylib" / "dist.py").write_text("BACKEND = 'gloo'\n")
+    entries = len(list(cache.rglob("*.json")))
+    for _ in range(2):
+        with pytest.raises(PlanError, match="required rule toylib.backend matched nothing"):
+            make_plan(installed, RULES)
+    assert len(list(cache.rglob("*.json"))) <= entries + 2  # the other files' entries at most, never dist.py's
+    assert not any("gloo'\n" == json.loads(e.read_text())["after"] for e in cache.rglob("*.json"))
+
+
+def test_off_switch(cache, planned_files, toylib_site, monkeypatch):
+    monkeypatch.setenv("PORTER_PLAN_CACHE", "0")
+    installed = locate(TOYLIB, toylib_site)
+    make_plan(installed, RULES)
+    make_plan(installed, RULES)
+    assert len(planned_files) == 2 * len(set(planned_files)) and not cache.exists()
