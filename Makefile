@@ -34,6 +34,7 @@ demo: install
 
 bench: install
 	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -1,0 +1,91 @@
+"""The README's benchmark table, from benchmarks/results/*.json (what `make bench` writes).
+
+    .venv/bin/python benchmarks/report.py          rewrites the table between the bench markers in README.md
+
+Each row names its command, the number of samples, the median and the spread (min-max), and says so when a goal
+the issues set is not met. A result file that is missing gives no row (run its benchmark first).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+README = HERE.parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = HERE / "results" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _spread(s: dict, fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])}, n={len(s['samples'])})"
+
+
+def rows() -> list[tuple[str, str, str]]:
+    out = []
+    cost = _load("patch_cost.json")
+    if cost:
+        ref = cost["import_sat_s"]
+        out.append(("`python -c \"import sat\"` (the unit below)", f"{_spread(ref)} s", "bench_patch_cost.py"))
+        for name, ratio in cost["ratio_to_import_sat"].items():
+            goal = cost["goals"].get(name)
+            note = "" if goal is None else (f"; goal <= {goal['ratio_at_most']}: " + ("met" if goal["met"] else "**not met**"))
+            out.append((f"`porter {name}` / `import sat`", f"{_spread(ratio, '{:.3f}')}x, "
+                        f"{cost['seconds'][name]['median']:.2f} s{note}", "bench_patch_cost.py"))
+    patch = _load("patch.json")
+    if patch:
+        out.append(("in-process: plan / patch / no-op repatch / revert; in-memory port for a worker cold / cached",
+                    f"{patch['plan_s']:.2f} / {patch['patch_s']:.2f} / {patch['repatch_noop_s']:.3f} / "
+                    f"{patch['revert_s']:.3f} s; {patch['memory_plan_cold_s']:.2f} / {patch['memory_plan_cached_s']:.3f} s "
+                    "(one sample each)", "bench_patch.py"))
+    engine = _load("plan_engine.json")
+    if engine:
+        s = engine["seconds"]
+        out.append(("plan the SAT rules in-process: shared walk / one rule at a time (identical output)",
+                    f"{_spread(s['shared walk'])} s / {_spread(s['one at a time'])} s, "
+                    f"ratio {engine['ratio_shared_to_one_at_a_time']:.2f}", "bench_plan_engine.py"))
+    runtime = _load("runtime_overhead.json")
+    if runtime:
+        for size, r in runtime["sizes"].items():
+            note = "" if r["goal_met"] else f"; goal <= {runtime['goal_ratio_at_most']}: **not met**"
+            out.append((f"ChatGLM forward+backward, {size}: patched / original SAT (CPU)",
+                        f"{_spread(r['ratio_patched_to_original'], '{:.3f}')}x"
+                        f"{', same losses' if r['losses_identical'] else ', **losses differ**'}{note}",
+                        "bench_runtime_overhead.py"))
+    step = _load("train_step.json")
+    if step:
+        out.append(("tiny VisualGLM training step, logits only where labels are vs all positions",
+                    f"{step['speedup']:.1f}x faster ({step['selective_logits_s']:.2f} s vs {step['full_logits_s']:.2f} s, "
+                    f"batch {step['batch']}; one sample each)", "bench_train_step.py"))
+    memory = _load("load_memory.json")
+    if memory:
+        out.append(("peak host memory loading a 0.72 GiB fp16 checkpoint, above baseline, per file byte: porter / usual",
+                    f"{memory['porter_over_baseline_per_file_byte']:.2f} / {memory['usual_over_baseline_per_file_byte']:.2f} "
+                    f"(n={memory['runs']}, alternating)", "bench_load_memory.py"))
+    return out
+
+
+def table() -> str:
+    lines = [START, "| what | result: median (min-max, samples) | `benchmarks/` |", "|---|---|---|"]
+    lines += [f"| {what} | {result} | `{source}` |" for what, result, source in rows()]
+    return "\n".join(lines + [END])
+
+
+def main() -> int:
+    text = README.read_text()
+    if START not in text or END not in text:
+        print(f"{README}: no {START} ... {END} block to fill", file=sys.stderr)
+        return 1
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + table() + tail)
+    print(f"wrote the benchmark table in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
