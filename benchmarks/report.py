@@ -56,6 +56,13 @@ def rows() -> list[tuple[str, str, str]]:
                         f"{_spread(r['ratio_patched_to_original'], '{:.3f}')}x"
                         f"{', same losses' if r['losses_identical'] else ', **losses differ**'}{note}",
                         "bench_runtime_overhead.py"))
+    parity = _load("loss_parity.json")
+    if parity:
+        d = parity["relative_difference"]
+        note = "" if parity["goal_met"] else f"; goal max <= {parity['goal_max_at_most']:.0e}: **not met**"
+        out.append((f"loss curve, {parity['steps']} tiny VisualGLM fine-tuning steps: patched vs original SAT",
+                    f"relative difference mean {d['mean']:.1e}, max {d['max']:.1e} (seed {parity['seed']}){note}",
+                    "bench_loss_parity.py"))
     step = _load("train_step.json")
     if step:
         out.append(("tiny VisualGLM training step, logits only where labels are vs all positions",
