@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
+
 from porter import memory, patcher, plugins
 from porter.plan import make_plan
 from porter.target import locate

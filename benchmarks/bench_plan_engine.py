@@ -13,6 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
+
 import porter.rewrite as engine
 from porter import plugins
 from porter.plan import make_plan

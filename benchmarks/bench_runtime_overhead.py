@@ -26,11 +26,15 @@ GOAL = 1.02  # patched / original, at most
 
 
 def worker() -> None:
-    """Answers `SIZE ITERS` lines with one JSON line: per-step seconds and losses."""
+    """Answers `SIZE ITERS` lines with one `RESULT {json}` line: per-step seconds and losses. Whatever SAT and
+    DeepSpeed print goes to stderr, so stdout carries only the answers."""
+    import contextlib
+
     import torch
 
-    from porter_sat.parity import build_tiny_chatglm  # noqa: F401  (imports the SAT first on sys.path)
-    from porter_sat.smoke import lm_loss, sample
+    answers, sys.stdout = sys.stdout, sys.stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        from porter_sat.smoke import lm_loss, sample
 
     torch.set_num_threads(1)  # both workers share the machine's cores evenly
     models = {}
@@ -39,7 +43,7 @@ def worker() -> None:
         name, iters = line.rsplit(" ", 1)
         if name not in models:
             layers, hidden, heads = SIZES[name]
-            models[name] = _model(layers, hidden, heads)
+            models[name] = _model(layers, hidden, heads)  # its prints go to stderr (sys.stdout is stderr here)
         model = models[name]
         times, losses = [], []
         for _ in range(int(iters)):
@@ -47,9 +51,9 @@ def worker() -> None:
             loss = lm_loss(model, batch)
             loss.backward()
             times.append(time.perf_counter() - start)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             model.zero_grad(set_to_none=True)
-        print(json.dumps({"times": times, "losses": losses}), flush=True)
+        print("RESULT " + json.dumps({"times": times, "losses": losses}), file=answers, flush=True)
 
 
 def _model(layers: int, hidden: int, heads: int):
@@ -94,7 +98,10 @@ def main() -> dict:
         def ask(label: str, size: str, iters: int) -> dict:
             procs[label].stdin.write(f"{size} {iters}\n")
             procs[label].stdin.flush()
-            return json.loads(procs[label].stdout.readline())
+            for line in procs[label].stdout:
+                if line.startswith("RESULT "):
+                    return json.loads(line[len("RESULT "):])
+            raise SystemExit(f"the {label} worker exited without an answer (its stderr is above)")
 
         result = {"what": "ChatGLM forward + backward (SAT's ChatGLMModel, fp32, batch 8 x 24 tokens), original vs "
                           "patched SAT, one thread per worker, alternating requests",

@@ -63,6 +63,18 @@ def rows() -> list[tuple[str, str, str]]:
         out.append((f"loss curve, {parity['steps']} tiny VisualGLM fine-tuning steps: patched vs original SAT",
                     f"relative difference mean {d['mean']:.1e}, max {d['max']:.1e} (seed {parity['seed']}){note}",
                     "bench_loss_parity.py"))
+    mem = _load("memory_import.json")
+    if mem:
+        note = "" if mem["goal_met"] else f"; goal <= {mem['goal_ratio_at_most']}: **not met**"
+        out.append(("`import sat` with the port in memory / patched on disk (whole processes)",
+                    f"{_spread(mem['ratio_memory_to_disk'], '{:.3f}')}x; {mem['seconds']['in memory']['median']:.2f} s "
+                    f"vs {mem['seconds']['on disk']['median']:.2f} s{note}", "bench_memory_import.py"))
+    scaling = _load("scaling.json")
+    if scaling:
+        one, two = scaling["samples_per_s"]["1"], scaling["samples_per_s"]["2"]
+        out.append(("`porter run visualglm train --mode performance`, samples/s with 1 / 2 CPU processes",
+                    f"{_spread(one)} / {_spread(two)}; 2 over 1: {scaling['speedup_2_over_1']:.2f}x",
+                    "bench_scaling.py"))
     step = _load("train_step.json")
     if step:
         out.append(("tiny VisualGLM training step, logits only where labels are vs all positions",

@@ -1,0 +1,73 @@
+"""`import sat` with the port applied in memory (porter's import hook serving the rewritten modules, plan cached)
+against `import sat` of a copy patched on disk, whole processes alternating, `--rounds` each.
+
+    .venv/bin/python benchmarks/bench_memory_import.py [--rounds 5]      -> results/memory_import.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IN_MEMORY = """
+import sys
+from porter import memory, plugins
+from porter.target import locate
+registry = plugins.load()
+installed = locate(registry.target("sat"), sys.argv[1])
+memory.install(memory.prepare(installed, registry.rules_for("sat")))
+import sat
+"""
+
+
+def seconds(argv, env) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    rounds = parser.parse_args().rounds
+    from porter.testing import copy_distribution
+
+    with tempfile.TemporaryDirectory() as tmp:
+        original = copy_distribution("SwissArmyTransformer", Path(tmp) / "original")
+        patched = Path(tmp) / "patched"
+        shutil.copytree(original, patched)
+        subprocess.run([sys.executable, "-m", "porter.cli", "patch", "sat", "--site-packages", str(patched)],
+                       check=True, capture_output=True)
+        env = {**os.environ, "PORTER_CACHE": str(Path(tmp) / "cache")}
+        disk = ([sys.executable, "-c", "import sat"], {**env, "PYTHONPATH": str(patched)})
+        memory = ([sys.executable, "-c", IN_MEMORY, str(original)], {**env, "PYTHONPATH": str(original)})
+        seconds(*disk), seconds(*memory)  # bytecode caches and the in-memory plan cache filled
+        samples = {"on disk": [], "in memory": []}
+        for _ in range(rounds):
+            samples["on disk"].append(seconds(*disk))
+            samples["in memory"].append(seconds(*memory))
+    ratios = [m / d for d, m in zip(samples["on disk"], samples["in memory"])]
+    result = {"what": "whole processes: import sat from a copy patched on disk vs from the original copy with the "
+                      "in-memory port (plugins loaded, cached plan, import hook)",
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rounds": rounds,
+              "seconds": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+                          for k, v in samples.items()},
+              "ratio_memory_to_disk": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                       "samples": ratios},
+              "goal_ratio_at_most": 1.05, "goal_met": statistics.median(ratios) <= 1.05}
+    out = Path(__file__).parent / "results" / "memory_import.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ratio_memory_to_disk"], indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
