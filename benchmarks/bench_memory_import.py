@@ -21,9 +21,9 @@ IN_MEMORY = """
 import sys
 from porter import memory, plugins
 from porter.target import locate
-registry = plugins.load()
+registry = plugins.load(lazy=True)  # as porter's workers do: the rules load only if the plan is not cached
 installed = locate(registry.target("sat"), sys.argv[1])
-memory.install(memory.prepare(installed, registry.rules_for("sat")))
+memory.install(memory.prepare(installed, lambda: registry.rules_for("sat"), plugin_digest=registry.source_digest()))
 import sat
 """
 

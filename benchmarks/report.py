@@ -34,7 +34,10 @@ def rows() -> list[tuple[str, str, str]]:
         for name, ratio in cost["ratio_to_import_sat"].items():
             goal = cost["goals"].get(name)
             note = "" if goal is None else (f"; goal <= {goal['ratio_at_most']}: " + ("met" if goal["met"] else "**not met**"))
-            out.append((f"`porter {name}` / `import sat`", f"{_spread(ratio, '{:.3f}')}x, "
+            command, _, qualifier = name.partition(" (")
+            label = f"`porter {command.replace('patch', 'patch sat', 1).replace('verify', 'verify sat').replace('revert', 'revert sat').replace('status', 'status sat')}`"
+            label += f" ({qualifier.rstrip(')')} plan cache)" if qualifier else ""
+            out.append((f"{label} / `import sat`", f"{_spread(ratio, '{:.3f}')}x, "
                         f"{cost['seconds'][name]['median']:.2f} s{note}", "bench_patch_cost.py"))
     patch = _load("patch.json")
     if patch:

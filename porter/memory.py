@@ -10,6 +10,7 @@ import hashlib
 import importlib.abc
 import importlib.util
 import json
+import marshal
 import os
 import sys
 import tempfile
@@ -17,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .plan import make_plan
-from .rules import fingerprint
 from .target import InstalledTarget
 
 
@@ -28,12 +27,24 @@ def cache_dir() -> Path:
 
 def _fingerprint(installed: InstalledTarget, rules) -> str:
     """The installed files the rules read, the rules themselves, and porter's version."""
+    from .rules import fingerprint
+
     h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
                        f"{fingerprint(rules)}".encode())
     for rel in sorted({f for rule in rules for f in rule.files_for(installed.version)}):
         path = installed.path(rel)
         h.update(path.read_bytes() if path.exists() else b"missing")
     return h.hexdigest()[:24]
+
+
+def _source_key(installed: InstalledTarget, plugin_digest: str) -> str:
+    """Every file of the installed package and the plugins' own sources: what any rule could read or be made
+    of, known without importing the rules (a worker that finds the plan cached never loads libcst)."""
+    h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
+                       f"{plugin_digest}".encode())
+    for path in sorted(p for p in installed.package_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(installed.site_packages)).encode() + b"\0" + path.read_bytes())
+    return "src-" + h.hexdigest()[:24]
 
 
 @dataclass
@@ -44,15 +55,30 @@ class MemoryPatch:
     cached: bool
 
 
-def prepare(installed: InstalledTarget, rules) -> MemoryPatch:
-    """Plan (or read the cached plan of) the rewrite of ``installed``'s modules."""
-    from .verify import module_name
+def prepare(installed: InstalledTarget, rules, plugin_digest: str | None = None) -> MemoryPatch:
+    """Plan (or read the cached plan of) the rewrite of ``installed``'s modules.
 
-    key = _fingerprint(installed, rules)
+    ``rules`` is the list of rules, or a callable returning it. With ``plugin_digest`` (the registry's
+    ``source_digest()``) the cache is looked up by the installed files and the plugins' sources, and ``rules``
+    is called only when the plan must be made: what `porter run` uses, so workers skip loading the rules.
+    """
+    from .target import module_name
+
+    if plugin_digest is not None:
+        key = _source_key(installed, plugin_digest)
+    else:
+        rules = rules() if callable(rules) else rules
+        key = _fingerprint(installed, rules)
     path = cache_dir() / f"{installed.name}-{key}.json"
     if path.exists():
-        data = json.loads(path.read_text())
-        return MemoryPatch(data["sources"], data["files"], data["skipped"], True)
+        try:
+            data = json.loads(path.read_text())
+            return MemoryPatch(data["sources"], data["files"], data["skipped"], True)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: plan again and replace it
+    from .plan import make_plan  # only now: planning loads libcst, a cached plan does not need it
+
+    rules = rules() if callable(rules) else rules
     plan = make_plan(installed, rules)
     sources, files, skipped = {}, {}, []
     for f in plan.changed:
@@ -87,6 +113,25 @@ class _Loader(importlib.abc.SourceLoader):
 
     def path_stats(self, path):
         raise OSError("in-memory source: no bytecode cache")  # never write or read __pycache__ for these
+
+    def get_code(self, fullname):
+        """Compiled once per (source, file, Python): kept in porter's cache, not the package's __pycache__."""
+        source = self.get_data(self.path)  # also shows tracebacks the code that runs
+        key = hashlib.sha256(source + f"\0{self.path}\0{sys.version}".encode()).hexdigest()
+        cached = cache_dir() / "bytecode" / f"{key}.bin"
+        try:
+            return marshal.loads(cached.read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+        code = self.source_to_code(source, self.path)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{key}.{os.getpid()}.tmp")
+            tmp.write_bytes(marshal.dumps(code))
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a cache that cannot be written is not used
+        return code
 
 
 class PatchFinder(importlib.abc.MetaPathFinder):

@@ -74,6 +74,23 @@ class Registry:
     items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
     owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, key) -> plugin name
     pending: list[tuple[PluginInfo, Any, Any]] = field(default_factory=list)  # (info, module, plugin manager)
+    modules: dict[str, Any] = field(default_factory=dict)  # plugin name -> its module, for source_digest
+
+    def source_digest(self) -> str:
+        """A hash of every loaded plugin's source files (its whole package for a packaged plugin): what the rules
+        they register are made of, read without importing the rules."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, module in sorted(self.modules.items()):
+            origin = Path(getattr(module, "__file__", "") or "")
+            top = sys.modules.get(module.__name__.split(".")[0])
+            root = Path(top.__file__).parent if top is not None and getattr(top, "__path__", None) and top.__file__ \
+                else None
+            files = sorted(root.rglob("*.py")) if root is not None else ([origin] if origin.is_file() else [])
+            for path in files:
+                h.update(f"{name}\0{path.name}\0".encode() + path.read_bytes())
+        return h.hexdigest()
 
     def __getattr__(self, kind: str) -> dict[str, Any]:
         if kind in KINDS:
@@ -219,6 +236,7 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
             continue
         registry.plugins.append(info)
         registry.pending.append((info, module, pm))
+        registry.modules[info.name] = module
     if not lazy:
         registry.load_lazy(strict)
     if registry.items["devices"]:

@@ -151,3 +151,13 @@ def locate(target: Target, site_packages: Path | None = None, check_version: boo
             hint="install a supported version, or update the plugin's rules for this release",
         )
     return InstalledTarget(target=target, site_packages=site_packages, version=version)
+
+
+def module_name(rel: str) -> str | None:
+    """``sat/training/utils.py`` -> ``sat.training.utils``; non-Python files have none."""
+    if not rel.endswith(".py"):
+        return None
+    parts = rel[:-3].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)

@@ -16,7 +16,7 @@ from .diskio import sha256_file
 from .journal import APPLIED, Journal
 from .rewrite import rewrite_file
 from .rules import Rule
-from .target import InstalledTarget
+from .target import InstalledTarget, module_name  # noqa: F401  (module_name: verify's import probe)
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 
@@ -72,16 +72,6 @@ class Report:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "results": [r.to_json() for r in self.results]}
-
-
-def module_name(rel: str) -> str | None:
-    """``sat/training/utils.py`` -> ``sat.training.utils``; non-Python files have none."""
-    if not rel.endswith(".py"):
-        return None
-    parts = rel[:-3].split("/")
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
 
 
 _IMPORT_PROBE = textwrap.dedent("""

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import PorterError
     from .recipes import find_recipe, recipe_parser
 
-    registry = plugins.load()
+    registry = plugins.load(lazy=True)  # rules only if the in-memory plan is not already cached
     model, name, *recipe_argv = rest
     recipe = find_recipe(registry, model, name)
     mode = os.environ.get("PORTER_PATCH", "off")
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         from .target import locate
 
         for target in recipe.targets:
-            patch = memory.install(memory.prepare(locate(registry.target(target)), registry.rules_for(target)))
+            prepared = memory.prepare(locate(registry.target(target)), lambda t=target: registry.rules_for(t),
+                                      plugin_digest=registry.source_digest())
+            patch = memory.install(prepared)
             detail = f"{len(patch.patch.sources)} modules" + (", cached plan" if patch.patch.cached else "")
             print(f"porter worker {rank}: {target} patched in memory ({detail})", file=sys.stderr, flush=True)
     elif mode == "disk":
