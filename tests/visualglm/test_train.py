@@ -29,6 +29,8 @@ def test_two_ranks_train_through_training_main(trained):
     save, r, _ = trained
     assert r.returncode == 0, r.stderr[-4000:]
     assert "porter worker 0: sat patched in memory" in r.stderr and "porter worker 1: sat patched in memory" in r.stderr
+    # the parent planned; each worker found that plan by the same key, without loading the rules
+    assert r.stderr.count("modules, cached plan)") == 2
     assert "2 worker(s) on cpu" in r.stderr
     rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, 11))
