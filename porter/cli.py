@@ -501,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command in COMMANDS:
             return COMMANDS[args.command](args, registry, con)
+        if args.command not in registry.commands:  # its plugin failed registering rules or checks: dropped
+            raise NotFoundError(f"command {args.command!r} is not available: its plugin was not loaded (see the "
+                                "warning above)")
         return registry.commands[args.command].run(args, registry)
     except PorterError as exc:
         con.note(con.paint("error:", "red") + f" {exc.message}")

@@ -117,7 +117,8 @@ class _Loader(importlib.abc.SourceLoader):
     def get_code(self, fullname):
         """Compiled once per (source, file, Python): kept in porter's cache, not the package's __pycache__."""
         source = self.get_data(self.path)  # also shows tracebacks the code that runs
-        key = hashlib.sha256(source + f"\0{self.path}\0{sys.version}".encode()).hexdigest()
+        key = hashlib.sha256(source + f"\0{self.path}\0{sys.version}\0{sys.flags.optimize}\0".encode()
+                             + importlib.util.MAGIC_NUMBER).hexdigest()
         cached = cache_dir() / "bytecode" / f"{key}.bin"
         try:
             return marshal.loads(cached.read_bytes())

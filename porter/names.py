@@ -8,7 +8,7 @@ import textwrap
 from typing import ClassVar
 
 import libcst as cst
-from libcst.metadata import QualifiedNameProvider, ScopeProvider
+from libcst.metadata import QualifiedNameProvider, QualifiedNameSource, ScopeProvider
 
 
 class ResolvesNames:
@@ -27,6 +27,8 @@ class ResolvesNames:
             names = self.get_metadata(QualifiedNameProvider, node, set())
         except KeyError:  # a node the rule built itself: it has no metadata
             names = set()
+        if any(q.source not in (QualifiedNameSource.IMPORT, QualifiedNameSource.BUILTIN) for q in names):
+            return None  # bound in this file (a module-level assignment, a local): not what an import names
         names = {q.name for q in names}
         if len(names) == 1:
             return names.pop()

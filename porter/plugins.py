@@ -81,7 +81,9 @@ class Registry:
         they register are made of, read without importing the rules."""
         import hashlib
 
-        h = hashlib.sha256()
+        h = hashlib.sha256(f"{os.environ.get(EXTRA_ENV, '')}\0".encode())
+        for info in sorted(self.plugins, key=lambda i: i.name):
+            h.update(f"{info.name}\0{info.version}\0{info.error}\0".encode())
         for name, module in sorted(self.modules.items()):
             origin = Path(getattr(module, "__file__", "") or "")
             top = sys.modules.get(module.__name__.split(".")[0])
@@ -89,7 +91,8 @@ class Registry:
                 else None
             files = sorted(root.rglob("*.py")) if root is not None else ([origin] if origin.is_file() else [])
             for path in files:
-                h.update(f"{name}\0{path.name}\0".encode() + path.read_bytes())
+                rel = path.relative_to(root) if root is not None else path.name
+                h.update(f"{name}\0{rel}\0{path.stat().st_size}\0".encode() + path.read_bytes())
         return h.hexdigest()
 
     def __getattr__(self, kind: str) -> dict[str, Any]:

@@ -146,20 +146,27 @@ class _Together(cst.CSTTransformer):
 
     def on_leave(self, original_node, updated_node):
         below = self.changed_below.pop()
-        result = updated_node
+        result = same_type = updated_node
         changed_here = set()
         for i, part in enumerate(self.parts):
             if self.skipping[i] is not None and self.skipping[i] is not original_node:
                 continue  # inside a subtree this part skips
             self.skipping[i] = None
             if type(result) is not type(original_node):
-                continue  # replaced by an earlier part: this node is that part's (the conflict check says so)
+                # an earlier part replaced this node: this part still leaves it (its own bookkeeping stays in
+                # step), on the node as it was before the replacement; if it would rewrite it too, the two
+                # rules meet here and the walk's result is not used
+                if part.on_leave(original_node, same_type) is not same_type:
+                    self.entangled = True
+                continue
             new = part.on_leave(original_node, result)
             if new is not result:
                 changed_here.add(i)
                 if below - {i}:
                     self.entangled = True
             result = new
+            if type(result) is type(original_node):
+                same_type = result
         self.changed_below[-1] |= below | changed_here
         return result
 

@@ -215,9 +215,15 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     module of the package that defines each rewrite (shared helpers included) and a text rewrite's
     parameters. It changes when an upgraded plugin could rewrite differently, so a patch made with other
     rules is never taken for this one."""
+    from importlib.metadata import version
+
     from . import __version__
 
-    h = hashlib.sha256(__version__.encode())
+    # porter's engine (its own sources, not only its version number: a git checkout changes without a release)
+    # and libcst's version (how imports are added) shape every result too
+    h = hashlib.sha256(f"{__version__}\0{version('libcst')}\0".encode())
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(f"{source.name}\0{source.stat().st_size}\0".encode() + source.read_bytes())
     sources: set[Path] = set()
     for rule in sorted(rules, key=lambda r: r.id):
         h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{sorted(rule.file_versions.items())}\0"
@@ -239,7 +245,7 @@ def fingerprint(rules: Iterable[Rule]) -> str:
         else:
             sources.add(Path(path))
     for source in sorted(sources):
-        h.update(source.read_bytes())
+        h.update(f"{source}\0{source.stat().st_size}\0".encode() + source.read_bytes())
     return h.hexdigest()
 
 
@@ -272,7 +278,7 @@ def _stable(value) -> str:
         items = sorted(map(_stable, value)) if isinstance(value, (set, frozenset)) else map(_stable, value)
         return f"{type(value).__name__}({','.join(items)})"
     if isinstance(value, dict):
-        return "dict(" + ",".join(f"{_stable(k)}:{_stable(v)}" for k, v in value.items()) + ")"
+        return "dict(" + ",".join(sorted(f"{_stable(k)}:{_stable(v)}" for k, v in value.items())) + ")"
     if isinstance(value, type):
         return f"class {value.__module__}.{value.__qualname__}"
     function = getattr(value, "__func__", value)

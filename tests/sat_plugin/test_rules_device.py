@@ -260,3 +260,14 @@ def test_a_file_outside_its_release_range_is_not_read():
     # inside its range a required rule that finds nothing still stops the plan
     with pytest.raises(Exception, match="required rule sat.device.typed-tensor matched nothing in sat/mpu/data.py"):
         make_plan(old, [d.TYPED_TENSOR], read={"sat/mpu/data.py": "x = 1\n"}.__getitem__)
+
+
+def test_cases_a_review_found():
+    # flags that are not one run of lines: the call could land before a value it uses
+    assert_untouched(d.CUDNN_FLAGS, "import torch\ndef f(a):\n    torch.backends.cudnn.benchmark = False\n"
+                                    "    det = a.det\n    torch.backends.cudnn.deterministic = det\n"
+                                    "    torch.backends.cuda.matmul.allow_tf32 = False\n")
+    # `*s` unpacks sizes: the legacy constructor, not a list of values
+    assert_untouched(d.TYPED_TENSOR, "import torch\ndef f():\n    s = [4]\n    return torch.cuda.LongTensor(*s)\n")
+    # a module-level name assigned in the file is not the module an import would bind
+    assert_untouched(d.SYNCHRONIZE, "torch = make_fake()\ntorch.cuda.synchronize()\n")

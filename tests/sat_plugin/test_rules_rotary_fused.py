@@ -303,3 +303,13 @@ def test_prefetch_factor_only_with_workers():
                                              )
     """)
     assert_untouched(compat.PREFETCH_FACTOR, "DataLoader(ds, prefetch_factor=2)\n")  # no num_workers: default 0 raises anyway
+
+
+def test_generated_code_keeps_precedence_and_names():
+    out, _ = rewrite(compat.PREFETCH_FACTOR, "DataLoader(ds, num_workers=not a, prefetch_factor=2)\n"
+                                             "DataLoader(ds, num_workers=4 if fast else 0, prefetch_factor=f)\n")
+    assert "prefetch_factor=2 if (not a) > 0 else None" in out
+    assert "prefetch_factor=f if (4 if fast else 0) > 0 else None" in out
+    out, _ = rewrite(fused.GLM130B_BMM, "from torch import empty, baddbmm\ndef f(a, b):\n    r = empty(3)\n"
+                                        "    r = baddbmm(r, a, b, beta=0.0)\n    return r\n")
+    assert "import torch\n" in out and "r = torch.bmm(a, b)" in out, out

@@ -93,7 +93,15 @@ class PrefetchOnlyWithWorkers(RuleTransformer):
         src = cst.Module([]).code_for_node
         self.record(original_node, "prefetch_factor passed only when there are worker processes")
         return updated_node.with_changes(
-            value=cst.parse_expression(f"{src(updated_node.value)} if {src(workers)} > 0 else None"))
+            value=cst.parse_expression(f"{_grouped(src(updated_node.value))} if {_grouped(src(workers))} > 0 else None"))
+
+
+def _grouped(expression: str) -> str:
+    """``expression`` as an operand: parenthesised unless it is a name, attribute, call, subscript or number."""
+    node = cst.parse_expression(expression)
+    if isinstance(node, (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)):
+        return expression
+    return f"({expression})"
 
 
 PREFETCH_FACTOR = Rule(

@@ -227,7 +227,7 @@ class TypedTensorFromList(RuleTransformer):
         name = self.qualified_name(original_node.func) or ""
         kind = name[len("torch.cuda."):] if name.startswith("torch.cuda.") else ""
         if kind not in TYPED_TENSORS or len(updated_node.args) != 1 or updated_node.args[0].keyword is not None \
-                or not self._is_list(updated_node.args[0].value):
+                or updated_node.args[0].star or not self._is_list(updated_node.args[0].value):
             return updated_node
         self.record(original_node, f"{name}(list) -> torch.tensor(list, dtype=torch.{TYPED_TENSORS[kind]}, "
                                    "device=porter_device.current_device())")
@@ -380,8 +380,11 @@ class CudnnFlags(RuleTransformer):
         self.plans: dict[cst.SimpleStatementLine, cst.BaseSmallStatement | None] = {}  # flag statement -> its replacement
 
     def visit_IndentedBlock(self, node):
-        flags = [(stmt, self._flag(stmt)) for stmt in node.body]
-        flags = [(stmt, target) for stmt, target in flags if target is not None]
+        flags = [(i, stmt, self._flag(stmt)) for i, stmt in enumerate(node.body)]
+        flags = [(i, stmt, target) for i, stmt, target in flags if target is not None]
+        if not flags or flags[-1][0] - flags[0][0] != len(flags) - 1:
+            return  # not one run of consecutive lines: the call could move a value before its definition
+        flags = [(stmt, target) for _, stmt, target in flags]
         found = {DETERMINISM_TARGETS[t]: stmt.body[0].value for stmt, t in flags if DETERMINISM_TARGETS[t]}
         if set(found) != {"benchmark", "deterministic", "allow_tf32"}:
             return

@@ -103,7 +103,7 @@ class BaddbmmToBmm(RuleTransformer):
             updated_call = body[i + 1].body[0].value
             new_call = updated_call.with_changes(
                 func=updated_call.func.with_changes(attr=cst.Name("bmm")) if isinstance(updated_call.func, cst.Attribute)
-                else cst.Attribute(cst.Name("torch"), cst.Name("bmm")),
+                else cst.Attribute(self.require_import("torch"), cst.Name("bmm")),
                 args=[a.with_changes(comma=cst.MaybeSentinel.DEFAULT, whitespace_after_arg=cst.SimpleWhitespace(""))
                       for a in updated_call.args[1:3]],
                 whitespace_before_args=cst.SimpleWhitespace(""))
