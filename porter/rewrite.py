@@ -218,9 +218,9 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     a conflict (unless one is declared ``after`` the other); those runs share one parse and one metadata pass.
     Then the rules apply in layers: the rules that rewrite installed code together in one walk of that same
     tree, then each further layer of ``after`` rules together over the previous layer's output. A rule whose
-    matches in the shared walk differ from its solo run sends the file through the rules one at a time, so
-    the result never depends on the shortcut. A required rule that matches nothing is an error naming rule
-    and file.
+    matches in the shared walk differ from its solo run sends the file through the rules one at a time. Rules
+    that rewrite code another rule produces must say so with ``after`` (then they are in a later layer). A
+    required rule that matches nothing is an error naming rule and file.
     """
     ordered = order_rules(list(rules))
     related = _ordered_pairs(ordered)
