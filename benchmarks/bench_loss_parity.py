@@ -11,12 +11,13 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _sat_copies import original_and_patched
 
 GOAL = 1e-5  # max relative difference, fp32
 
@@ -61,15 +62,9 @@ def main() -> dict:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1234)
     opts = parser.parse_args()
-    from porter.testing import copy_distribution
-
     curves = {}
     with tempfile.TemporaryDirectory() as tmp:
-        original = copy_distribution("SwissArmyTransformer", Path(tmp) / "original")
-        patched = Path(tmp) / "patched"
-        shutil.copytree(original, patched)
-        subprocess.run([sys.executable, "-m", "porter.cli", "patch", "sat", "--site-packages", str(patched)],
-                       check=True, capture_output=True)
+        original, patched = original_and_patched(Path(tmp))
         for label, site in (("original", original), ("patched", patched)):
             proc = subprocess.run([sys.executable, __file__, "--worker", str(opts.steps), str(opts.seed)],
                                   env={**os.environ, "PYTHONPATH": str(site), "PORTER_DEVICE": "cpu"},

@@ -9,13 +9,14 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _sat_copies import original_and_patched, summary
 
 IN_MEMORY = """
 import sys
@@ -38,14 +39,8 @@ def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     rounds = parser.parse_args().rounds
-    from porter.testing import copy_distribution
-
     with tempfile.TemporaryDirectory() as tmp:
-        original = copy_distribution("SwissArmyTransformer", Path(tmp) / "original")
-        patched = Path(tmp) / "patched"
-        shutil.copytree(original, patched)
-        subprocess.run([sys.executable, "-m", "porter.cli", "patch", "sat", "--site-packages", str(patched)],
-                       check=True, capture_output=True)
+        original, patched = original_and_patched(Path(tmp))
         env = {**os.environ, "PORTER_CACHE": str(Path(tmp) / "cache")}
         disk = ([sys.executable, "-c", "import sat"], {**env, "PYTHONPATH": str(patched)})
         memory = ([sys.executable, "-c", IN_MEMORY, str(original)], {**env, "PYTHONPATH": str(original)})
@@ -58,10 +53,9 @@ def main() -> dict:
     result = {"what": "whole processes: import sat from a copy patched on disk vs from the original copy with the "
                       "in-memory port (plugins loaded, cached plan, import hook)",
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rounds": rounds,
-              "seconds": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+              "seconds": {k: summary(v)
                           for k, v in samples.items()},
-              "ratio_memory_to_disk": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                                       "samples": ratios},
+              "ratio_memory_to_disk": summary(ratios),
               "goal_ratio_at_most": 1.05, "goal_met": statistics.median(ratios) <= 1.05}
     out = Path(__file__).parent / "results" / "memory_import.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

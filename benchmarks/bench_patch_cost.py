@@ -23,6 +23,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from _sat_copies import summary
+
 from porter.testing import copy_distribution
 
 GOALS = {"patch --dry-run (cold)": 0.25, "status": 0.1}  # issue #11's goals, as ratios to `import sat`
@@ -35,10 +37,6 @@ def seconds(argv: list[str], env: dict[str, str]) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-1000:]}")
     return elapsed
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "samples": values}
 
 
 def main() -> dict:

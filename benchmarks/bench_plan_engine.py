@@ -13,6 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+from _sat_copies import summary
+
 os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
 
 import porter.rewrite as engine
@@ -53,7 +55,7 @@ def main() -> dict:
         "what": "make_plan over the installed SAT with every rule, in-process",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "sat": installed.version, "rules": len(rules), "rounds": rounds,
-        "seconds": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+        "seconds": {k: summary(v)
                     for k, v in samples.items()},
         "ratio_shared_to_one_at_a_time": statistics.median(
             a / b for a, b in zip(samples["shared walk"], samples["one at a time"])),

@@ -13,13 +13,14 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _sat_copies import original_and_patched, summary
 
 SIZES = {"2 layers, hidden 256": (2, 256, 8), "6 layers, hidden 1024": (6, 1024, 16)}  # layers, hidden, heads
 GOAL = 1.02  # patched / original, at most
@@ -81,14 +82,8 @@ def main() -> dict:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=3, help="steps per request")
     opts = parser.parse_args()
-    from porter.testing import copy_distribution
-
     with tempfile.TemporaryDirectory() as tmp:
-        original = copy_distribution("SwissArmyTransformer", Path(tmp) / "original")
-        patched = Path(tmp) / "patched"
-        shutil.copytree(original, patched)
-        subprocess.run([sys.executable, "-m", "porter.cli", "patch", "sat", "--site-packages", str(patched)],
-                       check=True, capture_output=True)
+        original, patched = original_and_patched(Path(tmp))
         env = {**os.environ, "PORTER_DEVICE": "cpu"}
         procs = {label: subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, text=True,
@@ -119,7 +114,7 @@ def main() -> dict:
                 ratios.append(samples["patched"][-1] / samples["original"][-1])
                 same_loss &= a["losses"] == b["losses"]
             result["sizes"][size] = {
-                "seconds_per_step": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+                "seconds_per_step": {k: summary(v)
                                      for k, v in samples.items()},
                 "ratio_patched_to_original": {"median": statistics.median(ratios), "min": min(ratios),
                                               "max": max(ratios), "samples": ratios},

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _sat_copies import summary
+
 
 def throughput(processes: int, save: Path) -> float:
     proc = subprocess.run([sys.executable, "-m", "porter.cli", "run", "visualglm", "train", "--mode", "performance",
@@ -42,7 +44,7 @@ def main() -> dict:
     result = {"what": "porter run visualglm train --mode performance (tiny, shipped data), CPU processes through "
                       "DeepSpeed and gloo", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "rounds": rounds,
-              "samples_per_s": {str(n): {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+              "samples_per_s": {str(n): summary(v)
                                 for n, v in samples.items()},
               "speedup_2_over_1": statistics.median(samples[2]) / statistics.median(samples[1])}
     out = Path(__file__).parent / "results" / "scaling.json"
