@@ -27,6 +27,9 @@ class PorterError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # hint and exit code survive pickling (planning in worker processes)
+        return type(self), (self.message, self.hint, self.exit_code)
+
 
 class PlanError(PorterError):
     exit_code = EXIT_PLAN

@@ -8,46 +8,44 @@ import textwrap
 from typing import ClassVar
 
 import libcst as cst
-from libcst.metadata import QualifiedNameProvider, QualifiedNameSource, ScopeProvider
+from libcst.metadata import PositionProvider
+
+from .bindings import NOT_AN_IMPORT, BindingsProvider
 
 
 class ResolvesNames:
     """Mixin for libcst visitors and transformers: ``self.qualified_name(node)``, ``self.refers_to(node, ...)``."""
 
-    METADATA_DEPENDENCIES: ClassVar = (QualifiedNameProvider, ScopeProvider)
+    METADATA_DEPENDENCIES: ClassVar = (PositionProvider, BindingsProvider)
 
     def qualified_name(self, node: cst.CSTNode) -> str | None:
         """The dotted name ``node`` refers to through the file's imports, or None for anything else.
 
         A root name the file never binds (a star import, a snippet) is taken as written: that is the only
         reading Python could give it. A name bound to something that is not an import (a parameter, a local)
-        resolves to itself in its scope, so ``torch`` as a function's parameter is not the torch module.
+        resolves to nothing, so ``torch`` as a function's parameter is not the torch module; nor does a name
+        bound to two different imports.
         """
-        try:
-            names = self.get_metadata(QualifiedNameProvider, node, set())
-        except KeyError:  # a node the rule built itself: it has no metadata
-            names = set()
-        if any(q.source not in (QualifiedNameSource.IMPORT, QualifiedNameSource.BUILTIN) for q in names):
-            return None  # bound in this file (a module-level assignment, a local): not what an import names
-        names = {q.name for q in names}
-        if len(names) == 1:
-            return names.pop()
-        if names:
-            return None  # bound differently on different paths: not one meaning
         dotted = _dotted(node)
         if dotted is None:
             return None
         root = _root_name(node)
         try:
-            scope = self.get_metadata(ScopeProvider, root, None)
-        except KeyError:
-            scope = None
-        if scope is not None and dotted.split(".")[0] in scope:
-            return None  # bound, but not to an import QualifiedNameProvider could follow
-        return dotted
+            where = self.get_metadata(PositionProvider, root).start
+            bindings = self.get_metadata(BindingsProvider, self._module_of())
+        except KeyError:  # a node the rule built itself: no position, read as written
+            return dotted
+        head, _, tail = dotted.partition(".")
+        meaning = bindings.meaning(head, where.line, where.column)
+        if meaning is NOT_AN_IMPORT:
+            return None
+        return (meaning or dotted.split(".")[0]) + ("." + tail if tail else "")
 
     def refers_to(self, node: cst.CSTNode, *names: str) -> bool:
         return self.qualified_name(node) in names
+
+    def _module_of(self) -> cst.Module:
+        return next(iter(self.metadata[BindingsProvider]))
 
 
 def _dotted(node: cst.CSTNode) -> str | None:

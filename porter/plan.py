@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import multiprocessing
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .diskio import read_source
-from .errors import NotFoundError, PlanError
+from .errors import NotFoundError, PlanError, PorterError
 from . import plancache
 from .rewrite import FileRewrite, rewrite_file
 from .rules import Rule, fingerprint
@@ -99,15 +102,67 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
     plan = Plan(installed=installed, rules=chosen, skipped=skipped)
     cached = plancache.enabled()
     rules_fingerprint = fingerprint(chosen) if cached else ""
+    done: dict[str, FileRewrite] = {}
+    todo: list[tuple[str, str, str]] = []  # (file, text, cache entry) still to plan
     for rel in sorted(by_file):
         text = read(rel)
         entry = plancache.key(rules_fingerprint, [r.id for r in by_file[rel]], rel, text) if cached else ""
         hit = plancache.load(entry) if cached else None
         if hit is not None:
-            plan.files.append(FileRewrite(path=rel, before=text, after=hit[0], matches=hit[1]))
-            continue
-        done = rewrite_file(rel, text, by_file[rel])
-        plan.files.append(done)
+            done[rel] = FileRewrite(path=rel, before=text, after=hit[0], matches=hit[1])
+        else:
+            todo.append((rel, text, entry))
+    for (rel, _, entry), rewritten in zip(todo, plan_files([(rel, text, by_file[rel]) for rel, text, _ in todo])):
+        done[rel] = rewritten
         if cached:
-            plancache.store(entry, done.after, done.matches)
+            plancache.store(entry, rewritten.after, rewritten.matches)
+    plan.files = [done[rel] for rel in sorted(by_file)]
     return plan
+
+
+def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = None) -> list[FileRewrite]:
+    """``rewrite_file`` over each (file, text, rules), in ``workers`` processes (default: see ``_plan_workers``);
+    the first error in file order is raised, as one process would."""
+    if workers is None:
+        workers = _plan_workers(len(jobs))
+    elif "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
+    if workers < 2:
+        return [rewrite_file(rel, text, rules) for rel, text, rules in jobs]
+    global _JOB_RULES
+    _JOB_RULES = {rule.id: rule for _, _, rules in jobs for rule in rules}  # the forked workers inherit them
+    biggest_first = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][1]))
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            out = pool.map(_plan_job, [(jobs[i][0], jobs[i][1], [r.id for r in jobs[i][2]]) for i in biggest_first],
+                           chunksize=1)
+    finally:
+        _JOB_RULES = {}
+    results: list = [None] * len(jobs)
+    for i, result in zip(biggest_first, out):
+        results[i] = result
+    for result in results:
+        if isinstance(result, PorterError):
+            raise result
+    return results
+
+
+_JOB_RULES: dict[str, Rule] = {}
+
+
+def _plan_job(job: tuple[str, str, list[str]]) -> FileRewrite | PorterError:
+    rel, text, ids = job
+    try:
+        return rewrite_file(rel, text, [_JOB_RULES[i] for i in ids])
+    except PorterError as exc:
+        return exc
+
+
+def _plan_workers(files: int) -> int:
+    """How many processes plan: PORTER_PLAN_WORKERS, or one per core up to 4. Planning forks, so it stays in
+    this process where fork is unavailable or unsafe (torch loaded: its thread pools do not survive a fork)."""
+    wanted = os.environ.get("PORTER_PLAN_WORKERS", "")
+    count = int(wanted) if wanted.isdigit() else min(os.cpu_count() or 1, 4)
+    if files < 3 or "fork" not in multiprocessing.get_all_start_methods() or "torch" in sys.modules:
+        return 1
+    return min(count, files)

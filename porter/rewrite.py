@@ -53,13 +53,18 @@ def _parse(path: str, text: str, rule_id: str) -> MetadataWrapper:
     return MetadataWrapper(module, unsafe_skip_copy=True)
 
 
-def find_matches(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None) -> list[Match]:
-    """What ``rule`` would change in ``text``, without printing the result or adding its imports."""
-    if isinstance(rule.rewrite, TextRewrite):
-        return rule.rewrite.rewrite(text, rule.id, path)[1]
-    transformer = rule.rewrite(rule.id, path)
-    (parsed or _parse(path, text, rule.id)).visit(transformer)
-    return transformer.matches
+def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWrapper | None = None
+                 ) -> dict[str, list[Match]]:
+    """What each of ``rules`` would change in ``text`` on its own, without rewriting anything: the Python rules
+    share one walk of the original tree, each seeing only the original code (see ``_Watch``)."""
+    found = {rule.id: rule.rewrite.rewrite(text, rule.id, path)[1] for rule in rules
+             if isinstance(rule.rewrite, TextRewrite)}
+    python = [rule for rule in rules if not isinstance(rule.rewrite, TextRewrite)]
+    if python:
+        parts = [rule.rewrite(rule.id, path) for rule in python]
+        (parsed or _parse(path, text, python[0].id)).visit(_Watch(parts))
+        found.update({rule.id: part.matches for rule, part in zip(python, parts)})
+    return found
 
 
 def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None) -> tuple[str, list[Match]]:
@@ -181,6 +186,46 @@ class _Together(cst.CSTTransformer):
                 part.on_leave_attribute(original_node, attribute)
 
 
+class _Watch(cst.CSTVisitor):
+    """Several rules' transformers over one tree, each told only what it would match: every ``leave_`` gets the
+    original node as both the original and the updated one, and what it returns is dropped. A rule that rewrote
+    code nested in its own earlier rewrite would see that rewrite when it runs for real; no rule reads its own
+    output (each is a fixpoint) so the matches are the same, and the shared walk in ``_in_layers`` compares them
+    with the real run anyway."""
+
+    METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
+
+    def __init__(self, parts: list[RuleTransformer]):
+        super().__init__()
+        self.parts = parts
+        self.skipping: list[cst.CSTNode | None] = [None] * len(parts)
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Module):
+            for part in self.parts:
+                part.metadata = self.metadata
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None and part.on_visit(node) is False:
+                self.skipping[i] = node
+        return not all(self.skipping)
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None or self.skipping[i] is original_node:
+                self.skipping[i] = None
+                part.on_leave(original_node, original_node)
+
+    def on_visit_attribute(self, node, attribute):
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None:
+                part.on_visit_attribute(node, attribute)
+
+    def on_leave_attribute(self, original_node, attribute):
+        for i, part in enumerate(self.parts):
+            if self.skipping[i] is None:
+                part.on_leave_attribute(original_node, attribute)
+
+
 def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> dict[str, tuple[str, list[Match]]] | None:
     """Every rule of ``rules`` over one parsed file in a single walk: the new text (the same for all) and each
     rule's matches; None when they cannot share a walk (a rule needs metadata the walk does not compute, or
@@ -214,8 +259,9 @@ def _depths(rules: Sequence[Rule]) -> dict[str, int]:
 def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
     """Run ``rules`` over one file.
 
-    Each rule is first run alone on the original text, so two rules that rewrite the same code are caught as
-    a conflict (unless one is declared ``after`` the other); those runs share one parse and one metadata pass.
+    Each rule first reads the original text as if it ran alone, so two rules that rewrite the same code are
+    caught as a conflict (unless one is declared ``after`` the other); those readings share one parse, one
+    metadata pass and one walk (``find_matches``).
     Then the rules apply in layers: the rules that rewrite installed code together in one walk of that same
     tree, then each further layer of ``after`` rules together over the previous layer's output. A rule whose
     matches in the shared walk differ from its solo run sends the file through the rules one at a time. Rules
@@ -226,7 +272,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     related = _ordered_pairs(ordered)
     python = path.endswith(".py")
     parsed = _parse(path, text, ordered[0].id) if ordered and python else None
-    solo = {rule.id: find_matches(rule, path, text, parsed) for rule in ordered}
+    solo = find_matches(ordered, path, text, parsed)
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
             if frozenset((a.id, b.id)) in related:
