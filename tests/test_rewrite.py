@@ -149,3 +149,46 @@ def test_rules_in_one_walk_equal_rules_one_after_another():
         assert calls == ["m.py"]
     finally:
         engine._one_at_a_time = real
+
+
+class TagCallees(RuleTransformer):
+    """Uses libcst's attribute hooks: counts what it sees under a call's ``func`` and renames ``old``."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.in_func = 0
+
+    def visit_Call_func(self, node):
+        self.in_func += 1
+
+    def leave_Call_func(self, node):
+        self.in_func -= 1
+
+    def leave_Name(self, original_node, updated_node):
+        if self.in_func and original_node.value == "old":
+            self.record(original_node, "old -> new")
+            return updated_node.with_changes(value="new")
+        return updated_node
+
+
+class SkipsByOnVisit(RuleTransformer):
+    """Overrides on_visit/on_leave themselves: renames strings outside `def keep`."""
+
+    def on_visit(self, node):
+        return not (hasattr(node, "name") and getattr(node.name, "value", None) == "keep")
+
+    def on_leave(self, original_node, updated_node):
+        if isinstance(original_node, __import__("libcst").SimpleString) and original_node.value == "'a'":
+            self.record(original_node, "a -> b")
+            return updated_node.with_changes(value="'b'")
+        return updated_node
+
+
+def test_attribute_hooks_and_own_dispatch_work_in_the_shared_walk():
+    source = "old(old)\nx = 'a'\ndef keep():\n    y = 'a'\n    old()\n"
+    tag = rule("a.tag", TagCallees, files=("m.py",))
+    skip = rule("b.skip", SkipsByOnVisit, files=("m.py",))
+    out = rewrite_file("m.py", source, [tag, skip])
+    assert out.after == _one_after_another([tag, skip], source) == \
+        "new(old)\nx = 'b'\ndef keep():\n    y = 'a'\n    new()\n"
+    assert [(m.rule_id, m.start_line) for m in out.matches] == [("a.tag", 1), ("b.skip", 2), ("a.tag", 5)]
