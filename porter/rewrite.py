@@ -58,13 +58,21 @@ def _parse(path: str, text: str, rule_id: str) -> MetadataWrapper:
 def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWrapper | None = None
                  ) -> dict[str, list[Match]]:
     """What each of ``rules`` would change in ``text`` on its own, without rewriting anything: the Python rules
-    share one walk of the original tree, each seeing only the original code (see ``_Watch``)."""
+    share one walk of the original tree, each seeing only the original code (see ``_Watch``); a rule that needs
+    metadata beyond the usual runs alone."""
     found = {rule.id: rule.rewrite.rewrite(text, rule.id, path)[1] for rule in rules
              if isinstance(rule.rewrite, TextRewrite)}
     python = [rule for rule in rules if not isinstance(rule.rewrite, TextRewrite)]
     if python:
+        parsed = parsed or _parse(path, text, python[0].id)
+        shared = set(_Watch.get_inherited_dependencies())
         parts = [rule.rewrite(rule.id, path) for rule in python]
-        (parsed or _parse(path, text, python[0].id)).visit(_Watch(parts))
+        together = [part for part in parts if set(part.get_inherited_dependencies()) <= shared]
+        if together:
+            parsed.visit(_Watch(together))
+        for part in parts:
+            if part not in together:
+                parsed.visit(part)
         found.update({rule.id: part.matches for rule, part in zip(python, parts)})
     return found
 
@@ -150,6 +158,15 @@ class _Calls:
             method = self.visits[kind] = getattr(self.part, f"visit_{kind.__name__}", None)
         return method is None or method(node) is not False
 
+    def handles(self, node: cst.CSTNode) -> bool:
+        """Whether leaving ``node`` runs any of the rule's code (else libcst passes the updated node through)."""
+        if self.custom_leave:
+            return True
+        kind = type(node)
+        if kind not in self.leaves:
+            self.leaves[kind] = getattr(self.part, f"leave_{kind.__name__}", None)
+        return self.leaves[kind] is not None
+
     def leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):
         if self.custom_leave:
             return self.part.on_leave(original_node, updated_node)
@@ -192,6 +209,9 @@ class _Together(cst.CSTTransformer):
         self.skipping: list[cst.CSTNode | None] = [None] * len(parts)  # the subtree a part asked to skip
         self.changed_below: list[set[int]] = [set()]  # per open node: the parts that changed something in it
         self.entangled = False
+        # parts whose leave_ code ran on a node another part had changed (itself or below): their matches may
+        # differ from what they read alone
+        self.influenced: set[int] = set()
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.Module):
@@ -211,6 +231,8 @@ class _Together(cst.CSTTransformer):
             if self.skipping[i] is not None and self.skipping[i] is not original_node:
                 continue  # inside a subtree this part skips
             self.skipping[i] = None
+            if (below - {i} or changed_here) and calls.handles(original_node):
+                self.influenced.add(i)
             if type(result) is not type(original_node):
                 # an earlier part replaced this node: this part still leaves it (its own bookkeeping stays in
                 # step), on the node as it was before the replacement; if it would rewrite it too, the two
@@ -282,10 +304,19 @@ class _Watch(cst.CSTVisitor):
                 part.on_leave_attribute(original_node, attribute)
 
 
-def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> dict[str, tuple[str, list[Match]]] | None:
-    """Every rule of ``rules`` over one parsed file in a single walk: the new text (the same for all) and each
-    rule's matches; None when they cannot share a walk (a rule needs metadata the walk does not compute, or
-    one rule rewrote code another had changed)."""
+@dataclass
+class _Walked:
+    """One shared walk's outcome: the new text, each rule's matches, and which rules' matches may differ from
+    what they read alone (their code ran on nodes another rule had changed)."""
+
+    text: str
+    matches: dict[str, list[Match]]
+    influenced: set[str]
+
+
+def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> _Walked | None:
+    """Every rule of ``rules`` over one parsed file in a single walk; None when they cannot share a walk (a rule
+    needs metadata the walk does not compute, or one rule rewrote code another had changed)."""
     parts = [rule.rewrite(rule.id, path) for rule in rules]
     if any(not set(p.get_inherited_dependencies()) <= set(_Together.get_inherited_dependencies()) for p in parts):
         return None
@@ -293,8 +324,9 @@ def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> dic
     module = wrapper.visit(walk)
     if walk.entangled:
         return None
-    text = add_needed_imports(module, *(p.context for p in parts)).code
-    return {rule.id: (text, part.matches) for rule, part in zip(rules, parts)}
+    return _Walked(add_needed_imports(module, *(p.context for p in parts)).code,
+                   {rule.id: part.matches for rule, part in zip(rules, parts)},
+                   {rules[i].id for i in walk.influenced})
 
 
 def _depths(rules: Sequence[Rule]) -> dict[str, int]:
@@ -315,20 +347,27 @@ def _depths(rules: Sequence[Rule]) -> dict[str, int]:
 def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
     """Run ``rules`` over one file.
 
-    Each rule first reads the original text as if it ran alone, so two rules that rewrite the same code are
-    caught as a conflict (unless one is declared ``after`` the other); those readings share one parse, one
-    metadata pass and one walk (``find_matches``).
-    Then the rules apply in layers: the rules that rewrite installed code together in one walk of that same
-    tree, then each further layer of ``after`` rules together over the previous layer's output. A rule whose
-    matches in the shared walk differ from its solo run sends the file through the rules one at a time. Rules
-    that rewrite code another rule produces must say so with ``after`` (then they are in a later layer). A
-    required rule that matches nothing is an error naming rule and file.
+    The file is parsed once, with one metadata pass. The rules apply in layers: the rules that rewrite installed
+    code together in one walk of that tree, then each further layer of ``after`` rules together over the
+    previous layer's output. Each rule's matches as if it ran alone on the original are known too: from the
+    first walk for a rule whose code never ran on a node another rule had changed, else from one more walk in
+    which every rule reads only the original (``find_matches``). Two rules whose solo matches overlap are a
+    conflict (unless one is declared ``after`` the other). A rule whose matches in the shared walk differ from
+    its solo ones sends the file through the rules one at a time. Rules that rewrite code another rule produces
+    must say so with ``after`` (then they are in a later layer). A required rule that matches nothing is an
+    error naming rule and file.
     """
     ordered = order_rules(list(rules))
     related = _ordered_pairs(ordered)
     python = path.endswith(".py")
     parsed = _parse(path, text, ordered[0].id) if ordered and python else None
-    solo = find_matches(ordered, path, text, parsed)
+    depth = _depths(ordered)
+    first_layer = [r for r in ordered if depth[r.id] == 0]
+    walked = _together(first_layer, path, parsed) if python and first_layer else None
+    # where the first layer's shared walk ran no rule's code on another's change, its matches are the rules'
+    # solo readings; the rest (later layers, or all when it did) read the original in one more walk
+    solo = {rid: found for rid, found in walked.matches.items() if rid not in walked.influenced} if walked else {}
+    solo.update(find_matches([r for r in ordered if r.id not in solo], path, text, parsed))
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
             if frozenset((a.id, b.id)) in related:
@@ -341,7 +380,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
                             hint=f"declare one rule `after` the other, or narrow one of them "
                                  f"(lines {ma.start_line}-{ma.end_line} and {mb.start_line}-{mb.end_line})",
                         )
-    layered = _in_layers(path, text, ordered, parsed, solo) if python else None
+    layered = _in_layers(path, text, ordered, parsed, solo, walked) if python else None
     current, found_by_rule = layered if layered is not None else _one_at_a_time(path, text, ordered, solo, parsed)
     matches: list[Match] = []
     for rule in ordered:
@@ -372,26 +411,25 @@ def _one_at_a_time(path, text, ordered, solo, parsed) -> tuple[str, dict[str, li
     return current, found_by_rule
 
 
-def _in_layers(path, text, ordered, parsed, solo) -> tuple[str, dict[str, list[Match]]] | None:
-    """The rules applied layer by layer, each layer in one walk; None to fall back to one at a time."""
+def _in_layers(path, text, ordered, parsed, solo, walked: _Walked | None) -> tuple[str, dict[str, list[Match]]] | None:
+    """The rules applied layer by layer, each layer in one walk (the first is ``walked``, already done over the
+    original); None to fall back to one at a time."""
     depth = _depths(ordered)
     current, found_by_rule = text, {}
     for level in range(max(depth.values(), default=-1) + 1):
-        # a rule of the first layer that found nothing alone finds nothing together either
-        layer = [r for r in ordered if depth[r.id] == level and (level > 0 or solo[r.id])]
-        found_by_rule.update({r.id: [] for r in ordered if depth[r.id] == level and r not in layer})
-        if not layer:
-            continue
-        wrapper = parsed if current == text else _parse(path, current, layer[0].id)
-        together = _together(layer, path, wrapper)
-        if together is None:
-            return None
-        if level == 0 and any(together[r.id][1] != solo[r.id] for r in layer):
-            return None  # one rule saw another's change: the shared walk is not the same as the rules alone
-        rule_input = current
+        layer = [r for r in ordered if depth[r.id] == level]
+        if level == 0:
+            together = walked
+            if together is None or any(together.matches[r.id] != solo[r.id] for r in layer):
+                return None  # entangled, or one rule saw another's change: not the same as the rules alone
+        else:
+            wrapper = parsed if current == text else _parse(path, current, layer[0].id)
+            together = _together(layer, path, wrapper)
+            if together is None:
+                return None
+        rule_input, current = current, together.text
         for rule in layer:
-            current, found = together[rule.id]
-            found_by_rule[rule.id] = _to_original_lines(found, text, rule_input)
+            found_by_rule[rule.id] = _to_original_lines(together.matches[rule.id], text, rule_input)
     return current, found_by_rule
 
 

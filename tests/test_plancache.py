@@ -19,7 +19,8 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def planned_files(monkeypatch):
-    """The files actually planned (not taken from the cache), in order."""
+    """The files actually planned (not taken from the cache), in order (in this process: no planning workers)."""
+    monkeypatch.setenv("PORTER_PLAN_WORKERS", "1")
     seen = []
     real = planning.rewrite_file
     monkeypatch.setattr(planning, "rewrite_file", lambda path, *a, **k: seen.append(path) or real(path, *a, **k))
