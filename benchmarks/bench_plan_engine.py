@@ -16,6 +16,7 @@ from pathlib import Path
 from _sat_copies import summary
 
 os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
+os.environ["PORTER_PLAN_WORKERS"] = "1"  # the engine itself, in this process (bench_patch_cost has the workers)
 
 import porter.rewrite as engine
 from porter import plugins

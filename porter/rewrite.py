@@ -188,7 +188,37 @@ def _uses_attribute_hooks(cls: type) -> bool:
     return any(re.fullmatch(r"(visit|leave)_[A-Z]\w*?_\w+", name) for name in dir(cls))
 
 
-class _Together(cst.CSTTransformer):
+class _Parts:
+    """What the shared walks have in common: each rule's transformer with its method lookups, which rules are
+    inside a subtree they asked to skip, and the attribute hooks passed on to the rules that have them."""
+
+    def _take(self, parts: list[RuleTransformer]) -> None:
+        self.parts = parts
+        self.calls = [_Calls(part) for part in parts]
+        self.attributes = [(i, c.part) for i, c in enumerate(self.calls) if c.attributes]
+        self.skipping: list[cst.CSTNode | None] = [None] * len(parts)  # the subtree a part asked to skip
+
+    def _visit_parts(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Module):
+            for part in self.parts:
+                part.metadata = self.metadata
+        for i, calls in enumerate(self.calls):
+            if self.skipping[i] is None and not calls.visit(node):
+                self.skipping[i] = node
+        return not all(self.skipping)
+
+    def on_visit_attribute(self, node, attribute):
+        for i, part in self.attributes:
+            if self.skipping[i] is None:
+                part.on_visit_attribute(node, attribute)
+
+    def on_leave_attribute(self, original_node, attribute):
+        for i, part in self.attributes:
+            if self.skipping[i] is None:
+                part.on_leave_attribute(original_node, attribute)
+
+
+class _Together(_Parts, cst.CSTTransformer):
     """Several rules' transformers in one walk of one tree, sharing its metadata.
 
     At each node every rule's ``visit_``/``leave_`` runs in order; a rule that asked not to visit a subtree is
@@ -203,10 +233,7 @@ class _Together(cst.CSTTransformer):
 
     def __init__(self, parts: list[RuleTransformer]):
         super().__init__()
-        self.parts = parts
-        self.calls = [_Calls(part) for part in parts]
-        self.attributes = [(i, c.part) for i, c in enumerate(self.calls) if c.attributes]
-        self.skipping: list[cst.CSTNode | None] = [None] * len(parts)  # the subtree a part asked to skip
+        self._take(parts)
         self.changed_below: list[set[int]] = [set()]  # per open node: the parts that changed something in it
         self.entangled = False
         # parts whose leave_ code ran on a node another part had changed (itself or below): their matches may
@@ -214,14 +241,8 @@ class _Together(cst.CSTTransformer):
         self.influenced: set[int] = set()
 
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, cst.Module):
-            for part in self.parts:
-                part.metadata = self.metadata
         self.changed_below.append(set())
-        for i, calls in enumerate(self.calls):
-            if self.skipping[i] is None and not calls.visit(node):
-                self.skipping[i] = node
-        return not all(self.skipping)
+        return self._visit_parts(node)
 
     def on_leave(self, original_node, updated_node):
         below = self.changed_below.pop()
@@ -251,18 +272,8 @@ class _Together(cst.CSTTransformer):
         self.changed_below[-1] |= below | changed_here
         return result
 
-    def on_visit_attribute(self, node, attribute):
-        for i, part in self.attributes:
-            if self.skipping[i] is None:
-                part.on_visit_attribute(node, attribute)
 
-    def on_leave_attribute(self, original_node, attribute):
-        for i, part in self.attributes:
-            if self.skipping[i] is None:
-                part.on_leave_attribute(original_node, attribute)
-
-
-class _Watch(cst.CSTVisitor):
+class _Watch(_Parts, cst.CSTVisitor):
     """Several rules' transformers over one tree, each told only what it would match: every ``leave_`` gets the
     original node as both the original and the updated one, and what it returns is dropped. A rule that rewrote
     code nested in its own earlier rewrite would see that rewrite when it runs for real; no rule reads its own
@@ -273,35 +284,16 @@ class _Watch(cst.CSTVisitor):
 
     def __init__(self, parts: list[RuleTransformer]):
         super().__init__()
-        self.parts = parts
-        self.calls = [_Calls(part) for part in parts]
-        self.attributes = [(i, c.part) for i, c in enumerate(self.calls) if c.attributes]
-        self.skipping: list[cst.CSTNode | None] = [None] * len(parts)
+        self._take(parts)
 
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, cst.Module):
-            for part in self.parts:
-                part.metadata = self.metadata
-        for i, calls in enumerate(self.calls):
-            if self.skipping[i] is None and not calls.visit(node):
-                self.skipping[i] = node
-        return not all(self.skipping)
+        return self._visit_parts(node)
 
     def on_leave(self, original_node: cst.CSTNode) -> None:
         for i, calls in enumerate(self.calls):
             if self.skipping[i] is None or self.skipping[i] is original_node:
                 self.skipping[i] = None
                 calls.leave(original_node, original_node)
-
-    def on_visit_attribute(self, node, attribute):
-        for i, part in self.attributes:
-            if self.skipping[i] is None:
-                part.on_visit_attribute(node, attribute)
-
-    def on_leave_attribute(self, original_node, attribute):
-        for i, part in self.attributes:
-            if self.skipping[i] is None:
-                part.on_leave_attribute(original_node, attribute)
 
 
 @dataclass
