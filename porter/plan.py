@@ -136,6 +136,9 @@ def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = No
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             out = pool.map(_plan_job, [(jobs[i][0], jobs[i][1], [r.id for r in jobs[i][2]]) for i in biggest_first],
                            chunksize=1)
+    except Exception:  # noqa: BLE001  the pool could not run (limits, a killed worker) or a rule has a bug:
+        # plan here instead, which gives the same plan, or the rule's error with its own traceback
+        return [rewrite_file(rel, text, rules) for rel, text, rules in jobs]
     finally:
         _JOB_RULES = {}
     results: list = [None] * len(jobs)

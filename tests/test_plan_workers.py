@@ -47,3 +47,19 @@ def test_the_error_of_the_first_file_wins(tmp_path):
         plan_files(jobs, workers=2)
     assert err.value.hint and err.value.exit_code == 3
     assert [f.after for f in plan_files([jobs[0], jobs[3]], workers=2)] == ["new()\n", "new()\n"]
+
+
+def test_a_pool_that_cannot_start_plans_in_this_process(monkeypatch):
+    import porter.plan as planning
+    from porter.rules import CATEGORIES, Rule, RuleDocs
+    from fixture_plugin import rename_call
+
+    class NoPool:
+        def Pool(self, n):
+            raise OSError("no semaphores here (a file size limit, a read-only /dev/shm)")
+
+    monkeypatch.setattr(planning.multiprocessing, "get_context", lambda kind: NoPool())
+    rule = Rule(id="t.sync", target="t", files=("a.py", "b.py", "c.py"), category=CATEGORIES[0], summary="s",
+                docs=RuleDocs("w", "h"), rewrite=rename_call("old", "new"))
+    jobs = [(f, "old()\n", [rule]) for f in ("a.py", "b.py", "c.py")]
+    assert [f.after for f in planning.plan_files(jobs, workers=2)] == ["new()\n"] * 3
