@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from pathlib import Path
+
+from _shared import save
 
 import torch
 
-OUT = Path(__file__).parent / "results" / "accelerator.json"
 
 
 def cuda_ms(fn, reps: int = 10) -> float:
@@ -29,7 +29,7 @@ def cuda_ms(fn, reps: int = 10) -> float:
 def main() -> dict:
     if not torch.cuda.is_available():
         result = {"skipped": "no CUDA device on this machine: run this script where one is"}
-        OUT.write_text(json.dumps(result, indent=2) + "\n")
+        save("accelerator", result)
         print(result["skipped"])
         return result
     os.environ["PORTER_DEVICE"] = "cuda"
@@ -69,7 +69,7 @@ def main() -> dict:
         result["ops"][name] = {"sat_ms": statistics.median(a), "porter_ms": statistics.median(b),
                                "ratio": statistics.median(y / z for y, z in zip(b, a)), "max_abs_diff": diff}
         print(name, json.dumps(result["ops"][name]))
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    save("accelerator", result)
     return result
 
 

@@ -9,7 +9,6 @@ Peak RSS is the process's VmHWM; the baseline is the same process's imports with
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -17,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "load_memory.json"
+from _shared import save
+
 MID = {"num_layers": 8, "hidden_size": 1024, "num_attention_heads": 16, "inner_hidden_size": 4096,
        "eva_args": {"num_layers": 4, "hidden_size": 512, "num_attention_heads": 8, "inner_hidden_size": 2048},
        "qformer_args": {"num_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "is_decoder": [True, False],
@@ -77,8 +77,7 @@ def main() -> dict:
         "usual_over_baseline_per_file_byte": (statistics.median(samples["usual"]) - base) / size,
         "goal": "porter <= 1.3",
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    save("load_memory", result)
     print(f"file {size / 2**30:.2f} GiB fp16; peak RSS above the {base / 2**30:.2f} GiB baseline, per byte of file: "
           f"porter {result['porter_over_baseline_per_file_byte']:.2f}, usual way "
           f"{result['usual_over_baseline_per_file_byte']:.2f} (median of {runs}, alternating)")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _sat_copies import original_and_patched
+from _shared import original_and_patched, save
 
 GOAL = 1e-5  # max relative difference, fp32
 
@@ -79,8 +79,7 @@ def main() -> dict:
               "relative_difference": {"mean": statistics.fmean(rel), "max": max(rel)},
               "goal_max_at_most": GOAL, "goal_met": max(rel) <= GOAL,
               "first_and_last_loss": {k: [v[0], v[-1]] for k, v in curves.items()}, "losses": curves}
-    out = Path(__file__).parent / "results" / "loss_parity.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("loss_parity", result)
     print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=2))
     return result
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sat_copies import original_and_patched, summary
+from _shared import original_and_patched, save, summary
 
 IN_MEMORY = """
 import sys
@@ -57,8 +57,7 @@ def main() -> dict:
                           for k, v in samples.items()},
               "ratio_memory_to_disk": summary(ratios),
               "goal_ratio_at_most": 1.05, "goal_met": statistics.median(ratios) <= 1.05}
-    out = Path(__file__).parent / "results" / "memory_import.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("memory_import", result)
     print(json.dumps(result["ratio_memory_to_disk"], indent=2))
     return result
 

@@ -5,13 +5,14 @@ port's plan cold and cached. One run, wall-clock seconds; results/patch.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from _shared import save
 
 os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
 
@@ -50,7 +51,6 @@ def main() -> dict:
 
 if __name__ == "__main__":
     result = main()
-    path = Path(__file__).with_name("results") / "patch.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    save("patch", result)
     for key, value in result.items():
         print(f"{key:24} {value:.3f}" if isinstance(value, float) else f"{key:24} {value}")

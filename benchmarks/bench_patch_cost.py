@@ -23,7 +23,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from _sat_copies import summary
+from _shared import save, summary
 
 from porter.testing import copy_distribution
 
@@ -83,8 +83,7 @@ def main() -> dict:
         "ratio_to_import_sat": {k: summary(v) for k, v in ratios.items()},
         "goals": {k: {"ratio_at_most": g, "met": statistics.median(ratios[k]) <= g} for k, g in GOALS.items()},
     }
-    out = Path(__file__).parent / "results" / "patch_cost.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("patch_cost", result)
     print(json.dumps({k: round(v["median"], 3) for k, v in result["ratio_to_import_sat"].items()}, indent=2))
     return result
 

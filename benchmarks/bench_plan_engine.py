@@ -11,9 +11,8 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
-from _sat_copies import summary
+from _shared import save, summary
 
 os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
 os.environ["PORTER_PLAN_WORKERS"] = "1"  # the engine itself, in this process (bench_patch_cost has the workers)
@@ -62,8 +61,7 @@ def main() -> dict:
             a / b for a, b in zip(samples["shared walk"], samples["one at a time"])),
         "outputs_identical": True,
     }
-    out = Path(__file__).parent / "results" / "plan_engine.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("plan_engine", result)
     print(json.dumps(result, indent=2))
     return result
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sat_copies import original_and_patched, summary
+from _shared import original_and_patched, save, summary
 
 SIZES = {"2 layers, hidden 256": (2, 256, 8), "6 layers, hidden 1024": (6, 1024, 16)}  # layers, hidden, heads
 GOAL = 1.02  # patched / original, at most
@@ -126,8 +126,7 @@ def main() -> dict:
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
-    out = Path(__file__).parent / "results" / "runtime_overhead.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("runtime_overhead", result)
     return result
 
 

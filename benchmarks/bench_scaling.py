@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _sat_copies import summary
+from _shared import save, summary
 
 
 def throughput(processes: int, save: Path) -> float:
@@ -47,8 +47,7 @@ def main() -> dict:
               "samples_per_s": {str(n): summary(v)
                                 for n, v in samples.items()},
               "speedup_2_over_1": statistics.median(samples[2]) / statistics.median(samples[1])}
-    out = Path(__file__).parent / "results" / "scaling.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("scaling", result)
     print(json.dumps(result, indent=2))
     return result
 

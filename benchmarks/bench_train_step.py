@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from _shared import save
 
 import torch
 
@@ -68,6 +68,6 @@ def main() -> dict:
 
 if __name__ == "__main__":
     result = main()
-    (Path(__file__).with_name("results") / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("train_step", result)
     for key, value in result.items():
         print(f"{key:20} {value:.3f}" if isinstance(value, float) else f"{key:20} {value}")

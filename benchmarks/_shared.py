@@ -1,7 +1,8 @@
-"""What several benchmarks share: two copies of the installed SAT, original and patched, and one way to
-summarise samples."""
+"""What the benchmarks share: two copies of the installed SAT, original and patched, one way to summarise
+samples, and where a result is written (``results/NAME.json``, which ``report.py`` reads)."""
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -23,3 +24,13 @@ def original_and_patched(folder: Path) -> tuple[Path, Path]:
 
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "samples": values}
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save(name: str, result: dict) -> Path:
+    """Write ``result`` to ``results/<name>.json``."""
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
