@@ -372,7 +372,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
                             hint=f"declare one rule `after` the other, or narrow one of them "
                                  f"(lines {ma.start_line}-{ma.end_line} and {mb.start_line}-{mb.end_line})",
                         )
-    layered = _in_layers(path, text, ordered, parsed, solo, walked) if python else None
+    layered = _in_layers(path, text, ordered, depth, parsed, solo, walked) if python else None
     current, found_by_rule = layered if layered is not None else _one_at_a_time(path, text, ordered, solo, parsed)
     matches: list[Match] = []
     for rule in ordered:
@@ -403,10 +403,10 @@ def _one_at_a_time(path, text, ordered, solo, parsed) -> tuple[str, dict[str, li
     return current, found_by_rule
 
 
-def _in_layers(path, text, ordered, parsed, solo, walked: _Walked | None) -> tuple[str, dict[str, list[Match]]] | None:
-    """The rules applied layer by layer, each layer in one walk (the first is ``walked``, already done over the
-    original); None to fall back to one at a time."""
-    depth = _depths(ordered)
+def _in_layers(path, text, ordered, depth, parsed, solo, walked: _Walked | None
+               ) -> tuple[str, dict[str, list[Match]]] | None:
+    """The rules applied layer by layer (``depth``: each rule's layer), each layer in one walk (the first is
+    ``walked``, already done over the original); None to fall back to one at a time."""
     current, found_by_rule = text, {}
     for level in range(max(depth.values(), default=-1) + 1):
         layer = [r for r in ordered if depth[r.id] == level]

@@ -29,12 +29,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def load_original(originals: Path, rel: str, name: str):
     """The saved original of ``rel`` as module ``name``; its own absolute imports resolve to the patched SAT.
 
-    A file the patch left alone (no rule applies to it in this release) is its own original: it is loaded
-    from the installed SAT, as the journal's verify context reads it."""
+    A file the patch left alone (no rule applies to it in this release, so the journal does not list it) is its
+    own original: it is loaded from the installed SAT, as the journal's verify context reads it. A file the
+    journal lists whose saved original is missing is an error, never the patched file compared with itself."""
     import sat
+    from porter.journal import Journal
 
     path = Path(originals) / rel
     if not path.exists():
+        journal = Journal.load(Path(originals).parent)
+        if journal is None or any(entry.path == rel for entry in journal.files):
+            raise FileNotFoundError(f"{path}: the saved original of a patched file is missing")
         path = Path(sat.__file__).resolve().parents[1] / rel
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

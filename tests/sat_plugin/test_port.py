@@ -156,3 +156,19 @@ def test_scan_leaves_nothing_open_and_finds_what_the_rules_cover(sat_site):
     args_src = (sat_site / "sat/arguments.py").read_text()
     kinds = {(s.line, s.kind) for s in find_sites("sat/arguments.py", args_src)}
     assert (188, "backend string") in kinds and (574, "cudnn flag") in kinds
+
+
+def test_op_parity_never_compares_a_patched_file_with_itself(tmp_path):
+    """A file the journal lists whose saved original is gone is an error; one it does not list is its own
+    original (the release has no code for that rule)."""
+    from porter.journal import FileEntry, Journal
+    from porter_sat.parity import load_original
+
+    state = tmp_path / "state"
+    (state / "originals").mkdir(parents=True)
+    Journal(target="sat", distribution="SwissArmyTransformer", version="0.4.12", status="applied", rules=[],
+            files=[FileEntry("sat/transformer_defaults.py", "a", "b", 0o644, [])]).save(state)
+    with pytest.raises(FileNotFoundError, match="saved original of a patched file is missing"):
+        load_original(state / "originals", "sat/transformer_defaults.py", "porter_test_missing_original")
+    untouched = load_original(state / "originals", "sat/mpu/utils.py", "porter_test_untouched")
+    assert untouched.__file__.endswith("sat/mpu/utils.py")
