@@ -43,8 +43,8 @@ def main() -> dict:
         out["revert_s"], _ = timed(lambda: patcher.revert(installed))
         cache = Path(tmp) / "cache"
         os.environ["PORTER_CACHE"] = str(cache)
-        out["memory_plan_cold_s"], _ = timed(lambda: memory.prepare(installed, rules))
-        out["memory_plan_cached_s"], _ = timed(lambda: memory.prepare(installed, rules))
+        out["memory_plan_cold_s"], _ = timed(lambda: memory.prepare(installed, lambda: rules, registry.source_digest()))
+        out["memory_plan_cached_s"], _ = timed(lambda: memory.prepare(installed, lambda: rules, registry.source_digest()))
         shutil.rmtree(cache)
     return out
 

@@ -146,7 +146,7 @@ class _Builder:
             node = stack.pop()
             if isinstance(node, _SCOPE_NODES):
                 self.open(node, scope, tables)
-                if not isinstance(node, (ast.Lambda, *_SYMTABLE_NAMES)):
+                if not isinstance(node, tuple(_SYMTABLE_NAMES)):  # a def or class binds its name here
                     scope.bind(node.name, self.at(node.lineno, node.col_offset), NOT_AN_IMPORT)
                 stack.extend(reversed(_evaluated_outside(node)))
                 continue
@@ -197,13 +197,14 @@ class _Builder:
         scope = _Scope(table, start, self.at(node.end_lineno, node.end_col_offset), parent,
                        is_function=not isinstance(node, ast.ClassDef))
         parent.children.append(scope)
-        if not isinstance(node, ast.ClassDef):
-            args = node.args if not isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)) \
-                else None
-            for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg) if args else ():
-                if arg is not None:
-                    scope.bind(arg.arg, (0, 0), NOT_AN_IMPORT)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for arg in _parameters(node.args):
+                scope.bind(arg.arg, (0, 0), NOT_AN_IMPORT)
         self.scan(body_nodes, scope)
+
+
+def _parameters(args: ast.arguments) -> list[ast.arg]:
+    return [a for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg) if a is not None]
 
 
 def _evaluated_outside(node) -> list[ast.AST]:
@@ -212,8 +213,7 @@ def _evaluated_outside(node) -> list[ast.AST]:
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         args = node.args
         return [*node.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d is not None),
-                *(a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg)
-                  if a is not None and a.annotation is not None),
+                *(a.annotation for a in _parameters(args) if a.annotation is not None),
                 *([node.returns] if node.returns else [])]
     if isinstance(node, ast.ClassDef):
         return [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]

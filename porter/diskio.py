@@ -1,6 +1,7 @@
 """Writing other people's files safely: hashes, atomic replace, stale bytecode."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -133,3 +134,17 @@ def read_source(path: Path) -> str:
         from .errors import PlanError
 
         raise PlanError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def engine_digest() -> str:
+    """porter's own sources and libcst's version: besides the rules and the files, what shapes every plan (a git
+    checkout changes without a version bump). Reads no module it hashes, so the import hook can use it."""
+    from importlib.metadata import version
+
+    from . import __version__
+
+    h = hashlib.sha256(f"{__version__}\0{version('libcst')}\0".encode())
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(f"{source.relative_to(Path(__file__).parent)}\0".encode() + source.read_bytes())
+    return h.hexdigest()

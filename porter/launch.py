@@ -102,15 +102,13 @@ def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]
                               hint=f"run `porter patch {unpatched[0]}` first, or use --patch memory")
     if requested == "memory" and not dry_run:
         from . import memory
-        from .target import locate
 
         for name in recipe.targets:
             if states[name] not in ("clean",):
                 raise PorterError(f"--patch memory needs the installed {name} unpatched, but it is {states[name]}",
                                   hint=f"use --patch disk, or `porter revert {name}`")
             # the same cache key the workers use, so each of them finds this plan without loading the rules
-            prepared = memory.prepare(locate(registry.target(name)), lambda n=name: registry.rules_for(n),
-                                      plugin_digest=registry.source_digest())
+            prepared = memory.prepare_for(registry, name)
             notes.append(f"{name}: {len(prepared.sources)} modules rewritten in memory"
                          + (f"; data files not rewritten: {', '.join(prepared.skipped)}" if prepared.skipped else ""))
     return requested

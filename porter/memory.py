@@ -1,7 +1,8 @@
 """Patching in memory: an import hook that serves rewritten source for a target's modules, touching no file.
 
 The same rule engine plans the rewrite as for `porter patch`; the planned sources are cached on disk (keyed by
-the installed files, the rules and porter's version), so N workers started together plan once. Rules over
+the installed package's files, porter's engine and the plugins' sources), so N workers started together plan
+once, and the rewritten modules' bytecode is cached beside them (never in the package's __pycache__). Rules over
 data files (JSON) cannot apply this way: they are reported, and the process reads the installed files.
 """
 from __future__ import annotations
@@ -17,7 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from typing import Callable
+
+from .diskio import engine_digest
 from .target import InstalledTarget
 
 
@@ -25,22 +28,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "memory-patch"
 
 
-def _fingerprint(installed: InstalledTarget, rules) -> str:
-    """The installed files the rules read, the rules themselves, and porter's version."""
-    from .rules import fingerprint
-
-    h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
-                       f"{fingerprint(rules)}".encode())
-    for rel in sorted({f for rule in rules for f in rule.files_for(installed.version)}):
-        path = installed.path(rel)
-        h.update(path.read_bytes() if path.exists() else b"missing")
-    return h.hexdigest()[:24]
-
-
 def _source_key(installed: InstalledTarget, plugin_digest: str) -> str:
     """Every file of the installed package and the plugins' own sources: what any rule could read or be made
     of, known without importing the rules (a worker that finds the plan cached never loads libcst)."""
-    h = hashlib.sha256(f"{__version__}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
+    h = hashlib.sha256(f"{engine_digest()}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
                        f"{plugin_digest}".encode())
     for path in sorted(p for p in installed.package_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(str(path.relative_to(installed.site_packages)).encode() + b"\0" + path.read_bytes())
@@ -55,20 +46,23 @@ class MemoryPatch:
     cached: bool
 
 
-def prepare(installed: InstalledTarget, rules, plugin_digest: str | None = None) -> MemoryPatch:
+def prepare_for(registry, name: str) -> "MemoryPatch":
+    """The in-memory plan of the registered target ``name`` (see ``prepare``): the launcher makes it, and each
+    worker finds it cached without loading the rules."""
+    from .target import locate
+
+    return prepare(locate(registry.target(name)), lambda: registry.rules_for(name), registry.source_digest())
+
+
+def prepare(installed: InstalledTarget, rules: Callable[[], list], plugin_digest: str) -> MemoryPatch:
     """Plan (or read the cached plan of) the rewrite of ``installed``'s modules.
 
-    ``rules`` is the list of rules, or a callable returning it. With ``plugin_digest`` (the registry's
-    ``source_digest()``) the cache is looked up by the installed files and the plugins' sources, and ``rules``
-    is called only when the plan must be made: what `porter run` uses, so workers skip loading the rules.
+    The cache is looked up by every installed file of the package, porter's engine and ``plugin_digest`` (the
+    registry's ``source_digest()``); ``rules()`` is called only when the plan must be made.
     """
     from .target import module_name
 
-    if plugin_digest is not None:
-        key = _source_key(installed, plugin_digest)
-    else:
-        rules = rules() if callable(rules) else rules
-        key = _fingerprint(installed, rules)
+    key = _source_key(installed, plugin_digest)
     path = cache_dir() / f"{installed.name}-{key}.json"
     if path.exists():
         try:
@@ -78,8 +72,7 @@ def prepare(installed: InstalledTarget, rules, plugin_digest: str | None = None)
             pass  # unreadable: plan again and replace it
     from .plan import make_plan  # only now: planning loads libcst, a cached plan does not need it
 
-    rules = rules() if callable(rules) else rules
-    plan = make_plan(installed, rules)
+    plan = make_plan(installed, rules())
     sources, files, skipped = {}, {}, []
     for f in plan.changed:
         name = module_name(f.path)
@@ -110,9 +103,6 @@ class _Loader(importlib.abc.SourceLoader):
         # without an mtime is never invalidated against the file on disk)
         linecache.cache[self.path] = (len(self.source), None, self.source.splitlines(keepends=True), self.path)
         return self.source.encode("utf-8")
-
-    def path_stats(self, path):
-        raise OSError("in-memory source: no bytecode cache")  # never write or read __pycache__ for these
 
     def get_code(self, fullname):
         """Compiled once per (source, file, Python): kept in porter's cache, not the package's __pycache__."""

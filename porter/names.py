@@ -13,8 +13,9 @@ from libcst.metadata import PositionProvider
 from .bindings import NOT_AN_IMPORT, BindingsProvider
 
 
-class ResolvesNames:
-    """Mixin for libcst visitors and transformers: ``self.qualified_name(node)``, ``self.refers_to(node, ...)``."""
+class ResolvesNames(cst.MetadataDependent):
+    """Mixin for libcst visitors and transformers: ``self.qualified_name(node)``, ``self.refers_to(node, ...)``.
+    Its metadata (positions, bindings) is inherited by the classes that mix it in."""
 
     METADATA_DEPENDENCIES: ClassVar = (PositionProvider, BindingsProvider)
 
@@ -22,7 +23,7 @@ class ResolvesNames:
         """The dotted name ``node`` refers to through the file's imports, or None for anything else.
 
         A root name the file never binds (a star import, a snippet) is taken as written: that is the only
-        reading Python could give it. A name bound to something that is not an import (a parameter, a local)
+        reading Python could give it; a builtin reads as ``builtins.name``. A name bound to something that is not an import (a parameter, a local)
         resolves to nothing, so ``torch`` as a function's parameter is not the torch module; nor does a name
         bound to two different imports.
         """
@@ -39,7 +40,7 @@ class ResolvesNames:
         meaning = bindings.meaning(head, where.line, where.column)
         if meaning is NOT_AN_IMPORT:
             return None
-        return (meaning or dotted.split(".")[0]) + ("." + tail if tail else "")
+        return (meaning or head) + ("." + tail if tail else "")
 
     def refers_to(self, node: cst.CSTNode, *names: str) -> bool:
         return self.qualified_name(node) in names
@@ -54,7 +55,7 @@ def _dotted(node: cst.CSTNode) -> str | None:
     if isinstance(node, cst.Attribute):
         base = _dotted(node.value)
         return None if base is None else f"{base}.{node.attr.value}"
-    if isinstance(node, cst.Call):  # torch.cuda.cudart().x reads as torch.cuda.cudart.x, as libcst names it
+    if isinstance(node, cst.Call):  # torch.cuda.cudart().x reads as torch.cuda.cudart.x
         return _dotted(node.func)
     return None
 

@@ -1,8 +1,9 @@
-"""A cache of planned files: what the rules make of one file's text, kept by (text, rules, porter version).
+"""A cache of planned files: what the rules make of one file's text, kept by (the file's path and text, the
+rules' fingerprint: their code, porter's engine and libcst's version).
 
-Planning the SAT port is dominated by libcst's scope analysis; a file whose text and rules are unchanged plans
-to the same result, so `porter patch sat --dry-run` followed by `porter patch sat` (or `verify`, or `scan`)
-plans once. Failures are never cached: a conflict or an unmatched required rule is found again each time.
+A file whose text and rules are unchanged plans to the same result, so `porter patch sat --dry-run` followed by
+`porter patch sat` (or `verify`, or `scan`) plans once. Failures are never cached: a conflict or an unmatched
+required rule is found again each time.
 PORTER_PLAN_CACHE=0 turns it off; entries live under $PORTER_CACHE (default ~/.cache/porter)/plans.
 """
 from __future__ import annotations

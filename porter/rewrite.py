@@ -277,8 +277,8 @@ class _Watch(_Parts, cst.CSTVisitor):
     """Several rules' transformers over one tree, each told only what it would match: every ``leave_`` gets the
     original node as both the original and the updated one, and what it returns is dropped. A rule that rewrote
     code nested in its own earlier rewrite would see that rewrite when it runs for real; no rule reads its own
-    output (each is a fixpoint) so the matches are the same, and the shared walk in ``_in_layers`` compares them
-    with the real run anyway."""
+    output (each is a fixpoint) so the matches are the same. For first-layer rules ``_in_layers`` compares them
+    with the real run; for ``after`` rules they serve the conflict check only."""
 
     METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
 
@@ -339,7 +339,8 @@ def _depths(rules: Sequence[Rule]) -> dict[str, int]:
 def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
     """Run ``rules`` over one file.
 
-    The file is parsed once, with one metadata pass. The rules apply in layers: the rules that rewrite installed
+    The installed text is parsed once, with one metadata pass (each later layer parses what the one before it
+    made). The rules apply in layers: the rules that rewrite installed
     code together in one walk of that tree, then each further layer of ``after`` rules together over the
     previous layer's output. Each rule's matches as if it ran alone on the original are known too: from the
     first walk for a rule whose code never ran on a node another rule had changed, else from one more walk in

@@ -5,7 +5,7 @@ import hashlib
 import sys
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable, Mapping, Union
+from typing import Iterable, Mapping, Union
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -62,8 +62,6 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
     Call ``self.record(original_node, message)`` for every rewrite, with the *original* node (the one
     libcst passes as ``original_node``): its position in the file is what the report shows.
     """
-
-    METADATA_DEPENDENCIES: ClassVar = (PositionProvider, *ResolvesNames.METADATA_DEPENDENCIES)
 
     def __init__(self, rule_id: str = "", path: str = "") -> None:
         super().__init__()
@@ -215,15 +213,9 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     module of the package that defines each rewrite (shared helpers included) and a text rewrite's
     parameters. It changes when an upgraded plugin could rewrite differently, so a patch made with other
     rules is never taken for this one."""
-    from importlib.metadata import version
+    from .diskio import engine_digest
 
-    from . import __version__
-
-    # porter's engine (its own sources, not only its version number: a git checkout changes without a release)
-    # and libcst's version (how imports are added) shape every result too
-    h = hashlib.sha256(f"{__version__}\0{version('libcst')}\0".encode())
-    for source in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(f"{source.name}\0{source.stat().st_size}\0".encode() + source.read_bytes())
+    h = hashlib.sha256(engine_digest().encode())  # porter's engine and libcst shape every result too
     sources: set[Path] = set()
     for rule in sorted(rules, key=lambda r: r.id):
         h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{sorted(rule.file_versions.items())}\0"

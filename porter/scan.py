@@ -43,8 +43,6 @@ class _Finder(ResolvesNames, cst.CSTVisitor):
     """Finds the sites by what the code refers to, through the file's imports: ``th.cuda.synchronize()`` after
     ``import torch as th`` and ``cuda.synchronize()`` after ``from torch import cuda`` are both torch.cuda."""
 
-    METADATA_DEPENDENCIES = (PositionProvider, *ResolvesNames.METADATA_DEPENDENCIES)
-
     def __init__(self, path: str, module: cst.Module):
         self.path, self.module = path, module
         self.scopes: list[str] = []

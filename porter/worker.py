@@ -37,11 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     if mode == "memory":
         from . import memory
-        from .target import locate
 
         for target in recipe.targets:
-            prepared = memory.prepare(locate(registry.target(target)), lambda t=target: registry.rules_for(t),
-                                      plugin_digest=registry.source_digest())
+            prepared = memory.prepare_for(registry, target)
             patch = memory.install(prepared)
             detail = f"{len(patch.patch.sources)} modules" + (", cached plan" if patch.patch.cached else "")
             print(f"porter worker {rank}: {target} patched in memory ({detail})", file=sys.stderr, flush=True)

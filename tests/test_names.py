@@ -105,8 +105,6 @@ def test_every_name_in_the_installed_sat_reads_as_libcst_reads_it():
 
 
 class _Names(ResolvesNames, cst.CSTVisitor):
-    METADATA_DEPENDENCIES = ResolvesNames.METADATA_DEPENDENCIES
-
     def __init__(self):
         super().__init__()
         self.read = {}
