@@ -82,10 +82,11 @@ def rows() -> list[tuple[str, str, str]]:
     if step:
         out.append(("tiny VisualGLM training step, logits only where labels are vs all positions",
                     f"{step['speedup']:.1f}x faster ({step['selective_logits_s']:.2f} s vs {step['full_logits_s']:.2f} s, "
-                    f"batch {step['batch']}; one sample each)", "bench_train_step.py"))
+                    f"batch {step['batch']}; median of 5 each, alternating)", "bench_train_step.py"))
     memory = _load("load_memory.json")
     if memory:
-        out.append(("peak host memory loading a 0.72 GiB fp16 checkpoint, above baseline, per file byte: porter / usual",
+        out.append((f"peak host memory loading a {memory['file_bytes'] / 2**30:.2f} GiB fp16 checkpoint, above baseline, "
+                    "per file byte: porter / usual",
                     f"{memory['porter_over_baseline_per_file_byte']:.2f} / {memory['usual_over_baseline_per_file_byte']:.2f} "
                     f"(n={memory['runs']}, alternating)", "bench_load_memory.py"))
     return out

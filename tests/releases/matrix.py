@@ -139,7 +139,7 @@ def render(rows: list[dict]) -> str:
     ]
     for row in sorted(rows, key=lambda r: _key(r["release"])):
         if "error" in row:
-            lines.append(f"| {row['release']} | {row['error']} |" + " |" * (len(stages) + 7))
+            lines.append(f"| {row['release']} | {row['error']} |" + " |" * (len(stages) + 6))  # as many cells
             continue
         verify = row.get("verify", {})
         lines.append("| " + " | ".join([

@@ -30,7 +30,7 @@ def test_release_patches_verifies_and_reverts(version, tmp_path):
     assert "error" not in row, row
     assert row["rules_matched"] > 0 and row["files"] > 0
     assert row["verify_ok"], row.get("verify_failures")
-    assert set(row["verify"]) >= {"journal", "compile", "import", "fixpoint"}
+    assert set(row["verify"]) == {"journal", "compile", "import", "fixpoint", "parity-ops", "parity-model", "smoke"}
     assert all(status == "ok" for status in row["verify"].values()), row["verify"]
     assert row["scan_left"] == 0, "CUDA-only sites left on the VisualGLM path"
     assert row["revert_ok"] and row["byte_identical"]

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from porter.errors import PlanError
 from porter.testing import assert_rewrites, assert_untouched, rewrite
 from porter_sat.rules import device as d
 
@@ -258,7 +259,7 @@ def test_a_file_outside_its_release_range_is_not_read():
     plan = make_plan(new, [d.TYPED_TENSOR], read=files.__getitem__)
     assert plan.rules == [] and plan.skipped == [("sat.device.typed-tensor", "0.4.11 not in the releases of its files")]
     # inside its range a required rule that finds nothing still stops the plan
-    with pytest.raises(Exception, match="required rule sat.device.typed-tensor matched nothing in sat/mpu/data.py"):
+    with pytest.raises(PlanError, match="required rule sat.device.typed-tensor matched nothing in sat/mpu/data.py"):
         make_plan(old, [d.TYPED_TENSOR], read={"sat/mpu/data.py": "x = 1\n"}.__getitem__)
 
 
