@@ -1,4 +1,5 @@
-"""Sampling from VisualGLM token by token, with ChatGLM's key/value cache, streaming text as it comes.
+"""Sampling from VisualGLM token by token, with ChatGLM's key/value cache, one answer or a padded batch of them,
+streaming text as it comes.
 
 Each step follows SAT's ``BaseStrategy`` as upstream's chat uses it: logits of the ids already generated in
 this answer divided by ``repetition_penalty`` (SAT divides, whatever the logit's sign), all logits divided by
@@ -55,46 +56,174 @@ def pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None, g
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
+@dataclass
+class Request:
+    """One answer to generate: its prompt, its image (or None for a text-only prompt) and how to sample it."""
+    prompt: Prompt
+    image: torch.Tensor | None
+    sampling: Sampling
+
+
+class Decoder:
+    """Several answers generated together, one token per live answer per ``step()``.
+
+    Prompts are padded on the left with ChatGLM's pad id, which SAT's ChatGLM masks out as keys and starts the
+    positions after, so each answer sees exactly what it would see alone: a greedy answer is the same batched
+    or not. An answer leaves the batch when it ends (``<eop>``, its ``max_length``) or is ``drop``-ped; the
+    padding every remaining answer shares is then cut from the ids and the key/value cache (SAT's one-row path
+    attends to every cached position).
+    """
+
+    def __init__(self, model, requests: list[Request], allowed: torch.Tensor | None = None):
+        kinds = {r.prompt.has_image and r.image is not None for r in requests}
+        if len(kinds) > 1:
+            raise ValueError("a batch is all image prompts or all text-only prompts")
+        for r in requests:
+            if len(r.prompt.ids) >= r.sampling.max_length:
+                raise ValueError(f"the prompt is {len(r.prompt.ids)} tokens and max_length is "
+                                 f"{r.sampling.max_length}: no room for an answer")
+        param = next(model.parameters())
+        self.model, self.allowed, self.requests = model, allowed, list(requests)
+        self.live = list(range(len(requests)))  # request index of each batch row
+        self.generated: list[list[int]] = [[] for _ in requests]
+        self.generators = [torch.Generator().manual_seed(r.sampling.seed) if r.sampling.seed is not None else None
+                           for r in requests]
+        width = max(len(r.prompt.ids) for r in requests)
+        pads = [width - len(r.prompt.ids) for r in requests]
+        self.seq = torch.tensor([[tok.PAD] * p + r.prompt.ids for p, r in zip(pads, requests)], device=param.device)
+        self.extra = {}
+        if kinds == {True}:
+            images = torch.stack([r.image for r in requests]).to(device=param.device, dtype=param.dtype)
+            offsets = [p + r.prompt.pre_image for p, r in zip(pads, requests)]
+            # one row keeps the int offset, the path training and upstream's chat take
+            pre = offsets[0] if len(offsets) == 1 else torch.tensor(offsets, device=param.device)
+            self.extra = {"image": images, "pre_image": pre}
+        self.past = None
+
+    @property
+    def done(self) -> bool:
+        return not self.live
+
+    @torch.no_grad()
+    def step(self) -> dict[int, int | None]:
+        """Request index -> the token it got this step, or None where the answer ended (and left the batch)."""
+        extra = self.extra if self.past is None else {}
+        logits, *layers = self.model(input_ids=self.seq, past_key_values=self.past, **extra)
+        self.past = [layer["past_key_values"] for layer in layers]
+        out, ended, picked = {}, [], []
+        for row, index in enumerate(self.live):
+            request, generated = self.requests[index], self.generated[index]
+            token = pick(logits[row, -1].cpu(), request.sampling, self.generators[index], generated, self.allowed)
+            picked.append(token)
+            if token == tok.EOS:
+                out[index] = None
+                ended.append(index)
+                continue
+            generated.append(token)
+            out[index] = token
+            if len(request.prompt.ids) + len(generated) >= request.sampling.max_length:
+                ended.append(index)
+        self.seq = torch.cat([self.seq, torch.tensor(picked, device=self.seq.device).unsqueeze(1)], dim=1)
+        if ended:
+            self.drop(ended)
+        return out
+
+    def drop(self, indices) -> None:
+        """Stop generating for these request indices (ended, stopped by a stop string, or cancelled)."""
+        keep = [row for row, index in enumerate(self.live) if index not in set(indices)]
+        if len(keep) == len(self.live):
+            return
+        self.live = [self.live[row] for row in keep]
+        if not keep:
+            return
+        rows = torch.tensor(keep, device=self.seq.device)
+        self.seq = self.seq.index_select(0, rows)
+        shared_pad = int((self.seq != tok.PAD).long().argmax(dim=1).min())
+        self.seq = self.seq[:, shared_pad:]
+        if self.past is not None:  # SAT's cache: (key, value) per layer, each [positions, batch, heads, dim]
+            self.past = [tuple(t.index_select(1, rows)[shared_pad:] for t in kv) for kv in self.past]
+        if "pre_image" in self.extra and self.past is None:  # not started yet: the images follow their rows
+            pre = self.extra["pre_image"]
+            offsets = (pre if torch.is_tensor(pre) else torch.tensor([pre])).index_select(0, rows.cpu()) - shared_pad
+            self.extra = {"image": self.extra["image"].index_select(0, rows),
+                          "pre_image": int(offsets[0]) if len(keep) == 1 else offsets}
+
+
 @torch.no_grad()
 def tokens(model, prompt: Prompt, image: torch.Tensor | None, sampling: Sampling, allowed=None) -> Iterator[int]:
     """The answer's ids, one at a time, until <eop> or ``max_length``."""
-    if len(prompt.ids) >= sampling.max_length:
-        raise ValueError(f"the prompt is {len(prompt.ids)} tokens and max_length is {sampling.max_length}: "
-                         f"no room for an answer")
-    param = next(model.parameters())
-    device = param.device
-    generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
-    seq = torch.tensor([prompt.ids], device=device)
-    extra = {}
-    if prompt.has_image and image is not None:
-        extra = {"image": image.unsqueeze(0).to(device=device, dtype=param.dtype), "pre_image": prompt.pre_image}
-    generated: list[int] = []
-    past = None
-    while seq.shape[1] < sampling.max_length:
-        logits, *layers = model(input_ids=seq, past_key_values=past, **(extra if past is None else {}))
-        past = [layer["past_key_values"] for layer in layers]
-        token = pick(logits[0, -1].cpu(), sampling, generator, generated, allowed)
-        if token == tok.EOS:
+    decoder = Decoder(model, [Request(prompt, image, sampling)], allowed)
+    while not decoder.done:
+        token = decoder.step()[0]
+        if token is None:
             return
-        generated.append(token)
         yield token
-        seq = torch.cat([seq, torch.tensor([[token]], device=device)], dim=1)
+
+
+class AnswerText:
+    """An answer's text as its tokens arrive: the post-processed answer in pieces that never change later.
+
+    ``stop`` strings end the answer where the first of them appears; the answer excludes it (as OpenAI's
+    ``stop``). Text that may be the start of a stop string is held back until it is known not to be.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
+        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.said = ""
+        self.stopped = False
+
+    def _cut(self, text: str) -> str | None:
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return text[: min(hits)] if hits else None
+
+    def add(self, token: int) -> str:
+        """The new text this token makes certain ('' when none); sets ``stopped`` when a stop string appeared."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # wait for whole multi-byte characters
+            return ""
+        processed = process_response(text)
+        cut = self._cut(processed)
+        if cut is not None:
+            self.stopped = True
+            return self._say(cut)
+        ready = stable_prefix(processed)
+        for s in self.stop:  # hold back a tail that could still become a stop string
+            for n in range(min(len(s) - 1, len(ready)), 0, -1):
+                if ready.endswith(s[:n]):
+                    ready = ready[:-n]
+                    break
+        return self._say(ready)
+
+    def _say(self, text: str) -> str:
+        if len(text) > len(self.said) and text.startswith(self.said):
+            piece, self.said = text[len(self.said):], text
+            return piece
+        return ""
+
+    def finish(self) -> str:
+        """The rest of the answer, once no more tokens come."""
+        if self.stopped:
+            return ""
+        final = process_response(self.tokenizer.decode(self.ids))
+        cut = self._cut(final)
+        return self._say(final if cut is None else cut)
+
+    @property
+    def text(self) -> str:
+        return self.said
 
 
 def stream(model, tokenizer, prompt: Prompt, image: torch.Tensor | None, sampling: Sampling = Sampling()
            ) -> Iterator[str]:
     """Yield the post-processed answer piece by piece; joined, the pieces are exactly the final answer."""
     allowed = tokenizer.sampleable(model.transformer.word_embeddings.weight.shape[0])
-    answer, said = [], ""
+    answer = AnswerText(tokenizer)
     for token in tokens(model, prompt, image, sampling, allowed):
-        answer.append(token)
-        text = tokenizer.decode(answer)
-        if text.endswith("\ufffd"):  # wait for whole multi-byte characters
-            continue
-        ready = stable_prefix(process_response(text))
-        if len(ready) > len(said) and ready.startswith(said):
-            yield ready[len(said):]
-            said = ready
-    final = process_response(tokenizer.decode(answer))
-    if final.startswith(said) and len(final) > len(said):
-        yield final[len(said):]
+        piece = answer.add(token)
+        if piece:
+            yield piece
+    tail = answer.finish()
+    if tail:
+        yield tail

@@ -19,25 +19,41 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     Images over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89.5 million pixels) are refused
     with one line, not a warning and then a very long decode.
     """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        return _decode(path, size, str(path))
     except FileNotFoundError:
         raise ImageError(f"{path}: image not found") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: a folder, not an image") from None
+
+
+def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
+    """Encoded image bytes (PNG, JPEG, ...) as ``load_image`` reads a file; errors name ``name``."""
+    import io
+
+    return _decode(io.BytesIO(data), size, name)
+
+
+def _decode(source, size: int, name: str) -> torch.Tensor:
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: image too large ({exc.args[0].split('could be')[0].strip()}); porter reads "
+        raise ImageError(f"{name}: image too large ({exc.args[0].split('could be')[0].strip()}); porter reads "
                          f"images up to {Image.MAX_IMAGE_PIXELS:,} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{path}: unreadable image ({exc})") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: unreadable image (not a format Pillow knows: PNG, JPEG, WebP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name}: unreadable image ({exc})") from None
     return to_tensor(image)
 
 

@@ -98,8 +98,14 @@ def classes() -> dict[str, type]:
 
         def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
             image, pre = kw_args.get("image"), kw_args.get("pre_image")
-            if image is None or pre is None or int(pre) + self.image_length > input_ids.shape[1]:
+            if image is None or pre is None or int(pre.max() if torch.is_tensor(pre) else pre) + self.image_length \
+                    > input_ids.shape[1]:
                 return self.transformer.word_embeddings(input_ids)
+            if torch.is_tensor(pre):  # a left-padded batch: each row's image starts at its own offset
+                features = self.model(image).to(self.transformer.word_embeddings.weight.dtype)
+                where = (pre.view(-1, 1) + torch.arange(self.image_length, device=pre.device)).to(input_ids.device)
+                where = where.unsqueeze(-1).expand(-1, -1, features.shape[-1])
+                return self.transformer.word_embeddings(input_ids).scatter(1, where, features)
             pre = int(pre)
             features = self.model(image).to(self.transformer.word_embeddings.weight.dtype)
             before, _pads, after = torch.tensor_split(input_ids, [pre, pre + self.image_length], dim=1)

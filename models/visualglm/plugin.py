@@ -6,7 +6,7 @@ from pathlib import Path
 import porter
 from porter.recipes import DatasetFormat, Model, Recipe
 
-from . import check, demo, infer, train
+from . import check, demo, infer, serve, train
 
 
 def _detect(fmt: str):
@@ -39,6 +39,8 @@ def porter_register_recipes(register):
     register(Recipe("visualglm", "train", "fine-tune VisualGLM through SAT's training_main and DeepSpeed on 1..N "
                     "devices", train.add_arguments, train.run, epilog=train.EPILOG, launch=True, targets=("sat",),
                     preflight=train.preflight))
+    register(Recipe("visualglm", "serve", "serve the model over HTTP: OpenAI's chat completions, upstream's api.py "
+                    "protocol and a chat page", serve.add_arguments, serve.run, epilog=serve.EPILOG))
     register(Recipe("visualglm", "check", "will a checkpoint folder and tokenizer work here? keys, shapes, tokenizer "
                     "layout, memory; in seconds, loading no weights", check.add_arguments, check.run,
                     epilog=check.EPILOG))

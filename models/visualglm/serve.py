@@ -1,0 +1,105 @@
+"""`porter run visualglm serve`: the model over HTTP, on FastAPI and uvicorn (upstream's api.py uses the same
+pair, so its deployment notes carry over): OpenAI's chat completions, upstream's api.py protocol, a chat page.
+
+The port is bound before the model loads, so a port in use is one line at once, not after a minute of loading.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from porter.errors import EXIT_USAGE, PorterError
+from porter.recipes import positive_float, positive_int
+
+from .assets import add_weight_arguments
+from .config import PRESET_NAMES
+
+EPILOG = """\
+routes:
+  POST /v1/chat/completions   OpenAI's chat completions (stream or not), one image per chat
+  GET  /v1/models             the served model's id (what requests put in "model")
+  POST /                      upstream api.py: {text, image, history, max_length, top_p, temperature}
+  GET  /                      a chat page: upload or paste an image, ask, watch the answer stream in
+  GET  /health                queue and batch state
+
+examples:
+  porter run visualglm serve
+      the tiny preset with random weights on http://127.0.0.1:8080: see the plumbing work
+  porter run visualglm serve --from_pretrained glm/visualglm --chatglm_path glm/chatglm --host 0.0.0.0
+  curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "visualglm-tiny", "messages": [{"role": "user", "content": "Describe the image."}]}'
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_weight_arguments(p)
+    p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="architecture when there is no "
+                                                                         "checkpoint (default: tiny)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
+                   help="where to run (default: detection, npu first)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one and prints it)")
+    p.add_argument("--model-name", help="the id clients send as 'model' (default: visualglm-6b for a checkpoint, "
+                                        "visualglm-tiny for the tiny preset)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="chats generated together (default 8)")
+    p.add_argument("--queue", type=positive_int, default=32,
+                   help="chats that may wait; more are answered 503 with Retry-After (default 32)")
+    p.add_argument("--max-image-bytes", type=positive_int, default=10 * 2 ** 20,
+                   help="largest image a request may carry or point to (default 10 MiB; larger: 413)")
+    p.add_argument("--image-timeout", type=positive_float, default=10.0,
+                   help="seconds to fetch an image URL (default 10)")
+    p.add_argument("--seed", type=int, default=None, help="weights of the tiny preset (default 1234)")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise PorterError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})",
+                          hint="pick another --port (0 picks a free one)", exit_code=EXIT_USAGE) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args) -> int:
+    if args.device != "auto":
+        os.environ["PORTER_DEVICE"] = args.device
+    if not 0 <= args.port <= 65535:
+        raise PorterError(f"--port {args.port}: ports are 0..65535", exit_code=EXIT_USAGE)
+    sock = bind(args.host, args.port)
+
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    import uvicorn
+
+    from .infer import load
+    from .serving.app import Served, create_app
+    from .serving.engine import Engine
+    from .serving.protocol import Limits
+
+    model, tokenizer, config = load(args, say)
+    name = args.model_name or ("visualglm-6b" if args.from_pretrained else "visualglm-tiny")
+    limits = Limits(name, min(2048, config.lm.max_sequence_length), args.max_image_bytes)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.queue).start()
+    app = create_app(Served(engine, tokenizer, limits, config.vision.image_size, model.image_length,
+                            args.image_timeout))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {name} on http://{shown}:{port} (chat page: /, OpenAI API: /v1, api.py: POST /); Ctrl-C stops",
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log,
+                                           timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.close()
+    return 0
