@@ -81,17 +81,19 @@ def evaluate_run(save: Path) -> int:
     model, ckpt = load_model(summary["checkpoint"])
     tokenizer = tokenizer_for(tokenizer_type_of(ckpt), None)
     print("\nheld-out images (never seen in training): the model's answer beside the expected caption\n", flush=True)
-    rows = evaluate.answer_all(model.eval(), tokenizer, evaluate.held_out(), ckpt.config.vision.image_size)
-    width = max(len(r.expected) for r in rows)
+    rows = evaluate.answer(model.eval(), tokenizer, evaluate.held_out(), ckpt.config.vision.image_size)
+    width = max(len(r.references[0]) for r in rows)
     for r in rows:
         marks = ("colour " if r.colour_right else "") + ("shape" if r.shape_right else "")
-        print(f"{r.image}  {r.expected:<{width}}  | {r.answer:<{width}}  {marks.strip() or '-'}")
-    s = evaluate.score(rows)
+        print(f"{Path(r.image).name}  {r.references[0]:<{width}}  | {r.answer:<{width}}  {marks.strip() or '-'}")
+    scores = evaluate.score(rows)
+    s, c = scores["shapes"], scores["captions"]
     print(f"\ncolour right {s['colour']:.0%}, shape right {s['shape']:.0%}, colour or shape right "
           f"{s['colour_or_shape']:.0%}, both {s['both']:.0%} of {s['answers']} answers "
-          f"(chance: colour 17%, shape 33%)")
+          f"(chance: colour 17%, shape 33%); BLEU-4 {c['BLEU-4']:.3f}, ROUGE-L {c['ROUGE-L']:.3f}, "
+          f"CIDEr {c['CIDEr']:.3f}")
     print(f"loss curve: {summary['loss_curve']}\ncheckpoint: {summary['checkpoint']}\nmetrics: {summary['metrics']}")
     print(f"try it: porter run visualglm infer --from_pretrained {summary['checkpoint']} --english "
           f"--image models/visualglm/data/shapes/fewshot/images/000000000073.png")
-    (save / "demo_score.json").write_text(json.dumps(s, indent=2) + "\n")
+    (save / "demo_score.json").write_text(json.dumps(scores, indent=2) + "\n")
     return 0

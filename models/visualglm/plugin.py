@@ -6,7 +6,7 @@ from pathlib import Path
 import porter
 from porter.recipes import DatasetFormat, Model, Recipe
 
-from . import check, demo, infer, serve, train
+from . import check, demo, evaluate, infer, serve, train
 
 
 def _detect(fmt: str):
@@ -41,6 +41,9 @@ def porter_register_recipes(register):
                     preflight=train.preflight))
     register(Recipe("visualglm", "serve", "serve the model over HTTP: OpenAI's chat completions, upstream's api.py "
                     "protocol and a chat page", serve.add_arguments, serve.run, epilog=serve.EPILOG))
+    register(Recipe("visualglm", "eval", "answer a data set's questions in greedy batches and score them (BLEU-4, "
+                    "ROUGE-L, CIDEr; colour and shape on the shapes set); --compare a second checkpoint",
+                    evaluate.add_arguments, evaluate.run, epilog=evaluate.EPILOG))
     register(Recipe("visualglm", "check", "will a checkpoint folder and tokenizer work here? keys, shapes, tokenizer "
                     "layout, memory; in seconds, loading no weights", check.add_arguments, check.run,
                     epilog=check.EPILOG))

@@ -18,3 +18,12 @@ def tiny_config():
     from porter_visualglm.config import preset
 
     return preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def taught_checkpoint(tmp_path_factory):
+    """A tiny VisualGLM taught the shipped shapes captions for a few dozen steps (plain torch, no DeepSpeed), saved
+    in SAT's layout: its answers depend on the image and the question, as a random model's do not."""
+    from taught import teach
+
+    return teach(tmp_path_factory.mktemp("taught") / "checkpoint")

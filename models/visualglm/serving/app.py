@@ -70,7 +70,8 @@ def create_app(served: Served) -> FastAPI:
     async def health():
         e = served.engine
         return {"status": "ok", "model": served.limits.model_id, "waiting": e.waiting, "running": e.running,
-                "max_batch": e.max_batch, "max_waiting": e.max_waiting, "batches": e.batches}
+                "max_batch": e.max_batch, "max_waiting": e.max_waiting, "batches": e.batches, "tokens": e.tokens,
+                "cancelled": e.cancelled}
 
     @app.get("/v1/models")
     async def models():

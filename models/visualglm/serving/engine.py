@@ -60,7 +60,9 @@ class Engine:
         self._cond = threading.Condition()
         self._closed = False
         self.running = 0
-        self.batches = 0
+        self.batches = 0  # counters for /health: batches run, tokens generated, chats stopped for a gone client
+        self.tokens = 0
+        self.cancelled = 0
         self._thread = threading.Thread(target=self._serve, name="porter-engine", daemon=True)
 
     def start(self) -> "Engine":
@@ -122,6 +124,7 @@ class Engine:
         while not decoder.done:
             gone = [i for i in decoder.live if batch[i].cancelled.is_set()]
             if gone:
+                self.cancelled += len(gone)
                 decoder.drop(gone)
                 if decoder.done:
                     return
@@ -131,6 +134,7 @@ class Engine:
                     self._end(job, text, "stop")
                     continue
                 job.completion_tokens += 1
+                self.tokens += 1
                 piece = text.add(token)
                 if piece:
                     job.emit("text", piece)
