@@ -39,6 +39,36 @@ def test_answers_of_different_lengths_leave_the_batch_as_they_end(taught):
     assert [a.answer for a in together] == alone
 
 
+def test_a_padded_answer_left_alone_in_the_batch_still_sees_only_its_own_prompt(taught):
+    """The long prompt ends first (2 tokens); the short, left-padded one goes on alone, on SAT's one-row path,
+    which attends to every cached position: the padding must be gone from its ids and its cache by then."""
+    from porter_visualglm.chat import build_prompt
+    from porter_visualglm.generate import Decoder, Request, Sampling, tokens
+    from porter_visualglm.images import load_image
+    from porter_visualglm.tokenizer import PAD
+
+    model, tokenizer, size = taught
+    item = evaluate.held_out()[1]
+    image = load_image(item.image, size)
+    short = build_prompt(tokenizer, item.prompt, image_length=model.image_length)
+    long = build_prompt(tokenizer, item.prompt * 6, image_length=model.image_length)
+    requests = [Request(long, image, Sampling.greedy(len(long.ids) + 2)),
+                Request(short, image, Sampling.greedy(len(short.ids) + 30))]
+    allowed = tokenizer.sampleable(model.transformer.word_embeddings.weight.shape[0])
+    decoder, got, alone_steps = Decoder(model, requests, allowed), [[], []], 0
+    while not decoder.done:
+        for row, token in decoder.step().items():
+            if token is not None:
+                got[row].append(token)
+        if decoder.live == [1]:  # a trained model's argmax can survive attending to pads: check they are gone
+            alone_steps += 1
+            assert decoder.seq[0, 0] != PAD  # (the image positions inside the prompt are pad ids too)
+            assert all(kv[0].shape[0] == decoder.seq.shape[1] - 1 for kv in decoder.past)
+    assert alone_steps > 2
+    alone = [list(tokens(model, r.prompt, r.image, r.sampling, allowed)) for r in requests]
+    assert got == alone and len(alone[1]) > 2
+
+
 def test_the_recipe_writes_predictions_and_scores_two_checkpoints_side_by_side(taught_checkpoint, tmp_path):
     out = tmp_path / "eval"
     r = subprocess.run([sys.executable, "-m", "porter.cli", "run", "visualglm", "eval", "--from_pretrained",
