@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test test-releases demo bench clean
+.PHONY: install browser test test-releases demo bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt -e '.[sat,visualglm,test]'
 	touch $(STAMP)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# The chat page is tested in the system's Chromium (Playwright's own browser download needs the internet).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		echo "installing Chromium from the system packages, for the chat page's browser test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # Every SAT release from 0.3.6 on: download, patch, verify, scan, revert (about 1.5 min each); rewrites
 # docs/releases.md. `make test` runs three of them (oldest, middle, newest).

@@ -89,6 +89,15 @@ def rows() -> list[tuple[str, str, str]]:
                     "per file byte: porter / usual",
                     f"{memory['porter_over_baseline_per_file_byte']:.2f} / {memory['usual_over_baseline_per_file_byte']:.2f} "
                     f"(n={memory['runs']}, alternating)", "bench_load_memory.py"))
+    load = _load("serve_load.json")
+    if load:
+        by = load["by_max_batch"]
+        per = "; ".join(f"--max-batch {b}: p50 {r['latency_s']['p50']:.2f} s, p95 {r['latency_s']['p95']:.2f} s, "
+                        f"{r['tokens_per_s']:.0f} tokens/s, {r['errors']} errors" for b, r in by.items())
+        out.append((f"`serve` under load: {load['clients']} clients x {load['requests_per_client']} requests, "
+                    f"{load['max_tokens']} tokens each, {load['model']}",
+                    f"{per}; server RSS {load['server_rss_mib']['before']:.0f} -> "
+                    f"{load['server_rss_mib']['after']:.0f} MiB (one run each)", "bench_serve_load.py"))
     return out
 
 
