@@ -251,12 +251,17 @@ def busy_server():
         yield s
 
 
-def test_a_client_that_disconnects_stops_its_generation(busy_server):
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "not streamed"])
+def test_a_client_that_disconnects_stops_its_generation(busy_server, streamed):
     before = busy_server.health()
-    body = {"model": "visualglm-tiny", "stream": True, "max_tokens": 200,
+    body = {"model": "visualglm-tiny", "stream": streamed, "max_tokens": 200,
             "messages": [{"role": "user", "content": "tell me a long story"}]}
-    with httpx.stream("POST", f"{busy_server.url}/v1/chat/completions", json=body, timeout=60) as r:
-        next(r.iter_lines())  # the first event: generation has started
+    if streamed:
+        with httpx.stream("POST", f"{busy_server.url}/v1/chat/completions", json=body, timeout=60) as r:
+            next(r.iter_lines())  # the first event: generation has started
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(f"{busy_server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         now = busy_server.health()
@@ -265,6 +270,18 @@ def test_a_client_that_disconnects_stops_its_generation(busy_server):
         time.sleep(0.05)
     assert now["cancelled"] == before["cancelled"] + 1
     assert now["tokens"] - before["tokens"] < 200  # it stopped before max_tokens
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(busy_server):
+    import subprocess
+    import sys
+
+    port = busy_server.url.rsplit(":", 1)[1]
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "porter.cli", "run", "visualglm", "serve", "--port", port],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"--port {port}: cannot listen there" in r.stderr and "Traceback" not in r.stderr
+    assert "model:" not in r.stderr and time.monotonic() - started < 15
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_recovers(busy_server):

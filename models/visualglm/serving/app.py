@@ -163,20 +163,22 @@ async def _start(served: Served, chat: Chat) -> tuple[Job, int]:
 
 async def _collect(job: Job, request: Request) -> tuple[str, str]:
     """The whole answer and its finish reason; cancels the job when the client disconnects first."""
-    pieces = []
+    pieces, checked = [], time.monotonic()
     try:
         while True:
             try:
-                kind, value = await asyncio.wait_for(job.events.get(), timeout=0.5)
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=0.25)
             except TimeoutError:
+                kind = None
+            if time.monotonic() - checked > 0.25:  # text keeps coming while nobody may be listening
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     raise ClientGone() from None
-                continue
             if kind == "text":
                 pieces.append(value)
             elif kind == "end":
                 return "".join(pieces), value
-            else:
+            elif kind == "error":
                 raise APIError(500, value, None, "generation_failed")
     finally:
         job.cancel()  # no-op once it ended; stops the generation when we leave early
