@@ -121,3 +121,31 @@ def test_stable_prefix_holds_back_what_may_still_change():
     assert chat.stable_prefix("a red circle  ") == "a red circle"
     assert chat.stable_prefix("训练于[[训练") == "训练于"
     assert chat.stable_prefix("done.") == "done."
+
+
+class _Letters:
+    """A tokenizer whose ids are characters: AnswerText's logic without sentencepiece's spacing rules."""
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize("text, stop, answer, stopped", [
+    ("a red circle. a blue square", ("."), "a red circle", True),
+    ("a red circle on white", ("on w", "xyz"), "a red circle ", True),
+    ("a red circle on white", ("on wx",), "a red circle on white", False),  # a prefix held back, then released
+    ("no stop here", (), "no stop here", False),
+])
+def test_stop_strings_end_the_answer_and_the_pieces_join_to_it(text, stop, answer, stopped):
+    from porter_visualglm.generate import AnswerText
+
+    at = AnswerText(_Letters(), stop if isinstance(stop, tuple) else (stop,))
+    pieces = []
+    for ch in text:
+        pieces.append(at.add(ord(ch)))
+        if at.stopped:
+            break
+        for s in at.stop:  # nothing said may later turn out to be the start of a stop string
+            assert not any(at.said.endswith(s[:n]) for n in range(1, len(s)))
+    pieces.append(at.finish())
+    assert "".join(pieces) == answer and at.stopped == stopped
