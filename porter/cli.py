@@ -100,15 +100,23 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _site_packages_arg(p, 'verify')
 
-    p = sub.add_parser("scan", help="CUDA-only sites the rules leave, by file:line", formatter_class=_Formatter,
-                       description="Run the rules in memory, then list every CUDA-only site left in the target's\n"
-                                   "package (torch.cuda.*, .cuda(), 'nccl', cudnn flags, @torch.jit.script,\n"
-                                   "unguarded CUDA-only imports, pin_memory=True). Sites the plugin leaves on\n"
-                                   "purpose are counted apart, with the plugin's reason (--all lists them).",
-                       epilog="examples:\n  porter scan sat\n  porter scan sat --all\n  porter scan sat --json\n")
-    p.add_argument("target")
-    p.add_argument("--all", action="store_true", help="also list the sites the plugin leaves on purpose")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("scan", help="CUDA-only sites in a target (after its rules), a distribution or a folder",
+                       formatter_class=_Formatter,
+                       description="List every CUDA-only and NCCL-only site (torch.cuda.*, .cuda(), 'cuda', 'nccl',\n"
+                                   "cudnn flags, @torch.jit.script, unguarded CUDA-only imports, pin_memory=True),\n"
+                                   "with what porter.runtime offers in its place, and a summary by API.\n"
+                                   "A registered target is scanned with its rules run in memory: the sites they\n"
+                                   "leave (those the plugin leaves on purpose apart, --all lists them), and how\n"
+                                   "many of the installed sites they cover. Any other installed distribution or\n"
+                                   "source folder is scanned as it is: what porting it would take.",
+                       epilog="examples:\n  porter scan sat\n  porter scan sat --all\n  porter scan deepspeed\n"
+                              "  porter scan ./my-model-repo --csv > sites.csv\n  porter scan sat --json\n")
+    p.add_argument("target", help="a registered target, an installed distribution, or a folder of Python source")
+    p.add_argument("--all", action="store_true", help="also list the sites the plugin leaves on purpose (a target), "
+                                                      "or every site (a distribution or folder)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="every site and the summary as JSON")
+    fmt.add_argument("--csv", action="store_true", help="every site as CSV rows")
     _site_packages_arg(p, 'scan')
 
     p = sub.add_parser("restore-original", help="put back the files pip installed, from the release's wheel",
@@ -348,22 +356,63 @@ def cmd_restore_original(args, registry, con: Console) -> int:
 
 
 def cmd_scan(args, registry, con: Console) -> int:
-    from .scan import scan
+    from . import scan
 
-    installed = locate(registry.target(args.target), args.site_packages)
-    sites = scan(installed, registry.rules_for(installed.name), progress=con.note)
+    if args.target in registry.items["targets"]:
+        installed = locate(registry.target(args.target), args.site_packages)
+        rules = registry.rules_for(installed.name)
+        label = f"{installed.name} {installed.version}"
+        sites = scan.scan(installed, rules, progress=con.note)
+        as_installed = scan.coverage(installed, rules, progress=con.note)
+    else:
+        label, root, files = scan.source_of(args.target)
+        sites, as_installed = [], scan.sites_in([(str(f.relative_to(root)), f.read_text(encoding="utf-8",
+                                                                                       errors="replace"))
+                                                 for f in files], progress=con.note)
     open_sites = [s for s in sites if not s.exempt]
+    target = args.target in registry.items["targets"]
     if args.json:
-        con.print(json.dumps({"open": [s.to_json() for s in open_sites],
-                              "exempt": [s.to_json() for s in sites if s.exempt]}, indent=2))
+        report = {"source": label, "sites": [s.to_json() for s in as_installed],
+                  "summary": [{"api": api, "sites": n, "covered": covered, "replacement": r}
+                              for api, n, covered, r in scan.summary(as_installed)]}
+        if target:
+            report.update({"open": [s.to_json() for s in open_sites],
+                           "exempt": [s.to_json() for s in sites if s.exempt]})
+        con.print(json.dumps(report, indent=2))
         return EXIT_OK
-    shown = sites if args.all else open_sites
-    if shown:
-        rows = [(f"{s.path}:{s.line}", s.scope, s.kind, s.code if not s.exempt else f"{s.code}  [{s.exempt}]")
-                for s in shown]
-        con.print(con.table(("site", "in", "kind", "code"), rows))
-    con.print(f"{installed.name} {installed.version}: {len(open_sites)} CUDA-only site(s) not covered by a rule, "
-              f"{len(sites) - len(open_sites)} left on purpose" + ("" if args.all else " (--all lists them)"))
+    if args.csv:
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=scan.CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for site in as_installed:
+            writer.writerow({k: v for k, v in site.to_json().items() if k in scan.CSV_FIELDS})
+        con.print(out.getvalue().rstrip("\n"))
+        return EXIT_OK
+    summary = scan.summary(as_installed)
+    if target:
+        shown = sites if args.all else open_sites
+        if shown:
+            rows = [(f"{s.path}:{s.line}", s.scope, s.kind, s.code if not s.exempt else f"{s.code}  [{s.exempt}]")
+                    for s in shown]
+            con.print(con.table(("site", "in", "kind", "code"), rows))
+        if summary:
+            con.print(con.table(("api", "sites as installed", "covered by a rule", "porter runtime"),
+                                [(api, str(n), str(c), r) for api, n, c, r in summary]))
+        covered = sum(s.covered_by is not None for s in as_installed)
+        con.print(f"{label}: {len(as_installed)} CUDA-only site(s) as installed, {covered} covered by its rules; "
+                  f"{len(open_sites)} not covered by a rule, {len(sites) - len(open_sites)} left on purpose"
+                  + ("" if args.all else " (--all lists them)"))
+        return EXIT_OK
+    if as_installed and args.all:
+        con.print(con.table(("site", "in", "api", "code"),
+                            [(f"{s.path}:{s.line}", s.scope, s.api, s.code) for s in as_installed]))
+    if summary:
+        con.print(con.table(("api", "sites", "porter runtime"), [(api, str(n), r) for api, n, _, r in summary]))
+    con.print(f"{label}: {len(as_installed)} CUDA-only site(s) in {len(files)} Python file(s)"
+              + ("" if args.all or not as_installed else " (--all lists each site; --json, --csv for tools)"))
     return EXIT_OK
 
 

@@ -121,10 +121,10 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
 
 
 def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = None) -> list[FileRewrite]:
-    """``rewrite_file`` over each (file, text, rules), in ``workers`` processes (default: see ``_plan_workers``);
+    """``rewrite_file`` over each (file, text, rules), in ``workers`` processes (default: see ``worker_count``);
     the first error in file order is raised, as one process would."""
     if workers is None:
-        workers = _plan_workers(len(jobs))
+        workers = worker_count(len(jobs))
     elif "fork" not in multiprocessing.get_all_start_methods():
         workers = 1
     if workers < 2:
@@ -161,9 +161,10 @@ def _plan_job(job: tuple[str, str, list[str]]) -> FileRewrite | PorterError:
         return exc
 
 
-def _plan_workers(files: int) -> int:
-    """How many processes plan: PORTER_PLAN_WORKERS, or one per core up to 4. Planning forks, so it stays in
-    this process where fork is unavailable or unsafe (torch loaded: its thread pools do not survive a fork)."""
+def worker_count(files: int) -> int:
+    """How many processes plan (and scan) ``files`` files: PORTER_PLAN_WORKERS, or one per core up to 4. They are
+    forked, so the work stays in this process where fork is unavailable or unsafe (torch loaded: its thread pools
+    do not survive a fork)."""
     wanted = os.environ.get("PORTER_PLAN_WORKERS", "")
     count = int(wanted) if wanted.isdigit() else min(os.cpu_count() or 1, 4)
     if files < 3 or "fork" not in multiprocessing.get_all_start_methods() or "torch" in sys.modules:
