@@ -64,7 +64,7 @@ def _model(layers: int, hidden: int, heads: int):
     from sat import get_args
     from sat.model.official.chatglm_model import ChatGLMModel
 
-    from porter.launch import single_process_defaults
+    from porter.recipes import single_process_defaults
     from porter_sat.smoke import model_args
 
     single_process_defaults()

@@ -34,8 +34,10 @@ examples:
   porter status                       clean / patched / drifted / interrupted / orphaned / damaged
   porter revert                       put every byte back
   porter scan sat                     CUDA-only sites no rule covers, by file:line
+  porter scan deepspeed               what porting any installed library (or a folder) would take
   porter rules sat                    the rule catalogue with why / how / upstream / removal
   porter plugins                      installed plugins and what each registers
+  porter new-plugin mylib --kind target   a plugin package that installs and passes its tests at once
 """
 
 
@@ -152,6 +154,19 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="a registered model (default: list them)")
     p.add_argument("recipe", nargs="?", help="one of the model's recipes (default: list them)")
     p.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("new-plugin", help="write a plugin package that installs and passes its tests at once",
+                       formatter_class=_Formatter,
+                       description="target: a Target for the library NAME, one documented rule with its source-in /\n"
+                                   "source-out tests, a patch/revert round trip on a copy of the library, a check.\n"
+                                   "model: a Model with a `train` recipe that fits a tiny network on any device, and\n"
+                                   "its tests. Written to DIR/porter-NAME; `pip install -e` it to register it.",
+                       epilog="examples:\n  porter new-plugin mylib --kind target\n"
+                              "  porter new-plugin my-model --kind model --dir plugins\n"
+                              "  cd porter-mylib && pip install -e . && python -m pytest tests\n")
+    p.add_argument("name", help="the target (the library's distribution name) or the model, as users will type it")
+    p.add_argument("--kind", choices=("target", "model"), required=True)
+    p.add_argument("--dir", type=Path, default=Path("."), help="where porter-NAME/ is written (default: here)")
 
     p = sub.add_parser("plugins", help="installed plugins and what each registers", formatter_class=_Formatter,
                        epilog="examples:\n  porter plugins\n  PORTER_DISABLE_PLUGINS=visualglm porter plugins\n")
@@ -510,6 +525,15 @@ def _rule_fields(rule, quote: str = "") -> list[tuple[str, str]]:
     return [(label, text) for label, text in fields if text]
 
 
+def cmd_new_plugin(args, registry, con: Console) -> int:
+    from .scaffold import scaffold
+
+    folder = scaffold(args.name, args.kind, args.dir)
+    con.print(f"wrote the {args.kind} plugin {args.name!r} in {folder}\n"
+              f"next: cd {folder} && pip install -e . && python -m pytest tests   (then see `porter plugins`)")
+    return EXIT_OK
+
+
 def cmd_plugins(args, registry, con: Console) -> int:
     if args.json:
         con.print(json.dumps([{"name": p.name, "version": p.version, "source": p.source,
@@ -524,7 +548,7 @@ def cmd_plugins(args, registry, con: Console) -> int:
 
 
 COMMANDS = {"run": cmd_run, "scan": cmd_scan, "restore-original": cmd_restore_original, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
-            "rules": cmd_rules, "plugins": cmd_plugins}
+            "rules": cmd_rules, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin}
 
 
 # Commands that need no rule or check: their plugins' rule and check hooks never run (nor import libcst).

@@ -20,13 +20,6 @@ from .recipes import Recipe, positive_int
 PATCH_MODES = ("auto", "disk", "memory", "off")
 
 
-def single_process_defaults() -> None:
-    """RANK, LOCAL_RANK and WORLD_SIZE as a launcher would set them for one process, where none did
-    (DeepSpeed insists on LOCAL_RANK; SAT reads all three)."""
-    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(var, default)
-
-
 def add_launch_arguments(p: argparse.ArgumentParser) -> set[str]:
     """Add porter's launch options to a recipe's parser; returns their destinations (what workers never see)."""
     g = p.add_argument_group("launch (porter)")

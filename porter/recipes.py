@@ -64,6 +64,16 @@ def find_recipe(registry, model: str, name: str | None) -> Recipe | None:
     return recipe
 
 
+def single_process_defaults() -> None:
+    """RANK, LOCAL_RANK and WORLD_SIZE as a launcher would set them for one process, where none did: for a recipe
+    or a check that runs a distributed library in one process (DeepSpeed insists on LOCAL_RANK; SAT reads all
+    three)."""
+    import os
+
+    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(var, default)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
     return _number(text, int, lambda v: v >= 1, "at least 1")

@@ -43,11 +43,40 @@ class VerifyContext:
     def site_packages(self) -> Path:
         return self.installed.site_packages
 
+    @property
+    def patched_files(self) -> list[str]:
+        """The files the patch changed, relative to ``site_packages``."""
+        return [entry.path for entry in self.journal.files]
+
+    @property
+    def applied_rules(self) -> list[str]:
+        """The ids of the rules the patch applied."""
+        return list(self.journal.rules)
+
+    @property
+    def originals_dir(self) -> Path:
+        """Where the byte-exact originals of ``patched_files`` are kept, laid out as in site-packages."""
+        from .journal import originals_dir
+
+        return originals_dir(self.installed.state_dir)
+
     def original_source(self, rel: str) -> str:
         """The file as it was before the patch (from the journal's saved originals; untouched files from disk)."""
         from .patcher import read_original
 
         return read_original(self.installed, self.journal)(rel)
+
+    def original_tree(self, dest: Path) -> Path:
+        """The target's package as it was before the patch, written under ``dest`` (a site-packages-like folder
+        to put first on ``sys.path``): the patched tree with every patched file restored."""
+        import shutil
+
+        package = self.installed.target.package
+        shutil.copytree(self.installed.package_dir, Path(dest) / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for rel in self.patched_files:
+            (Path(dest) / rel).write_bytes(self.original_source(rel).encode("utf-8"))
+        return Path(dest)
 
 
 @dataclass(frozen=True)

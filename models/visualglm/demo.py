@@ -28,41 +28,45 @@ def add_arguments(p):
                    help="disk (default): patch the installed SAT and revert it at the end; memory: touch nothing")
 
 
-def porter(*args) -> int:
-    print(f"\n$ porter {' '.join(args)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "porter.cli", *args]).returncode
+def porter(*args, quiet: bool = False) -> subprocess.CompletedProcess:
+    """The porter CLI in a fresh interpreter, as a user runs it: the demo uses porter as its users do."""
+    if not quiet:
+        print(f"\n$ porter {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "porter.cli", *args], text=True,
+                          stdout=subprocess.PIPE if quiet else None)
+
+
+def sat_state() -> str:
+    import json
+
+    done = porter("status", "sat", "--json", quiet=True)
+    if done.returncode != 0:
+        raise PorterError("`porter status sat` failed; see above")
+    return json.loads(done.stdout)[0]["state"]
 
 
 def run(args) -> int:
     import shutil
 
-    from porter import patcher, plugins
-    from porter.target import locate
-
-    registry = plugins.load()
-    sat = locate(registry.target("sat"))
     applied = False
-    if args.patch == "disk" and patcher.status(sat).state != patcher.PATCHED:
+    if args.patch == "disk" and sat_state() != "patched":
         print("\npatching the installed SAT (the journaled transaction; `porter patch sat --dry-run` shows the diff)",
               flush=True)
-        outcome = patcher.apply_patch(sat, registry.rules_for("sat"))
-        rules = sorted({m.rule_id for m in outcome.plan.matches()}) if outcome.plan else []
-        print(f"sat {sat.version}: patched {len(outcome.files)} file(s) with {len(rules)} rule(s) in "
-              f"{sat.package_dir}", flush=True)
+        if porter("patch", "sat").returncode != 0:
+            raise PorterError("`porter patch sat` failed; see above")
         applied = True
     try:
         shutil.rmtree(args.save, ignore_errors=True)
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
                       "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",
-                      "--patch", args.patch, "--save", str(args.save), "--log-interval", "25")
+                      "--patch", args.patch, "--save", str(args.save), "--log-interval", "25").returncode
         if code != 0:
             raise PorterError(f"training failed (exit {code}); see above")
         return evaluate_run(args.save)
     finally:
-        if applied:
-            restored = patcher.revert(sat).files
-            print(f"\nsat {sat.version}: reverted; {len(restored)} file(s) restored byte for byte", flush=True)
+        if applied and porter("revert").returncode != 0:
+            raise PorterError("`porter revert` failed; see above (run it again, or `porter status` to see why)")
 
 
 def evaluate_run(save: Path) -> int:

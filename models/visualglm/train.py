@@ -219,7 +219,7 @@ def run(args) -> int:
     os.environ.setdefault("SAT_LOGLEVEL", "WARNING")  # SAT's per-step log lines would drown the progress bar
     import torch
 
-    from porter.launch import single_process_defaults
+    from porter.recipes import single_process_defaults
 
     single_process_defaults()
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from porter.journal import originals_dir
 from porter.verify import FAIL, OK, SKIP, Check, CheckResult, VerifyContext
 
 
@@ -34,8 +32,9 @@ def _tagged(proc: subprocess.CompletedProcess, tag: str) -> list:
 
 
 def op_parity(context: VerifyContext):
-    proc = _run(context.site_packages, ["porter_sat.parity", "ops", "--originals", str(originals_dir(context.installed.state_dir)),
-                                        "--rules", ",".join(context.journal.rules)])
+    proc = _run(context.site_packages, ["porter_sat.parity", "ops", "--originals", str(context.originals_dir),
+                                        "--patched", ",".join(context.patched_files),
+                                        "--rules", ",".join(context.applied_rules)])
     for row in _tagged(proc, "PORTER-PARITY")[0]:
         if "skipped" in row:
             yield CheckResult("parity-ops", f"{row['op']} {row['dtype']}", SKIP, row["skipped"])
@@ -43,15 +42,6 @@ def op_parity(context: VerifyContext):
         yield CheckResult("parity-ops", f"{row['op']} {row['dtype']}", OK if row["ok"] else FAIL,
                           f"max |patched - original| = {row['max_abs_diff']:.2e} (tolerance {row['tolerance']:.0e})"
                           + (f"; {row['detail']}" if row["detail"] else ""))
-
-
-def original_tree(context: VerifyContext, dest: Path) -> Path:
-    """The target's package as it was before patching: the patched tree with every journaled file restored."""
-    package = context.installed.target.package
-    shutil.copytree(context.installed.package_dir, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for entry in context.journal.files:
-        (dest / entry.path).write_bytes(context.original_source(entry.path).encode("utf-8"))
-    return dest
 
 
 def model_parity(context: VerifyContext):
@@ -62,7 +52,7 @@ def model_parity(context: VerifyContext):
     with tempfile.TemporaryDirectory(prefix="porter-parity-") as tmp:
         tmp = Path(tmp)
         runs = {}
-        for label, site in (("original", original_tree(context, tmp / "original")), ("patched", context.site_packages)):
+        for label, site in (("original", context.original_tree(tmp / "original")), ("patched", context.site_packages)):
             out = tmp / f"{label}.pt"
             proc = _run(site, ["porter_sat.parity", "model", "--out", str(out)])
             if proc.returncode != 0 or not out.exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from porter.launch import single_process_defaults
+from porter.recipes import single_process_defaults
 from porter_sat.smoke import model_args, sample
 
 # dtype -> max abs diff allowed between patched and original. fp32 rewrites reorder nothing.
@@ -26,19 +26,17 @@ TOLERANCES = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 2e-3}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_original(originals: Path, rel: str, name: str):
+def load_original(originals: Path, rel: str, name: str, *, patched):
     """The saved original of ``rel`` as module ``name``; its own absolute imports resolve to the patched SAT.
 
-    A file the patch left alone (no rule applies to it in this release, so the journal does not list it) is its
-    own original: it is loaded from the installed SAT, as the journal's verify context reads it. A file the
-    journal lists whose saved original is missing is an error, never the patched file compared with itself."""
+    A file the patch left alone (not in ``patched``: no rule applies to it in this release) is its own original:
+    it is loaded from the installed SAT, as the verify context reads it. A patched file whose saved original is
+    missing is an error, never the patched file compared with itself."""
     import sat
-    from porter.journal import Journal
 
     path = Path(originals) / rel
     if not path.exists():
-        journal = Journal.load(Path(originals).parent)
-        if journal is None or any(entry.path == rel for entry in journal.files):
+        if rel in patched:
             raise FileNotFoundError(f"{path}: the saved original of a patched file is missing")
         path = Path(sat.__file__).resolve().parents[1] / rel
     spec = importlib.util.spec_from_file_location(name, path)
@@ -58,16 +56,17 @@ OP_RULES = {"gelu": "sat.fused.gelu", "rotary_mul": "sat.rotary.index", "attenti
             "scaled_masked_softmax": "sat.fused.glm130b-softmax"}
 
 
-def op_parity(originals: Path, dtypes=("fp32", "bf16"), applied: set[str] | None = None) -> list[dict]:
+def op_parity(originals: Path, patched: set[str], dtypes=("fp32", "bf16"), applied: set[str] | None = None
+              ) -> list[dict]:
     import sat.model.official.chatglm_model as chatglm
     import sat.model.official.glm130B_model as glm130b
     import sat.model.position_embedding.rotary_embeddings as rotary
     import sat.transformer_defaults as defaults
 
-    orig_chatglm = load_original(originals, "sat/model/official/chatglm_model.py", "porter_original_chatglm")
-    orig_rotary = load_original(originals, "sat/model/position_embedding/rotary_embeddings.py", "porter_original_rotary")
-    orig_defaults = load_original(originals, "sat/transformer_defaults.py", "porter_original_defaults")
-    orig_glm = load_original(originals, "sat/model/official/glm130B_model.py", "porter_original_glm130b")
+    orig_chatglm = load_original(originals, "sat/model/official/chatglm_model.py", "porter_original_chatglm", patched=patched)
+    orig_rotary = load_original(originals, "sat/model/position_embedding/rotary_embeddings.py", "porter_original_rotary", patched=patched)
+    orig_defaults = load_original(originals, "sat/transformer_defaults.py", "porter_original_defaults", patched=patched)
+    orig_glm = load_original(originals, "sat/model/official/glm130B_model.py", "porter_original_glm130b", patched=patched)
     from porter.runtime import ops
 
     results = []
@@ -200,6 +199,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("ops")
     p.add_argument("--originals", type=Path, required=True)
+    p.add_argument("--patched", default="", help="comma-separated paths of the files the patch changed")
     p.add_argument("--rules", default=None, help="comma-separated ids of the rules the patch applied")
     p = sub.add_parser("model")
     p.add_argument("--out", type=Path, required=True)
@@ -207,7 +207,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "ops":
         applied = None if args.rules is None else set(filter(None, args.rules.split(",")))
-        print("PORTER-PARITY " + json.dumps(op_parity(args.originals, applied=applied)), flush=True)
+        patched = set(filter(None, args.patched.split(",")))
+        print("PORTER-PARITY " + json.dumps(op_parity(args.originals, patched, applied=applied)), flush=True)
     else:
         torch.save(model_run(args.steps), args.out)
     return 0

@@ -16,7 +16,7 @@ import tempfile
 
 import torch
 
-from porter.launch import single_process_defaults
+from porter.recipes import single_process_defaults
 
 VOCAB, PAD, GMASK, BOS, EOS = 160, 0, 150, 151, 152
 SEQ = 24

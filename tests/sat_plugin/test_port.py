@@ -159,16 +159,14 @@ def test_scan_leaves_nothing_open_and_finds_what_the_rules_cover(sat_site):
 
 
 def test_op_parity_never_compares_a_patched_file_with_itself(tmp_path):
-    """A file the journal lists whose saved original is gone is an error; one it does not list is its own
-    original (the release has no code for that rule)."""
-    from porter.journal import FileEntry, Journal
+    """A patched file whose saved original is gone is an error; a file the patch left alone is its own original
+    (the release has no code for that rule)."""
     from porter_sat.parity import load_original
 
-    state = tmp_path / "state"
-    (state / "originals").mkdir(parents=True)
-    Journal(target="sat", distribution="SwissArmyTransformer", version="0.4.12", status="applied", rules=[],
-            files=[FileEntry("sat/transformer_defaults.py", "a", "b", 0o644, [])]).save(state)
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    patched = {"sat/transformer_defaults.py"}
     with pytest.raises(FileNotFoundError, match="saved original of a patched file is missing"):
-        load_original(state / "originals", "sat/transformer_defaults.py", "porter_test_missing_original")
-    untouched = load_original(state / "originals", "sat/mpu/utils.py", "porter_test_untouched")
+        load_original(originals, "sat/transformer_defaults.py", "porter_test_missing_original", patched=patched)
+    untouched = load_original(originals, "sat/mpu/utils.py", "porter_test_untouched", patched=patched)
     assert untouched.__file__.endswith("sat/mpu/utils.py")

@@ -11,8 +11,9 @@ from porter_sat.parity import load_original
 
 def modules(sat_patched):
     rel = "sat/model/position_embedding/rotary_embeddings.py"
-    patched = load_original(sat_patched, rel, "porter_test_patched_rotary")
-    original = load_original(sat_patched / ".porter-state/sat/originals", rel, "porter_test_original_rotary")
+    patched = load_original(sat_patched, rel, "porter_test_patched_rotary", patched={rel})
+    original = load_original(sat_patched / ".porter-state/sat/originals", rel, "porter_test_original_rotary",
+                             patched={rel})
     return patched, original
 
 
