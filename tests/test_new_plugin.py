@@ -2,9 +2,9 @@
 group, and pass their own tests at once; the model recipe runs, the target rule patches and reverts."""
 import subprocess
 import sys
-import sysconfig
 
 import pytest
+import throwaway_env
 
 from porter.scaffold import scaffold
 from porter.testing import make_distribution, tree_digest
@@ -12,22 +12,15 @@ from porter.testing import make_distribution, tree_digest
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    """A throwaway environment that sees this one's packages (porter, torch, ...) and has both scaffolds
-    installed editable, as `pip install -e` installs them: nothing is installed into the test's own environment."""
+    """Both scaffolds installed editable, as `pip install -e` installs them, into a throwaway environment that
+    sees this one's packages: nothing is installed into the test's own environment."""
     root = tmp_path_factory.mktemp("plugins")
     made = {kind: scaffold(name, kind, root) for kind, name in (("target", "mylib"), ("model", "tiny-net"))}
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    ours = sysconfig.get_paths()["purelib"]
-    (__import__("pathlib").Path(purelib) / "porter-base.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                        "--no-build-isolation", "-e", str(made["target"]), "-e", str(made["model"])],
+    bin_dir = throwaway_env.make(root / "venv")
+    r = subprocess.run([str(bin_dir / "pip"), "install", "-q", "-e", str(made["target"]), "-e", str(made["model"])],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return python, made
+    return bin_dir / "python", made
 
 
 def porter_in(python, *args, **kw):
