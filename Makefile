@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt -e '.[sat,visualglm,test]'
 	touch $(STAMP)
 
+# The lint and type gate first (seconds), then the suite.
 test: install browser
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # The chat page is tested in the system's Chromium (Playwright's own browser download needs the internet).

@@ -10,10 +10,8 @@ import json
 import os
 import statistics
 
-from _shared import save
-
 import torch
-
+from _shared import save
 
 
 def cuda_ms(fn, reps: int = 10) -> float:

@@ -61,11 +61,11 @@ def _model(layers: int, hidden: int, heads: int):
     import argparse as ap
 
     import torch
+    from porter_sat.smoke import model_args
     from sat import get_args
     from sat.model.official.chatglm_model import ChatGLMModel
 
     from porter.recipes import single_process_defaults
-    from porter_sat.smoke import model_args
 
     single_process_defaults()
     parser = ap.ArgumentParser()

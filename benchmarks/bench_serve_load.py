@@ -49,7 +49,6 @@ def main() -> dict:
 
 def measure(args, max_batch: int) -> dict:
     import httpx
-
     from porter_visualglm.evaluate import held_out
     from porter_visualglm.serving.local import LocalServer
 

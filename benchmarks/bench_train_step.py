@@ -11,9 +11,8 @@ import statistics
 import sys
 import time
 
-from _shared import save
-
 import torch
+from _shared import save
 
 os.environ.setdefault("PORTER_DEVICE", "cpu")
 

@@ -67,8 +67,9 @@ class Bindings:
         if module is None:
             return None
         where = (line, column)
-        scope = used_in = module.innermost(where)
-        while scope is not module:
+        scope: _Scope | None = module.innermost(where)
+        used_in = scope
+        while scope is not None and scope is not module:
             symbol = _lookup(scope.table, name)
             if symbol is None:  # not used in this scope's own code (a comprehension's first iterable)
                 scope = scope.parent
@@ -80,7 +81,7 @@ class Bindings:
             # free: bound in an enclosing function, never in a class body around it; used but unbound in a
             # class body: the class's parent is next, as in Python
             free, scope = symbol.is_free(), scope.parent
-            while free and scope is not module and not scope.is_function:
+            while free and scope is not None and scope is not module and not scope.is_function:
                 scope = scope.parent
         return _bound_in(module, name, _lookup(module.table, name), where, module is used_in)
 
@@ -146,11 +147,12 @@ class _Builder:
             node = stack.pop()
             if isinstance(node, _SCOPE_NODES):
                 self.open(node, scope, tables)
-                if not isinstance(node, tuple(_SYMTABLE_NAMES)):  # a def or class binds its name here
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):  # binds its name here
                     scope.bind(node.name, self.at(node.lineno, node.col_offset), NOT_AN_IMPORT)
                 stack.extend(reversed(_evaluated_outside(node)))
                 continue
-            where = self.at(node.lineno, node.col_offset) if hasattr(node, "lineno") else None
+            # nodes without a position (operators, contexts) bind nothing
+            where = self.at(node.lineno, node.col_offset) if hasattr(node, "lineno") else (0, 0)
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     root = alias.name.split(".")[0]
@@ -177,8 +179,9 @@ class _Builder:
         scope.bind(name, where, NOT_AN_IMPORT)
 
     def open(self, node, parent: _Scope, tables) -> None:
+        body_nodes: list[ast.AST]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            name, body_nodes = node.name, node.body
+            name, body_nodes = node.name, list(node.body)
             first = node.body[0]
             start = self.at(first.lineno, first.col_offset)
             # decorators come first, but the symbol table counts from the `def` line, as ast does
@@ -234,7 +237,7 @@ class _LazyBindings(Bindings):
 
     def __init__(self, module: cst.Module):
         super().__init__("")
-        self._source = module
+        self._source: cst.Module | None = module
 
     def _scopes(self) -> _Scope | None:
         if self._module is None and not self._broken and self._source is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import __version__, patcher, plugins
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
@@ -470,8 +470,8 @@ def cmd_run(args, registry, con: Console) -> int:
         return EXIT_OK
     recipe = find_recipe(registry, args.model, args.recipe)
     if recipe is None:
-        rows = [(r.name, r.description) for r in registry.recipes.values() if r.model == args.model]
-        con.print(con.table(("recipe", "description"), rows))
+        recipes = [(r.name, r.description) for r in registry.recipes.values() if r.model == args.model]
+        con.print(con.table(("recipe", "description"), recipes))
         return EXIT_OK
     if not recipe.launch:
         parsed = recipe_parser(recipe).parse_args(args.recipe_args)

@@ -136,7 +136,7 @@ def read_source(path: Path) -> str:
         raise PlanError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine_digest() -> str:
     """porter's own sources and libcst's version: besides the rules and the files, what shapes every plan (a git
     checkout changes without a version bump). Reads no module it hashes, so the import hook can use it."""

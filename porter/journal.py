@@ -52,7 +52,7 @@ class Journal:
         return Path(state_dir) / "journal.json"
 
     @classmethod
-    def load(cls, state_dir: Path) -> "Journal | None":
+    def load(cls, state_dir: Path) -> Journal | None:
         path = cls.path_in(state_dir)
         if not path.exists():
             return None

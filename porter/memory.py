@@ -15,10 +15,9 @@ import marshal
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from typing import Callable
 
 from .diskio import engine_digest
 from .target import InstalledTarget
@@ -46,7 +45,7 @@ class MemoryPatch:
     cached: bool
 
 
-def prepare_for(registry, name: str) -> "MemoryPatch":
+def prepare_for(registry, name: str) -> MemoryPatch:
     """The in-memory plan of the registered target ``name`` (see ``prepare``): the launcher makes it, and each
     worker finds it cached without loading the rules."""
     from .target import locate

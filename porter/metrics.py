@@ -92,7 +92,7 @@ def plot_loss(steps: list[int], losses: list[float], path: Path, size=(640, 400)
     pen.text((left, h - bottom + 8), f"step {s0}", fill="black")
     pen.text((w - right - 60, h - bottom + 8), f"step {s1}", fill="black")
     pen.text((left, 8), "training loss", fill="black")
-    points = [xy(s, l) for s, l in zip(steps, losses) if math.isfinite(l)]
+    points = [xy(s, loss) for s, loss in zip(steps, losses) if math.isfinite(loss)]
     if len(points) > 1:
         pen.line(points, fill=(30, 90, 200), width=2)
     elif points:

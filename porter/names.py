@@ -46,7 +46,9 @@ class ResolvesNames(cst.MetadataDependent):
         return self.qualified_name(node) in names
 
     def _module_of(self) -> cst.Module:
-        return next(iter(self.metadata[BindingsProvider]))
+        module = next(iter(self.metadata[BindingsProvider]))
+        assert isinstance(module, cst.Module)  # BindingsProvider answers for the module node only
+        return module
 
 
 def _dotted(node: cst.CSTNode) -> str | None:

@@ -5,13 +5,23 @@ Every step is ordered so that a crash at any point leaves either the untouched t
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .diskio import atomic_write, check_writable, drop_bytecode, read_source, sha256_bytes, sha256_file
 from .errors import StateError
-from .journal import (APPLIED, PENDING, FileEntry, Journal, original_problem, originals_dir, remove_state,
-                      saved_original, stray_originals)
+from .journal import (
+    APPLIED,
+    PENDING,
+    FileEntry,
+    Journal,
+    original_problem,
+    originals_dir,
+    remove_state,
+    saved_original,
+    stray_originals,
+)
 from .lock import dir_lock, is_locked
 from .target import InstalledTarget, changed_since_install, record_hashes
 

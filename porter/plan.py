@@ -6,13 +6,13 @@ import json
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
+from . import plancache
 from .diskio import read_source
 from .errors import NotFoundError, PlanError, PorterError
-from . import plancache
 from .rewrite import FileRewrite, rewrite_file
 from .rules import Rule, fingerprint
 from .target import InstalledTarget
@@ -39,7 +39,7 @@ class Plan:
         return counts
 
     def diff(self) -> str:
-        chunks = []
+        chunks: list[str] = []
         for f in self.changed:
             chunks.extend(difflib.unified_diff(
                 f.before.splitlines(keepends=True), f.after.splitlines(keepends=True),

@@ -1,15 +1,17 @@
 """Finding plugins, calling their hooks, and keeping what they register."""
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as md
 import importlib.util
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pluggy
 
@@ -152,7 +154,7 @@ def _load_module(spec: str):
         if name in sys.modules:
             return sys.modules[name]
         mod_spec = importlib.util.spec_from_file_location(name, path)
-        if mod_spec is None or not path.exists():
+        if mod_spec is None or mod_spec.loader is None or not path.exists():
             raise FileNotFoundError(f"no plugin file {path}")
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
@@ -205,7 +207,7 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
                                f"entry point of {dist.metadata['Name'] if dist else '?'}", ep.load))
     for spec in extra:
         candidates.append((Path(spec).stem if spec.endswith(".py") else spec, "-", "--plugin",
-                           lambda spec=spec: _load_module(spec)))
+                           functools.partial(_load_module, spec)))
 
     def fail(info: PluginInfo, message: str) -> None:
         info.error = message

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
 STATUS_COLOURS = {"ok": "green", "fail": "red", "skip": "yellow", "clean": "green", "patched": "cyan",

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
 from .errors import EXIT_NOT_FOUND, PorterError, StateError

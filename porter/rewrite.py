@@ -1,13 +1,12 @@
 """The rewrite engine: run an ordered set of rules over one file's text, in memory."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
-
 import dataclasses
 import difflib
 import functools
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper
@@ -66,7 +65,7 @@ def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWr
     if python:
         parsed = parsed or _parse(path, text, python[0].id)
         shared = set(_Watch.get_inherited_dependencies())
-        parts = [rule.rewrite(rule.id, path) for rule in python]
+        parts = [_transformer(rule, path) for rule in python]
         together = [part for part in parts if set(part.get_inherited_dependencies()) <= shared]
         if together:
             parsed.visit(_Watch(together))
@@ -142,8 +141,8 @@ class _Calls:
     def __init__(self, part: cst.CSTTransformer):
         cls = type(part)
         self.part = part
-        self.visits: dict[type, object] = {}
-        self.leaves: dict[type, object] = {}
+        self.visits: dict[type, Callable | None] = {}
+        self.leaves: dict[type, Callable | None] = {}
         self.custom_visit = cls.on_visit is not cst.CSTTransformer.on_visit
         self.custom_leave = cls.on_leave is not cst.CSTTransformer.on_leave
         self.attributes = _uses_attribute_hooks(cls)
@@ -178,19 +177,27 @@ class _Calls:
         return updated_node if method is None else method(original_node, updated_node)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _uses_attribute_hooks(cls: type) -> bool:
     """Whether a transformer class has ``visit_Node_attribute``/``leave_Node_attribute`` methods (or its own
     attribute dispatch)."""
-    if cls.on_visit_attribute is not cst.CSTTransformer.on_visit_attribute or \
-            cls.on_leave_attribute is not cst.CSTTransformer.on_leave_attribute:
+    if getattr(cls, "on_visit_attribute", None) is not cst.CSTTransformer.on_visit_attribute or \
+            getattr(cls, "on_leave_attribute", None) is not cst.CSTTransformer.on_leave_attribute:
         return True
     return any(re.fullmatch(r"(visit|leave)_[A-Z]\w*?_\w+", name) for name in dir(cls))
+
+
+def _transformer(rule: Rule, path: str) -> RuleTransformer:
+    """The rule's transformer for one file (a rule with a TextRewrite has none: callers filter those out)."""
+    assert not isinstance(rule.rewrite, TextRewrite)
+    return rule.rewrite(rule.id, path)
 
 
 class _Parts:
     """What the shared walks have in common: each rule's transformer with its method lookups, which rules are
     inside a subtree they asked to skip, and the attribute hooks passed on to the rules that have them."""
+
+    metadata: Mapping  # set by libcst on the walking visitor (a MetadataDependent) before the walk
 
     def _take(self, parts: list[RuleTransformer]) -> None:
         self.parts = parts
@@ -309,7 +316,7 @@ class _Walked:
 def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> _Walked | None:
     """Every rule of ``rules`` over one parsed file in a single walk; None when they cannot share a walk (a rule
     needs metadata the walk does not compute, or one rule rewrote code another had changed)."""
-    parts = [rule.rewrite(rule.id, path) for rule in rules]
+    parts = [_transformer(rule, path) for rule in rules]
     if any(not set(p.get_inherited_dependencies()) <= set(_Together.get_inherited_dependencies()) for p in parts):
         return None
     walk = _Together(parts)
@@ -356,7 +363,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     parsed = _parse(path, text, ordered[0].id) if ordered and python else None
     depth = _depths(ordered)
     first_layer = [r for r in ordered if depth[r.id] == 0]
-    walked = _together(first_layer, path, parsed) if python and first_layer else None
+    walked = _together(first_layer, path, parsed) if parsed is not None and first_layer else None
     # where the first layer's shared walk ran no rule's code on another's change, its matches are the rules'
     # solo readings; the rest (later layers, or all when it did) read the original in one more walk
     solo = {rid: found for rid, found in walked.matches.items() if rid not in walked.influenced} if walked else {}

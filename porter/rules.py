@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Union
+from pathlib import Path
+from typing import Union
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -13,7 +14,6 @@ from libcst.codemod.visitors import AddImportsVisitor
 from libcst.metadata import PositionProvider
 
 from .names import NOT_A_LITERAL, ResolvesNames, literal, same  # noqa: F401  (what rule authors use)
-
 from .target import version_in
 
 CATEGORIES = ("device", "imports", "rotary", "fused-op", "compat", "test")
@@ -41,7 +41,7 @@ class Match:
     start_col: int = 0
     end_col: int = 1 << 30
 
-    def overlaps(self, other: "Match") -> bool:
+    def overlaps(self, other: Match) -> bool:
         a0, a1 = (self.start_line, self.start_col), (self.end_line, self.end_col)
         b0, b1 = (other.start_line, other.start_col), (other.end_line, other.end_col)
         return a0 < b1 and b0 < a1
@@ -142,7 +142,7 @@ class JsonValue(TextRewrite):
         import json
         import re
 
-        pattern = re.compile(r'("%s"\s*:\s*)%s(?=\s*[,}\n])' % (re.escape(self.key), re.escape(self.old)))
+        pattern = re.compile(rf'("{re.escape(self.key)}"\s*:\s*){re.escape(self.old)}(?=\s*[,}}\n])')
         matches, out, last = [], [], 0
         for found in pattern.finditer(text):
             line = text.count("\n", 0, found.start()) + 1
@@ -161,7 +161,7 @@ class JsonValue(TextRewrite):
         return new_text, matches
 
 
-Rewrite = Union[type[RuleTransformer], TextRewrite]
+Rewrite = Union[type[RuleTransformer], TextRewrite]  # noqa: UP007  (evaluated at runtime on 3.10 too)
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def fingerprint(rules: Iterable[Rule]) -> str:
         if path is None:
             h.update(repr(code).encode())
             continue
-        top = module.__name__.split(".")[0]
+        top = module.__name__.split(".")[0]  # type: ignore[union-attr]  # getmodule found its file above
         package = sys.modules.get(top)
         if top != "porter" and package is not None and getattr(package, "__path__", None) and package.__file__:
             sources.update(Path(package.__file__).parent.rglob("*.py"))  # the plugin package, helpers included
@@ -281,7 +281,7 @@ def _stable(value) -> str:
 
 def _has_contents(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True

@@ -15,10 +15,10 @@ import ast
 import fnmatch
 import multiprocessing
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
@@ -260,7 +260,7 @@ def source_of(spec: str) -> tuple[str, Path, list[Path]]:
     except metadata.PackageNotFoundError:
         raise NotFoundError(f"{spec!r} is not a registered target, an installed distribution or a folder",
                             hint="`porter plugins` lists the targets; `pip list` the distributions") from None
-    root = Path(dist.locate_file(""))
+    root = Path(str(dist.locate_file("")))
     files = sorted(root / f for f in dist.files or () if f.suffix == ".py" and "__pycache__" not in f.parts
                    and (root / f).is_file())
     return f"{dist.metadata['Name']} {dist.version}", root, files

@@ -139,7 +139,7 @@ def locate(target: Target, site_packages: Path | None = None, check_version: boo
                 f"{target.distribution} is not installed in this environment",
                 hint="install it, or point porter at another environment with --site-packages DIR",
             ) from None
-        site_packages = Path(dist.locate_file("")).resolve()
+        site_packages = Path(str(dist.locate_file(""))).resolve()
     version = dist.version
     if not (site_packages / target.package).is_dir():
         raise NotFoundError(f"{target.distribution} {version} is registered in {site_packages} but its package "

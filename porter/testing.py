@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .rewrite import apply_rule
 from .rules import Rule
@@ -89,7 +89,7 @@ def record_hash(path: Path) -> str:
 def copy_distribution(distribution: str, dest: Path) -> Path:
     """Copy an installed distribution (its packages and dist-info) into ``dest``, a site-packages to patch."""
     dist = md.distribution(distribution)
-    root = Path(dist.locate_file(""))
+    root = Path(str(dist.locate_file("")))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tops = {Path(str(f)).parts[0] for f in dist.files or []}

@@ -8,9 +8,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from .diskio import sha256_file
 from .journal import APPLIED, Journal
@@ -159,7 +159,7 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             add(CheckResult("compile", rel, FAIL, "file missing"))
 
     progress("importing patched modules in a fresh interpreter")
-    names = [module_name(rel) for rel in py_files]
+    names = [name for name in map(module_name, py_files) if name is not None]
     for name, (status, detail) in import_in_subprocess(installed.site_packages, names).items():
         if status == OK and detail and not Path(detail).resolve().is_relative_to(installed.site_packages):
             status, detail = FAIL, f"imported from {detail}, not from {installed.site_packages}"

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = plugins.load(lazy=True)  # rules only if the in-memory plan is not already cached
     model, name, *recipe_argv = rest
     recipe = find_recipe(registry, model, name)
+    assert recipe is not None  # the launcher names a recipe it found
     mode = os.environ.get("PORTER_PATCH", "off")
     rank = os.environ.get("RANK", "0")
     if mode == "memory":

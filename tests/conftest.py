@@ -73,6 +73,7 @@ def cpu_device(monkeypatch):
 def fake_npu(monkeypatch):
     """FAKE Ascend NPU: tests/fakes/torch_npu.py as torch_npu, and the runtime's device set to it."""
     from fakes import torch_npu as fake
+
     from porter.runtime import device, ops
 
     monkeypatch.setattr(device, "_extra", {})

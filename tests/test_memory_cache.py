@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fixture_plugin import TOYLIB
+
 from porter import memory
 from porter.target import locate
 

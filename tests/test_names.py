@@ -9,8 +9,8 @@ from pathlib import Path
 import libcst as cst
 import pytest
 from libcst.metadata import MetadataWrapper
-
 from names_reference import disagreements
+
 from porter.names import ResolvesNames
 
 SNIPPETS = {

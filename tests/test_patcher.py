@@ -69,9 +69,11 @@ def test_only_applies_the_named_rules(toylib_site, porter_env):
     journal = Journal.load(toylib_site / ".porter-state/toylib")
     assert journal.rules == ["toylib.backend", "toylib.config", "toylib.sync"]
     orig = {e.path: e.original_sha256 for e in journal.files}
-    from porter.diskio import sha256_bytes
-    from fixture_plugin import TOYLIB_FILES
     import textwrap
+
+    from fixture_plugin import TOYLIB_FILES
+
+    from porter.diskio import sha256_bytes
     assert orig["toylib/dist.py"] == sha256_bytes(textwrap.dedent(TOYLIB_FILES["toylib/dist.py"]).lstrip("\n").encode())
 
 
@@ -94,6 +96,7 @@ def test_required_rule_no_longer_matching_aborts_and_touches_nothing(toylib_site
 
 def test_unsupported_version_is_refused(tmp_path, porter_env):
     from fixture_plugin import TOYLIB_FILES
+
     from porter.testing import make_distribution
 
     site = make_distribution(tmp_path / "sp", "toylib", "2.0", TOYLIB_FILES)
@@ -270,6 +273,7 @@ def test_sigkill_mid_revert_is_interrupted_and_revert_finishes(toylib_site, port
 
 def test_a_file_changed_during_planning_writes_no_state(toylib_site, porter_env):
     from fixture_plugin import RULES, TOYLIB
+
     from porter import patcher
     from porter.errors import StateError
     from porter.plan import make_plan

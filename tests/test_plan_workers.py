@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from fixture_plugin import rename_call
 
 import porter.plan as planning
-from fixture_plugin import rename_call
 from porter.errors import PlanError
 from porter.rules import CATEGORIES, Rule, RuleDocs
 from porter.testing import copy_distribution, refresh_record

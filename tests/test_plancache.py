@@ -2,9 +2,9 @@
 import json
 
 import pytest
+from fixture_plugin import RULES, TOYLIB
 
 import porter.plan as planning
-from fixture_plugin import RULES, TOYLIB
 from porter.errors import PlanError
 from porter.plan import make_plan
 from porter.target import locate

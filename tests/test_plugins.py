@@ -1,15 +1,15 @@
 """Plugin discovery and isolation: a broken plugin is named, the others keep working."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from pathlib import Path
-
-FIXTURE_PLUGIN = str(Path(__file__).with_name("fixture_plugin.py"))
 from porter import plugins
 from porter.errors import PluginError
 from porter.testing import run_porter
+
+FIXTURE_PLUGIN = str(Path(__file__).with_name("fixture_plugin.py"))
 
 
 def write_plugin(tmp_path, name, body):

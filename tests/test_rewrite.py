@@ -1,7 +1,7 @@
 """The rule engine: ordering, conflicts, required rules, fixpoints, data-file rules."""
 import pytest
-
 from fixture_plugin import DOCS, RULES, ReplaceText, rename_call, replace_string
+
 from porter.errors import PlanError
 from porter.rewrite import apply_rule, order_rules, rewrite_file
 from porter.rules import Rule, RuleTransformer
@@ -82,9 +82,9 @@ def test_every_fixture_rule_is_a_fixpoint(r):
 
     path = r.files[0]
     before = TOYLIB_FILES[path]
-    from porter.testing import rewrite
-
     import textwrap
+
+    from porter.testing import rewrite
 
     after, _ = rewrite(r, before, path)
     assert after != textwrap.dedent(before).lstrip("\n")

@@ -7,7 +7,6 @@ from porter.errors import InputError, PorterError
 
 from . import tokenizer as tok
 
-
 FINETUNE_MODES = ("lora", "ptuning", "full")
 
 
@@ -82,7 +81,7 @@ class VisualGLMConfig:
         }
 
     @classmethod
-    def from_sat_args(cls, args: dict, source: str = "model_config.json") -> "VisualGLMConfig":
+    def from_sat_args(cls, args: dict, source: str = "model_config.json") -> VisualGLMConfig:
         """Read SAT's model_config.json (the released VisualGLM-6B one included)."""
         try:
             eva, qf = args["eva_args"], args["qformer_args"]

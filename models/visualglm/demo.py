@@ -78,8 +78,8 @@ def evaluate_run(save: Path) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         import sat  # noqa: F401  (SAT's log handlers bind to stderr)
     from . import evaluate
-    from .checkpoint import load_model
     from .assets import tokenizer_for, tokenizer_type_of
+    from .checkpoint import load_model
 
     summary = json.loads((save / "summary.json").read_text())
     model, ckpt = load_model(summary["checkpoint"])

@@ -7,8 +7,8 @@ the temperature, the ``invalid_slices`` banned, then top-k and nucleus (top-p) f
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -27,7 +27,7 @@ class Sampling:
     seed: int | None = None
 
     @classmethod
-    def greedy(cls, max_length: int = 2048, **kw) -> "Sampling":
+    def greedy(cls, max_length: int = 2048, **kw) -> Sampling:
         return cls(max_length=max_length, top_k=1, top_p=1.0, temperature=1.0, repetition_penalty=1.0, seed=0, **kw)
 
 
@@ -215,9 +215,10 @@ class AnswerText:
         return self.said
 
 
-def stream(model, tokenizer, prompt: Prompt, image: torch.Tensor | None, sampling: Sampling = Sampling()
+def stream(model, tokenizer, prompt: Prompt, image: torch.Tensor | None, sampling: Sampling | None = None
            ) -> Iterator[str]:
     """Yield the post-processed answer piece by piece; joined, the pieces are exactly the final answer."""
+    sampling = sampling or Sampling()
     allowed = tokenizer.sampleable(model.transformer.word_embeddings.weight.shape[0])
     answer = AnswerText(tokenizer)
     for token in tokens(model, prompt, image, sampling, allowed):

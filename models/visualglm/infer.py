@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from porter.errors import InputError, PorterError
-
 from porter.recipes import non_negative_int, positive_float, positive_int, probability
 
 from .assets import STANDIN, add_weight_arguments, tokenizer_for, tokenizer_type_of

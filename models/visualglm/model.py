@@ -18,7 +18,6 @@ from torch.overrides import TorchFunctionMode
 from .config import FINETUNE_MODES, VisualGLMConfig
 
 
-
 def _sat():
     """SAT imports, deferred: listing plugins or reading a config must not import SAT (and DeepSpeed)."""
     from sat.model import BaseMixin, BaseModel, ViTModel
@@ -215,7 +214,7 @@ def assign_weights(model, weights: dict[str, torch.Tensor]) -> None:
 def materialise_derived(model, dtype: torch.dtype = torch.float32) -> None:
     """Compute the buffers a checkpoint does not set (rotary ``inv_freq``) as SAT computes them at build time, in
     ``dtype`` as SAT's ``model.half()`` leaves them; anything else still on the meta device is a bug, said so."""
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         for attr, buf in list(module._buffers.items()):
             if buf is not None and buf.is_meta and attr == "inv_freq":
                 dim = 2 * buf.shape[0]  # SAT's RotaryEmbedding: 1 / base^(2i/dim), base 10000 for ChatGLM

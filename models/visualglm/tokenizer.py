@@ -31,7 +31,7 @@ PIECES = 130344
 ENGLISH_BAN = slice(63823, 130000)  # cli_demo.py's invalid_slices in English mode: the Chinese pieces
 MAX_BLANK = 80
 NEWLINE, TAB = "<n>", "<|tab|>"
-_SPACES = re.compile(r" {2,%d}" % MAX_BLANK)
+_SPACES = re.compile(rf" {{2,{MAX_BLANK}}}")
 _BLANK = re.compile(r"<\|blank_(\d+)\|>")
 # transformers' PreTrainedTokenizer.clean_up_tokenization, which ChatGLM-6B's decode goes through
 _CLEAN_UP = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
@@ -123,7 +123,7 @@ class ChatGLMTokenizer:
         out = list(ids) + [GMASK, BOS]
         return out + list(answer) + [EOS] if answer is not None else out
 
-    def sampleable(self, vocab_size: int) -> "torch.Tensor":
+    def sampleable(self, vocab_size: int) -> torch.Tensor:
         """A bool mask over the model's vocabulary: ids that are pieces of the file, specials but <eop> excluded.
 
         The embedding rows past the file are padding a trained model never picks; a random or barely trained one

@@ -46,7 +46,6 @@ def op_parity(context: VerifyContext):
 
 def model_parity(context: VerifyContext):
     import torch
-
     from porter_sat.parity import compare_model_runs
 
     with tempfile.TemporaryDirectory(prefix="porter-parity-") as tmp:

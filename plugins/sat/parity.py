@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
+from porter_sat.smoke import model_args, sample
 
 from porter.recipes import single_process_defaults
-from porter_sat.smoke import model_args, sample
 
 # dtype -> max abs diff allowed between patched and original. fp32 rewrites reorder nothing.
 TOLERANCES = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 2e-3}

@@ -288,17 +288,19 @@ def select(name: str | None = None) -> Device:
             raise RuntimeError(f"{DEVICE_ENV}={name!r} but no {name} device is usable in this process")
         _selected = cls()
         return _selected
+    chosen: Device = CPU()  # present everywhere; detect_order puts it last
     for cls in sorted(classes.values(), key=lambda c: c.detect_order):
         if cls.is_present():
-            _selected = cls()
+            chosen = cls()
             break
-    if not _selected.is_accelerator:
+    _selected = chosen
+    if not chosen.is_accelerator:
         warnings.warn(
             "porter: no accelerator found (tried " + ", ".join(
                 c.name for c in sorted(classes.values(), key=lambda c: c.detect_order) if c is not CPU)
             + "); running on the CPU. Set PORTER_DEVICE=cpu to say that is intended.",
             RuntimeWarning, stacklevel=2)
-    return _selected
+    return chosen
 
 
 def current() -> Device:

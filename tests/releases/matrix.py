@@ -119,8 +119,8 @@ def _key(version: str) -> tuple[int, ...]:
 
 
 def render(rows: list[dict]) -> str:
-    import torch
     import deepspeed
+    import torch
 
     stages = ["journal", "compile", "import", "fixpoint", "parity-ops", "parity-model", "smoke"]
     lines = [

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from porter.errors import InputError
 from porter_visualglm.checkpoint import check_checkpoint
 from porter_visualglm.data import load_records, read_coco
 from porter_visualglm.images import ImageError, load_image
 from porter_visualglm.release import make_release_folder, tiny_release_config
+
+from porter.errors import InputError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,9 +1,9 @@
 """`porter run`: every input a user can get wrong is checked in the parent, before DeepSpeed starts a worker, and
 answered with one error line and its documented exit code (2 usage, 7 an unusable input file), never a traceback."""
 import pytest
+from porter_visualglm.release import make_release_folder
 
 from porter.testing import run_porter
-from porter_visualglm.release import make_release_folder
 
 ENV = {"PORTER_DEVICE": "cpu"}
 TRAIN = ("run", "visualglm", "train", "--device", "cpu")

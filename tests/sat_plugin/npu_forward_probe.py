@@ -8,18 +8,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tests/, for
 
 os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would take the fake torch_npu for a real NPU
 import torch  # noqa: E402
-
 from fakes import torch_npu as fake  # noqa: E402
 
 fake.install()
 os.environ["PORTER_GELU"] = "fast"
 torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
 
-from porter.runtime import ops  # noqa: E402
+import sat  # noqa: E402
 from porter_sat.parity import build_tiny_chatglm  # noqa: E402
 from porter_sat.smoke import BOS, GMASK  # noqa: E402
 
-import sat  # noqa: E402
+from porter.runtime import ops  # noqa: E402
 
 assert sat.__file__.startswith(sys.argv[1])
 dtype, hidden, heads = getattr(torch, sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

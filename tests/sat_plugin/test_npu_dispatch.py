@@ -16,7 +16,7 @@ def probe(site, dtype, hidden, heads):
     proc = subprocess.run([sys.executable, str(PROBE), str(site), dtype, str(hidden), str(heads)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("PORTER-NPU "))
+    line = next(text for text in proc.stdout.splitlines() if text.startswith("PORTER-NPU "))
     return json.loads(line.split(" ", 1)[1])
 
 

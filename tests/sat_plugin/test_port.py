@@ -50,7 +50,6 @@ def test_patch_verify_passes_every_stage_and_revert_restores_every_byte(sat_site
 def test_patched_and_original_tiny_chatglm_agree(sat_patched, tmp_path):
     """logits within 1e-5 (fp32) and the same 20-step loss curve within 1e-5 relative."""
     import torch
-
     from porter_sat.parity import compare_model_runs
 
     original = tmp_path / "original"

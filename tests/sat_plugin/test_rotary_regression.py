@@ -5,7 +5,6 @@ to the input's dtype instead of the module's ``precision``, and the time steps a
 ``inv_freq``'s dtype (which is fp16 after ``model.half()``, where integers above 2048 are not exact).
 """
 import torch
-
 from porter_sat.parity import load_original
 
 

@@ -3,8 +3,9 @@ import subprocess
 import sys
 import textwrap
 
-from porter.testing import assert_rewrites, assert_untouched
 from porter_sat.rules.imports import WANDB
+
+from porter.testing import assert_rewrites, assert_untouched
 
 
 def test_wandb_bare_import_is_dropped():

@@ -2,10 +2,10 @@
 from pathlib import Path
 
 import pytest
+from porter_sat.rules import device as d
 
 from porter.errors import PlanError
 from porter.testing import assert_rewrites, assert_untouched, rewrite
-from porter_sat.rules import device as d
 
 TORCH = "import torch\n"
 IMPORT = "import porter.runtime.device as porter_device\n\n"  # AddImportsVisitor ends the import block there
@@ -246,9 +246,10 @@ def test_default_device_before_and_after_is_available():
 
 
 def test_a_file_outside_its_release_range_is_not_read():
-    from porter.target import InstalledTarget
-    from porter.plan import make_plan
     from porter_sat.target import SAT
+
+    from porter.plan import make_plan
+    from porter.target import InstalledTarget
 
     files = {"sat/mpu/data.py": "import torch\ndef f():\n    s = [1]\n    return torch.cuda.LongTensor(s)\n"}
     old = InstalledTarget(SAT, Path("/nonexistent"), "0.4.10")

@@ -1,9 +1,10 @@
 """sat.rotary.*, sat.fused.*, sat.imports.triton and sat.compat.*: source in, source out."""
-from porter.rewrite import rewrite_file
 import textwrap
 
-from porter.testing import assert_rewrites, assert_untouched, rewrite
 from porter_sat.rules import compat, fused, imports, rotary
+
+from porter.rewrite import rewrite_file
+from porter.testing import assert_rewrites, assert_untouched, rewrite
 
 OPS = "import porter.runtime.ops as porter_ops\n"
 
@@ -173,6 +174,7 @@ def test_triton_import_is_guarded():
 
 def test_missing_stand_in_names_the_package():
     import pytest
+
     from porter.runtime.optional import missing
 
     stand_in = missing("triton", "apply_rotary", ModuleNotFoundError("No module named 'triton'"))

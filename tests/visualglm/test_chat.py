@@ -2,7 +2,6 @@
 own BaseStrategy, post-processing, streaming."""
 import pytest
 import torch
-
 from porter_visualglm import chat
 from porter_visualglm.generate import Sampling, pick, stream, tokens
 from porter_visualglm.model import build_model

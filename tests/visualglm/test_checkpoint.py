@@ -4,7 +4,6 @@ import shutil
 
 import pytest
 import torch
-
 from porter_visualglm.checkpoint import CheckpointError, inspect_checkpoint, load_model, save_model
 from porter_visualglm.config import replace
 from porter_visualglm.data import encode_example

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from porter_visualglm import data
 from porter_visualglm.data import DataError, load_records
 from porter_visualglm.data_paths import SHAPES_DIR

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from porter_visualglm import evaluate
 from porter_visualglm.assets import tokenizer_for, tokenizer_type_of
 from porter_visualglm.checkpoint import load_model

@@ -3,9 +3,9 @@ import json
 import shutil
 
 import pytest
+from porter_visualglm.data_paths import SHAPES_DIR
 
 from porter.testing import run_porter
-from porter_visualglm.data_paths import SHAPES_DIR
 
 IMAGE = str(sorted((SHAPES_DIR / "coco/val2017").glob("*.png"))[3])
 ENV = {"PORTER_DEVICE": "cpu"}

@@ -1,7 +1,6 @@
 """The VisualGLM model on the installed (unpatched) SAT: sizes, the image splice, fine-tuning modes."""
 import pytest
 import torch
-
 from porter_visualglm.config import PRESETS, VisualGLMConfig, preset
 from porter_visualglm.data import encode_example
 from porter_visualglm.model import build_model, parameter_counts

@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 import torch
-
-from porter.testing import run_porter
 from porter_visualglm import release
 from porter_visualglm.checkpoint import CheckpointError, load_model
 from porter_visualglm.config import VisualGLMConfig, preset
 from porter_visualglm.model import build_model
 from porter_visualglm.standin_tokenizer import standin_tokenizer_dir
+
+from porter.testing import run_porter
 
 ENV = {"PORTER_DEVICE": "cpu"}
 

@@ -13,7 +13,6 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-
 from porter_visualglm import chat as chat_format
 from porter_visualglm.assets import tokenizer_for, tokenizer_type_of
 from porter_visualglm.checkpoint import load_model

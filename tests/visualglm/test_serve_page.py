@@ -1,6 +1,5 @@
 """The chat page in a real browser: headless Chromium from the system packages, driven by Playwright."""
 import pytest
-
 from browser import converse
 from porter_visualglm.evaluate import held_out
 from porter_visualglm.serving.local import LocalServer

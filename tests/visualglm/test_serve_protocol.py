@@ -5,7 +5,6 @@ import io
 
 import pytest
 from PIL import Image
-
 from porter_visualglm.serving.protocol import UPSTREAM, APIError, Limits, parse_legacy, parse_openai
 
 LIMITS = Limits("visualglm-tiny", max_length=256, max_image_bytes=4096)

@@ -1,10 +1,10 @@
 """The ChatGLM-6B tokenizer on sentencepiece, against a stand-in of the real ice_text.model (its id layout and
 its published encodes) and a step-by-step restatement of tokenization_chatglm.py's rules."""
 import pytest
-
-from porter.errors import PorterError
 from porter_visualglm import standin_tokenizer as standin
 from porter_visualglm import tokenizer as tok
+
+from porter.errors import PorterError
 
 
 def test_the_stand_in_has_the_real_files_layout(standin_tokenizer):

@@ -4,9 +4,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from porter_visualglm.data_paths import SHAPES_DIR
 
 from porter.testing import run_porter, tree_digest
-from porter_visualglm.data_paths import SHAPES_DIR
 
 INSTALLED_SAT = Path(__import__("importlib").util.find_spec("sat").origin).parent
 

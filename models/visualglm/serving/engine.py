@@ -65,7 +65,7 @@ class Engine:
         self.cancelled = 0
         self._thread = threading.Thread(target=self._serve, name="porter-engine", daemon=True)
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         self._thread.start()
         return self
 

@@ -21,7 +21,7 @@ class LocalServer:
         self.proc: subprocess.Popen | None = None
         self.stderr: list[str] = []
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "run", "visualglm", "serve", "--port", "0",
                                       *self.args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=self.env)
