@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__, patcher, plugins
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
+from .journal import read_original
 from .render import Console
 from .target import STATE_DIR_NAME, locate
 
@@ -204,7 +205,7 @@ def cmd_patch(args, registry, con: Console) -> int:
         from .plan import make_plan
 
         current = patcher.status(installed)
-        plan = make_plan(installed, rules, only, read=patcher.read_original(installed, current.journal))
+        plan = make_plan(installed, rules, only, read=read_original(installed, current.journal))
         if args.report:
             plan.write_report(args.report)
         if args.json:
@@ -465,13 +466,17 @@ def cmd_run(args, registry, con: Console) -> int:
 
     if args.model is None:
         rows = [(m.name, ", ".join(sorted(r.name for r in registry.recipes.values() if r.model == m.name)),
+                 ", ".join(m.presets) or "-",
                  m.description) for m in registry.models.values()]
-        con.print(con.table(("model", "recipes", "description"), rows) if rows else "no model plugins installed")
+        con.print(con.table(("model", "recipes", "presets", "description"), rows) if rows else "no model plugins installed")
         return EXIT_OK
     recipe = find_recipe(registry, args.model, args.recipe)
     if recipe is None:
         recipes = [(r.name, r.description) for r in registry.recipes.values() if r.model == args.model]
         con.print(con.table(("recipe", "description"), recipes))
+        formats = [(d.name, d.description) for d in registry.items["datasets"].values() if d.model == args.model]
+        if formats:  # what its recipes' --data reads (the plugin's porter_register_datasets)
+            con.print("\n" + con.table(("data format", "description"), formats))
         return EXIT_OK
     if not recipe.launch:
         parsed = recipe_parser(recipe).parse_args(args.recipe_args)

@@ -16,7 +16,17 @@ others keep working (``--strict`` makes that fatal). A misspelt hook name is an 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: loading the hook specs imports no rule engine, torch or libcst
+    from .recipes import DatasetFormat, Model, Recipe
+    from .rules import Rule
+    from .runtime.device import Device
+    from .target import Target
+    from .verify import Check
 
 hookspec = pluggy.HookspecMarker("porter")
 
@@ -26,7 +36,7 @@ hookspec = pluggy.HookspecMarker("porter")
 
 
 @hookspec
-def porter_register_targets(register):
+def porter_register_targets(register: Callable[[Target], None]) -> None:
     """Register installed libraries that porter may patch.
 
     ``register(target)`` takes a :class:`porter.target.Target`: its name (``sat``), the distribution it
@@ -36,7 +46,7 @@ def porter_register_targets(register):
 
 
 @hookspec
-def porter_register_rules(register):
+def porter_register_rules(register: Callable[[Rule], None]) -> None:
     """Register rewrite rules.
 
     ``register(rule)`` takes a :class:`porter.rules.Rule`: a stable id (``sat.device.synchronize``), the
@@ -53,7 +63,7 @@ def porter_register_rules(register):
 
 
 @hookspec
-def porter_register_checks(register):
+def porter_register_checks(register: Callable[[Check], None]) -> None:
     """Register verification checks run by ``porter verify TARGET`` after the generic stages.
 
     ``register(check)`` takes a :class:`porter.verify.Check`: an id, the target name, a one-line
@@ -71,7 +81,7 @@ def porter_register_checks(register):
 
 
 @hookspec
-def porter_register_devices(register):
+def porter_register_devices(register: Callable[[type[Device]], None]) -> None:
     """Register device backends beyond the built-in cpu, cuda and npu.
 
     ``register(device_class)`` takes a subclass of ``porter.runtime.device.Device``. Its ``name`` can then
@@ -85,7 +95,7 @@ def porter_register_devices(register):
 
 
 @hookspec
-def porter_register_models(register):
+def porter_register_models(register: Callable[[Model], None]) -> None:
     """Register models.
 
     ``register(model)`` takes an object with a ``name`` (``visualglm``), a one-line ``description`` and
@@ -94,7 +104,7 @@ def porter_register_models(register):
 
 
 @hookspec
-def porter_register_datasets(register):
+def porter_register_datasets(register: Callable[[DatasetFormat], None]) -> None:
     """Register data set formats.
 
     ``register(dataset)`` takes an object with a ``name`` (``coco``), the ``model`` it feeds, and a
@@ -103,7 +113,7 @@ def porter_register_datasets(register):
 
 
 @hookspec
-def porter_register_recipes(register):
+def porter_register_recipes(register: Callable[[Recipe], None]) -> None:
     """Register recipes: the things a model can be run for (``train``, ``infer``).
 
     ``register(recipe)`` takes an object with ``model``, ``name``, ``description``,
@@ -118,7 +128,7 @@ def porter_register_recipes(register):
 
 
 @hookspec
-def porter_register_commands(register):
+def porter_register_commands(register: Callable[[str, str, Callable, Callable], None]) -> None:
     """Add top-level commands to the ``porter`` CLI.
 
     ``register(name, help, add_arguments, run)``: ``add_arguments(parser)`` fills an argparse

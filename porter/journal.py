@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from . import __version__
-from .diskio import atomic_write, sha256_bytes, sha256_file
+from .diskio import atomic_write, read_source, sha256_bytes, sha256_file
 from .errors import StateError
 
+if TYPE_CHECKING:
+    from .target import InstalledTarget
+
 FORMAT = 1
-PENDING = "pending"  # originals saved, files being replaced: a crash here is "interrupted"
-APPLIED = "applied"
+JournalStatus = Literal["pending", "applied"]
+PENDING: JournalStatus = "pending"  # originals saved, files being replaced: a crash here is "interrupted"
+APPLIED: JournalStatus = "applied"
 
 
 @dataclass
@@ -37,7 +43,7 @@ class Journal:
     target: str
     distribution: str
     version: str
-    status: str
+    status: JournalStatus
     rules: list[str]
     files: list[FileEntry]
     rules_fingerprint: str = ""  # porter.rules.fingerprint of the rules that made this patch
@@ -134,3 +140,16 @@ def remove_state(state_dir: Path) -> None:
         state_dir.parent.rmdir()  # the shared .porter-state folder, once no target has state in it
     except OSError:
         pass
+
+
+def read_original(installed: InstalledTarget, journal: Journal | None) -> Callable[[str], str]:
+    """A source reader that prefers the journal's saved originals, so a patched target re-plans (and is scanned,
+    and verified) from the files as they were installed."""
+    saved = {e.path: e for e in journal.files} if journal else {}
+
+    def read(rel: str) -> str:
+        if rel in saved:
+            return saved_original(installed.state_dir, saved[rel]).decode("utf-8")
+        return read_source(installed.path(rel))
+
+    return read

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from .diskio import atomic_write, check_writable, drop_bytecode, read_source, sha256_bytes, sha256_file
+from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import (
     APPLIED,
@@ -18,6 +18,7 @@ from .journal import (
     Journal,
     original_problem,
     originals_dir,
+    read_original,
     remove_state,
     saved_original,
     stray_originals,
@@ -32,11 +33,16 @@ if TYPE_CHECKING:  # planning pulls in libcst: `porter status` and `revert` neve
 Progress = Callable[[str], None]
 
 
-CLEAN, PATCHED, DRIFTED, INTERRUPTED, IN_PROGRESS = "clean", "patched", "drifted", "interrupted", "in-progress"
+PatchState = Literal["clean", "patched", "drifted", "interrupted", "in-progress", "orphaned", "damaged"]
+CLEAN: PatchState = "clean"
+PATCHED: PatchState = "patched"
+DRIFTED: PatchState = "drifted"
+INTERRUPTED: PatchState = "interrupted"
+IN_PROGRESS: PatchState = "in-progress"
 # saved originals with no journal, and installed files that differ from them (the journal was deleted)
-ORPHANED = "orphaned"
+ORPHANED: PatchState = "orphaned"
 # the journal is there, but a saved original it needs is missing or altered: revert cannot restore that file
-DAMAGED = "damaged"
+DAMAGED: PatchState = "damaged"
 
 
 def _quiet(_msg: str) -> None:
@@ -61,7 +67,7 @@ class Outcome:
 class Status:
     target: str
     version: str
-    state: str
+    state: PatchState
     files: dict[str, str]  # path -> original | patched | drifted | missing
     journal: Journal | None
     changed_since_install: list[str] = field(default_factory=list)  # unpatched files that differ from RECORD
@@ -71,18 +77,6 @@ class Status:
                 "rules": self.journal.rules if self.journal else [],
                 "patched_at": self.journal.created if self.journal else None,
                 "changed_since_install": self.changed_since_install}
-
-
-def read_original(installed: InstalledTarget, journal: Journal | None) -> Callable[[str], str]:
-    """A source reader for planning that prefers saved originals, so a patched target re-plans from scratch."""
-    saved = {e.path: e for e in journal.files} if journal else {}
-
-    def read(rel: str) -> str:
-        if rel in saved:
-            return saved_original(installed.state_dir, saved[rel]).decode("utf-8")
-        return read_source(installed.path(rel))
-
-    return read
 
 
 def orphans(installed: InstalledTarget) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .journal import read_original
 from .names import ResolvesNames
 from .plan import make_plan
 from .target import InstalledTarget
@@ -215,7 +216,7 @@ def python_files(root: Path) -> list[Path]:
 
 def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None) -> list[Site]:
     """Every CUDA-only site in the target's package as the patch would leave it."""
-    from .patcher import read_original, status
+    from .patcher import status
 
     journal = status(installed).journal
     read = read_original(installed, journal)
@@ -231,7 +232,7 @@ def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = la
 def coverage(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None) -> list[Site]:
     """Every CUDA-only site in the target's package as installed, each with the rule whose change covers its
     line (``covered_by``), or None."""
-    from .patcher import read_original, status
+    from .patcher import status
 
     read = read_original(installed, status(installed).journal)
     matches: dict[str, list] = {}

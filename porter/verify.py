@@ -11,21 +11,25 @@ import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .diskio import sha256_file
-from .journal import APPLIED, Journal
+from .journal import APPLIED, Journal, read_original
 from .rewrite import rewrite_file
 from .rules import Rule
 from .target import InstalledTarget, module_name  # noqa: F401  (module_name: verify's import probe)
 
-OK, FAIL, SKIP = "ok", "fail", "skip"
+Outcome = Literal["ok", "fail", "skip"]
+OK: Outcome = "ok"
+FAIL: Outcome = "fail"
+SKIP: Outcome = "skip"
 
 
 @dataclass
 class CheckResult:
     stage: str
     item: str
-    status: str  # ok | fail | skip
+    status: Outcome
     detail: str = ""
 
     def to_json(self) -> dict:
@@ -62,8 +66,6 @@ class VerifyContext:
 
     def original_source(self, rel: str) -> str:
         """The file as it was before the patch (from the journal's saved originals; untouched files from disk)."""
-        from .patcher import read_original
-
         return read_original(self.installed, self.journal)(rel)
 
     def original_tree(self, dest: Path) -> Path:
@@ -117,7 +119,8 @@ _IMPORT_PROBE = textwrap.dedent("""
 """)
 
 
-def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: float = 600) -> dict[str, tuple[str, str]]:
+def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: float = 600
+                         ) -> dict[str, tuple[Outcome, str]]:
     """Import ``modules`` in a fresh interpreter with ``site_packages`` first on sys.path."""
     proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(site_packages), *modules],
                           capture_output=True, text=True, timeout=timeout)

@@ -27,7 +27,6 @@ class Device:
     deepspeed_accelerator: ClassVar[str]  # the value of DS_ACCELERATOR for DeepSpeed
     detect_order: ClassVar[int] = 100  # lower is tried first during auto-detection
     pin_memory: ClassVar[bool] = False  # whether pinned host memory speeds host-to-device copies
-    bf16: ClassVar[bool] = True
     fp16: ClassVar[bool] = True
 
     # -- discovery --------------------------------------------------------------------------------------
@@ -205,10 +204,6 @@ class CUDA(Device):
 
     def _module(self):
         return torch.cuda
-
-    @property
-    def bf16(self) -> bool:  # type: ignore[override]
-        return torch.cuda.is_bf16_supported()
 
     def set_determinism(self, *, benchmark: bool, deterministic: bool, allow_tf32: bool) -> None:
         torch.backends.cudnn.benchmark = benchmark
