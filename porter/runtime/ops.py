@@ -209,21 +209,12 @@ def npu_scaled_masked_softmax(x: torch.Tensor, mask: torch.Tensor, scale: float)
 # --- attention ------------------------------------------------------------------------------------------
 
 def _attention_reference(q, k, v, *, is_causal: bool = False, dropout_p: float = 0.0):
-    # SAT's fast path: no explicit mask (full or causal), default 1/sqrt(head dim) scaling.
+    # SAT's fast path: no explicit mask (full or causal), default 1/sqrt(head dim) scaling. On CUDA (and the CPU)
+    # torch's own scaled_dot_product_attention already picks the fused kernel: no CUDA kernel is registered.
     return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=dropout_p, is_causal=is_causal)
 
 
 attention = Op("attention", _attention_reference)
-
-
-def _sdpa_guard(q, k, v, *, is_causal: bool = False, dropout_p: float = 0.0) -> str | None:
-    return None
-
-
-@attention.kernel("cuda")
-@guarded(_sdpa_guard)
-def sdpa(q, k, v, *, is_causal: bool = False, dropout_p: float = 0.0):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=dropout_p, is_causal=is_causal)
 
 
 def _fusion_attention_guard(q, k, v, *, is_causal: bool = False, dropout_p: float = 0.0) -> str | None:
