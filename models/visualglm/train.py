@@ -276,15 +276,10 @@ def run(args) -> int:
     if args.mode == "performance":
         sat_args.save = None
 
-    log = RunLog(run_dir, args.iters, rank, args.log_interval)
-    state = {"micro": 0, "losses": [], "samples": 0, "tokens": 0, "t0": None}
+    steps = StepMeter(RunLog(run_dir, args.iters, rank, args.log_interval), args.grad_accum, world, args.lr)
 
     def forward_step(data_iterator, model, sat_args, timers):
-        now = time.monotonic()
-        if state["micro"] % args.grad_accum == 0:
-            _finish_step(model, now)
-            state["t0"] = now
-            state["lr"] = model.get_lr()[0] if hasattr(model, "get_lr") else args.lr
+        steps.begin_micro_batch(model)
         timers("batch generator").start()
         batch = next(data_iterator)
         timers("batch generator").stop()
@@ -296,38 +291,62 @@ def run(args) -> int:
         mask[:, :-1] = labels[:, 1:] != -100
         logits = model(input_ids=ids, image=image, pre_image=batch["pre_image"], logit_mask=mask)[0]
         loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]])
-        state["micro"] += 1
-        state["losses"].append(loss.detach().float())
-        state["samples"] += ids.shape[0]
-        state["tokens"] += int((ids != tok.PAD).sum())
+        steps.add(loss, ids.shape[0], int((ids != tok.PAD).sum()))
         return loss, {}
 
-    def _finish_step(model, now):
-        if not state["losses"]:
-            return
-        totals = torch.stack([torch.stack(state["losses"]).mean(), torch.tensor(float(state["samples"])),
-                              torch.tensor(float(state["tokens"]))])
-        if torch.distributed.is_initialized() and world > 1:
-            totals = totals.to(next(model.parameters()).device)
-            torch.distributed.all_reduce(totals)
-            totals[0] /= world
-        step = state.get("step", sat_args.iteration if hasattr(sat_args, "iteration") else 0) + 1
-        state["step"] = step
-        log.step(step, float(totals[0]), float(state["lr"]), int(totals[1]), int(totals[2]), now - state["t0"])
-        state["losses"], state["samples"], state["tokens"] = [], 0, 0
-
     def init_function(sat_args_, model_):
-        state["step"] = getattr(sat_args_, "iteration", 0)  # after --resume, counting continues from there
+        steps.step = getattr(sat_args_, "iteration", 0)  # after --resume, counting continues from there
 
     training_main(sat_args, model_cls=model, forward_step_function=forward_step,
                   create_dataset_function=lambda path, a: dataset, init_function=init_function,
                   collate_fn=functools.partial(collate, label_pad=-100 if lengths.ignore_pad_token_for_loss else tok.PAD))
-    _finish_step(model, time.monotonic())
+    steps.finish(model)
     checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
-    summary = log.close(checkpoint)
+    summary = steps.log.close(checkpoint)
     if rank == 0:
         print_summary(summary, args)
     return 0
+
+
+class StepMeter:
+    """What one optimizer step did: the mean loss of its micro-batches (averaged over the workers), its samples
+    and tokens, its learning rate and time; logged once the step's last micro-batch is done."""
+
+    def __init__(self, log, grad_accum: int, world: int, lr: float):
+        self.log, self.grad_accum, self.world, self.default_lr = log, grad_accum, world, lr
+        self.micro, self.step = 0, 0
+        self.losses: list = []
+        self.samples = self.tokens = 0
+        self.started = time.monotonic()
+        self.lr = lr
+
+    def begin_micro_batch(self, model) -> None:
+        if self.micro % self.grad_accum == 0:  # a new optimizer step: log the one before
+            self.finish(model)
+            self.started = time.monotonic()
+            self.lr = model.get_lr()[0] if hasattr(model, "get_lr") else self.default_lr
+
+    def add(self, loss, samples: int, tokens: int) -> None:
+        self.micro += 1
+        self.losses.append(loss.detach().float())
+        self.samples += samples
+        self.tokens += tokens
+
+    def finish(self, model) -> None:
+        import torch
+
+        if not self.losses:
+            return
+        totals = torch.stack([torch.stack(self.losses).mean(), torch.tensor(float(self.samples)),
+                              torch.tensor(float(self.tokens))])
+        if torch.distributed.is_initialized() and self.world > 1:
+            totals = totals.to(next(model.parameters()).device)
+            torch.distributed.all_reduce(totals)
+            totals[0] /= self.world
+        self.step += 1
+        self.log.step(self.step, float(totals[0]), float(self.lr), int(totals[1]), int(totals[2]),
+                      time.monotonic() - self.started)
+        self.losses, self.samples, self.tokens = [], 0, 0
 
 
 def print_summary(summary: dict, args) -> None:
