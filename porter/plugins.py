@@ -195,20 +195,6 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
         disable = [d.strip() for d in os.environ.get(DISABLE_ENV, "").split(",") if d.strip()]
     extra = list(extra) + [e.strip() for e in os.environ.get(EXTRA_ENV, "").split(",") if e.strip()]
 
-    candidates: list[tuple[str, str, str, Callable[[], Any]]] = []
-    if "*" not in disable:
-        seen = set()
-        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in disable or ep.name in seen:
-                continue
-            seen.add(ep.name)
-            dist = ep.dist
-            candidates.append((ep.name, dist.version if dist else "?",
-                               f"entry point of {dist.metadata['Name'] if dist else '?'}", ep.load))
-    for spec in extra:
-        candidates.append((Path(spec).stem if spec.endswith(".py") else spec, "-", "--plugin",
-                           functools.partial(_load_module, spec)))
-
     def fail(info: PluginInfo, message: str) -> None:
         info.error = message
         registry.plugins.append(info)
@@ -216,23 +202,7 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
             raise PluginError(f"plugin {info.name!r} failed: {message}",
                               hint=f"fix or uninstall it, or disable it with {DISABLE_ENV}={info.name}")
 
-    loaded: list[tuple[PluginInfo, Any]] = []
-    for name, version, source, loader in candidates:
-        info = PluginInfo(name=name, version=version, source=source)
-        try:
-            module = loader()
-            pm.register(module, name=name)
-            unknown = [h.name for h in pm.hook.__dict__.values()
-                       if isinstance(h, pluggy.HookCaller) and not h.has_spec() and h.get_hookimpls()]
-            if unknown:
-                pm.unregister(module)
-                raise PluginError(f"unknown hook(s) {', '.join(unknown)}: see porter/hookspecs.py")
-        except Exception as exc:  # a broken plugin must not take the others down
-            fail(info, _error_text(exc) if not isinstance(exc, PluginError) else exc.message)
-            continue
-        loaded.append((info, module))
-    pm.check_pending()
-
+    loaded = _import_plugins(_candidates(extra, disable), pm, fail)
     for info, module in loaded:
         error = _register(registry, info, module, pm, [k for k in KINDS if k not in LAZY_KINDS])
         if error is not None:
@@ -251,6 +221,47 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
         for device_class in registry.items["devices"].values():
             device.register(device_class)
     return registry
+
+
+def _candidates(extra: Sequence[str], disable: Sequence[str]) -> list[tuple[str, str, str, Callable[[], Any]]]:
+    """(name, version, where from, how to import) of every plugin to try: entry points, then ``extra``."""
+    candidates: list[tuple[str, str, str, Callable[[], Any]]] = []
+    if "*" not in disable:
+        seen = set()
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in disable or ep.name in seen:
+                continue
+            seen.add(ep.name)
+            dist = ep.dist
+            candidates.append((ep.name, dist.version if dist else "?",
+                               f"entry point of {dist.metadata['Name'] if dist else '?'}", ep.load))
+    for spec in extra:
+        candidates.append((Path(spec).stem if spec.endswith(".py") else spec, "-", "--plugin",
+                           functools.partial(_load_module, spec)))
+    return candidates
+
+
+def _import_plugins(candidates, pm: pluggy.PluginManager, fail: Callable[[PluginInfo, str], None]
+                    ) -> list[tuple[PluginInfo, Any]]:
+    """Import and register each candidate with pluggy; one that fails to import or names a hook porter does not
+    have goes to ``fail`` and is dropped."""
+    loaded: list[tuple[PluginInfo, Any]] = []
+    for name, version, source, loader in candidates:
+        info = PluginInfo(name=name, version=version, source=source)
+        try:
+            module = loader()
+            pm.register(module, name=name)
+            unknown = [h.name for h in pm.hook.__dict__.values()
+                       if isinstance(h, pluggy.HookCaller) and not h.has_spec() and h.get_hookimpls()]
+            if unknown:
+                pm.unregister(module)
+                raise PluginError(f"unknown hook(s) {', '.join(unknown)}: see porter/hookspecs.py")
+        except Exception as exc:  # a broken plugin must not take the others down
+            fail(info, _error_text(exc) if not isinstance(exc, PluginError) else exc.message)
+            continue
+        loaded.append((info, module))
+    pm.check_pending()
+    return loaded
 
 
 def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.PluginManager, kinds) -> str | None:
