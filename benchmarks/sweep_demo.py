@@ -1,0 +1,103 @@
+"""What the demo's tiny VisualGLM learns under other settings: one configuration per run, trained in this process
+with plain torch (AdamW, warm-up then cosine, as the demo's schedule) on the shipped shapes set, then asked the
+held-out questions greedily and scored as `make demo` scores (colour and shape named right).
+
+Not part of `make bench` (about 3 minutes per configuration on 2 cores). Each run appends to
+results/demo_sweep.json.
+
+    .venv/bin/python benchmarks/sweep_demo.py --lr 3e-3                    the demo's settings, one process
+    .venv/bin/python benchmarks/sweep_demo.py --lr 3e-3 --vision-layers 4 --vision-hidden 128
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+from _shared import RESULTS
+
+
+def main() -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--iters", type=int, default=400)
+    p.add_argument("--batch", type=int, default=32, help="the demo's 2 processes x 16")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--vision-lr-scale", type=float, default=1.0, help="the ViT's learning rate over the rest's")
+    p.add_argument("--vision-layers", type=int, default=2)
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--queries", type=int, default=8)
+    p.add_argument("--warmup", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=1234)
+    a = p.parse_args()
+    os.environ.setdefault("PORTER_DEVICE", "cpu")
+    import torch
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401
+    from porter_visualglm import evaluate
+    from porter_visualglm.assets import STANDIN, tokenizer_for
+    from porter_visualglm.config import preset, replace
+    from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
+    from porter_visualglm.model import build_model
+    from porter_visualglm.train import default_data
+
+    tiny = preset("tiny")
+    config = replace(tiny, vision=replace(tiny.vision, layers=a.vision_layers, hidden=a.vision_hidden,
+                                          mlp=2 * a.vision_hidden),
+                     qformer=replace(tiny.qformer, queries=a.queries))
+    model = build_model(config, finetune="full", seed=a.seed)
+    tokenizer = tokenizer_for(STANDIN, None)
+    records = load_records(default_data()).records
+    data = VisualGLMDataset(records, tokenizer, config.vision.image_size, config.image_length, flip=True,
+                            lengths=Lengths(64, 256, "longest", True))
+    torch.manual_seed(a.seed)
+    vision = [q for n, q in model.named_parameters() if ".vit." in n]
+    rest = [q for n, q in model.named_parameters() if ".vit." not in n]
+    opt = torch.optim.AdamW([{"params": rest, "lr": a.lr}, {"params": vision, "lr": a.lr * a.vision_lr_scale}],
+                            betas=(0.9, 0.95), weight_decay=0.01)
+    base = [g["lr"] for g in opt.param_groups]
+    batches = torch.utils.data.DataLoader(data, batch_size=a.batch, shuffle=True, collate_fn=collate, drop_last=True)
+    it, started, losses = iter(batches), time.monotonic(), []
+    model.train()
+    warm = a.warmup * a.iters
+    for step in range(a.iters):
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(batches)
+            b = next(it)
+        f = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (a.iters - warm)))
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * f
+        labels = b["labels"]
+        mask = torch.zeros_like(labels, dtype=torch.bool)
+        mask[:, :-1] = labels[:, 1:] != -100
+        logits = model(input_ids=b["input_ids"], image=b["image"], pre_image=b["pre_image"], logit_mask=mask)[0]
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+    trained_s = time.monotonic() - started
+    model.eval()
+    held_out = evaluate.score(evaluate.answer(model, tokenizer, evaluate.held_out(), config.vision.image_size,
+                                              batch_size=18, max_new_tokens=24))["shapes"]
+    seen = evaluate.score(evaluate.answer(model, tokenizer, evaluate.questions(records[::6]),
+                                          config.vision.image_size, batch_size=18, max_new_tokens=24))["shapes"]
+    result = {"settings": vars(a), "train_s": trained_s, "final_loss": sum(losses[-20:]) / 20,
+              "held_out": held_out, "training_images": seen}
+    print(f"held-out colour {held_out['colour']:.0%}, shape {held_out['shape']:.0%}; training images colour "
+          f"{seen['colour']:.0%}, shape {seen['shape']:.0%}; {trained_s:.0f} s")
+    path = RESULTS / "demo_sweep.json"
+    runs = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(runs + [result], indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
