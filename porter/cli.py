@@ -378,8 +378,7 @@ def cmd_scan(args, registry, con: Console) -> int:
         installed = locate(registry.target(args.target), args.site_packages)
         rules = registry.rules_for(installed.name)
         label = f"{installed.name} {installed.version}"
-        sites = scan.scan(installed, rules, progress=con.note)
-        as_installed = scan.coverage(installed, rules, progress=con.note)
+        sites, as_installed = scan.scan(installed, rules, progress=con.note)
     else:
         label, root, files = scan.source_of(args.target)
         sites, as_installed = [], scan.sites_in([(str(f.relative_to(root)), f.read_text(encoding="utf-8",

@@ -214,34 +214,29 @@ def python_files(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None) -> list[Site]:
-    """Every CUDA-only site in the target's package as the patch would leave it."""
-    from .patcher import status
-
-    journal = status(installed).journal
-    read = read_original(installed, journal)
-    plan = make_plan(installed, rules, read=read)
-    planned = {f.path: f.after for f in plan.files}
-    exempt = getattr(installed.target, "scan_exempt", {}) or {}
-    rels = [str(f.relative_to(installed.site_packages)) for f in python_files(installed.package_dir)]
-    sites = sites_in([(rel, planned[rel] if rel in planned else read(rel)) for rel in rels], progress)
-    return [replace(site, exempt=next((w for pattern, w in exempt.items() if fnmatch.fnmatchcase(site.key, pattern)),
-                                      None)) for site in sites]
-
-
-def coverage(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None) -> list[Site]:
-    """Every CUDA-only site in the target's package as installed, each with the rule whose change covers its
-    line (``covered_by``), or None."""
+def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None
+         ) -> tuple[list[Site], list[Site]]:
+    """A target's CUDA-only sites, from one plan of its rules: (those the patch would leave, each with the
+    plugin's reason where it leaves it on purpose; those in the files as installed, each with the rule whose
+    change covers its lines, or None)."""
     from .patcher import status
 
     read = read_original(installed, status(installed).journal)
+    plan = make_plan(installed, rules, read=read)
+    planned = {f.path: f.after for f in plan.files}
     matches: dict[str, list] = {}
-    for m in make_plan(installed, rules, read=read).matches():
+    for m in plan.matches():
         matches.setdefault(m.path, []).append(m)
+    exempt = getattr(installed.target, "scan_exempt", {}) or {}
     rels = [str(f.relative_to(installed.site_packages)) for f in python_files(installed.package_dir)]
-    sites = sites_in([(rel, read(rel)) for rel in rels], progress)
-    return [replace(s, covered_by=next((m.rule_id for m in matches.get(s.path, ())
-                                        if m.start_line <= s.end_line and s.line <= m.end_line), None)) for s in sites]
+    left = sites_in([(rel, planned[rel] if rel in planned else read(rel)) for rel in rels], progress)
+    before = sites_in([(rel, read(rel)) for rel in rels])
+    left = [replace(s, exempt=next((w for pattern, w in exempt.items() if fnmatch.fnmatchcase(s.key, pattern)), None))
+            for s in left]
+    before = [replace(s, covered_by=next((m.rule_id for m in matches.get(s.path, ())
+                                          if m.start_line <= s.end_line and s.line <= m.end_line), None))
+              for s in before]
+    return left, before
 
 
 def source_of(spec: str) -> tuple[str, Path, list[Path]]:
