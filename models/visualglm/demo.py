@@ -29,31 +29,38 @@ def add_arguments(p):
 
 
 def porter(*args, quiet: bool = False) -> subprocess.CompletedProcess:
-    """The porter CLI in a fresh interpreter, as a user runs it: the demo uses porter as its users do."""
-    if not quiet:
-        print(f"\n$ porter {' '.join(args)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "porter.cli", *args], text=True,
-                          stdout=subprocess.PIPE if quiet else None)
+    """The porter CLI in a fresh interpreter, as a user runs it: the demo uses porter as its users do. ``quiet``
+    keeps its output (progress and tables) for the caller, who shows it only when the command failed."""
+    print(f"\n$ porter {' '.join(args)}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "porter.cli", *args], text=True,
+                          capture_output=quiet)
+    if quiet and done.returncode != 0:
+        print(done.stdout + done.stderr, end="", flush=True)
+    return done
 
 
 def sat_state() -> str:
     import json
 
-    done = porter("status", "sat", "--json", quiet=True)
+    done = subprocess.run([sys.executable, "-m", "porter.cli", "status", "sat", "--json"], text=True,
+                          capture_output=True)
     if done.returncode != 0:
-        raise PorterError("`porter status sat` failed; see above")
+        raise PorterError(f"`porter status sat` failed: {done.stderr.strip()}")
     return json.loads(done.stdout)[0]["state"]
 
 
 def run(args) -> int:
+    import json
     import shutil
 
     applied = False
     if args.patch == "disk" and sat_state() != "patched":
-        print("\npatching the installed SAT (the journaled transaction; `porter patch sat --dry-run` shows the diff)",
-              flush=True)
-        if porter("patch", "sat").returncode != 0:
+        done = porter("patch", "sat", "--json", quiet=True)
+        if done.returncode != 0:
             raise PorterError("`porter patch sat` failed; see above")
+        outcome = json.loads(done.stdout)
+        print(f"sat {outcome['version']}: patched {len(outcome['files'])} file(s) as one journaled transaction "
+              f"(`porter patch sat --dry-run` shows the diff and the rule table)", flush=True)
         applied = True
     try:
         shutil.rmtree(args.save, ignore_errors=True)
@@ -65,8 +72,11 @@ def run(args) -> int:
             raise PorterError(f"training failed (exit {code}); see above")
         return evaluate_run(args.save)
     finally:
-        if applied and porter("revert").returncode != 0:
-            raise PorterError("`porter revert` failed; see above (run it again, or `porter status` to see why)")
+        if applied:
+            done = porter("revert", quiet=True)
+            if done.returncode != 0:
+                raise PorterError("`porter revert` failed; see above (run it again, or `porter status` to see why)")
+            print(done.stdout.strip(), flush=True)
 
 
 def evaluate_run(save: Path) -> int:
