@@ -107,13 +107,19 @@ class Decoder:
     @torch.no_grad()
     def step(self) -> dict[int, int | None]:
         """Request index -> the token it got this step, or None where the answer ended (and left the batch)."""
-        extra = self.extra if self.past is None else {}
+        extra = dict(self.extra)
+        if self.past is None:  # the whole prompt goes in: the vocabulary's logits only at its last position
+            extra["logit_mask"] = torch.zeros_like(self.seq, dtype=torch.bool)
+            extra["logit_mask"][:, -1] = True
+        else:
+            extra = {}
         logits, *layers = self.model(input_ids=self.seq, past_key_values=self.past, **extra)
         self.past = [layer["past_key_values"] for layer in layers]
+        last = logits[:, -1] if logits.dim() == 3 else logits  # [rows, vocab] either way
         out, ended, picked = {}, [], []
         for row, index in enumerate(self.live):
             request, generated = self.requests[index], self.generated[index]
-            token = pick(logits[row, -1].cpu(), request.sampling, self.generators[index], generated, self.allowed)
+            token = pick(last[row].cpu(), request.sampling, self.generators[index], generated, self.allowed)
             picked.append(token)
             if token == tok.EOS:
                 out[index] = None
