@@ -82,7 +82,7 @@ def main() -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     trained_s = time.monotonic() - started
     model.eval()
     held_out = evaluate.score(evaluate.answer(model, tokenizer, evaluate.held_out(), config.vision.image_size,
