@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest image a request may carry or point to (default 10 MiB; larger: 413)")
     p.add_argument("--image-timeout", type=positive_float, default=10.0,
                    help="seconds to fetch an image URL (default 10)")
+    p.add_argument("--no-url-images", dest="url_images", action="store_false",
+                   help="refuse http(s) image URLs (400): the server then fetches nothing a client points it at, "
+                        "e.g. addresses inside your network; images come as data: URIs")
     p.add_argument("--seed", type=int, default=None, help="weights of the tiny preset (default 1234)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
 
@@ -88,7 +91,7 @@ def run(args) -> int:
 
     model, tokenizer, config = load(args, say)
     name = args.model_name or ("visualglm-6b" if args.from_pretrained else "visualglm-tiny")
-    limits = Limits(name, min(2048, config.lm.max_sequence_length), args.max_image_bytes)
+    limits = Limits(name, min(2048, config.lm.max_sequence_length), args.max_image_bytes, args.url_images)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.queue).start()
     app = create_app(Served(engine, tokenizer, limits, config.vision.image_size, model.image_length,
                             args.image_timeout))

@@ -136,3 +136,14 @@ def test_the_old_api_py_body_reads_as_upstream_sends_it():
 ])
 def test_old_protocol_faults_name_the_field(payload, param):
     assert refused(parse_legacy, payload).param == param
+
+
+def test_a_server_that_fetches_no_urls_refuses_them_and_still_takes_data_uris():
+    from dataclasses import replace
+
+    closed = replace(LIMITS, fetch_urls=False)
+    with pytest.raises(APIError) as info:
+        parse_openai(body(user(image_part("http://10.0.0.1/secret.png"), text_part("q"))), closed)
+    assert info.value.status == 400 and info.value.code == "image_urls_disabled" and "--no-url-images" in \
+        info.value.message
+    assert parse_openai(body(user(image_part(f"data:image/png;base64,{png()}"), text_part("q"))), closed).image.data

@@ -54,6 +54,7 @@ class Limits:
     model_id: str
     max_length: int  # prompt + answer, in tokens
     max_image_bytes: int = 10 * 2 ** 20
+    fetch_urls: bool = True  # http(s) image URLs fetched by the server (--no-url-images: refused)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ def _image_part(part: dict, param: str, limits: Limits) -> ImageRef:
         url, param = spec, f"{param}.image_url"
     url = _text(url, param)
     if url.startswith(("http://", "https://")):
+        if not limits.fetch_urls:
+            raise bad(f"'{param}': this server fetches no image URLs (--no-url-images); send the image as a "
+                      f"data:image/...;base64 URI", param, "image_urls_disabled")
         return ImageRef(param, url=url)
     if url.startswith("data:"):
         return _image_from_base64(url, param, limits)
