@@ -23,7 +23,7 @@ def main() -> dict:
     from porter_visualglm.config import preset
     from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
     from porter_visualglm.data_paths import SHAPES_DIR
-    from porter_visualglm.model import build_model
+    from porter_visualglm.model import answer_loss, build_model
     from porter_visualglm.standin_tokenizer import standin_tokenizer_dir
     from porter_visualglm.tokenizer import ChatGLMTokenizer
 
@@ -39,11 +39,7 @@ def main() -> dict:
     def step(selective: bool) -> float:
         start = time.perf_counter()
         if selective:
-            mask = torch.zeros_like(labels, dtype=torch.bool)
-            mask[:, :-1] = labels[:, 1:] != -100
-            logits = model(input_ids=batch["input_ids"], image=batch["image"], pre_image=batch["pre_image"],
-                           logit_mask=mask)[0]
-            loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][mask[:, :-1]])
+            loss = answer_loss(model, batch)
         else:
             logits = model(input_ids=batch["input_ids"], image=batch["image"], pre_image=batch["pre_image"])[0]
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),

@@ -42,7 +42,7 @@ def main() -> dict:
     from porter_visualglm.assets import STANDIN, tokenizer_for
     from porter_visualglm.config import preset, replace
     from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
-    from porter_visualglm.model import build_model
+    from porter_visualglm.model import answer_loss, build_model
     from porter_visualglm.train import default_data
 
     tiny = preset("tiny")
@@ -73,11 +73,7 @@ def main() -> dict:
         f = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (a.iters - warm)))
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * f
-        labels = b["labels"]
-        mask = torch.zeros_like(labels, dtype=torch.bool)
-        mask[:, :-1] = labels[:, 1:] != -100
-        logits = model(input_ids=b["input_ids"], image=b["image"], pre_image=b["pre_image"], logit_mask=mask)[0]
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]])
+        loss = answer_loss(model, b)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

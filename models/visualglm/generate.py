@@ -216,11 +216,6 @@ class AnswerText:
         cut = self._cut(final)
         return self._say(final if cut is None else cut)
 
-    @property
-    def text(self) -> str:
-        return self.said
-
-
 def stream(model, tokenizer, prompt: Prompt, image: torch.Tensor | None, sampling: Sampling | None = None
            ) -> Iterator[str]:
     """Yield the post-processed answer piece by piece; joined, the pieces are exactly the final answer."""

@@ -30,6 +30,18 @@ class _OnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """The next-token loss on the answer only, as ``finetune_visualglm.py`` trains (labels are -100 elsewhere);
+    the vocabulary's logits are computed just where a label is. ``batch`` is ``data.collate``'s, on the model's
+    device."""
+    labels = batch["labels"]
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    logits = model(input_ids=batch["input_ids"], image=batch["image"], pre_image=batch["pre_image"],
+                   logit_mask=mask)[0]
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]])
+
+
 def sat_namespace(config: VisualGLMConfig, **extra) -> argparse.Namespace:
     """The argparse namespace SAT's model classes read, for this configuration."""
     cls = classes()["VisualGLMModel"]

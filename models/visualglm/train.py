@@ -217,8 +217,6 @@ def run(args) -> int:
         args.finetune = "lora" if args.from_pretrained else "full"
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     os.environ.setdefault("SAT_LOGLEVEL", "WARNING")  # SAT's per-step log lines would drown the progress bar
-    import torch
-
     from porter.recipes import single_process_defaults
 
     single_process_defaults()
@@ -250,7 +248,7 @@ def run(args) -> int:
     from sat.training.deepspeed_training import training_main
 
     from .data import Lengths, VisualGLMDataset, collate, load_records
-    from .model import classes
+    from .model import answer_loss, classes
 
     model, tokenizer, config, tokenizer_type = build(args, say)
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
@@ -283,14 +281,10 @@ def run(args) -> int:
         timers("batch generator").start()
         batch = next(data_iterator)
         timers("batch generator").stop()
-        dev = next(model.parameters()).device
-        ids, labels = batch["input_ids"].to(dev), batch["labels"].to(dev)
-        image = batch["image"].to(dev, dtype=next(model.parameters()).dtype)
-        # next-token loss on the answer only; logits are computed just where a label is
-        mask = torch.zeros_like(labels, dtype=torch.bool)
-        mask[:, :-1] = labels[:, 1:] != -100
-        logits = model(input_ids=ids, image=image, pre_image=batch["pre_image"], logit_mask=mask)[0]
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]])
+        param = next(model.parameters())
+        ids = batch["input_ids"].to(param.device)
+        loss = answer_loss(model, {**batch, "input_ids": ids, "labels": batch["labels"].to(param.device),
+                                   "image": batch["image"].to(param.device, dtype=param.dtype)})
         steps.add(loss, ids.shape[0], int((ids != tok.PAD).sum()))
         return loss, {}
 

@@ -18,7 +18,7 @@ def teach(folder: Path, steps: int = STEPS, seed: int = 1234) -> Path:
     from porter_visualglm.checkpoint import save_model
     from porter_visualglm.config import preset
     from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
-    from porter_visualglm.model import build_model
+    from porter_visualglm.model import answer_loss, build_model
     from porter_visualglm.train import default_data
 
     config = preset("tiny")
@@ -36,12 +36,7 @@ def teach(folder: Path, steps: int = STEPS, seed: int = 1234) -> Path:
     step = 0
     while step < steps:
         for batch in batches:
-            labels = batch["labels"]
-            mask = torch.zeros_like(labels, dtype=torch.bool)
-            mask[:, :-1] = labels[:, 1:] != -100
-            logits = model(input_ids=batch["input_ids"], image=batch["image"], pre_image=batch["pre_image"],
-                           logit_mask=mask)[0]
-            loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][mask[:, :-1]])
+            loss = answer_loss(model, batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -114,14 +114,17 @@ def create_app(served: Served) -> FastAPI:
 
 async def _json(request: Request, limits: Limits):
     cap = limits.max_image_bytes * 4 // 3 + 2 ** 20  # a base64 image at the cap, and the rest of a chat
+
+    def refuse_over_cap(size: int) -> None:
+        if size > cap:
+            raise APIError(413, f"the request is {size:,} bytes; this server takes up to {cap:,}", None,
+                           "request_too_large")
+
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise APIError(413, f"the request is {int(declared):,} bytes; this server takes up to {cap:,}", None,
-                       "request_too_large")
+    if declared.isdigit():
+        refuse_over_cap(int(declared))  # before reading it
     raw = await request.body()
-    if len(raw) > cap:
-        raise APIError(413, f"the request is {len(raw):,} bytes; this server takes up to {cap:,}", None,
-                       "request_too_large")
+    refuse_over_cap(len(raw))
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

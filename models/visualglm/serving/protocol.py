@@ -85,17 +85,16 @@ class Chat:
 
 
 # -- field readers: each names the field it refuses ------------------------------------------------------------
-def _number(body: dict, name: str, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False,
-            prefix: str = ""):
+def _number(body: dict, name: str, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False):
     value = body.get(name)
     if value is None:
         return None
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise bad(f"'{prefix}{name}' must be {'an integer' if integer else 'a number'}, not {value!r}", prefix + name)
+        raise bad(f"'{name}' must be {'an integer' if integer else 'a number'}, not {value!r}", name)
     if value < lo or value > hi or (lo_open and value == lo):
         low = f"above {lo}" if lo_open else f"at least {lo}"
-        raise bad(f"'{prefix}{name}' is {value}: it must be {low} and at most {hi}", prefix + name)
+        raise bad(f"'{name}' is {value}: it must be {low} and at most {hi}", name)
     return value
 
 
