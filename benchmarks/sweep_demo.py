@@ -7,6 +7,8 @@ results/demo_sweep.json.
 
     .venv/bin/python benchmarks/sweep_demo.py --lr 3e-3                    the demo's settings, one process
     .venv/bin/python benchmarks/sweep_demo.py --lr 3e-3 --vision-layers 4 --vision-hidden 128
+    .venv/bin/python benchmarks/sweep_demo.py --image-encoder models/visualglm/data/tiny-image-encoder.pt \
+        --vision-lr-scale 0.1                                              the demo's settings now
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def main() -> dict:
     p.add_argument("--queries", type=int, default=8)
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--image-encoder", default=None, help="pretrained ViT and Q-Former (the demo's: "
+                   "models/visualglm/data/tiny-image-encoder.pt)")
     a = p.parse_args()
     os.environ.setdefault("PORTER_DEVICE", "cpu")
     import torch
@@ -50,6 +54,10 @@ def main() -> dict:
                                           mlp=2 * a.vision_hidden),
                      qformer=replace(tiny.qformer, queries=a.queries))
     model = build_model(config, finetune="full", seed=a.seed)
+    if a.image_encoder:
+        from porter_visualglm.checkpoint import read_image_encoder
+
+        model.load_state_dict(read_image_encoder(a.image_encoder, config), strict=False)
     tokenizer = tokenizer_for(STANDIN, None)
     records = load_records(default_data()).records
     data = VisualGLMDataset(records, tokenizer, config.vision.image_size, config.image_length, flip=True,

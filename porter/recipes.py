@@ -87,6 +87,10 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: v > 0, "more than 0")
 
 
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "0 or more")
+
+
 def probability(text: str) -> float:
     """argparse type: a number in (0, 1]."""
     return _number(text, float, lambda v: 0 < v <= 1, "in (0, 1]")

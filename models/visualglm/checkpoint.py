@@ -136,7 +136,8 @@ class KeyReport:
         return out + [f"shape of {m}" for m in self.mismatched]
 
 
-def compare_keys(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> KeyReport:
+def compare_keys(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                 against: str = "model_config.json") -> KeyReport:
     report = KeyReport()
     for name, tensor in weights.items():
         if name in STALE and name not in expected:
@@ -146,7 +147,7 @@ def compare_keys(weights: dict[str, torch.Tensor], expected: dict[str, torch.Ten
         elif name not in expected:
             report.unexpected.append(f"{name} {tuple(tensor.shape)}")
         elif tuple(tensor.shape) != tuple(expected[name].shape):
-            report.mismatched.append(f"{name}: file {tuple(tensor.shape)}, model_config.json {tuple(expected[name].shape)}")
+            report.mismatched.append(f"{name}: file {tuple(tensor.shape)}, {against} {tuple(expected[name].shape)}")
     for name, tensor in expected.items():
         if name not in weights and not DERIVED.search(name):
             report.missing.append(f"{name} {tuple(tensor.shape)}")
@@ -192,6 +193,31 @@ def check_checkpoint(folder: str | Path):
             hint="the weights and model_config.json come from different models, or the file is not a VisualGLM "
                  "checkpoint")
     return ckpt, model, weights, report
+
+
+IMAGE_ENCODER_PARTS = ("mixins.eva.model.vit.", "mixins.eva.model.qformer.")
+
+
+def read_image_encoder(path: str | Path, config: VisualGLMConfig) -> dict[str, torch.Tensor]:
+    """A pretrained image encoder for ``config``: the ViT's and the Q-Former's parameters under their names in the
+    released checkpoint (``mixins.eva.model.vit...``, ``mixins.eva.model.qformer...``), in a torch file of one
+    state dict (or SAT's ``{"module": ...}``). Every key and shape is checked; one error lists what does not fit."""
+    from .model import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--image-encoder {path}: no such file")
+    weights = read_states(path)
+    expected = {k: v for k, v in build_model(config, meta=True).state_dict().items()
+                if k.startswith(IMAGE_ENCODER_PARTS)}
+    report = compare_keys(weights, expected, against="the model")
+    if report.problems:
+        raise CheckpointError(
+            f"--image-encoder {path}: not an image encoder for this model ({len(report.problems)} problem(s)): "
+            + "; ".join(report.problems[:5]) + (" ..." if len(report.problems) > 5 else ""),
+            hint="the file holds the ViT and Q-Former parameters (mixins.eva.model.vit.*, mixins.eva.model.qformer.*)"
+                 " of a model with the same sizes as --preset")
+    return weights
 
 
 def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype = torch.float32, say=None):

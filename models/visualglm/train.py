@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from porter.errors import PorterError
-from porter.recipes import fraction, non_negative_int, positive_float, positive_int
+from porter.recipes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 
 from . import tokenizer as tok
 from .assets import add_weight_arguments
@@ -55,6 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="I", help="the layers that get LoRA, each one named (upstream's --layer_range: '0 14' is "
                                      "layers 0 and 14, not a range); default: all")
     g.add_argument("--pre_seq_len", "--pre-seq-len", type=positive_int, default=8, help="P-tuning prefix length")
+    g.add_argument("--image-encoder", type=Path, metavar="FILE",
+                   help="start the ViT and Q-Former of a random-init --preset from pretrained weights, as VisualGLM "
+                        "starts from EVA-CLIP and BLIP-2: a torch file of their parameters under the release's names "
+                        "(mixins.eva.model.vit.*, mixins.eva.model.qformer.*). `make demo` uses the tiny preset's, "
+                        "models/visualglm/data/tiny-image-encoder.pt")
+    g.add_argument("--vision-lr-scale", type=non_negative_float, default=1.0, metavar="F",
+                   help="the ViT learns at F x --lr (0 freezes it; SAT's per-parameter lr_scale, SAT 0.4.6 or "
+                        "newer); default 1")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
                                              "shapes set)")
@@ -130,7 +138,7 @@ def build(args, say):
     import torch  # here, not at the top: `porter status` and `--help` load this plugin and must stay light
 
     from .assets import model_source, tokenizer_for, tokenizer_type_of
-    from .checkpoint import load_model
+    from .checkpoint import load_model, read_image_encoder
     from .model import add_finetuning, build_model
 
     if args.from_pretrained and not args.resume:
@@ -145,8 +153,15 @@ def build(args, say):
         config, tokenizer_type, _ = model_source(args)
         model = build_model(config, finetune=args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
                             pre_seq_len=args.pre_seq_len, seed=args.seed)
-        if not args.resume:
+        if args.image_encoder and not args.resume:  # a resumed run's checkpoint holds the encoder as trained
+            model.load_state_dict(read_image_encoder(args.image_encoder, config), strict=False)
+            say(f"weights: random ({args.preset} preset), image encoder from {args.image_encoder}")
+        elif not args.resume:
             say(f"weights: random ({args.preset} preset)")
+    if args.vision_lr_scale != 1.0:
+        for name, param in model.named_parameters():
+            if ".vit." in name:
+                param.lr_scale = args.vision_lr_scale  # SAT puts it in a parameter group of its own
     return model, tokenizer_for(tokenizer_type, args.chatglm_path), config, tokenizer_type
 
 
@@ -164,7 +179,16 @@ def preflight(args) -> None:
     if args.resume and latest_checkpoint(args.save.resolve()) is None:
         raise InputError(f"--resume: no checkpoint under {args.save / 'checkpoints'}",
                          hint="--save names the run folder of the run to continue", exit_code=EXIT_USAGE)
+    if args.image_encoder and args.from_pretrained:
+        raise InputError("--image-encoder with --from_pretrained: the checkpoint already holds an image encoder",
+                         hint="drop one of them", exit_code=EXIT_USAGE)
     config, tokenizer_type, _ = model_source(args)
+    if args.image_encoder:
+        from .checkpoint import read_image_encoder
+
+        read_image_encoder(args.image_encoder, config)
+    if args.vision_lr_scale != 1.0:
+        check_lr_scale_support()
     tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
     data = args.data or default_data()
     loaded = load_records(data, args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
@@ -173,6 +197,21 @@ def preflight(args) -> None:
     first = loaded.records[0]
     encode_example(tokenizer, config.image_length, first.prompt, first.answer,
                    Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss))
+
+
+def check_lr_scale_support() -> None:
+    """--vision-lr-scale rides on SAT's per-parameter ``lr_scale``, which SAT reads from 0.4.6 on; older releases
+    would train the ViT at the full rate without a word."""
+    from importlib import metadata
+
+    from porter.errors import EXIT_USAGE, InputError
+
+    version = metadata.version("SwissArmyTransformer")
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    if parts < (0, 4, 6):
+        raise InputError(f"--vision-lr-scale: SwissArmyTransformer {version} ignores per-parameter learning rates "
+                         f"(SAT reads them from 0.4.6 on)", hint="upgrade SAT, or leave --vision-lr-scale at 1",
+                         exit_code=EXIT_USAGE)
 
 
 def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, resume_from: Path | None,

@@ -19,6 +19,9 @@ def files(tmp_path_factory):
     corrupt = make_release_folder(root / "corrupt")
     (corrupt / "1" / "mp_rank_00_model_states.pt").write_bytes(b"\x00garbage" * 100)
     make_release_folder(root / "release")
+    import torch
+
+    torch.save({"mixins.eva.model.vit.transformer.word_embeddings.weight": torch.zeros(3, 3)}, root / "wrong-encoder.pt")
     return root
 
 
@@ -32,6 +35,9 @@ CASES = [
     (TRAIN + ("--lr", "-1"), 2, "argument --lr: must be more than 0, not -1"),
     (TRAIN + ("--preset", "huge"), 2, "argument --preset: invalid choice: 'huge'"),
     (TRAIN + ("--save", "{root}/a-file"), 2, "--save {root}/a-file: a file, not a folder"),
+    (TRAIN + ("--vision-lr-scale", "-1"), 2, "argument --vision-lr-scale: must be 0 or more, not -1"),
+    (TRAIN + ("--image-encoder", "{root}/not.json", "--from_pretrained", "{root}/release"), 2,
+     "--image-encoder with --from_pretrained: the checkpoint already holds an image encoder"),
     (TRAIN + ("--resume", "--save", "{root}/empty-run"), 2, "--resume: no checkpoint under {root}/empty-run/checkpoints"),
     (INFER + ("--max_length", "0"), 2, "argument --max_length/--max-length: must be at least 1, not 0"),
     (INFER + ("--temperature", "-1"), 2, "argument --temperature: must be more than 0, not -1"),
@@ -41,6 +47,10 @@ CASES = [
     (TRAIN + ("--data", "{root}/nothing-here"), 7, "{root}/nothing-here: no such file or folder"),
     (TRAIN + ("--data", "{root}/not.json"), 7, "{root}/not.json: not valid JSON"),
     (TRAIN + ("--max_source_length", "8"), 7, "--max-source-length 8 leaves no room for the question"),
+    (TRAIN + ("--image-encoder", "{root}/nothing.pt"), 7, "--image-encoder {root}/nothing.pt: no such file"),
+    (TRAIN + ("--image-encoder", "{root}/not.json"), 7, "checkpoint file corrupt: {root}/not.json"),
+    (TRAIN + ("--image-encoder", "{root}/wrong-encoder.pt"), 7,
+     "--image-encoder {root}/wrong-encoder.pt: not an image encoder for this model ("),
     (TRAIN + ("--from_pretrained", "{root}/corrupt"), 7,
      "checkpoint file corrupt: {root}/corrupt/1/mp_rank_00_model_states.pt"),
     (TRAIN + ("--from_pretrained", "{root}/release"), 7, "this checkpoint uses ChatGLM-6B's tokenizer: pass --chatglm_path"),

@@ -13,7 +13,7 @@ ENV = {"PORTER_DEVICE": "cpu"}
 
 def test_infer_prints_a_streamed_answer_on_the_tiny_preset():
     r = run_porter("run", "visualglm", "infer", "--image", IMAGE, "--prompt", "What's in the image?", "--english",
-                   "--seed", "3", env=ENV, timeout=60)
+                   "--seed", "3", "--max_length", "60", env=ENV, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tiny preset with random weights" in r.stderr and f"image: {IMAGE}" in r.stderr
     assert r.stdout.strip(), "no answer printed"
@@ -60,7 +60,7 @@ def test_released_style_checkpoint_needs_chatglm_path_not_a_config_edit(checkpoi
 
 def test_interactive_chat_keeps_going_until_quit():
     stdin = "What's in the image?\nAnd the background?\nclear\n\nWhat colour?\nquit\n"
-    r = run_porter("run", "visualglm", "infer", "--interactive", "--image", IMAGE, "--max_length", "150",
+    r = run_porter("run", "visualglm", "infer", "--interactive", "--image", IMAGE, "--max_length", "80",
                    "--seed", "1", env=ENV, input=stdin, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("visualglm> ") == 3  # two turns on the first image, one on the default image
