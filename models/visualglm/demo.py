@@ -1,10 +1,10 @@
 """`porter run visualglm demo` (`make demo`): the whole product on this machine, in a few minutes.
 
 Patches the installed SAT on disk (the journaled transaction), trains the tiny VisualGLM on the shipped
-shapes with 2 CPU processes through DeepSpeed and SAT's training_main (its image encoder starting from the
-pretrained `data/tiny-image-encoder.pt`, as VisualGLM's starts from EVA-CLIP and BLIP-2; the ViT at a tenth of the
-learning rate, so the language model's first, random gradients do not wash out what it knows), answers questions about held-out
-images beside the expected captions, scores them, and reverts the patch it applied.
+shapes with 2 CPU processes through DeepSpeed and SAT's training_main (its image encoder
+starting from the pretrained `data/tiny-image-encoder.pt`, as VisualGLM's starts from EVA-CLIP and BLIP-2, and the
+ViT frozen, as upstream's fine-tuning leaves it), answers questions about held-out images beside the expected
+captions, scores them, and reverts the patch it applied.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def run(args) -> int:
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
                       "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",
-                      "--image-encoder", str(TINY_IMAGE_ENCODER), "--vision-lr-scale", "0.1",
+                      "--image-encoder", str(TINY_IMAGE_ENCODER), "--vision-lr-scale", "0",
                       "--patch", args.patch, "--save", str(args.save), "--log-interval", "25").returncode
         if code != 0:
             raise PorterError(f"training failed (exit {code}); see above")

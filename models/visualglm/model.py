@@ -133,6 +133,23 @@ def set_trainable(model, finetune: str) -> list[str]:
     return trainable
 
 
+def scale_vision_lr(model, scale: float) -> list[str]:
+    """The ViT's parameters learn at ``scale`` x the learning rate: 0 freezes them (no gradients, no optimizer
+    state), other values set SAT's per-parameter ``lr_scale``, which SAT's optimizer setup (0.4.6 on) turns into
+    a parameter group of that rate. Returns the names it scaled."""
+    names = []
+    if scale == 1.0:
+        return names
+    for name, param in model.named_parameters():
+        if ".vit." in name:
+            if scale == 0:
+                param.requires_grad_(False)
+            else:
+                param.lr_scale = scale
+            names.append(name)
+    return names
+
+
 def parameter_counts(model) -> dict[str, int]:
     """Parameters per part: vision, qformer, projection, language model, adapters."""
     counts = {"vision": 0, "qformer": 0, "projection": 0, "language": 0, "adapters": 0}

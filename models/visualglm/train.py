@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(mixins.eva.model.vit.*, mixins.eva.model.qformer.*). `make demo` uses the tiny preset's, "
                         "models/visualglm/data/tiny-image-encoder.pt")
     g.add_argument("--vision-lr-scale", type=non_negative_float, default=1.0, metavar="F",
-                   help="the ViT learns at F x --lr (0 freezes it; SAT's per-parameter lr_scale, SAT 0.4.6 or "
-                        "newer); default 1")
+                   help="the ViT learns at F x --lr: 0 freezes it (as upstream's fine-tuning does), other values "
+                        "use SAT's per-parameter lr_scale (SAT 0.4.6 or newer); default 1")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
                                              "shapes set)")
@@ -139,7 +139,7 @@ def build(args, say):
 
     from .assets import model_source, tokenizer_for, tokenizer_type_of
     from .checkpoint import load_model, read_image_encoder
-    from .model import add_finetuning, build_model
+    from .model import add_finetuning, build_model, scale_vision_lr
 
     if args.from_pretrained and not args.resume:
         # the precision training runs in (SAT's --fp16 halves the model anyway): no fp32 copy of fp16 weights
@@ -158,10 +158,7 @@ def build(args, say):
             say(f"weights: random ({args.preset} preset), image encoder from {args.image_encoder}")
         elif not args.resume:
             say(f"weights: random ({args.preset} preset)")
-    if args.vision_lr_scale != 1.0:
-        for name, param in model.named_parameters():
-            if ".vit." in name:
-                param.lr_scale = args.vision_lr_scale  # SAT puts it in a parameter group of its own
+    scale_vision_lr(model, args.vision_lr_scale)
     return model, tokenizer_for(tokenizer_type, args.chatglm_path), config, tokenizer_type
 
 
@@ -187,7 +184,7 @@ def preflight(args) -> None:
         from .checkpoint import read_image_encoder
 
         read_image_encoder(args.image_encoder, config)
-    if args.vision_lr_scale != 1.0:
+    if args.vision_lr_scale not in (0.0, 1.0):
         check_lr_scale_support()
     tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
     data = args.data or default_data()

@@ -1,6 +1,6 @@
 """Pretrain the tiny preset's image encoder (ViT and Q-Former) and write it to `tiny-image-encoder.pt`.
 
-    .venv/bin/python models/visualglm/data/make_image_encoder.py [OUT] [--steps 1000]
+    .venv/bin/python models/visualglm/data/make_image_encoder.py [OUT] [--steps 2000]
 
 VisualGLM-6B is not trained from nothing: its ViT is EVA-CLIP's and its Q-Former BLIP-2's, both pretrained on
 images before the language model ever reads their output. The demo's tiny model starts the same way, from this
@@ -8,9 +8,9 @@ file. Without it, a from-scratch ViT learns colours in the demo's 400 steps but 
 between patches, and a ViT with no pretraining needs tens of thousands of images to find it
 (`benchmarks/results/demo_sweep.json`).
 
-What it is trained on: a fresh stream of images drawn by `make_shapes.draw` from another seed (64,000 images,
+What it is trained on: a fresh stream of images drawn by `make_shapes.draw` from another seed (128,000 images,
 none of them the shipped ones), each labelled with its colour, shape and background, and classified from the mean
-of the Q-Former's outputs by a linear layer that is then thrown away. About 3 minutes on 2 CPU cores. The file
+of the Q-Former's outputs by a linear layer that is then thrown away. About 4 minutes on 2 CPU cores. The file
 holds the encoder's parameters under the names the released checkpoint gives them (`mixins.eva.model.vit...`,
 `mixins.eva.model.qformer...`); `porter run visualglm train --image-encoder FILE` reads that format.
 """
@@ -45,7 +45,7 @@ def encoder_weights(model) -> dict:
             if name.startswith((ENCODER + "vit.", ENCODER + "qformer."))}
 
 
-def pretrain(steps: int = 1000, batch: int = 64, lr: float = 3e-3, seed: int = SEED, log=print) -> dict:
+def pretrain(steps: int = 2000, batch: int = 64, lr: float = 3e-3, seed: int = SEED, log=print) -> dict:
     import torch
     from PIL import Image
     from porter_visualglm.config import preset
@@ -112,7 +112,7 @@ def pretrain(steps: int = 1000, batch: int = 64, lr: float = 3e-3, seed: int = S
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=2000)
     args = p.parse_args()
     os.environ.setdefault("PORTER_DEVICE", "cpu")
     import torch
