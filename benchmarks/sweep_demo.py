@@ -34,6 +34,12 @@ def main() -> dict:
     p.add_argument("--queries", type=int, default=8)
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--sat-schedule", action="store_true", help="SAT's cosine curve (to 0.1x, not 0), as the recipe")
+    p.add_argument("--freeze-vit", action="store_true", help="the ViT's requires_grad off, as --vision-lr-scale 0")
+    p.add_argument("--sat-groups", action="store_true", help="SAT's parameter groups (no weight decay on biases "
+                   "and LayerNorms), as the recipe")
+    p.add_argument("--sat-sampling", action="store_true", help="SAT's RandomMappingDataset (each index mapped to a "
+                   "random sample, with replacement), as the recipe's training_main reads data")
     p.add_argument("--image-encoder", default=None, help="pretrained ViT and Q-Former (the demo's: "
                    "models/visualglm/data/tiny-image-encoder.pt)")
     a = p.parse_args()
@@ -46,7 +52,7 @@ def main() -> dict:
     from porter_visualglm.assets import STANDIN, tokenizer_for
     from porter_visualglm.config import preset, replace
     from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
-    from porter_visualglm.model import answer_loss, build_model
+    from porter_visualglm.model import answer_loss, build_model, scale_vision_lr
     from porter_visualglm.train import default_data
 
     tiny = preset("tiny")
@@ -62,13 +68,27 @@ def main() -> dict:
     records = load_records(default_data()).records
     data = VisualGLMDataset(records, tokenizer, config.vision.image_size, config.image_length, flip=True,
                             lengths=Lengths(64, 256, "longest", True))
+    if a.freeze_vit:
+        scale_vision_lr(model, 0)
     torch.manual_seed(a.seed)
-    vision = [q for n, q in model.named_parameters() if ".vit." in n]
-    rest = [q for n, q in model.named_parameters() if ".vit." not in n]
-    opt = torch.optim.AdamW([{"params": rest, "lr": a.lr}, {"params": vision, "lr": a.lr * a.vision_lr_scale}],
-                            betas=(0.9, 0.95), weight_decay=0.01)
+    if a.sat_groups:
+        from sat.training.deepspeed_training import get_optimizer_param_groups
+
+        groups = [{**g, "lr": a.lr * g["lr"]} for g in get_optimizer_param_groups(model)]
+    else:
+        vision = [q for n, q in model.named_parameters() if ".vit." in n and q.requires_grad]
+        rest = [q for n, q in model.named_parameters() if ".vit." not in n]
+        groups = [{"params": rest, "lr": a.lr}, {"params": vision, "lr": a.lr * a.vision_lr_scale}]
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.01)
     base = [g["lr"] for g in opt.param_groups]
-    batches = torch.utils.data.DataLoader(data, batch_size=a.batch, shuffle=True, collate_fn=collate, drop_last=True)
+    if a.sat_sampling:
+        from sat.data_utils.configure_data import RandomMappingDataset
+
+        batches = torch.utils.data.DataLoader(RandomMappingDataset(data, scale=200), batch_size=a.batch,
+                                              collate_fn=collate, drop_last=True)
+    else:
+        batches = torch.utils.data.DataLoader(data, batch_size=a.batch, shuffle=True, collate_fn=collate,
+                                              drop_last=True)
     it, started, losses = iter(batches), time.monotonic(), []
     model.train()
     warm = a.warmup * a.iters
@@ -79,6 +99,8 @@ def main() -> dict:
             it = iter(batches)
             b = next(it)
         f = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (a.iters - warm)))
+        if a.sat_schedule and step >= warm:  # SAT's AnnealingLR, decay ratio 0.1
+            f = 0.1 * ((math.cos(math.pi * min(1.0, (step + 1 - warm) / a.iters)) + 1) * 9 / 2 + 1)
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * f
         loss = answer_loss(model, b)
