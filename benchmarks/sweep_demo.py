@@ -40,6 +40,8 @@ def main() -> dict:
                    "and LayerNorms), as the recipe")
     p.add_argument("--sat-sampling", action="store_true", help="SAT's RandomMappingDataset (each index mapped to a "
                    "random sample, with replacement), as the recipe's training_main reads data")
+    p.add_argument("--replacement", action="store_true", help="torch's RandomSampler with replacement instead of "
+                   "shuffled epochs")
     p.add_argument("--image-encoder", default=None, help="pretrained ViT and Q-Former (the demo's: "
                    "models/visualglm/data/tiny-image-encoder.pt)")
     a = p.parse_args()
@@ -81,7 +83,11 @@ def main() -> dict:
         groups = [{"params": rest, "lr": a.lr}, {"params": vision, "lr": a.lr * a.vision_lr_scale}]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.01)
     base = [g["lr"] for g in opt.param_groups]
-    if a.sat_sampling:
+    if a.replacement:
+        draws = torch.utils.data.RandomSampler(data, replacement=True, num_samples=a.iters * a.batch)
+        batches = torch.utils.data.DataLoader(data, batch_size=a.batch, sampler=draws, collate_fn=collate,
+                                              drop_last=True)
+    elif a.sat_sampling:
         from sat.data_utils.configure_data import RandomMappingDataset
 
         batches = torch.utils.data.DataLoader(RandomMappingDataset(data, scale=200), batch_size=a.batch,
