@@ -7,8 +7,7 @@ results/demo_sweep.json.
 
     .venv/bin/python benchmarks/sweep_demo.py --lr 3e-3                    the demo's settings, one process
     .venv/bin/python benchmarks/sweep_demo.py --lr 3e-3 --vision-layers 4 --vision-hidden 128
-    .venv/bin/python benchmarks/sweep_demo.py --image-encoder models/visualglm/data/tiny-image-encoder.pt \
-        --vision-lr-scale 0.1                                              the demo's settings now
+    .venv/bin/python benchmarks/sweep_demo.py --image-encoder tiny --freeze-vit     the demo's settings now
 """
 from __future__ import annotations
 
@@ -42,8 +41,8 @@ def main() -> dict:
                    "random sample, with replacement), as the recipe's training_main reads data")
     p.add_argument("--replacement", action="store_true", help="torch's RandomSampler with replacement instead of "
                    "shuffled epochs")
-    p.add_argument("--image-encoder", default=None, help="pretrained ViT and Q-Former (the demo's: "
-                   "models/visualglm/data/tiny-image-encoder.pt)")
+    p.add_argument("--image-encoder", default=None, help="pretrained ViT and Q-Former: a file, or "
+                   "'tiny' for the demo's (image_encoder.tiny_encoder: cached, built on first use)")
     a = p.parse_args()
     os.environ.setdefault("PORTER_DEVICE", "cpu")
     import torch
@@ -64,8 +63,10 @@ def main() -> dict:
     model = build_model(config, finetune="full", seed=a.seed)
     if a.image_encoder:
         from porter_visualglm.checkpoint import read_image_encoder
+        from porter_visualglm.image_encoder import tiny_encoder
 
-        model.load_state_dict(read_image_encoder(a.image_encoder, config), strict=False)
+        path = tiny_encoder(log=lambda line: print(line, file=sys.stderr)) if a.image_encoder == "tiny" else a.image_encoder
+        model.load_state_dict(read_image_encoder(path, config), strict=False)
     tokenizer = tokenizer_for(STANDIN, None)
     records = load_records(default_data()).records
     data = VisualGLMDataset(records, tokenizer, config.vision.image_size, config.image_length, flip=True,

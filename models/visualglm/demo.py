@@ -2,8 +2,8 @@
 
 Patches the installed SAT on disk (the journaled transaction), trains the tiny VisualGLM on the shipped
 shapes with 2 CPU processes through DeepSpeed and SAT's training_main (its image encoder
-starting from the pretrained `data/tiny-image-encoder.pt`, as VisualGLM's starts from EVA-CLIP and BLIP-2, and the
-ViT frozen, as upstream's fine-tuning leaves it), answers questions about held-out images beside the expected
+starting from the tiny preset's pretrained one, built and cached by ``image_encoder.tiny_encoder`` on first use, as
+VisualGLM's starts from EVA-CLIP and BLIP-2, and the ViT frozen, as upstream's fine-tuning leaves it), answers questions about held-out images beside the expected
 captions, scores them, and reverts the patch it applied.
 """
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 
 from porter.errors import PorterError
 from porter.recipes import positive_int
-
-from .data_paths import TINY_IMAGE_ENCODER
 
 EPILOG = """\
 examples:
@@ -57,6 +55,7 @@ def run(args) -> int:
     import json
     import shutil
 
+    encoder = pretrained_encoder()
     applied = False
     if args.patch == "disk" and sat_state() != "patched":
         done = porter("patch", "sat", "--json", quiet=True)
@@ -71,7 +70,7 @@ def run(args) -> int:
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
                       "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",
-                      "--image-encoder", str(TINY_IMAGE_ENCODER), "--vision-lr-scale", "0",
+                      "--image-encoder", str(encoder), "--vision-lr-scale", "0",
                       "--patch", args.patch, "--save", str(args.save), "--log-interval", "25").returncode
         if code != 0:
             raise PorterError(f"training failed (exit {code}); see above")
@@ -82,6 +81,19 @@ def run(args) -> int:
             if done.returncode != 0:
                 raise PorterError("`porter revert` failed; see above (run it again, or `porter status` to see why)")
             print(done.stdout.strip(), flush=True)
+
+
+def pretrained_encoder() -> Path:
+    """The tiny preset's pretrained image encoder; the first demo on a machine builds it (about 5 minutes)."""
+    import contextlib
+    import os
+
+    os.environ.setdefault("PORTER_DEVICE", "cpu")
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401  (SAT's log handlers bind to stderr)
+    from .image_encoder import tiny_encoder
+
+    return tiny_encoder(log=lambda line: print(line, flush=True))
 
 
 def evaluate_run(save: Path) -> int:

@@ -58,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-encoder", type=Path, metavar="FILE",
                    help="start the ViT and Q-Former of a random-init --preset from pretrained weights, as VisualGLM "
                         "starts from EVA-CLIP and BLIP-2: a torch file of their parameters under the release's names "
-                        "(mixins.eva.model.vit.*, mixins.eva.model.qformer.*). `make demo` uses the tiny preset's, "
-                        "models/visualglm/data/tiny-image-encoder.pt")
+                        "(mixins.eva.model.vit.*, mixins.eva.model.qformer.*). `make demo` builds the tiny preset's with "
+                        "`python -m porter_visualglm.image_encoder`")
     g.add_argument("--vision-lr-scale", type=non_negative_float, default=1.0, metavar="F",
                    help="the ViT learns at F x --lr: 0 freezes it (as upstream's fine-tuning does), other values "
                         "use SAT's per-parameter lr_scale (SAT 0.4.6 or newer); default 1")

@@ -1,35 +1,39 @@
-"""The tiny preset's pretrained image encoder: the shipped file fits the preset, and its generator writes one
-that does (a few steps here; the shipped file is its full-length output); --vision-lr-scale where SAT cannot."""
-import subprocess
-import sys
-
+"""The tiny preset's pretrained image encoder: its generator writes a file the trainer reads, the cache builds it
+once, and --vision-lr-scale where SAT cannot take it."""
 import pytest
 import torch
 from porter_visualglm.checkpoint import CheckpointError, read_image_encoder
 from porter_visualglm.config import preset, replace
-from porter_visualglm.data_paths import PACKAGE_DIR, TINY_IMAGE_ENCODER
 
 
-def test_the_shipped_encoder_fits_the_tiny_preset_and_nothing_wider():
-    weights = read_image_encoder(TINY_IMAGE_ENCODER, preset("tiny"))
+def test_the_generator_writes_an_encoder_for_the_tiny_preset_and_nothing_wider(tiny_encoder_run):
+    out, r = tiny_encoder_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step 3/3" in r.stdout and "held-out images: colour" in r.stdout and f"wrote {out}" in r.stdout
+    weights = read_image_encoder(out, preset("tiny"))
     assert any(k.startswith("mixins.eva.model.vit.") for k in weights)
     assert any(k.startswith("mixins.eva.model.qformer.") for k in weights)
     tiny = preset("tiny")
     wider = replace(tiny, vision=replace(tiny.vision, hidden=128, mlp=256))
     with pytest.raises(CheckpointError, match=r"not an image encoder for this model .*shape of mixins\.eva\.model\.vit"):
-        read_image_encoder(TINY_IMAGE_ENCODER, wider)
+        read_image_encoder(out, wider)
 
 
-def test_the_generator_writes_an_encoder_the_trainer_reads(tmp_path):
-    out = tmp_path / "encoder.pt"
-    r = subprocess.run([sys.executable, str(PACKAGE_DIR / "data" / "make_image_encoder.py"), str(out), "--steps", "3"],
-                       capture_output=True, text=True, timeout=300, env={"PORTER_DEVICE": "cpu", "PATH": ""})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "step 3/3" in r.stdout and "held-out images: colour" in r.stdout
-    written = read_image_encoder(out, preset("tiny"))
-    shipped = torch.load(TINY_IMAGE_ENCODER, weights_only=True)
-    assert written.keys() == shipped.keys()
-    assert not all(torch.equal(written[k], shipped[k]) for k in shipped)  # 3 steps are not the shipped 1000
+def test_the_cached_encoder_is_built_once_per_generator_and_step_count(tmp_path, monkeypatch):
+    from porter_visualglm import image_encoder
+
+    monkeypatch.setenv("PORTER_CACHE", str(tmp_path))
+    said = []
+    first = image_encoder.tiny_encoder(steps=2, log=said.append)
+    assert first.is_file() and first.parent == tmp_path / "image-encoders"
+    assert any("pretraining the tiny image encoder (2 steps" in line for line in said)
+    stamp = first.stat().st_mtime_ns
+    said.clear()
+    assert image_encoder.tiny_encoder(steps=2, log=said.append) == first and said == []  # from the cache
+    assert first.stat().st_mtime_ns == stamp
+    assert image_encoder.cached_path(3) != first  # another step count, another file
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert read_image_encoder(first, preset("tiny")).keys() == torch.load(first, weights_only=True).keys()
 
 
 @pytest.mark.parametrize("version,refused", [("0.4.5", True), ("0.3.6", True), ("0.4.6", False), ("0.4.12", False)])

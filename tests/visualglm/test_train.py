@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from porter_visualglm.data_paths import SHAPES_DIR, TINY_IMAGE_ENCODER
+from porter_visualglm.data_paths import SHAPES_DIR
 
 from porter.testing import run_porter, tree_digest
 
@@ -17,12 +17,12 @@ def train(save, *extra, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_encoder):
     """Ten steps on two CPU processes, the port applied in memory (the installed SAT is not patched), the image
-    encoder starting from the shipped pretrained one with the ViT frozen (learning rate scale 0)."""
+    encoder starting from a pretrained one (the generator's, a few steps) with the ViT frozen (learning rate scale 0)."""
     save = tmp_path_factory.mktemp("train") / "run"
     before = tree_digest(INSTALLED_SAT)
-    r = train(save, "--iters", "10", "--patch", "memory", "--image-encoder", str(TINY_IMAGE_ENCODER),
+    r = train(save, "--iters", "10", "--patch", "memory", "--image-encoder", str(tiny_encoder),
               "--vision-lr-scale", "0")
     return save, r, before
 
@@ -61,15 +61,15 @@ def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
     assert "(iteration 10, float32)" in r.stderr
 
 
-def test_the_image_encoder_starts_from_the_file_and_a_zero_lr_scale_freezes_the_vit(trained):
+def test_the_image_encoder_starts_from_the_file_and_a_zero_lr_scale_freezes_the_vit(trained, tiny_encoder):
     import torch
 
     save, r, _ = trained
     assert r.returncode == 0, r.stderr[-4000:]
-    assert f"image encoder from {TINY_IMAGE_ENCODER}" in r.stderr
+    assert f"image encoder from {tiny_encoder}" in r.stderr
     ckpt = Path(json.loads((save / "summary.json").read_text())["checkpoint"])
     weights = torch.load(ckpt / "10" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    pretrained = torch.load(TINY_IMAGE_ENCODER, map_location="cpu", weights_only=True)
+    pretrained = torch.load(tiny_encoder, map_location="cpu", weights_only=True)
     vit = [k for k in pretrained if ".vit." in k]
     qformer = [k for k in pretrained if ".qformer." in k]
     assert vit and qformer and len(vit) + len(qformer) == len(pretrained)

@@ -1,6 +1,7 @@
-"""Pretrain the tiny preset's image encoder (ViT and Q-Former) and write it to `tiny-image-encoder.pt`.
+"""The tiny preset's pretrained image encoder (ViT and Q-Former), built on this machine and cached.
 
-    .venv/bin/python models/visualglm/data/make_image_encoder.py [OUT] [--steps 2000]
+    .venv/bin/python -m porter_visualglm.image_encoder [OUT] [--steps 2000]      write one to OUT
+    tiny_encoder()          the cached one (built on first use, about 5 minutes on 2 CPU cores)
 
 VisualGLM-6B is not trained from nothing: its ViT is EVA-CLIP's and its Q-Former BLIP-2's, both pretrained on
 images before the language model ever reads their output. The demo's tiny model starts the same way, from this
@@ -12,7 +13,9 @@ What it is trained on: a fresh stream of images drawn by `make_shapes.draw` from
 none of them the shipped ones), each labelled with its colour, shape and background, and classified from the mean
 of the Q-Former's outputs by a linear layer that is then thrown away. About 4 minutes on 2 CPU cores. The file
 holds the encoder's parameters under the names the released checkpoint gives them (`mixins.eva.model.vit...`,
-`mixins.eva.model.qformer...`); `porter run visualglm train --image-encoder FILE` reads that format.
+`mixins.eva.model.qformer...`); `porter run visualglm train --image-encoder FILE` reads that format. No weights
+are shipped: `tiny_encoder()` builds the file once under $PORTER_CACHE (default ~/.cache/porter), keyed by this
+generator's and the shapes drawer's source and the step count, so a change to either builds a new one.
 """
 from __future__ import annotations
 
@@ -26,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "tiny-image-encoder.pt"
+SHAPES_SCRIPT = Path(__file__).resolve().parent / "data" / "make_shapes.py"
+STEPS = 2000
 SEED = 7  # not make_shapes' 2024: other images than the shipped ones
 ENCODER = "mixins.eva.model."
 
 
 def _make_shapes():
-    spec = importlib.util.spec_from_file_location("make_shapes", HERE / "make_shapes.py")
+    spec = importlib.util.spec_from_file_location("make_shapes", SHAPES_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,7 +48,7 @@ def encoder_weights(model) -> dict:
             if name.startswith((ENCODER + "vit.", ENCODER + "qformer."))}
 
 
-def pretrain(steps: int = 2000, batch: int = 64, lr: float = 3e-3, seed: int = SEED, log=print) -> dict:
+def pretrain(steps: int = STEPS, batch: int = 64, lr: float = 3e-3, seed: int = SEED, log=print) -> dict:
     import torch
     from PIL import Image
     from porter_visualglm.config import preset
@@ -109,22 +112,47 @@ def pretrain(steps: int = 2000, batch: int = 64, lr: float = 3e-3, seed: int = S
     return encoder_weights(model)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--steps", type=int, default=2000)
-    args = p.parse_args()
-    os.environ.setdefault("PORTER_DEVICE", "cpu")
+def cached_path(steps: int = STEPS) -> Path:
+    import hashlib
+
+    digest = hashlib.sha256(Path(__file__).read_bytes() + SHAPES_SCRIPT.read_bytes() + str(steps).encode())
+    root = Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "image-encoders"
+    return root / f"tiny-{digest.hexdigest()[:16]}.pt"
+
+
+def tiny_encoder(steps: int = STEPS, log=print) -> Path:
+    """The tiny preset's pretrained encoder file: from the cache, or pretrained now and cached (written whole or
+    not at all)."""
+    path = cached_path(steps)
+    if path.is_file():
+        return path
+    log(f"pretraining the tiny image encoder ({steps} steps, once; cached as {path})")
+    write(pretrain(steps=steps, log=log), path)
+    return path
+
+
+def write(weights: dict, path: Path) -> None:
     import torch
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(weights, tmp)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", nargs="?", type=Path, help="where to write (default: the cache, as tiny_encoder())")
+    p.add_argument("--steps", type=int, default=STEPS)
+    args = p.parse_args()
+    os.environ.setdefault("PORTER_DEVICE", "cpu")
     with contextlib.redirect_stdout(sys.stderr):
         import sat  # noqa: F401  (SAT prints on import)
-    torch.manual_seed(SEED)
-    weights = pretrain(steps=args.steps)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    torch.save(weights, tmp)
-    tmp.replace(args.out)
-    print(f"wrote {len(weights)} tensors to {args.out}")
+    if args.out is None:
+        print(tiny_encoder(args.steps))
+        return
+    write(pretrain(steps=args.steps), args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
