@@ -8,6 +8,11 @@ import tempfile
 from pathlib import Path
 
 
+def cache_dir(part: str) -> Path:
+    """``part``'s folder under porter's cache: $PORTER_CACHE, default ~/.cache/porter."""
+    return Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / part
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

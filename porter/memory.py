@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import diskio
 from .diskio import engine_digest
 from .target import InstalledTarget
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "memory-patch"
+    return diskio.cache_dir("memory-patch")
 
 
 def _source_key(installed: InstalledTarget, plugin_digest: str) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from .diskio import cache_dir
 from .rules import Match
 
 ENV = "PORTER_PLAN_CACHE"
@@ -24,7 +25,7 @@ def enabled() -> bool:
 
 
 def root() -> Path:
-    return Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "plans"
+    return cache_dir("plans")
 
 
 def key(rules_fingerprint: str, rule_ids: list[str], path: str, text: str) -> str:

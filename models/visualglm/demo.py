@@ -85,12 +85,9 @@ def run(args) -> int:
 
 def pretrained_encoder() -> Path:
     """The tiny preset's pretrained image encoder; the first demo on a machine builds it (about 5 minutes)."""
-    import contextlib
     import os
 
     os.environ.setdefault("PORTER_DEVICE", "cpu")
-    with contextlib.redirect_stdout(sys.stderr):
-        import sat  # noqa: F401  (SAT's log handlers bind to stderr)
     from .image_encoder import tiny_encoder
 
     return tiny_encoder(log=lambda line: print(line, flush=True))

@@ -116,8 +116,9 @@ def cached_path(steps: int = STEPS) -> Path:
     import hashlib
 
     digest = hashlib.sha256(Path(__file__).read_bytes() + SHAPES_SCRIPT.read_bytes() + str(steps).encode())
-    root = Path(os.environ.get("PORTER_CACHE", Path.home() / ".cache" / "porter")) / "image-encoders"
-    return root / f"tiny-{digest.hexdigest()[:16]}.pt"
+    from porter.recipes import cache_dir
+
+    return cache_dir("image-encoders") / f"tiny-{digest.hexdigest()[:16]}.pt"
 
 
 def tiny_encoder(steps: int = STEPS, log=print) -> Path:
@@ -127,6 +128,8 @@ def tiny_encoder(steps: int = STEPS, log=print) -> Path:
     if path.is_file():
         return path
     log(f"pretraining the tiny image encoder ({steps} steps, once; cached as {path})")
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401  (SAT binds its log handlers to the stdout it sees at import)
     write(pretrain(steps=steps, log=log), path)
     return path
 
