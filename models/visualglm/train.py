@@ -92,6 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     precision.add_argument("--fp16", action="store_true", help="fp16 with loss scaling (accelerators only)")
     precision.add_argument("--bf16", action="store_true", help="bf16 (accelerators only; the CPU trains in fp32)")
     g.add_argument("--seed", type=non_negative_int, default=1234)
+    g.add_argument("--sampling", choices=("epochs", "sat"), default="epochs",
+                   help="epochs (default): every sample once per epoch, in a fresh order each epoch, resumed where "
+                        "the run stopped; sat: SAT's own RandomMappingDataset, random draws with replacement, as "
+                        "upstream's finetune reads data (on a few hundred samples it learns markedly less)")
     g.add_argument("--mode", choices=("full", "performance"), default="full",
                    help="performance: at most 20 steps, no checkpoint, report throughput (as the old scripts)")
     g = p.add_argument_group("output")
@@ -285,6 +289,7 @@ def run(args) -> int:
 
     from .data import Lengths, VisualGLMDataset, collate, load_records
     from .model import answer_loss, classes
+    from .sampling import EpochBatches
 
     model, tokenizer, config, tokenizer_type = build(args, say)
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
@@ -311,11 +316,15 @@ def run(args) -> int:
         sat_args.save = None
 
     steps = StepMeter(RunLog(run_dir, args.iters, rank, args.log_interval), args.grad_accum, world, args.lr)
+    label_pad = -100 if lengths.ignore_pad_token_for_loss else tok.PAD
+    epochs = EpochBatches(dataset, args.batch_size, functools.partial(collate, label_pad=label_pad), rank=rank,
+                          world=world, seed=args.seed) if args.sampling == "epochs" else None
 
     def forward_step(data_iterator, model, sat_args, timers):
         steps.begin_micro_batch(model)
         timers("batch generator").start()
-        batch = next(data_iterator)
+        # SAT's iterator stays unread with --sampling epochs: it draws with replacement (see sampling.py)
+        batch = next(epochs if epochs is not None else data_iterator)
         timers("batch generator").stop()
         param = next(model.parameters())
         ids = batch["input_ids"].to(param.device)
@@ -326,10 +335,12 @@ def run(args) -> int:
 
     def init_function(sat_args_, model_):
         steps.step = getattr(sat_args_, "iteration", 0)  # after --resume, counting continues from there
+        if epochs is not None:
+            epochs.micro_batch = steps.step * args.grad_accum
 
     training_main(sat_args, model_cls=model, forward_step_function=forward_step,
                   create_dataset_function=lambda path, a: dataset, init_function=init_function,
-                  collate_fn=functools.partial(collate, label_pad=-100 if lengths.ignore_pad_token_for_loss else tok.PAD))
+                  collate_fn=functools.partial(collate, label_pad=label_pad))
     steps.finish(model)
     checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
     summary = steps.log.close(checkpoint)

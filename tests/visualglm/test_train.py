@@ -46,6 +46,33 @@ def test_two_ranks_train_through_training_main(trained):
     assert list((save / "runs").rglob("events.out.tfevents.*")), "no TensorBoard events"
 
 
+def tokens_by_step(steps, first_step=1, global_batch=8, seed=1234):
+    """What --sampling epochs has the two workers read at each step, as the metrics count it: the non-pad ids of
+    the shipped set's samples at the step's positions of the epoch orders (the fixture's defaults: batch 4 per
+    worker, seed 1234)."""
+    from porter_visualglm import tokenizer as tok
+    from porter_visualglm.assets import STANDIN, tokenizer_for
+    from porter_visualglm.config import preset
+    from porter_visualglm.data import encode_example, load_records
+    from porter_visualglm.sampling import epoch_order
+
+    records = load_records(SHAPES_DIR / "fewshot" / "train.json", "auto").records
+    tokenizer, image_length = tokenizer_for(STANDIN, None), preset("tiny").image_length
+    counts = [sum(i != tok.PAD for i in encode_example(tokenizer, image_length, r.prompt, r.answer).input_ids)
+              for r in records]
+    order = [int(i) for e in range(3) for i in epoch_order(len(records), seed, e)]
+    return [sum(counts[i] for i in order[(s - 1) * global_batch:s * global_batch])
+            for s in range(first_step, first_step + steps)]
+
+
+def test_the_workers_read_a_shuffled_epoch_between_them(trained):
+    save, r, _ = trained
+    assert r.returncode == 0
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [row["samples"] for row in rows] == [8] * 10
+    assert [row["tokens"] for row in rows] == tokens_by_step(10)
+
+
 def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
     save, r, _ = trained
     ckpt = Path(json.loads((save / "summary.json").read_text())["checkpoint"])
@@ -93,6 +120,7 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, 11)) + [11, 12, 13]
+    assert [row["tokens"] for row in rows[10:]] == tokens_by_step(3, first_step=11)  # the data read on, too
     ckpts = list((copy / "checkpoints").glob("*/latest"))
     assert len(ckpts) == 1 and ckpts[0].read_text().strip() == "13"  # the same run folder, continued
 
