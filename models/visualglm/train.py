@@ -131,10 +131,21 @@ def deepspeed_config(args, device_name: str) -> dict:
     }
     if device_name == "cpu":
         config["optimizer"]["params"]["torch_adam"] = True  # DeepSpeed's own CPU Adam is a minute of compiling
+        if _torch_has_fused_cpu_adamw():
+            # torch's fused CPU kernel: a fifth of the for-loop AdamW's time on the tiny preset's 17 M parameters
+            # (130,528-row embedding and output layer); DeepSpeed passes the flag through to torch.optim.AdamW
+            config["optimizer"]["params"]["fused"] = True
     if args.zero_stage:
         config["zero_optimization"] = {"stage": args.zero_stage, "contiguous_gradients": False,
                                        "overlap_comm": False, "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
     return config
+
+
+def _torch_has_fused_cpu_adamw() -> bool:
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4)  # the release that gave AdamW(fused=True) a CPU kernel
 
 
 def build(args, say):
