@@ -84,7 +84,8 @@ def run(args) -> int:
 
 
 def pretrained_encoder() -> Path:
-    """The tiny preset's pretrained image encoder; the first demo on a machine builds it (about 1.5 minutes)."""
+    """The tiny preset's pretrained image encoder: `make install` builds it, else the first demo on a machine
+    does (about 4 minutes)."""
     import os
 
     os.environ.setdefault("PORTER_DEVICE", "cpu")

@@ -1,5 +1,5 @@
 """Training killed mid-run (SIGKILL to the launcher and its workers) resumes with --resume from its last
-checkpoint: the step count continues and so does the loss."""
+checkpoint: the step count continues, and so do the data and the loss."""
 import json
 import os
 import signal
@@ -44,6 +44,10 @@ def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path):
     resumed = rows[len(before):]
     assert [row["step"] for row in resumed] == list(range(17, 25))  # from the step-16 checkpoint on
     loss_at = {row["step"]: row["loss"] for row in before}
+    # the same samples as the killed run read at each step it got to (the shuffled epochs resume in step)
+    tokens_at = {row["step"]: row["tokens"] for row in before}
+    assert [row["tokens"] for row in resumed if row["step"] <= killed_at] == \
+        [tokens_at[step] for step in range(17, killed_at + 1)]
     # the same weights and data as the killed run at step 17 (SAT restores no optimizer state, and none is used
     # before that step's forward): the same loss, far below a fresh start's
     assert abs(resumed[0]["loss"] - loss_at[17]) < 0.02 * loss_at[17]

@@ -1,4 +1,5 @@
 """`porter run visualglm train`: the real DeepSpeed launcher and SAT's training_main, on CPU processes."""
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -50,19 +51,27 @@ def tokens_by_step(steps, first_step=1, global_batch=8, seed=1234):
     """What --sampling epochs has the two workers read at each step, as the metrics count it: the non-pad ids of
     the shipped set's samples at the step's positions of the epoch orders (the fixture's defaults: batch 4 per
     worker, seed 1234)."""
+    from porter_visualglm.sampling import epoch_order
+
+    counts = token_counts()
+    order = [int(i) for e in range(3) for i in epoch_order(len(counts), seed, e)]
+    return [sum(counts[i] for i in order[(s - 1) * global_batch:s * global_batch])
+            for s in range(first_step, first_step + steps)]
+
+
+@functools.cache
+def token_counts() -> list[int]:
+    """Each shipped training sample's non-pad ids, as the trainer's metrics count them (tiny preset, default
+    lengths)."""
     from porter_visualglm import tokenizer as tok
     from porter_visualglm.assets import STANDIN, tokenizer_for
     from porter_visualglm.config import preset
     from porter_visualglm.data import encode_example, load_records
-    from porter_visualglm.sampling import epoch_order
 
     records = load_records(SHAPES_DIR / "fewshot" / "train.json", "auto").records
     tokenizer, image_length = tokenizer_for(STANDIN, None), preset("tiny").image_length
-    counts = [sum(i != tok.PAD for i in encode_example(tokenizer, image_length, r.prompt, r.answer).input_ids)
-              for r in records]
-    order = [int(i) for e in range(3) for i in epoch_order(len(records), seed, e)]
-    return [sum(counts[i] for i in order[(s - 1) * global_batch:s * global_batch])
-            for s in range(first_step, first_step + steps)]
+    return [sum(i != tok.PAD for i in encode_example(tokenizer, image_length, r.prompt, r.answer).input_ids)
+            for r in records]
 
 
 def test_the_workers_read_a_shuffled_epoch_between_them(trained):
@@ -71,6 +80,8 @@ def test_the_workers_read_a_shuffled_epoch_between_them(trained):
     rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
     assert [row["samples"] for row in rows] == [8] * 10
     assert [row["tokens"] for row in rows] == tokens_by_step(10)
+    config = json.loads((save / "deepspeed_config.rank0.json").read_text())
+    assert config["optimizer"]["params"]["fused"] is True  # and DeepSpeed ran with it
 
 
 def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
@@ -116,11 +127,18 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path):
     assert r.returncode == 0
     copy = tmp_path / "run"
     shutil.copytree(save, copy)
-    r = train(copy, "--iters", "13", "--resume")
+    r = train(copy, "--iters", "13", "--resume", "--sampling", "sat")
     assert r.returncode == 0, r.stderr[-4000:]
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, 11)) + [11, 12, 13]
-    assert [row["tokens"] for row in rows[10:]] == tokens_by_step(3, first_step=11)  # the data read on, too
+    # --sampling sat reads as upstream's finetune does: SAT's RandomMappingDataset draws, from the first one again
+    # after a resume (SAT continues its draws only with --resume-dataloader, which upstream does not pass)
+    from sat.data_utils.configure_data import RandomMappingDataset
+
+    drawn = RandomMappingDataset(range(len(token_counts())))
+    sat = [sum(token_counts()[drawn[i]] for i in range(8 * k, 8 * k + 8)) for k in range(3)]
+    assert sat != tokens_by_step(3, first_step=11)  # what the shuffled epochs would read: the check tells them apart
+    assert [row["tokens"] for row in rows[10:]] == sat
     ckpts = list((copy / "checkpoints").glob("*/latest"))
     assert len(ckpts) == 1 and ckpts[0].read_text().strip() == "13"  # the same run folder, continued
 
@@ -157,3 +175,17 @@ def test_launch_errors_are_clear():
     assert r.returncode == 2 and "unrecognized arguments: --npu" in r.stderr
     r = run_porter("run", "visualglm", "train", "--dry-run", env={"PORTER_DEVICE": "tpu"})
     assert r.returncode != 0 and "PORTER_DEVICE='tpu': unknown device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cpu_workers_get_torchs_fused_adamw_and_accelerators_deepspeeds_own():
+    import argparse
+
+    from porter_visualglm.train import add_arguments, deepspeed_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([])
+    cpu = deepspeed_config(args, "cpu")["optimizer"]["params"]
+    assert cpu["torch_adam"] is True and cpu["fused"] is True  # torch 2.13 has the fused CPU kernel
+    npu = deepspeed_config(args, "npu")["optimizer"]["params"]
+    assert "torch_adam" not in npu and "fused" not in npu
