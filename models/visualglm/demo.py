@@ -17,7 +17,7 @@ from porter.recipes import positive_int
 
 EPILOG = """\
 examples:
-  porter run visualglm demo                   the defaults (about 3 minutes on 2 CPU cores)
+  porter run visualglm demo                   the defaults (about 4 minutes on 2 CPU cores)
   porter run visualglm demo --iters 100       shorter, and the model knows less
 """
 
