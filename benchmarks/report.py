@@ -72,6 +72,12 @@ def rows() -> list[tuple[str, str, str]]:
         out.append(("`import sat` with the port in memory / patched on disk (whole processes)",
                     f"{_spread(mem['ratio_memory_to_disk'], '{:.3f}')}x; {mem['seconds']['in memory']['median']:.2f} s "
                     f"vs {mem['seconds']['on disk']['median']:.2f} s{note}", "bench_memory_import.py"))
+    adamw = _load("cpu_adamw.json")
+    if adamw:
+        loop, fused = adamw["seconds"].values()
+        out.append((f"CPU AdamW step over the tiny VisualGLM's {adamw['parameters'] / 1e6:.0f} M trainable parameters: "
+                    f"torch's fused kernel / the for-loop", f"{adamw['fused_over_loop']:.2f}x; "
+                    f"{_spread(fused, '{:.4f}')} s vs {_spread(loop, '{:.4f}')} s", "bench_cpu_adamw.py"))
     scaling = _load("scaling.json")
     if scaling:
         one, two = scaling["samples_per_s"]["1"], scaling["samples_per_s"]["2"]
