@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt torch==2.13.0 triton==3.8.0
 	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt -e '.[sat,visualglm,test]'
 	@# DS_BUILD_OPS=0 leaves DeepSpeed's ops to be compiled on first use; the shared-memory all-reduce that CPU
-	@# workers use is compiled here instead, into the TORCH_EXTENSIONS_DIR every later run reads
+	@# workers use is compiled here instead, into the TORCH_EXTENSIONS_DIR this Makefile exports to what it runs
+	@# (porter started by hand uses torch's default, ~/.cache/torch_extensions, and compiles it there once)
 	@echo "compiling DeepSpeed's shared-memory op for CPU workers (once, about 35 s)"
 	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	touch $(STAMP)

@@ -1,7 +1,9 @@
 """The optimizer step CPU workers take: torch's AdamW as DeepSpeed's `torch_adam` builds it by default (a for-loop
 over the parameters) against `fused=True` (torch's fused CPU kernel, what porter's CPU DeepSpeed config asks for),
 on the tiny VisualGLM's trainable parameters with the ViT frozen (17 M, mostly the 130,528-row embedding and output
-layer), alternating A and B. results/cpu_adamw.json.
+layer), alternating A and B, in the two layouts the optimizer sees them in: one tensor per parameter (ZeRO 0, as
+`make demo` trains) and one flat tensor holding a worker's half (ZeRO 1 or 2 on 2 workers, `train`'s default
+stage). results/cpu_adamw.json.
 
     .venv/bin/python benchmarks/bench_cpu_adamw.py [--rounds 7] [--steps 5]
 """
@@ -40,20 +42,27 @@ def main() -> dict:
     model = build_model(preset("tiny"), finetune="full", seed=1)
     scale_vision_lr(model, 0)
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    kinds = {"for-loop (DeepSpeed's torch_adam default)": {"foreach": False}, "fused (porter's CPU config)": {"fused": True}}
-    samples: dict[str, list[float]] = {k: [] for k in kinds}
+    total = sum(p.numel() for p in params)
+    layouts = {"per parameter (ZeRO 0)": params,
+               "one flat half (ZeRO 1/2, 2 workers)": [torch.nn.Parameter(torch.zeros(total // 2))]}
+    for tensors in layouts.values():
+        for p in tensors:
+            p.grad = torch.randn_like(p) * 1e-3
+    kinds = {"for-loop": {"foreach": False}, "fused": {"fused": True}}
+    samples = {f"{layout}, {kind}": [] for layout in layouts for kind in kinds}
     for _ in range(a.rounds):
-        for label, kind in kinds.items():
-            samples[label].append(step_seconds(params, a.steps, **kind))
-    loop, fused = (statistics.median(v) for v in samples.values())
+        for layout, tensors in layouts.items():
+            for kind, options in kinds.items():
+                samples[f"{layout}, {kind}"].append(step_seconds(tensors, a.steps, **options))
+    ratios = {layout: statistics.median(samples[f"{layout}, fused"]) / statistics.median(samples[f"{layout}, for-loop"])
+              for layout in layouts}
     result = {"what": "one torch.optim.AdamW step over the tiny VisualGLM's trainable parameters (ViT frozen), CPU",
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-              "parameters": sum(p.numel() for p in params), "rounds": a.rounds, "steps_per_sample": a.steps,
-              "seconds": {k: summary(v) for k, v in samples.items()}, "fused_over_loop": fused / loop}
+              "parameters": total, "rounds": a.rounds, "steps_per_sample": a.steps,
+              "seconds": {k: summary(v) for k, v in samples.items()}, "fused_over_loop": ratios}
     save("cpu_adamw", result)
-    print(f"for-loop {loop * 1e3:.1f} ms, fused {fused * 1e3:.1f} ms per step: {fused / loop:.2f}x")
+    for layout, ratio in ratios.items():
+        print(f"{layout}: fused / for-loop {ratio:.2f}x")
     return result
 
 

@@ -74,10 +74,11 @@ def rows() -> list[tuple[str, str, str]]:
                     f"vs {mem['seconds']['on disk']['median']:.2f} s{note}", "bench_memory_import.py"))
     adamw = _load("cpu_adamw.json")
     if adamw:
-        loop, fused = adamw["seconds"].values()
+        parts = [f"{layout}: {ratio:.2f}x ({_spread(adamw['seconds'][layout + ', fused'], '{:.4f}')} s vs "
+                 f"{_spread(adamw['seconds'][layout + ', for-loop'], '{:.4f}')} s)"
+                 for layout, ratio in adamw["fused_over_loop"].items()]
         out.append((f"CPU AdamW step over the tiny VisualGLM's {adamw['parameters'] / 1e6:.0f} M trainable parameters: "
-                    f"torch's fused kernel / the for-loop", f"{adamw['fused_over_loop']:.2f}x; "
-                    f"{_spread(fused, '{:.4f}')} s vs {_spread(loop, '{:.4f}')} s", "bench_cpu_adamw.py"))
+                    f"torch's fused kernel / the for-loop", "; ".join(parts), "bench_cpu_adamw.py"))
     scaling = _load("scaling.json")
     if scaling:
         one, two = scaling["samples_per_s"]["1"], scaling["samples_per_s"]["2"]

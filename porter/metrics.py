@@ -26,7 +26,8 @@ class RunLog:
     def step(self, step: int, loss: float, lr: float, samples: int, tokens: int, seconds: float) -> None:
         if self.rank != 0:
             return
-        row = {"step": step, "loss": loss, "lr": lr, "samples": samples, "tokens": tokens, "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+        row = {"step": step, "loss": loss, "lr": lr, "samples": samples, "tokens": tokens,
+               "samples_per_s": samples / seconds if seconds > 0 else 0.0,
                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0, "seconds": seconds,
                "elapsed": time.monotonic() - self.started}
         self.rows.append(row)

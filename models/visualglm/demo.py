@@ -25,6 +25,7 @@ examples:
 def add_arguments(p):
     p.add_argument("--iters", type=positive_int, default=400, help="training steps (default 400)")
     p.add_argument("--workers", type=positive_int, default=2, help="CPU processes (default 2)")
+    p.add_argument("--seed", type=positive_int, default=1234, help="training seed (default 1234)")
     p.add_argument("--save", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     p.add_argument("--patch", choices=("disk", "memory"), default="disk",
                    help="disk (default): patch the installed SAT and revert it at the end; memory: touch nothing")
@@ -70,7 +71,7 @@ def run(args) -> int:
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
                       "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",
-                      "--image-encoder", str(encoder), "--vision-lr-scale", "0",
+                      "--image-encoder", str(encoder), "--vision-lr-scale", "0", "--seed", str(args.seed),
                       "--patch", args.patch, "--save", str(args.save), "--log-interval", "25").returncode
         if code != 0:
             raise PorterError(f"training failed (exit {code}); see above")

@@ -2,7 +2,8 @@
 
 Runs in every worker `porter run` starts (the launcher options --npus, --device, --hostfile, --patch are
 porter's, see `porter run visualglm train --help`). Rank 0 shows progress and writes metrics.jsonl,
-loss.png, summary.json and the TensorBoard events under --save; SAT writes the checkpoint there too.
+loss.png, summary.json, the TensorBoard events and sampling.json (where each start of the run began reading
+the data, for --resume) under --save; SAT writes the checkpoint there too.
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="fp16 with loss scaling (accelerators only)")
     precision.add_argument("--bf16", action="store_true", help="bf16 (accelerators only; the CPU trains in fp32)")
-    g.add_argument("--seed", type=non_negative_int, default=1234)
+    g.add_argument("--seed", type=positive_int, default=1234, help="SAT requires it above 0")
     g.add_argument("--sampling", choices=("epochs", "sat"), default="epochs",
                    help="epochs (default): every sample once per epoch, in a fresh order each epoch, resumed where "
                         "the run stopped; sat: SAT's own RandomMappingDataset, random draws with replacement, as "
@@ -132,7 +133,7 @@ def deepspeed_config(args, device_name: str) -> dict:
     if device_name == "cpu":
         config["optimizer"]["params"]["torch_adam"] = True  # DeepSpeed's own CPU Adam is a minute of compiling
         if _torch_has_fused_cpu_adamw():
-            # torch's fused CPU kernel: 0.17x the for-loop AdamW's step on the tiny preset's 17 M parameters
+            # torch's fused CPU kernel: 0.14-0.28x the for-loop AdamW's step on the tiny preset's 17 M parameters
             # (benchmarks/bench_cpu_adamw.py); DeepSpeed passes the flag through to torch.optim.AdamW
             config["optimizer"]["params"]["fused"] = True
     if args.zero_stage:
@@ -300,7 +301,7 @@ def run(args) -> int:
 
     from .data import Lengths, VisualGLMDataset, collate, load_records
     from .model import answer_loss, classes
-    from .sampling import EpochBatches
+    from .sampling import EpochBatches, resume_position
 
     model, tokenizer, config, tokenizer_type = build(args, say)
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
@@ -346,8 +347,9 @@ def run(args) -> int:
 
     def init_function(sat_args_, model_):
         steps.step = getattr(sat_args_, "iteration", 0)  # after --resume, counting continues from there
-        if epochs is not None:
-            epochs.micro_batch = steps.step * args.grad_accum
+        if epochs is not None:  # read on where the run stopped, whatever its batch size and workers were
+            epochs.position = resume_position(run_dir, steps.step, args.batch_size * world * args.grad_accum,
+                                              seed=args.seed, samples=len(dataset), write=rank == 0)
 
     training_main(sat_args, model_cls=model, forward_step_function=forward_step,
                   create_dataset_function=lambda path, a: dataset, init_function=init_function,

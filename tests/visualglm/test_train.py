@@ -81,7 +81,7 @@ def test_the_workers_read_a_shuffled_epoch_between_them(trained):
     assert [row["samples"] for row in rows] == [8] * 10
     assert [row["tokens"] for row in rows] == tokens_by_step(10)
     config = json.loads((save / "deepspeed_config.rank0.json").read_text())
-    assert config["optimizer"]["params"]["fused"] is True  # and DeepSpeed ran with it
+    assert config["optimizer"]["params"]["fused"] is True  # the file the workers gave DeepSpeed
 
 
 def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
