@@ -79,6 +79,17 @@ def rows() -> list[tuple[str, str, str]]:
                  for layout, ratio in adamw["fused_over_loop"].items()]
         out.append((f"CPU AdamW step over the tiny VisualGLM's {adamw['parameters'] / 1e6:.0f} M trainable parameters: "
                     f"torch's fused kernel / the for-loop", "; ".join(parts), "bench_cpu_adamw.py"))
+    accelerator = _load("accelerator.json")
+    if accelerator:
+        label = ("`porter.runtime.ops` / SAT's default path on an accelerator (attention, GELU, rotary; bf16, "
+                 "ChatGLM-6B layer shapes)")
+        if "skipped" in accelerator:
+            out.append((label, f"not measured: {accelerator['skipped']}", "bench_accelerator.py"))
+        else:
+            parts = [f"{name}: {r['ratio']:.2f}x ({r['porter_ms']:.3f} vs {r['sat_ms']:.3f} ms, max diff "
+                     f"{r['max_abs_diff']:.1e})" for name, r in accelerator["ops"].items()]
+            out.append((f"{label}, {accelerator['device']}", "; ".join(parts) + " (median of 20, alternating)",
+                        "bench_accelerator.py"))
     scaling = _load("scaling.json")
     if scaling:
         one, two = scaling["samples_per_s"]["1"], scaling["samples_per_s"]["2"]
