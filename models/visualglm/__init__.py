@@ -1,1 +1,11 @@
 """porter_visualglm: the VisualGLM-6B model plugin (model, tokenizer, data, checkpoints, recipes)."""
+
+
+def import_sat() -> None:
+    """Import SAT (and DeepSpeed through it) with stdout pointing at stderr: both bind their log handlers to the
+    stdout they see at import, and a recipe's stdout carries its answer alone (it can be piped)."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import sat  # noqa: F401

@@ -6,11 +6,11 @@ is read), the tokenizer's layout, and compares the memory the load needs with wh
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from porter.errors import InputError
 
+from . import import_sat
 from .assets import add_weight_arguments
 
 EPILOG = """\
@@ -48,12 +48,10 @@ def run(args) -> int:
         raise InputError("check needs --from_pretrained DIR", exit_code=2)
     if args.device != "auto":
         os.environ["PORTER_DEVICE"] = args.device
-    import contextlib
 
     import torch
 
-    with contextlib.redirect_stdout(sys.stderr):
-        import sat  # noqa: F401
+    import_sat()
     from porter.runtime import device
 
     from .assets import tokenizer_for, tokenizer_type_of

@@ -15,6 +15,8 @@ from pathlib import Path
 from porter.errors import PorterError
 from porter.recipes import positive_int
 
+from . import import_sat
+
 EPILOG = """\
 examples:
   porter run visualglm demo                   the defaults (about 4 minutes on 2 CPU cores)
@@ -97,13 +99,11 @@ def pretrained_encoder() -> Path:
 
 
 def evaluate_run(save: Path) -> int:
-    import contextlib
     import json
     import os
 
     os.environ.setdefault("PORTER_DEVICE", "cpu")
-    with contextlib.redirect_stdout(sys.stderr):
-        import sat  # noqa: F401  (SAT's log handlers bind to stderr)
+    import_sat()
     from . import evaluate
     from .assets import tokenizer_for, tokenizer_type_of
     from .checkpoint import load_model

@@ -23,7 +23,6 @@ generator's and the shapes drawer's source and the step count, so a change to ei
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import math
 import os
@@ -31,6 +30,8 @@ import random
 import sys
 import time
 from pathlib import Path
+
+from . import import_sat
 
 SHAPES_SCRIPT = Path(__file__).resolve().parent / "data" / "make_shapes.py"
 STEPS = 2000
@@ -131,8 +132,7 @@ def tiny_encoder(steps: int = STEPS, log=print) -> Path:
     if path.is_file():
         return path
     log(f"pretraining the tiny image encoder ({steps} steps, once; cached as {path})")
-    with contextlib.redirect_stdout(sys.stderr):
-        import sat  # noqa: F401  (SAT binds its log handlers to the stdout it sees at import)
+    import_sat()
     write(pretrain(steps=steps, log=log), path)
     return path
 
@@ -157,8 +157,7 @@ def main() -> None:
         # progress on stderr, the path on stdout; imports SAT only when it has to build
         print(tiny_encoder(args.steps, log=lambda line: print(line, file=sys.stderr, flush=True)))
         return
-    with contextlib.redirect_stdout(sys.stderr):
-        import sat  # noqa: F401  (SAT prints on import)
+    import_sat()
     write(pretrain(steps=args.steps), args.out)
     print(f"wrote {args.out}")
 

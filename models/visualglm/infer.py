@@ -14,6 +14,7 @@ from pathlib import Path
 from porter.errors import InputError, PorterError
 from porter.recipes import non_negative_int, positive_float, positive_int, probability
 
+from . import import_sat
 from .assets import STANDIN, add_weight_arguments, tokenizer_for, tokenizer_type_of
 from .config import PRESET_NAMES
 
@@ -68,12 +69,8 @@ def default_image() -> Path:
 
 def load(args, say=print):
     """(model, tokenizer, config) for the arguments, the model in its dtype on the current device."""
-    import contextlib
 
-    # SAT and DeepSpeed log to stdout through handlers bound at import: import them with stdout pointing at
-    # stderr, so stdout carries the answer alone (and can be piped).
-    with contextlib.redirect_stdout(sys.stderr):
-        import sat  # noqa: F401
+    import_sat()
     from porter.runtime import device
 
     from .checkpoint import load_model, resolve_dtype

@@ -19,6 +19,7 @@ from pathlib import Path
 from porter.errors import PorterError
 from porter.recipes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 
+from . import import_sat
 from . import tokenizer as tok
 from .assets import add_weight_arguments
 from .config import FINETUNE_MODES, PRESET_NAMES
@@ -291,8 +292,7 @@ def run(args) -> int:
     if args.resume and resume_from is None:
         raise PorterError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}", exit_code=2)
 
-    with contextlib.redirect_stdout(sys.stderr):  # SAT/DeepSpeed bind their log handlers at import
-        import sat  # noqa: F401
+    import_sat()
     import logging
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
