@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .diskio import cache_dir  # noqa: F401  (for recipes: where they keep what they build once)
+from .diskio import atomic_write, cache_dir  # noqa: F401  (for recipes: what they build once, and where)
 from .errors import NotFoundError
 
 

@@ -36,7 +36,6 @@ from . import import_sat
 SHAPES_SCRIPT = Path(__file__).resolve().parent / "data" / "make_shapes.py"
 STEPS = 2000
 SEED = 7  # not make_shapes' 2024: other images than the shipped ones
-ENCODER = "mixins.eva.model."
 
 
 def _make_shapes():
@@ -48,8 +47,10 @@ def _make_shapes():
 
 def encoder_weights(model) -> dict:
     """The ViT's and the Q-Former's parameters, by their names in the whole model."""
+    from .checkpoint import IMAGE_ENCODER_PARTS
+
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
-            if name.startswith((ENCODER + "vit.", ENCODER + "qformer."))}
+            if name.startswith(IMAGE_ENCODER_PARTS)}
 
 
 def pretrain(steps: int = STEPS, batch: int = 64, lr: float = 3e-3, seed: int = SEED, log=print) -> dict:
@@ -138,12 +139,15 @@ def tiny_encoder(steps: int = STEPS, log=print) -> Path:
 
 
 def write(weights: dict, path: Path) -> None:
+    import io
+
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(weights, tmp)
-    tmp.replace(path)
+    from porter.recipes import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def main() -> None:

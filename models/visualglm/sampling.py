@@ -10,12 +10,13 @@ training_main's forward step instead: every sample once per epoch, a fresh order
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from porter.recipes import atomic_write
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
@@ -72,9 +73,8 @@ def samples_read(stretches: list[dict], step: int, samples_per_step: int) -> int
     """
     read, at = 0, 0
     for stretch in sorted((s for s in stretches if s["from_step"] < step), key=lambda s: s["from_step"]):
-        read += (stretch["from_step"] - at) * samples_per_step if at < stretch["from_step"] else 0
-        at = max(at, stretch["from_step"])
-        samples_per_step = stretch["samples_per_step"]
+        read += (stretch["from_step"] - at) * samples_per_step
+        at, samples_per_step = stretch["from_step"], stretch["samples_per_step"]
     return read + (step - at) * samples_per_step
 
 
@@ -91,7 +91,5 @@ def resume_position(run_dir: Path, step: int, samples_per_step: int, *, seed: in
         kept = [s for s in stretches if s["from_step"] < step]
         record = {"stretches": kept + [{"from_step": step, "samples_per_step": samples_per_step, "seed": seed,
                                         "samples": samples}]}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
     return position

@@ -32,7 +32,7 @@ def test_the_cached_encoder_is_built_once_per_generator_and_step_count(tmp_path,
     assert image_encoder.tiny_encoder(steps=2, log=said.append) == first and said == []  # from the cache
     assert first.stat().st_mtime_ns == stamp
     assert image_encoder.cached_path(3) != first  # another step count, another file
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*tmp"))
     assert read_image_encoder(first, preset("tiny")).keys() == torch.load(first, weights_only=True).keys()
 
 

@@ -65,7 +65,7 @@ def test_the_record_of_starts_is_kept_in_the_run_folder(tmp_path):
     assert resume_position(tmp_path, 12, 16, seed=1, samples=10, write=True) == 80 + 2 * 16
     assert resume_position(tmp_path, 4, 16, seed=1, samples=10, write=True) == 32  # back to an earlier checkpoint
     record = json.loads((tmp_path / "sampling.json").read_text())
-    assert [s["from_step"] for s in record["stretches"]] == [0, 4] and not list(tmp_path.glob("*.tmp"))
+    assert [s["from_step"] for s in record["stretches"]] == [0, 4] and not list(tmp_path.glob(".*tmp"))
 
 
 def test_the_batch_goes_through_the_collate_function_and_the_dataset():
