@@ -1,10 +1,10 @@
 """`porter run visualglm demo` (`make demo`): the whole product on this machine, in a few minutes.
 
 Patches the installed SAT on disk (the journaled transaction), trains the tiny VisualGLM on the shipped
-shapes with 2 CPU processes through DeepSpeed and SAT's training_main (its image encoder
-starting from the tiny preset's pretrained one, built and cached by ``image_encoder.tiny_encoder`` on first use, as
-VisualGLM's starts from EVA-CLIP and BLIP-2, and the ViT frozen, as upstream's fine-tuning leaves it), answers questions about held-out images beside the expected
-captions, scores them, and reverts the patch it applied.
+shapes with 2 CPU processes through DeepSpeed and SAT's training_main, answers questions about held-out
+images beside the expected captions, scores them, and reverts the patch it applied. The image encoder starts
+from the tiny preset's pretrained one (``image_encoder.tiny_encoder``: built by `make install`, else here, and
+cached), as VisualGLM's starts from EVA-CLIP and BLIP-2, with the ViT frozen as upstream's fine-tuning leaves it.
 """
 from __future__ import annotations
 

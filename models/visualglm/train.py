@@ -146,8 +146,9 @@ def deepspeed_config(args, device_name: str) -> dict:
 def _torch_has_fused_cpu_adamw() -> bool:
     import torch
 
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    return (major, minor) >= (2, 4)  # the release that gave AdamW(fused=True) a CPU kernel
+    from porter.target import version_in
+
+    return version_in(torch.__version__, ">=2.4")  # the release that gave AdamW(fused=True) a CPU kernel
 
 
 def build(args, say):
@@ -219,10 +220,10 @@ def check_lr_scale_support() -> None:
     from importlib import metadata
 
     from porter.errors import EXIT_USAGE, InputError
+    from porter.target import version_in
 
     version = metadata.version("SwissArmyTransformer")
-    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
-    if parts < (0, 4, 6):
+    if not version_in(version, ">=0.4.6"):
         raise InputError(f"--vision-lr-scale: SwissArmyTransformer {version} ignores per-parameter learning rates "
                          f"(SAT reads them from 0.4.6 on)", hint="upgrade SAT, or leave --vision-lr-scale at 1",
                          exit_code=EXIT_USAGE)
@@ -328,9 +329,9 @@ def run(args) -> int:
         sat_args.save = None
 
     steps = StepMeter(RunLog(run_dir, args.iters, rank, args.log_interval), args.grad_accum, world, args.lr)
-    label_pad = -100 if lengths.ignore_pad_token_for_loss else tok.PAD
-    epochs = EpochBatches(dataset, args.batch_size, functools.partial(collate, label_pad=label_pad), rank=rank,
-                          world=world, seed=args.seed) if args.sampling == "epochs" else None
+    batch_of = functools.partial(collate, label_pad=-100 if lengths.ignore_pad_token_for_loss else tok.PAD)
+    epochs = EpochBatches(dataset, args.batch_size, batch_of, rank=rank, world=world,
+                          seed=args.seed) if args.sampling == "epochs" else None
 
     def forward_step(data_iterator, model, sat_args, timers):
         steps.begin_micro_batch(model)
@@ -353,7 +354,7 @@ def run(args) -> int:
 
     training_main(sat_args, model_cls=model, forward_step_function=forward_step,
                   create_dataset_function=lambda path, a: dataset, init_function=init_function,
-                  collate_fn=functools.partial(collate, label_pad=label_pad))
+                  collate_fn=batch_of)
     steps.finish(model)
     checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
     summary = steps.log.close(checkpoint)
