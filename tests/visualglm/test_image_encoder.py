@@ -70,3 +70,23 @@ def test_a_vision_lr_scale_becomes_a_sat_parameter_group_of_that_rate_and_zero_f
     groups = get_optimizer_param_groups(frozen)
     assert not {id(p) for g in groups for p in g["params"]} & {id(p) for n, p in frozen.named_parameters() if ".vit." in n}
     assert all(p.requires_grad == (".vit." not in n) for n, p in frozen.named_parameters())
+
+
+def test_an_encoder_cut_from_a_release_layout_checkpoint_is_read_as_sat_saves_it(tmp_path):
+    """The file format is the released checkpoint's own: its ViT and Q-Former tensors under their release names
+    (porter_visualglm.release, from the published key list), inside SAT's {"module": ...}, fp16 as released."""
+    from porter_visualglm import release
+    from porter_visualglm.checkpoint import IMAGE_ENCODER_PARTS
+    from porter_visualglm.config import VisualGLMConfig
+
+    folder = release.make_release_folder(tmp_path / "release", seed=3)
+    whole = torch.load(folder / "1" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    cut = {k: v for k, v in whole.items() if k.startswith(IMAGE_ENCODER_PARTS)}
+    names = {k for k in release.release_keys(release.tiny_release_config()) if k.startswith(IMAGE_ENCODER_PARTS)}
+    assert set(cut) == names and len(names) > 20
+    torch.save({"module": cut}, tmp_path / "encoder.pt")
+    config = VisualGLMConfig.from_sat_args(release.tiny_release_config())
+    read = read_image_encoder(tmp_path / "encoder.pt", config)
+    assert read.keys() == cut.keys() and all(torch.equal(read[k], cut[k]) for k in cut)
+    with pytest.raises(CheckpointError, match=r"not an image encoder for this model .*missing"):
+        read_image_encoder(tmp_path / "encoder.pt", preset("tiny"))  # the tiny preset's ViT is another size
