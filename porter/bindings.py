@@ -53,8 +53,9 @@ class _Scope:
 class Bindings:
     """The scopes and imports of one module's source, built on the first question."""
 
-    def __init__(self, code: str):
+    def __init__(self, code: str, lines: list[tuple[int, int]] | None = None):
         self._code = code
+        self._lines = lines  # a cut file's lines -> this code's (porter.skeleton): questions come in its lines
         self._module: _Scope | None = None
         self._broken = False
 
@@ -66,6 +67,8 @@ class Bindings:
         module = self._scopes()
         if module is None:
             return None
+        if self._lines is not None:
+            line = self._lines[line - 1][0]
         where = (line, column)
         scope: _Scope | None = module.innermost(where)
         used_in = scope
@@ -226,10 +229,23 @@ def _evaluated_outside(node) -> list[ast.AST]:
 
 
 class BindingsProvider(BaseMetadataProvider["Bindings"]):
-    """libcst metadata on the Module node only: the module's ``Bindings``, built lazily (no tree walk)."""
+    """libcst metadata on the Module node only: the module's ``Bindings``, built lazily (no tree walk).
+
+    A tree that is a cut-down file (porter.skeleton) must read names as the whole file binds them: the engine
+    passes the whole file's ``Bindings`` as this provider's cache, ``MetadataWrapper(..., cache={BindingsProvider:
+    bindings})``; libcst hands a provider its cache entry only when it declares ``gen_cache``."""
+
+    gen_cache = staticmethod(lambda *args, **kwargs: {})  # never called: porter builds no FullRepoManager
+
+    def __init__(self, cache: object = None) -> None:
+        super().__init__(cache if cache is not None else _FROM_TREE)
 
     def _gen_impl(self, module: cst.Module) -> None:
-        self.set_metadata(module, _LazyBindings(module))
+        given = self.cache
+        self.set_metadata(module, given if isinstance(given, Bindings) else _LazyBindings(module))
+
+
+_FROM_TREE = object()  # no Bindings given: read them from the tree's own code
 
 
 class _LazyBindings(Bindings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,8 +12,12 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.metadata import MetadataWrapper
 
+from .bindings import Bindings, BindingsProvider
 from .errors import PlanError
 from .rules import Match, Rule, RuleTransformer, TextRewrite, add_needed_imports
+from .skeleton import Lost, Skeleton, cut
+
+WHOLE_FILES = "PORTER_PLAN_WHOLE_FILES"
 
 
 @dataclass
@@ -45,13 +50,17 @@ def _syntax_error_at(text: str, exc: cst.ParserSyntaxError) -> tuple[int, str]:
     return exc.raw_line, exc.message
 
 
-def _parse(path: str, text: str, rule_id: str) -> MetadataWrapper:
+def _parse(path: str, text: str, rule_id: str, skeleton: Skeleton | None = None) -> MetadataWrapper:
+    """``text`` parsed for the rules; when it is a cut file (or a rewrite of one), names in it resolve as in the
+    whole file it stands for."""
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
         line, message = _syntax_error_at(text, exc)
         raise PlanError(f"{path}:{line}: cannot parse ({message}); rule {rule_id} not applied") from None
-    return MetadataWrapper(module, unsafe_skip_copy=True)
+    if skeleton is None:
+        return MetadataWrapper(module, unsafe_skip_copy=True)
+    return MetadataWrapper(module, unsafe_skip_copy=True, cache={BindingsProvider: Bindings(*skeleton.expand(text))})
 
 
 def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWrapper | None = None
@@ -76,7 +85,8 @@ def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWr
     return found
 
 
-def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None) -> tuple[str, list[Match]]:
+def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None = None,
+               skeleton: Skeleton | None = None) -> tuple[str, list[Match]]:
     """Apply one rule to ``text`` (the contents of ``path``); return the new text and its matches.
 
     ``parsed`` is ``text`` already parsed: several rules over the same text share one parse and one
@@ -84,7 +94,7 @@ def apply_rule(rule: Rule, path: str, text: str, parsed: MetadataWrapper | None 
     """
     if isinstance(rule.rewrite, TextRewrite):
         return rule.rewrite.rewrite(text, rule.id, path)
-    wrapper = parsed or _parse(path, text, rule.id)
+    wrapper = parsed or _parse(path, text, rule.id, skeleton)
     transformer = rule.rewrite(rule.id, path)
     return transformer.finish(wrapper.visit(transformer)).code, transformer.matches
 
@@ -323,7 +333,7 @@ def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> _Wa
     module = wrapper.visit(walk)
     if walk.entangled:
         return None
-    return _Walked(add_needed_imports(module, *(p.context for p in parts)).code,
+    return _Walked(add_needed_imports(module, parts).code,
                    {rule.id: part.matches for rule, part in zip(rules, parts)},
                    {rules[i].id for i in walk.influenced})
 
@@ -344,7 +354,40 @@ def _depths(rules: Sequence[Rule]) -> dict[str, int]:
 
 
 def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
-    """Run ``rules`` over one file.
+    """Run ``rules`` over one file: on the file cut down to what they can match (``porter.skeleton``) when every
+    rule names its triggers, else, or when the cut file fails in any way, on the whole file (``_rewrite``). Both
+    give the same result; PORTER_PLAN_WHOLE_FILES=1 always plans whole files."""
+    rules = list(rules)
+    skeleton = _cut(path, text, rules)
+    if skeleton is not None:
+        try:
+            return _on_skeleton(path, text, rules, skeleton, enforce_required)
+        except (PlanError, Lost):
+            pass  # planned again whole: the same plan, or the error with the file's own lines
+    return _rewrite(path, text, rules, enforce_required=enforce_required)
+
+
+def _cut(path: str, text: str, rules: list[Rule]) -> Skeleton | None:
+    python = [rule for rule in rules if not isinstance(rule.rewrite, TextRewrite)]
+    if not path.endswith(".py") or not python or any(not rule.triggers for rule in python) \
+            or os.environ.get(WHOLE_FILES, "") not in ("", "0"):
+        return None
+    return cut(text, [w for r in python if r.reads == "statement" for w in r.triggers],
+               [w for r in python if r.reads == "function" for w in r.triggers])
+
+
+def _on_skeleton(path: str, text: str, rules: list[Rule], skeleton: Skeleton, enforce_required: bool) -> FileRewrite:
+    planned = _rewrite(path, skeleton.text, rules, enforce_required=enforce_required, skeleton=skeleton)
+    after, _ = skeleton.expand(planned.after)
+    _, lines, ends = skeleton.expand_ends(skeleton.text)
+    matches = [dataclasses.replace(m, start_line=lines[m.start_line - 1][0], end_line=lines[m.end_line - 1][1],
+                                   end_col=ends.get(m.end_line, m.end_col)) for m in planned.matches]
+    return FileRewrite(path=path, before=text, after=after, matches=matches)
+
+
+def _rewrite(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True,
+             skeleton: Skeleton | None = None) -> FileRewrite:
+    """Run ``rules`` over one file's text (a cut file's, with ``skeleton``).
 
     The installed text is parsed once, with one metadata pass (each later layer parses what the one before it
     made). The rules apply in layers: the rules that rewrite installed
@@ -360,7 +403,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     ordered = order_rules(list(rules))
     related = _ordered_pairs(ordered)
     python = path.endswith(".py")
-    parsed = _parse(path, text, ordered[0].id) if ordered and python else None
+    parsed = _parse(path, text, ordered[0].id, skeleton) if ordered and python else None
     depth = _depths(ordered)
     first_layer = [r for r in ordered if depth[r.id] == 0]
     walked = _together(first_layer, path, parsed) if parsed is not None and first_layer else None
@@ -380,8 +423,9 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
                             hint=f"declare one rule `after` the other, or narrow one of them "
                                  f"(lines {ma.start_line}-{ma.end_line} and {mb.start_line}-{mb.end_line})",
                         )
-    layered = _in_layers(path, text, ordered, depth, parsed, solo, walked) if python else None
-    current, found_by_rule = layered if layered is not None else _one_at_a_time(path, text, ordered, solo, parsed)
+    layered = _in_layers(path, text, ordered, depth, parsed, solo, walked, skeleton) if python else None
+    current, found_by_rule = layered if layered is not None else \
+        _one_at_a_time(path, text, ordered, solo, parsed, skeleton)
     matches: list[Match] = []
     for rule in ordered:
         found = found_by_rule[rule.id]
@@ -396,7 +440,7 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     return FileRewrite(path=path, before=text, after=current, matches=matches)
 
 
-def _one_at_a_time(path, text, ordered, solo, parsed) -> tuple[str, dict[str, list[Match]]]:
+def _one_at_a_time(path, text, ordered, solo, parsed, skeleton) -> tuple[str, dict[str, list[Match]]]:
     """The rules in order, each over the previous one's output (matches reported at installed lines)."""
     current, found_by_rule = text, {}
     for rule in ordered:
@@ -406,12 +450,12 @@ def _one_at_a_time(path, text, ordered, solo, parsed) -> tuple[str, dict[str, li
         elif not solo[rule.id] and not rule.after:
             found = []  # independent of the others and matched nothing in the original: still nothing
         else:
-            current, found = apply_rule(rule, path, current)
+            current, found = apply_rule(rule, path, current, skeleton=skeleton)
         found_by_rule[rule.id] = _to_original_lines(found, text, rule_input)
     return current, found_by_rule
 
 
-def _in_layers(path, text, ordered, depth, parsed, solo, walked: _Walked | None
+def _in_layers(path, text, ordered, depth, parsed, solo, walked: _Walked | None, skeleton: Skeleton | None
                ) -> tuple[str, dict[str, list[Match]]] | None:
     """The rules applied layer by layer (``depth``: each rule's layer), each layer in one walk (the first is
     ``walked``, already done over the original); None to fall back to one at a time."""
@@ -423,7 +467,7 @@ def _in_layers(path, text, ordered, depth, parsed, solo, walked: _Walked | None
             if together is None or any(together.matches[r.id] != solo[r.id] for r in layer):
                 return None  # entangled, or one rule saw another's change: not the same as the rules alone
         else:
-            wrapper = parsed if current == text else _parse(path, current, layer[0].id)
+            wrapper = parsed if current == text else _parse(path, current, layer[0].id, skeleton)
             together = _together(layer, path, wrapper)
             if together is None:
                 return None

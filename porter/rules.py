@@ -68,7 +68,9 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
         self.rule_id = rule_id
         self.path = path
         self.matches: list[Match] = []
-        self.context = CodemodContext()  # collects the imports the rewrite needs (AddImportsVisitor)
+        self.imports: list[tuple[str, str | None]] = []  # what require_import asked for: (module, alias)
+        # for a rule that schedules other imports itself (AddImportsVisitor.add_needed_import(self.context, ...))
+        self.context = CodemodContext()
 
     def record(self, node: cst.CSTNode, message: str) -> None:
         pos = self.get_metadata(PositionProvider, node)
@@ -79,46 +81,81 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
         """Make ``import module as alias`` (or plain ``import module``) present in the rewritten module; returns
         the name to use.
 
-        libcst's AddImportsVisitor adds it once, after the module's leading imports, and not at all when the
-        file already has it, so a rule that uses it stays a fixpoint.
+        It is added once, after the module's leading imports, and not at all when they already have it (as
+        libcst's AddImportsVisitor does: see ``add_needed_imports``), so a rule that uses it stays a fixpoint.
         """
-        AddImportsVisitor.add_needed_import(self.context, module, asname=alias)
+        self.imports.append((module, alias))
         return cst.Name(alias or module)
 
     def finish(self, module: cst.Module) -> cst.Module:
         """The rewritten module with the imports the rewrite asked for."""
-        return add_needed_imports(module, self.context)
+        return add_needed_imports(module, [self])
 
 
-def add_needed_imports(module: cst.Module, *contexts: CodemodContext) -> cst.Module:
-    """``module`` with the imports requested in ``contexts`` (by ``require_import``), each added once.
+def add_needed_imports(module: cst.Module, parts: Iterable[RuleTransformer]) -> cst.Module:
+    """``module`` with the imports ``parts`` (rule transformers) asked for, each added once.
 
-    AddImportsVisitor only reads and edits the module's head (docstring, ``__future__`` and the leading
-    imports, up to the first other statement), so it runs on that head alone and the rest is spliced back:
-    the same result as over the whole file, without copying and walking every node of it again.
+    ``require_import``'s ``import m`` / ``import m as a`` are placed as libcst's AddImportsVisitor places them
+    (tests/test_head_imports.py holds the two side by side), by ``add_module_imports``: that touches the module's
+    head only, where the visitor (a matcher transformer) costs 20 ms to build for every walk. Imports a rule
+    scheduled through ``self.context`` itself go through the visitor.
     """
-    merged = CodemodContext()
-    for context in contexts:
-        for item in context.scratch.get(AddImportsVisitor.CONTEXT_KEY, []):
-            merged.scratch.setdefault(AddImportsVisitor.CONTEXT_KEY, []).append(item)
-    if not merged.scratch.get(AddImportsVisitor.CONTEXT_KEY):
-        return module
+    parts = list(parts)
+    wanted = [pair for part in parts for pair in part.imports]
+    scheduled = [item for part in parts for item in part.context.scratch.get(AddImportsVisitor.CONTEXT_KEY, [])]
+    if scheduled:
+        context = CodemodContext()
+        for module_name, alias in wanted:
+            AddImportsVisitor.add_needed_import(context, module_name, asname=alias)
+        context.scratch.setdefault(AddImportsVisitor.CONTEXT_KEY, []).extend(scheduled)
+        return AddImportsVisitor(context).transform_module(module)
+    return add_module_imports(module, wanted) if wanted else module
+
+
+def add_module_imports(module: cst.Module, wanted: Iterable[tuple[str, str | None]]) -> cst.Module:
+    """``import m`` (sorted) then ``import m as a`` (in the order asked) for each pair the module's top imports
+    lack, after those imports; the first statement after them is given a blank line before it. The top imports
+    are the one-import lines at the start, after a docstring or ``__strict__`` flag: what AddImportsVisitor reads."""
     body = list(module.body)
-    cut = next((i for i, stmt in enumerate(body) if not _is_head(stmt, i)), len(body))
-    whole = cut + 1 >= len(body)
-    head = module.with_changes(body=body[:cut + 1], footer=module.footer if whole else ())
-    added = AddImportsVisitor(merged).transform_module(head)
-    return module.with_changes(body=[*added.body, *body[cut + 1:]], footer=added.footer if whole else module.footer)
+    end = 1 if body and _docstring_or_strict(body[0]) else 0
+    plain: set[str] = set()
+    aliased: dict[str, str | None] = {}
+    while end < len(body) and _one_import(body[end]):
+        statement = body[end].body[0]  # type: ignore[index]  # _one_import checked it is a one-import line
+        if isinstance(statement, cst.Import):
+            for name in statement.names:
+                if name.asname is not None:
+                    aliased[name.evaluated_name] = name.evaluated_alias
+                else:
+                    plain.add(name.evaluated_name)
+        end += 1
+    new_plain = sorted({name for name, alias in wanted if alias is None} - plain)
+    asked = {name: alias for name, alias in wanted if alias is not None}
+    new_aliased = {name: alias for name, alias in asked.items() if aliased.get(name, None) != alias}
+    if not new_plain and not new_aliased:
+        return module
+    after = body[end:]
+    if after and (not after[0].leading_lines or after[0].leading_lines[0].comment is not None):
+        after[0] = after[0].with_changes(leading_lines=(cst.EmptyLine(), *after[0].leading_lines))
+    config = module.config_for_parsing
+    added = [cst.parse_statement(f"import {name}", config=config) for name in new_plain]
+    added += [cst.parse_statement(f"import {name} as {alias}", config=config) for name, alias in new_aliased.items()]
+    return module.with_changes(body=[*body[:end], *added, *after])
 
 
-def _is_head(stmt: cst.CSTNode, index: int) -> bool:
-    """Docstring (first statement only) or import: what comes before a module's code."""
-    if not isinstance(stmt, cst.SimpleStatementLine):
+def _one_import(statement: cst.CSTNode) -> bool:
+    return isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
+        and isinstance(statement.body[0], (cst.Import, cst.ImportFrom))
+
+
+def _docstring_or_strict(statement: cst.CSTNode) -> bool:
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
         return False
-    if all(isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body):
-        return True
-    return index == 0 and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Expr) \
-        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
+    small = statement.body[0]
+    if isinstance(small, cst.Expr):
+        return isinstance(small.value, cst.SimpleString)
+    return isinstance(small, cst.Assign) and len(small.targets) == 1 \
+        and isinstance(small.targets[0].target, cst.Name) and small.targets[0].target.value == "__strict__"
 
 
 class TextRewrite:
@@ -179,6 +216,12 @@ class Rule:
     # files the code to rewrite is in only for some releases: path -> PEP 440 range ("sat/x.py": ">=0.4.10");
     # outside that range the rule does not look at the file, so `required` still holds for the files it does
     file_versions: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
+    # words the code this rule matches always contains, each as a whole word (or an import alias of a dotted
+    # name containing it: the planner adds those per file): statements containing none are not shown to the rule
+    # (porter.skeleton). () shows it every file whole. With reads="function", a function containing a trigger
+    # is shown whole, for rules that read several statements (a list assigned then passed, a run of statements)
+    triggers: tuple[str, ...] = ()
+    reads: str = "statement"
 
     def __post_init__(self) -> None:
         if isinstance(self.files, str):
@@ -188,6 +231,10 @@ class Rule:
         stray = set(self.file_versions) - set(self.files)
         if stray:
             raise ValueError(f"rule {self.id}: file_versions names files not in files: {', '.join(sorted(stray))}")
+        if isinstance(self.triggers, str):
+            object.__setattr__(self, "triggers", (self.triggers,))
+        if self.reads not in ("statement", "function"):
+            raise ValueError(f"rule {self.id}: reads must be 'statement' or 'function', not {self.reads!r}")
         if self.category not in CATEGORIES:
             raise ValueError(f"rule {self.id}: category {self.category!r} is not one of {', '.join(CATEGORIES)}")
         python = all(f.endswith(".py") for f in self.files)
@@ -219,7 +266,7 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     sources: set[Path] = set()
     for rule in sorted(rules, key=lambda r: r.id):
         h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{sorted(rule.file_versions.items())}\0"
-                 f"{rule.after}\0".encode())
+                 f"{rule.after}\0{rule.triggers}\0{rule.reads}\0".encode())
         code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
         if not isinstance(rule.rewrite, type):
             h.update(repr(sorted(vars(rule.rewrite).items())).encode())

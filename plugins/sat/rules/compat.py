@@ -37,6 +37,7 @@ UNWRAPPED_OPTIMIZER = Rule(
     versions=">=0.4.0",
     id="sat.compat.unwrapped-optimizer", target="sat", category="compat", files=("sat/training/model_io.py",),
     summary="save_checkpoint accepts an optimizer DeepSpeed did not wrap", rewrite=UnwrappedOptimizer,
+    triggers=("__class__",),
     docs=RuleDocs(
         why="save_checkpoint reads optimizer.optimizer to look for FusedEmaAdam; at ZeRO 0 in fp32 DeepSpeed "
             "returns the plain torch optimizer, which has no .optimizer, so every checkpoint save raises.",
@@ -61,6 +62,7 @@ class LoadFullCheckpoint(RuleTransformer):
 LOAD_CHECKPOINT = Rule(
     id="sat.compat.torch-load", target="sat", category="compat", files=("sat/training/model_io.py",),
     summary="load_checkpoint reads SAT's own checkpoints on torch >= 2.6", rewrite=LoadFullCheckpoint,
+    triggers=("load",),
     docs=RuleDocs(
         why="torch 2.6 made torch.load(weights_only=True) the default; SAT's checkpoints carry numpy and Python "
             "RNG states beside the weights, so load_checkpoint (--load, resuming) fails on every checkpoint SAT "
@@ -108,6 +110,7 @@ PREFETCH_FACTOR = Rule(
     id="sat.compat.prefetch-factor", target="sat", category="compat", files=("sat/data_utils/configure_data.py",),
     versions="<0.4.1", file_versions={"sat/data_utils/configure_data.py": ">=0.4.0"},
     summary="DataLoader gets prefetch_factor only with worker processes", rewrite=PrefetchOnlyWithWorkers,
+    triggers=("prefetch_factor",),
     docs=RuleDocs(
         why="SAT 0.4.0 passes prefetch_factor=args.prefetch_factor to every DataLoader; torch (since 2.0) raises "
             "ValueError when prefetch_factor is given with num_workers=0, so single-process loading (porter's "

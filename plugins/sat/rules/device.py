@@ -68,8 +68,11 @@ class Profiler(CudaCallsToDevice):
 
 
 def device_rule(id, files, summary, rewrite: type[CudaCallsToDevice], why, upstream, **kw) -> Rule:
+    # the resolved name's last part: how the call is written, or the import alias it is reached through
+    triggers = tuple(dict.fromkeys(name.rsplit(".", 1)[-1] for name in rewrite.CALLS))
     return Rule(
         id=id, target="sat", files=tuple(files), category="device", summary=summary, rewrite=rewrite,
+        triggers=triggers,
         docs=RuleDocs(why=why, how="Calls " + ", ".join(f"porter_device.{v}()" for v in dict.fromkeys(rewrite.CALLS.values()))
                       + " instead; the runtime forwards to the selected device (npu, cuda or cpu).",
                       upstream=upstream, removal=REMOVAL_DEVICE), **kw)
@@ -158,7 +161,7 @@ class DotCudaToDevice(RuleTransformer):
 DOT_CUDA = Rule(
     id="sat.device.dot-cuda", target="sat", category="device",
     files=("sat/model/finetune/lora2.py", "sat/mpu/data.py", "sat/mpu/operation.py"),
-    summary=".cuda() moves to the selected device", rewrite=DotCudaToDevice,
+    summary=".cuda() moves to the selected device", rewrite=DotCudaToDevice, triggers=("cuda",),
     docs=RuleDocs(why="broadcast_data, model-parallel splitting and LoRA merging call .cuda(), which fails without "
                       "CUDA and is the wrong device on an NPU.",
                   how="x.cuda() becomes x.to(porter_device.current_device()).",
@@ -180,7 +183,7 @@ class AsDevice(RuleTransformer):
 
 AS_DEVICE = Rule(
     id="sat.device.as-device", target="sat", category="device", files=("sat/training/deepspeed_training.py",),
-    summary="args.device (a local rank) read as the selected device type", rewrite=AsDevice,
+    summary="args.device (a local rank) read as the selected device type", rewrite=AsDevice, triggers=("device",),
     docs=RuleDocs(why="training_main moves the model to torch.device(args.device); an integer there means a CUDA "
                       "device, so on an NPU the model would be sent to CUDA.",
                   how="porter_device.as_device() turns an index into npu:N / cuda:N and keeps 'cpu'.",
@@ -241,6 +244,7 @@ class TypedTensorFromList(RuleTransformer):
 TYPED_TENSOR = Rule(
     id="sat.device.typed-tensor", target="sat", category="device", files=("sat/mpu/data.py",),
     summary="torch.cuda.LongTensor(list) built on the selected device", rewrite=TypedTensorFromList,
+    triggers=tuple(TYPED_TENSORS), reads="function",  # the list may be assigned statements before the call
     file_versions={"sat/mpu/data.py": "<0.4.11"},
     docs=RuleDocs(why="Before 0.4.11 broadcast_data builds its size table with torch.cuda.LongTensor(sizes), a "
                       "CUDA-only constructor: it raises without CUDA and is the wrong device on an NPU. 0.4.11 "
@@ -269,6 +273,7 @@ class CudaStringDefault(RuleTransformer):
 DEFAULT_DEVICE = Rule(
     id="sat.device.default-device", target="sat", category="device", files=("sat/model/base_model.py",),
     summary="get_model's default device is the selected device, not 'cuda'", rewrite=CudaStringDefault,
+    triggers=("cuda",),
     after=("sat.device.is-available",), file_versions={"sat/model/base_model.py": "<0.4.11"},
     docs=RuleDocs(why="Before 0.4.11 get_model sets args.device = 'cuda' if torch.cuda.is_available() else 'cpu' "
                       "when the caller gave none: once sat.device.is-available answers for the NPU, the model "
@@ -305,6 +310,7 @@ class BackendFromDevice(RuleTransformer):
 BACKEND = Rule(
     id="sat.device.backend", target="sat", category="device", files=("sat/arguments.py",),
     summary="Process-group backend: hccl on NPU, nccl on CUDA, gloo on CPU", rewrite=BackendFromDevice,
+    triggers=("nccl",),
     after=("sat.device.is-available",),
     docs=RuleDocs(why="--distributed-backend defaults to 'nccl' and model-only mode picks nccl-or-gloo from CUDA "
                       "availability: CPU training fails, NPU training picks the wrong backend.",
@@ -353,7 +359,7 @@ class LocalRankCheck(RuleTransformer):
 
 LOCAL_RANK = Rule(
     id="sat.device.local-rank-check", target="sat", category="device", files=("sat/arguments.py",),
-    summary="CPU training passes get_args' LOCAL_RANK check", rewrite=LocalRankCheck,
+    summary="CPU training passes get_args' LOCAL_RANK check", rewrite=LocalRankCheck, triggers=("local_rank",),
     docs=RuleDocs(why="On a machine with no accelerator get_args sets args.device = 'cpu' and then refuses every "
                       "training mode because 'cpu' != LOCAL_RANK ('LOCAL_RANK and args.device inconsistent').",
                   how="The check is skipped when args.device is 'cpu'; on devices it is unchanged.",
@@ -414,6 +420,8 @@ class CudnnFlags(RuleTransformer):
 CUDNN_FLAGS = Rule(
     id="sat.device.cudnn-flags", target="sat", category="device", files=("sat/arguments.py",),
     summary="cudnn / tf32 switches only on CUDA", rewrite=CudnnFlags,
+    # the three flags must all be set; an assigned attribute is always spelled out, never an import alias
+    triggers=("deterministic",), reads="function",  # a run of consecutive statements
     docs=RuleDocs(why="set_random_seed sets cudnn.benchmark/deterministic/enabled and cuda.matmul.allow_tf32 "
                       "whatever the device: meaningless on NPU and CPU, and they mislead a reader about determinism.",
                   how="One porter_device.set_determinism(benchmark=..., deterministic=..., allow_tf32=...) call with "
@@ -433,7 +441,7 @@ class PinMemory(RuleTransformer):
 
 PIN_MEMORY = Rule(
     id="sat.device.pin-memory", target="sat", category="device", files=("sat/data_utils/configure_data.py",),
-    summary="Pin host memory only where the device benefits", rewrite=PinMemory,
+    summary="Pin host memory only where the device benefits", rewrite=PinMemory, triggers=("pin_memory",),
     docs=RuleDocs(why="make_loaders always pins memory; on a CPU-only machine torch warns on every loader and the "
                       "pinning is wasted work.",
                   how="pin_memory follows the device: on for cuda and npu, off for cpu.",

@@ -39,7 +39,7 @@ class GeluImpl(RuleTransformer):
 
 GELU = Rule(
     id="sat.fused.gelu", target="sat", category="fused-op", files=("sat/model/official/chatglm_model.py",),
-    summary="ChatGLM gelu_impl through porter_ops.gelu", rewrite=GeluImpl,
+    summary="ChatGLM gelu_impl through porter_ops.gelu", rewrite=GeluImpl, triggers=("gelu_impl",), reads="function",
     docs=RuleDocs(
         why="ChatGLM's MLP computes the tanh GELU as six elementwise ops under torch.jit.script. The old recipe "
             "replaced it with torch.fast_gelu, which torch_npu 2.1 and later turned into an error.",
@@ -67,6 +67,7 @@ UNSCRIPT = Rule(
     id="sat.fused.unscript", target="sat", category="fused-op",
     files=("sat/model/official/chatglm_model.py", "sat/model/position_embedding/rotary_embeddings.py"),
     summary="@torch.jit.script dropped where the body now calls the runtime", rewrite=Unscript,
+    triggers=("script",), reads="function",
     after=("sat.fused.gelu", "sat.rotary.index"),
     docs=RuleDocs(
         why="TorchScript cannot compile calls into porter's Python runtime, and scripting at import time is what "
@@ -116,6 +117,7 @@ class BaddbmmToBmm(RuleTransformer):
 GLM130B_BMM = Rule(
     id="sat.fused.glm130b-bmm", target="sat", category="fused-op", files=(GLM130B_FILE,),
     summary="GLM-130B attention scores by bmm, not baddbmm on an empty tensor", rewrite=BaddbmmToBmm,
+    triggers=("baddbmm",), reads="function",
     after=("sat.device.current-device",),
     docs=RuleDocs(
         why="GLM-130B allocates an uninitialised tensor on torch.cuda.current_device() only to pass it to baddbmm "
@@ -211,6 +213,7 @@ def _substitute(tree: cst.BaseExpression, placeholder: str, value: cst.BaseExpre
 GLM130B_SOFTMAX = Rule(
     id="sat.fused.glm130b-softmax", target="sat", category="fused-op", files=(GLM130B_FILE,),
     summary="GLM-130B masked softmax through porter_ops.scaled_masked_softmax", rewrite=Glm130bSoftmax,
+    triggers=("masked_fill_",), reads="function",
     docs=RuleDocs(
         why="The old recipe called npu_scaled_masked_softmax unconditionally, although the kernel needs the last "
             "two dims in [32, 4096] and divisible by 32: decoding with one query token broke it.",
@@ -241,6 +244,7 @@ ATTENTION = Rule(
     versions=">=0.4.1",
     id="sat.fused.attention", target="sat", category="fused-op", files=("sat/transformer_defaults.py",),
     summary="SAT's mask-free attention core through porter_ops.attention", rewrite=SdpaToAttention,
+    triggers=("scaled_dot_product_attention",),
     docs=RuleDocs(
         why="attention_fn_default takes torch's scaled_dot_product_attention for full and causal masks (EVA ViT, "
             "Q-Former, cached decoding); on Ascend the fused kernel is npu_fusion_attention.",

@@ -55,6 +55,7 @@ class RotaryMul(RuleTransformer):
 INDEX = Rule(
     id="sat.rotary.index", target="sat", category="rotary", files=(ROTARY_FILE,),
     summary="apply_rotary_pos_emb(_index, _single, _torch) through porter_ops.rotary_mul", rewrite=RotaryMul,
+    triggers=("rotate_half",),
     docs=RuleDocs(
         why="ChatGLM's 2-D rotary embedding applies cos/sin with plain elementwise math four times per layer; on "
             "Ascend npu_rotary_mul fuses it. The old recipe called npu_rotary_mul unconditionally, then rolled it "
@@ -92,7 +93,7 @@ class RotateHalfByChunk(RuleTransformer):
 
 ROTATE_HALF = Rule(
     id="sat.rotary.rotate-half", target="sat", category="rotary", files=(ROTARY_FILE,),
-    summary="rotate_half by torch.chunk", rewrite=RotateHalfByChunk,
+    summary="rotate_half by torch.chunk", rewrite=RotateHalfByChunk, triggers=("shape",),
     docs=RuleDocs(
         why="rotate_half splits the head dimension with two strided slices; the Ascend port split it with one "
             "torch.chunk, which NPU graph compilation handles as a single split. Values are identical for the even "
