@@ -60,6 +60,8 @@ def _parse(path: str, text: str, rule_id: str, skeleton: Skeleton | None = None)
         raise PlanError(f"{path}:{line}: cannot parse ({message}); rule {rule_id} not applied") from None
     if skeleton is None:
         return MetadataWrapper(module, unsafe_skip_copy=True)
+    if module.code != text:  # libcst drops whitespace-only lines that end a file after a top-level statement
+        raise Lost("the cut file does not print back as it was parsed")
     return MetadataWrapper(module, unsafe_skip_copy=True, cache={BindingsProvider: Bindings(*skeleton.expand(text))})
 
 

@@ -104,6 +104,12 @@ def cut(text: str, statement_words: Iterable[str], function_words: Iterable[str]
     cutter.block(tree.body, top=True)
     if not cutter.runs:
         return None
+    first, last, end_column = cutter.runs[-1]
+    if last == (tree.body[-1].end_lineno or 0) and all(not line.strip() or line.lstrip().startswith("#")
+                                                        for line in lines[last:]):
+        # what follows the file's last statement goes with it: libcst would drop whitespace-only lines left
+        # after a top-level placeholder where the file had them after an indented block
+        cutter.runs[-1] = (first, len(lines), end_column)
     out: list[str] = []
     runs: list[tuple[str, str, int]] = []
     previous = 0

@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
-from .rewrite import apply_rule
+from .rewrite import apply_rule, rewrite_file
 from .rules import Rule
 
 
@@ -26,8 +26,19 @@ def _dedent(text: str) -> str:
 
 
 def rewrite(rule: Rule, source: str, path: str | None = None) -> tuple[str, list]:
-    """Apply one rule to ``source`` (dedented); returns the new source and the matches."""
-    return apply_rule(rule, path or rule.files[0], _dedent(source))
+    """Apply one rule to ``source`` (dedented); returns the new source and the matches.
+
+    The rule runs on the whole source, and again as the planner runs it, on the source cut down to the statements
+    holding its triggers (porter.skeleton); the two must agree, so every fixture also checks the rule's
+    ``triggers``: a trigger the matched code lacks shows up here as a missing rewrite."""
+    path = path or rule.files[0]
+    text = _dedent(source)
+    out, matches = apply_rule(rule, path, text)
+    planned = rewrite_file(path, text, [rule], enforce_required=False)
+    assert (planned.after, planned.matches) == (out, sorted(matches, key=lambda m: (m.start_line, m.start_col))), \
+        f"rule {rule.id} rewrites differently when the planner shows it only what holds its triggers " \
+        f"{rule.triggers}:\n{planned.after}\n--- on the whole source:\n{out}"
+    return out, matches
 
 
 def assert_rewrites(rule: Rule, before: str, after: str, path: str | None = None) -> list:

@@ -53,11 +53,11 @@ class Unscript(RuleTransformer):
     """Drop ``@torch.jit.script`` from functions whose body now calls porter's runtime (TorchScript cannot)."""
 
     def leave_FunctionDef(self, original_node, updated_node):
-        if not _calls_runtime(self, original_node.body, OPS[0], DEVICE[0]):
-            return updated_node
         kept = [d for d, o in zip(updated_node.decorators, original_node.decorators)
                 if not self.refers_to(o.decorator, "torch.jit.script")]
         if len(kept) == len(updated_node.decorators):
+            return updated_node  # not scripted (asked first: the search of the body below is the costly part)
+        if not _calls_runtime(self, original_node.body, OPS[0], DEVICE[0]):
             return updated_node
         self.record(original_node, f"@torch.jit.script dropped from {updated_node.name.value} (it calls the runtime)")
         return updated_node.with_changes(decorators=kept)
