@@ -6,11 +6,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import libcst as cst
-from libcst.codemod import CodemodContext
-from libcst.codemod.visitors import AddImportsVisitor
 from libcst.metadata import PositionProvider
 
 from .names import NOT_A_LITERAL, ResolvesNames, literal, same  # noqa: F401  (what rule authors use)
@@ -69,8 +67,18 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
         self.path = path
         self.matches: list[Match] = []
         self.imports: list[tuple[str, str | None]] = []  # what require_import asked for: (module, alias)
-        # for a rule that schedules other imports itself (AddImportsVisitor.add_needed_import(self.context, ...))
-        self.context = CodemodContext()
+        self._context: Any = None
+
+    @property
+    def context(self):
+        """A libcst CodemodContext, for a rule that schedules other imports itself
+        (``AddImportsVisitor.add_needed_import(self.context, ...)``); made on first use (libcst.codemod is a
+        tenth of porter's import time)."""
+        if self._context is None:
+            from libcst.codemod import CodemodContext
+
+            self._context = CodemodContext()
+        return self._context
 
     def record(self, node: cst.CSTNode, message: str) -> None:
         pos = self.get_metadata(PositionProvider, node)
@@ -102,13 +110,19 @@ def add_needed_imports(module: cst.Module, parts: Iterable[RuleTransformer]) -> 
     """
     parts = list(parts)
     wanted = [pair for part in parts for pair in part.imports]
-    scheduled = [item for part in parts for item in part.context.scratch.get(AddImportsVisitor.CONTEXT_KEY, [])]
-    if scheduled:
-        context = CodemodContext()
-        for module_name, alias in wanted:
-            AddImportsVisitor.add_needed_import(context, module_name, asname=alias)
-        context.scratch.setdefault(AddImportsVisitor.CONTEXT_KEY, []).extend(scheduled)
-        return AddImportsVisitor(context).transform_module(module)
+    contexts = [part._context for part in parts if part._context is not None]
+    if contexts:
+        from libcst.codemod import CodemodContext
+        from libcst.codemod.visitors import AddImportsVisitor
+
+        scheduled = [item for context in contexts for item in context.scratch.get(AddImportsVisitor.CONTEXT_KEY, [])]
+        if scheduled:
+            merged = CodemodContext()
+            for module_name, alias in wanted:
+                AddImportsVisitor.add_needed_import(merged, module_name, asname=alias)
+            merged.scratch[AddImportsVisitor.CONTEXT_KEY] = [*merged.scratch.get(AddImportsVisitor.CONTEXT_KEY, []),
+                                                             *scheduled]
+            return AddImportsVisitor(merged).transform_module(module)
     return add_module_imports(module, wanted) if wanted else module
 
 

@@ -4,10 +4,12 @@ import itertools
 
 import libcst as cst
 import pytest
+from fixture_plugin import DOCS
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 
-from porter.rules import add_module_imports
+from porter.rewrite import rewrite_file
+from porter.rules import Rule, RuleTransformer, add_module_imports
 
 HEADS = [
     "",
@@ -50,3 +52,23 @@ def test_imports_are_added_where_and_as_libcst_adds_them(source, wanted):
 def test_nothing_missing_leaves_the_module_as_it_is():
     module = cst.parse_module("import torch\nimport porter.runtime.device as porter_device\nx = 1\n")
     assert add_module_imports(module, [("torch", None), ("porter.runtime.device", "porter_device")]) is module
+
+
+class OptionalAnnotation(RuleTransformer):
+    """Schedules a from-import through libcst's own API, beside require_import."""
+
+    def leave_Name(self, original_node, updated_node):
+        if updated_node.value != "Maybe":
+            return updated_node
+        AddImportsVisitor.add_needed_import(self.context, "typing", "Optional")
+        self.require_import("porter.runtime.device", "porter_device")
+        self.record(original_node, "Maybe -> Optional")
+        return cst.Name("Optional")
+
+
+def test_imports_a_rule_schedules_through_libcst_are_added_with_its_own():
+    rule = Rule(id="optional", target="pkg", files=("pkg/mod.py",), category="test", summary="s",
+                rewrite=OptionalAnnotation, docs=DOCS, triggers=("Maybe",))
+    out = rewrite_file("pkg/mod.py", "import os\n\nx: Maybe[int] = None\n", [rule]).after
+    assert out == "import os\nimport porter.runtime.device as porter_device\nfrom typing import Optional\n\n" \
+                  "x: Optional[int] = None\n"
