@@ -196,7 +196,10 @@ def _uses_attribute_hooks(cls: type) -> bool:
     if getattr(cls, "on_visit_attribute", None) is not cst.CSTTransformer.on_visit_attribute or \
             getattr(cls, "on_leave_attribute", None) is not cst.CSTTransformer.on_leave_attribute:
         return True
-    return any(re.fullmatch(r"(visit|leave)_[A-Z]\w*?_\w+", name) for name in dir(cls))
+    # libcst's own base classes declare every visit_Node_attribute/leave_Node_attribute as a no-op stub: only
+    # methods a rule's own classes define count
+    return any(re.fullmatch(r"(visit|leave)_[A-Z]\w*?_\w+", name)
+               for klass in cls.__mro__ if not klass.__module__.startswith("libcst") for name in vars(klass))
 
 
 def _transformer(rule: Rule, path: str) -> RuleTransformer:

@@ -107,6 +107,7 @@ class SynchronizeAnyDevice(RuleTransformer):
 SYNCHRONIZE = Rule(
     id="$name.device.synchronize", target="$name", files=("$package_dir/timers.py",), category="device",
     summary="timers synchronise whatever device porter runs on", rewrite=SynchronizeAnyDevice,
+    triggers=("synchronize",),  # the planner shows the rule only the statements that hold this word
     docs=RuleDocs(why="torch.cuda.synchronize() raises where there is no CUDA (an NPU, the CPU).",
                   how="The call goes to porter.runtime.device.synchronize(), which synchronises the current "
                       "device (a no-op on the CPU).",

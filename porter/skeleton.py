@@ -135,7 +135,7 @@ def _aliases(tree: ast.Module, words: set[str]) -> set[str]:
     is a trigger: ``from torch.cuda import synchronize as sync`` makes ``sync`` a trigger of ``synchronize``,
     because that is how the rule's resolved name reaches the call site."""
     found = set()
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname and words & set(alias.name.split(".")):
@@ -146,6 +146,18 @@ def _aliases(tree: ast.Module, words: set[str]) -> set[str]:
                 if alias.name != "*" and words & (parts | {alias.name}):
                     found.add(alias.asname or alias.name)
     return found
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement, nested ones included (imports are statements: no expression needs a visit)."""
+    stack = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        nested = [*getattr(node, "body", ()), *getattr(node, "orelse", ()), *getattr(node, "finalbody", ())]
+        for part in (*getattr(node, "handlers", ()), *getattr(node, "cases", ())):
+            nested.extend(part.body)
+        stack.extend(reversed([child for child in nested if isinstance(child, ast.stmt)]))
 
 
 class _Cutter:
