@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import gc
 import json
 import multiprocessing
 import os
@@ -132,6 +133,9 @@ def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = No
     global _JOB_RULES
     _JOB_RULES = {rule.id: rule for _, _, rules in jobs for rule in rules}  # the forked workers inherit them
     biggest_first = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][1]))
+    # the workers' garbage collector would trace every object inherited from here (libcst's module graph) on
+    # each full collection, and touching them copies their pages: frozen, it leaves them be
+    gc.freeze()
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             out = pool.map(_plan_job, [(jobs[i][0], jobs[i][1], [r.id for r in jobs[i][2]]) for i in biggest_first],
@@ -141,6 +145,7 @@ def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = No
         return [rewrite_file(rel, text, rules) for rel, text, rules in jobs]
     finally:
         _JOB_RULES = {}
+        gc.unfreeze()
     results: list = [None] * len(jobs)
     for i, result in zip(biggest_first, out):
         results[i] = result

@@ -72,3 +72,17 @@ def test_everyday_commands_import_no_torch_deepspeed_or_sat(command):
         assert "libcst" not in imported
     else:
         assert "libcst" in imported
+
+
+def test_commands_that_exit_without_teardown_still_write_all_their_output(tmp_path, capsys):
+    # `porter rules` and `status` end in os._exit (cli.QUICK_EXIT): buffered output must still reach a pipe
+    from porter.cli import main
+
+    assert main(["rules", "sat"]) == 0
+    in_process = capsys.readouterr().out
+    piped = run_porter("rules", "sat")
+    assert piped.returncode == 0 and piped.stdout == in_process and len(piped.stdout) > 10_000
+    report = tmp_path / "plan.json"
+    r = run_porter("patch", "sat", "--dry-run", "--report", str(report))
+    assert r.returncode == 0 and report.stat().st_size > 1000 and "would change" in r.stdout + r.stderr
+    assert run_porter("status", "nosuch").returncode == 6
