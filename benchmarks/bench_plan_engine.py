@@ -1,5 +1,7 @@
-"""Planning the SAT port: rules of a layer in one shared walk (porter's engine) against the same rules one at a
-time (its fallback), on the installed SAT, alternating A and B in one run. results/plan_engine.json.
+"""Planning the SAT port in-process, on the installed SAT, the ways porter can plan it, alternating in one run:
+files cut down to the statements holding their rules' triggers with the rules of a layer in one shared walk
+(porter's engine), whole files with the shared walk (PORTER_PLAN_WHOLE_FILES=1), and cut files with the rules
+one at a time (the engine's fallback). All three must give the same files. results/plan_engine.json.
 
     .venv/bin/python benchmarks/bench_plan_engine.py [--rounds 5]
 """
@@ -41,24 +43,30 @@ def main() -> dict:
     rules = registry.rules_for("sat")
     installed = locate(registry.target("sat"))
     shared_walk = engine._in_layers
-    samples: dict[str, list[float]] = {"shared walk": [], "one at a time": []}
+    ways = (("cut files, shared walk", shared_walk, "0"), ("whole files, shared walk", shared_walk, "1"),
+            ("cut files, one at a time", one_at_a_time, "0"))
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in ways}
     outputs = {}
-    timed_plan(installed, rules)  # warm imports and caches alike for both
+    timed_plan(installed, rules)  # warm imports and caches alike for all
     for _ in range(rounds):
-        for label, layers in (("shared walk", shared_walk), ("one at a time", one_at_a_time)):
+        for label, layers, whole in ways:
             engine._in_layers = layers
+            os.environ[engine.WHOLE_FILES] = whole
             seconds, outputs[label] = timed_plan(installed, rules)
             samples[label].append(seconds)
     engine._in_layers = shared_walk
-    assert outputs["shared walk"] == outputs["one at a time"], "the two ways gave different files"
+    os.environ.pop(engine.WHOLE_FILES)
+    assert len({json.dumps(o, sort_keys=True) for o in outputs.values()}) == 1, "the ways gave different files"
     result = {
         "what": "make_plan over the installed SAT with every rule, in-process",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "sat": installed.version, "rules": len(rules), "rounds": rounds,
         "seconds": {k: summary(v)
                     for k, v in samples.items()},
+        "ratio_cut_to_whole": statistics.median(
+            a / b for a, b in zip(samples["cut files, shared walk"], samples["whole files, shared walk"])),
         "ratio_shared_to_one_at_a_time": statistics.median(
-            a / b for a, b in zip(samples["shared walk"], samples["one at a time"])),
+            a / b for a, b in zip(samples["cut files, shared walk"], samples["cut files, one at a time"])),
         "outputs_identical": True,
     }
     save("plan_engine", result)
