@@ -560,9 +560,10 @@ COMMANDS = {"run": cmd_run, "scan": cmd_scan, "restore-original": cmd_restore_or
 NO_RULES_NEEDED = (None, "status", "revert")
 
 
-# Commands that leave nothing to the interpreter's teardown (no temporary folder, child process or log handler
-# outlives them): the `porter` executable exits straight after them. Freeing libcst's module graph at exit was a
-# tenth of a `patch --dry-run`.
+# Commands whose own code leaves nothing to the interpreter's teardown (no temporary folder, child process or
+# log handler outlives them): the `porter` executable exits straight after them, skipping atexit handlers too
+# (a plugin's rule or target hooks run in them: they must not rely on one). Freeing libcst's module graph at
+# exit was a tenth of a `patch --dry-run`.
 QUICK_EXIT = ("patch", "status", "revert", "rules", "plugins", "scan")
 
 
@@ -571,8 +572,11 @@ def run() -> None:
     outcome: dict[str, bool] = {}
     code = main(outcome=outcome)
     if outcome.get("quick"):
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:  # a reader that went away (`porter rules | head`): nothing more to tell it
+                pass
         os._exit(code)
     sys.exit(code)
 

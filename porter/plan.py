@@ -135,6 +135,7 @@ def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = No
     biggest_first = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][1]))
     # the workers' garbage collector would trace every object inherited from here (libcst's module graph) on
     # each full collection, and touching them copies their pages: frozen, it leaves them be
+    frozen_here = gc.get_freeze_count() == 0
     gc.freeze()
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -145,7 +146,8 @@ def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = No
         return [rewrite_file(rel, text, rules) for rel, text, rules in jobs]
     finally:
         _JOB_RULES = {}
-        gc.unfreeze()
+        if frozen_here:  # a caller that froze its own heap keeps it frozen
+            gc.unfreeze()
     results: list = [None] * len(jobs)
     for i, result in zip(biggest_first, out):
         results[i] = result

@@ -65,8 +65,8 @@ def _parse(path: str, text: str, rule_id: str, skeleton: Skeleton | None = None)
     return MetadataWrapper(module, unsafe_skip_copy=True, cache={BindingsProvider: Bindings(*skeleton.expand(text))})
 
 
-def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWrapper | None = None
-                 ) -> dict[str, list[Match]]:
+def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWrapper | None = None,
+                 skeleton: Skeleton | None = None) -> dict[str, list[Match]]:
     """What each of ``rules`` would change in ``text`` on its own, without rewriting anything: the Python rules
     share one walk of the original tree, each seeing only the original code (see ``_Watch``); a rule that needs
     metadata beyond the usual runs alone."""
@@ -74,10 +74,10 @@ def find_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWr
              if isinstance(rule.rewrite, TextRewrite)}
     python = [rule for rule in rules if not isinstance(rule.rewrite, TextRewrite)]
     if python:
-        parsed = parsed or _parse(path, text, python[0].id)
+        parsed = parsed or _parse(path, text, python[0].id, skeleton)
         shared = set(_Watch.get_inherited_dependencies())
         parts = [_transformer(rule, path) for rule in python]
-        together = [part for part in parts if set(part.get_inherited_dependencies()) <= shared]
+        together = [part for part in parts if _dependencies(type(part)) <= shared]
         if together:
             parsed.visit(_Watch(together))
         for part in parts:
@@ -199,7 +199,14 @@ def _uses_attribute_hooks(cls: type) -> bool:
     # libcst's own base classes declare every visit_Node_attribute/leave_Node_attribute as a no-op stub: only
     # methods a rule's own classes define count
     return any(re.fullmatch(r"(visit|leave)_[A-Z]\w*?_\w+", name)
-               for klass in cls.__mro__ if not klass.__module__.startswith("libcst") for name in vars(klass))
+               for klass in cls.__mro__ if klass.__module__.split(".")[0] != "libcst" for name in vars(klass))
+
+
+def _dependencies(cls: type) -> set:
+    """The metadata providers a rule class asks for, its bases' included. libcst's own
+    ``get_inherited_dependencies`` caches its answer in a class attribute, which a subclass made after the first
+    call then inherits, missing what the subclass adds."""
+    return {provider for klass in cls.__mro__ for provider in vars(klass).get("METADATA_DEPENDENCIES", ())}
 
 
 def _transformer(rule: Rule, path: str) -> RuleTransformer:
@@ -332,7 +339,7 @@ def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> _Wa
     """Every rule of ``rules`` over one parsed file in a single walk; None when they cannot share a walk (a rule
     needs metadata the walk does not compute, or one rule rewrote code another had changed)."""
     parts = [_transformer(rule, path) for rule in rules]
-    if any(not set(p.get_inherited_dependencies()) <= set(_Together.get_inherited_dependencies()) for p in parts):
+    if any(not _dependencies(type(p)) <= set(_Together.get_inherited_dependencies()) for p in parts):
         return None
     walk = _Together(parts)
     module = wrapper.visit(walk)
@@ -363,30 +370,43 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
     rule names its triggers, else, or when the cut file fails in any way, on the whole file (``_rewrite``). Both
     give the same result; PORTER_PLAN_WHOLE_FILES=1 always plans whole files."""
     rules = list(rules)
+    try:
+        planned = plan_cut(path, text, rules, enforce_required=enforce_required)
+    except Exception:  # noqa: BLE001  a lost placeholder, a plan error, a rule that trips over a placeholder:
+        planned = None  # planned again whole, which gives the plan, or the error with the file's own lines
+    return planned or _rewrite(path, text, rules, enforce_required=enforce_required)
+
+
+def plan_cut(path: str, text: str, rules: list[Rule], *, enforce_required: bool = True) -> FileRewrite | None:
+    """``rules`` over the file cut down to what they can match, reported against the file as it is; None where
+    the file is not cut (see ``_cut``). Raises ``Lost`` where a rewrite lost a placeholder, and whatever the
+    rules raise; ``rewrite_file`` then plans the whole file."""
     skeleton = _cut(path, text, rules)
-    if skeleton is not None:
-        try:
-            return _on_skeleton(path, text, rules, skeleton, enforce_required)
-        except (PlanError, Lost):
-            pass  # planned again whole: the same plan, or the error with the file's own lines
-    return _rewrite(path, text, rules, enforce_required=enforce_required)
+    return None if skeleton is None else _on_skeleton(path, text, rules, skeleton, enforce_required)
 
 
 def _cut(path: str, text: str, rules: list[Rule]) -> Skeleton | None:
-    python = [rule for rule in rules if not isinstance(rule.rewrite, TextRewrite)]
-    if not path.endswith(".py") or not python or any(not rule.triggers for rule in python) \
-            or os.environ.get(WHOLE_FILES, "") not in ("", "0"):
+    """The file cut down for ``rules``; None where it must be planned whole: a data file, a rule without
+    triggers, a rule over its text (TextRewrite) or one that asks for metadata beyond positions and bindings (which
+    would be computed on the cut tree), or PORTER_PLAN_WHOLE_FILES."""
+    if not path.endswith(".py") or not rules or os.environ.get(WHOLE_FILES, "") not in ("", "0"):
         return None
-    return cut(text, [w for r in python if r.reads == "statement" for w in r.triggers],
-               [w for r in python if r.reads == "function" for w in r.triggers])
+    shared = _dependencies(RuleTransformer)
+    for rule in rules:
+        if not rule.triggers or not isinstance(rule.rewrite, type) or not _dependencies(rule.rewrite) <= shared:
+            return None
+    return cut(text, [w for r in rules if r.reads == "statement" for w in r.triggers],
+               [w for r in rules if r.reads == "function" for w in r.triggers])
 
 
 def _on_skeleton(path: str, text: str, rules: list[Rule], skeleton: Skeleton, enforce_required: bool) -> FileRewrite:
     planned = _rewrite(path, skeleton.text, rules, enforce_required=enforce_required, skeleton=skeleton)
     after, _ = skeleton.expand(planned.after)
-    _, lines, ends = skeleton.expand_ends(skeleton.text)
-    matches = [dataclasses.replace(m, start_line=lines[m.start_line - 1][0], end_line=lines[m.end_line - 1][1],
-                                   end_col=ends.get(m.end_line, m.end_col)) for m in planned.matches]
+    lines, ends = skeleton.original
+    matches = [dataclasses.replace(m, start_line=lines[m.start_line - 1][0],
+                                   end_line=ends[m.end_line][0] if m.end_line in ends else lines[m.end_line - 1][1],
+                                   end_col=ends[m.end_line][1] if m.end_line in ends else m.end_col)
+               for m in planned.matches]
     return FileRewrite(path=path, before=text, after=after, matches=matches)
 
 
@@ -415,7 +435,7 @@ def _rewrite(path: str, text: str, rules: Iterable[Rule], *, enforce_required: b
     # where the first layer's shared walk ran no rule's code on another's change, its matches are the rules'
     # solo readings; the rest (later layers, or all when it did) read the original in one more walk
     solo = {rid: found for rid, found in walked.matches.items() if rid not in walked.influenced} if walked else {}
-    solo.update(find_matches([r for r in ordered if r.id not in solo], path, text, parsed))
+    solo.update(find_matches([r for r in ordered if r.id not in solo], path, text, parsed, skeleton))
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
             if frozenset((a.id, b.id)) in related:

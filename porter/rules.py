@@ -230,10 +230,10 @@ class Rule:
     # files the code to rewrite is in only for some releases: path -> PEP 440 range ("sat/x.py": ">=0.4.10");
     # outside that range the rule does not look at the file, so `required` still holds for the files it does
     file_versions: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
-    # words the code this rule matches always contains, each as a whole word (or an import alias of a dotted
-    # name containing it: the planner adds those per file): statements containing none are not shown to the rule
-    # (porter.skeleton). () shows it every file whole. With reads="function", a function containing a trigger
-    # is shown whole, for rules that read several statements (a list assigned then passed, a run of statements)
+    # names the code this rule matches, as installed, always contains as whole words (or an import alias of a
+    # dotted name holding one: the planner adds those per file): statements holding none are not shown to the
+    # rule (porter.skeleton). () shows it every file whole. With reads="function", a compound statement holding a
+    # trigger is shown whole, for rules that read several statements (a list assigned then passed, a run of them)
     triggers: tuple[str, ...] = ()
     reads: str = "statement"
 
@@ -245,8 +245,10 @@ class Rule:
         stray = set(self.file_versions) - set(self.files)
         if stray:
             raise ValueError(f"rule {self.id}: file_versions names files not in files: {', '.join(sorted(stray))}")
-        if isinstance(self.triggers, str):
-            object.__setattr__(self, "triggers", (self.triggers,))
+        object.__setattr__(self, "triggers", (self.triggers,) if isinstance(self.triggers, str) else tuple(self.triggers))
+        wrong = [word for word in self.triggers if not (isinstance(word, str) and word.isidentifier())]
+        if wrong:
+            raise ValueError(f"rule {self.id}: triggers are single names (the last part of a dotted one), not {wrong!r}")
         if self.reads not in ("statement", "function"):
             raise ValueError(f"rule {self.id}: reads must be 'statement' or 'function', not {self.reads!r}")
         if self.category not in CATEGORIES:

@@ -1,21 +1,23 @@
 """A file cut down to the statements its rules can match, so libcst parses, positions and walks only those.
 
-A Python rule names its trigger words (``Rule.triggers``): code it can match always contains one of them (the
-name of the function it rewrites, the attribute it looks for). Before a file is planned, every statement whose
-text holds no trigger of the file's rules becomes a one-line placeholder, ``pass  # porter-skeleton:N``; a
-statement that holds one is kept, and a compound one (``def``, ``class``, ``if``, ``try``...) is opened so that
-its own untriggered statements are cut in turn. A rule that reads a whole function (``reads="function"``) gets
-every function its triggers occur in whole. The module's head (docstring and leading imports) always stays: that
-is where libcst adds the imports a rewrite needs.
+A Python rule names its trigger words (``Rule.triggers``): code it can match, as installed, always contains one
+of them (the name of the function it rewrites, the attribute it looks for). Before a file is planned, every
+statement whose text holds no trigger of the file's rules becomes a one-line placeholder,
+``pass  # porter-skeleton:N``; a statement that holds one is kept, and a compound one (``def``, ``class``, ``if``,
+``try``...) is opened so that its own untriggered statements are cut in turn. A rule that reads several
+statements (``reads="function"``) gets every compound statement other than a class that holds its triggers whole,
+and where a trigger sits in a plain statement of the module or of a class body, that whole body. The module's
+head (docstring and leading imports) always stays: that is where the imports a rewrite needs are added.
 
 After the rules ran, each placeholder is put back as the lines it stood for, and every line of the cut file is
 mapped to the lines of the whole one: matches are reported, and names are resolved (``porter.bindings``), against
 the whole file, so a cut never changes what a name means. A rewrite that lost, doubled, moved or re-indented a
-placeholder raises ``Lost`` and the engine plans the whole file instead.
+placeholder raises ``Lost``; on that, or on any other failure, the engine plans the whole file instead.
 """
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,12 +35,29 @@ class Lost(Exception):
 
 
 @dataclass(frozen=True)
+class Run:
+    """What one placeholder stands for: its indentation, the original text, and where in that text the last
+    statement ends (its line, counted from the run's first, and its column in characters): a match that ends on
+    the placeholder ends there, not on the comments or blank lines the run also took."""
+
+    indent: str
+    text: str
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
 class Skeleton:
-    """The cut file and, per placeholder, the indentation it was written with, the text it stands for and the
-    column (in characters) where the last statement of that text ends."""
+    """The cut file and what each of its placeholders stands for."""
 
     text: str
-    runs: tuple[tuple[str, str, int], ...]
+    runs: tuple[Run, ...]
+
+    @functools.cached_property
+    def original(self) -> tuple[list[tuple[int, int]], dict[int, tuple[int, int]]]:
+        """``expand_ends`` of this skeleton's own text: how matches on it map to the file's lines."""
+        _, lines, ends = self.expand_ends(self.text)
+        return lines, ends
 
     def expand(self, text: str) -> tuple[str, list[tuple[int, int]]]:
         """``text`` (this skeleton, maybe rewritten) with every placeholder put back, and for each of its lines
@@ -46,11 +65,11 @@ class Skeleton:
         full, lines, _ = self.expand_ends(text)
         return full, lines
 
-    def expand_ends(self, text: str) -> tuple[str, list[tuple[int, int]], dict[int, int]]:
-        """As ``expand``, and for each placeholder's line the column its last statement ends at."""
+    def expand_ends(self, text: str) -> tuple[str, list[tuple[int, int]], dict[int, tuple[int, int]]]:
+        """As ``expand``, and for each placeholder's line the line and column its last statement ends at."""
         out: list[str] = []
         lines: list[tuple[int, int]] = []
-        ends: dict[int, int] = {}
+        ends: dict[int, tuple[int, int]] = {}
         line = 1
         seen = 0
         for piece in _lines(text):
@@ -61,13 +80,13 @@ class Skeleton:
                 line += 1
                 continue
             index = int(found.group(2))
-            if index != seen or found.group(1) != self.runs[index][0]:
+            if index != seen or index >= len(self.runs) or found.group(1) != self.runs[index].indent:
                 raise Lost(f"placeholder {index} is out of place")
-            original = self.runs[index][1]
-            count = original.count("\n") + (0 if original.endswith("\n") else 1)
-            out.append(original if piece.endswith("\n") or not original.endswith("\n") else original[:-1])
+            run = self.runs[index]
+            count = run.text.count("\n") + (0 if run.text.endswith("\n") else 1)
+            out.append(run.text if piece.endswith("\n") or not run.text.endswith("\n") else run.text[:-1])
             lines.append((line, line + count - 1))
-            ends[len(lines)] = self.runs[index][2]
+            ends[len(lines)] = (line + run.end_line - 1, run.end_column)
             line += count
             seen += 1
         if seen != len(self.runs):
@@ -86,9 +105,9 @@ def _lines(text: str) -> Iterator[str]:
 
 
 def cut(text: str, statement_words: Iterable[str], function_words: Iterable[str] = ()) -> Skeleton | None:
-    """``text`` with the statements that contain none of the words cut to placeholders; a statement containing
-    one of ``function_words`` is kept whole (a class is opened: its methods are kept or cut one by one). None when nothing would be cut, or for text this cut does not handle (a syntax error, ``\\r`` line
-    ends, form feeds: Python counts lines there as the rules' parser may not)."""
+    r"""``text`` with the statements that contain none of the words cut to placeholders (see the module's
+    docstring for what ``function_words`` keep). None when nothing would be cut, or for text this cut does not
+    handle (a syntax error, ``\r`` line ends, form feeds: Python counts lines there as libcst may not)."""
     if "\r" in text or "\x0c" in text:
         return None
     try:
@@ -98,27 +117,27 @@ def cut(text: str, statement_words: Iterable[str], function_words: Iterable[str]
     statement, function = set(statement_words), set(function_words)
     if not statement | function:
         return None
-    aliases = _aliases(tree, statement | function)
     lines = list(_lines(text))
-    cutter = _Cutter(lines, _pattern(statement | aliases), _pattern(function | aliases if function else set()))
+    cutter = _Cutter(lines, _pattern(statement | _aliases(tree, statement)),
+                     _pattern(function | _aliases(tree, function)))
     cutter.block(tree.body, top=True)
     if not cutter.runs:
         return None
-    first, last, end_column = cutter.runs[-1]
-    if last == (tree.body[-1].end_lineno or 0) and all(not line.strip() or line.lstrip().startswith("#")
-                                                        for line in lines[last:]):
-        # what follows the file's last statement goes with it: libcst would drop whitespace-only lines left
-        # after a top-level placeholder where the file had them after an indented block
-        cutter.runs[-1] = (first, len(lines), end_column)
     out: list[str] = []
-    runs: list[tuple[str, str, int]] = []
+    runs: list[Run] = []
     previous = 0
-    for first, last, end_column in cutter.runs:
-        out.extend(lines[previous:first - 1])
+    for number, (first, last, end_column) in enumerate(cutter.runs):
+        statements_end = last
+        if number == len(cutter.runs) - 1 and last == (tree.body[-1].end_lineno or 0) \
+                and all(not line.strip() or line.lstrip().startswith("#") for line in lines[last:]):
+            # what follows the file's last statement goes with it: libcst would drop whitespace-only lines left
+            # after a top-level placeholder where the file had them after an indented block
+            last = len(lines)
         original = "".join(lines[first - 1:last])
         indent = lines[first - 1][:len(lines[first - 1]) - len(lines[first - 1].lstrip(" \t"))]
+        out.extend(lines[previous:first - 1])
         out.append(indent + PLACEHOLDER.format(len(runs)) + ("\n" if original.endswith("\n") else ""))
-        runs.append((indent, original, end_column))
+        runs.append(Run(indent, original, statements_end - first + 1, end_column))
         previous = last
     out.extend(lines[previous:])
     return Skeleton("".join(out), tuple(runs))
@@ -134,7 +153,9 @@ def _aliases(tree: ast.Module, words: set[str]) -> set[str]:
     """Names the file binds, by ``import ... as`` or ``from ... import``, to something one of whose dotted parts
     is a trigger: ``from torch.cuda import synchronize as sync`` makes ``sync`` a trigger of ``synchronize``,
     because that is how the rule's resolved name reaches the call site."""
-    found = set()
+    found: set[str] = set()
+    if not words:
+        return found
     for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -170,9 +191,16 @@ class _Cutter:
         self.runs: list[tuple[int, int, int]] = []  # first line, last line, end column of the last statement
 
     def block(self, body: list[ast.stmt], top: bool = False) -> None:
+        groups = list(self._groups(body))
+        if self.function is not None and any(
+                len(nodes) > 1 or not isinstance(nodes[0], (*_COMPOUND, ast.Import, ast.ImportFrom))
+                for first, last, nodes in groups if self.function.search("".join(self.lines[first - 1:last]))):
+            # a plain statement here (not an import: that only names a trigger) holds a trigger of a rule that
+            # reads the statements around it: they all stay
+            return
         run: tuple[int, int, int] | None = None
         head = top
-        for index, (first, last, nodes) in enumerate(self._groups(body)):
+        for index, (first, last, nodes) in enumerate(groups):
             head = head and all(_in_head(node, index == 0) for node in nodes)
             text = "".join(self.lines[first - 1:last])
             whole = self.function is not None and self.function.search(text) is not None

@@ -214,3 +214,63 @@ def test_released_sat_plans_the_same_cut_and_whole(version, monkeypatch):
 
     with zipfile.ZipFile(matrix.wheel(version)) as wheel:
         _assert_same_plans(version, lambda rel: wheel.read(rel).decode(), monkeypatch)
+
+
+def test_a_function_reading_rule_sees_the_whole_body_around_a_plain_statement(monkeypatch):
+    # the list is assigned one statement before the call, at module level and in a class body
+    from porter_sat.rules.device import TypedTensorFromList
+
+    typed = rule("typed", TypedTensorFromList, triggers=("LongTensor",), reads="function")
+    source = ("import torch\n\nsizes = [1, 2]\nkeys = torch.cuda.LongTensor(sizes)\n\n\nclass A:\n    n = [3]\n"
+              "    t = torch.cuda.LongTensor(n)\n\n\ndef f():\n    m = [4]\n    return torch.cuda.LongTensor(m)\n\n\n"
+              "def g():\n    return 1\n")
+    cut_plan, whole_plan = plan_both(source, [typed], monkeypatch)
+    assert len(whole_plan.matches) == 3
+    assert (cut_plan.after, cut_plan.matches) == (whole_plan.after, whole_plan.matches)
+    inside = "import torch\n\n\ndef f():\n    m = [4]\n    return torch.cuda.LongTensor(m)\n\n\ndef g():\n    return 1\n"
+    assert "return 1" not in cut(inside, [], ["LongTensor"]).text  # in a function: only the function stays
+
+
+def test_a_match_ending_on_the_files_last_cut_statement_keeps_its_end(monkeypatch):
+    from porter_sat.rules.device import LocalRankCheck
+
+    check = rule("rank", LocalRankCheck, triggers=("local_rank",))
+    source = "def f(args):\n    if args.local_rank != args.device and x:\n        a = 1\n        b = 2\n\n\n# end\n"
+    cut_plan, whole_plan = plan_both(source, [check], monkeypatch)
+    assert cut_plan.matches == whole_plan.matches and cut_plan.matches[0].end_line == 4
+
+
+class TripsOnPass(RuleTransformer):
+    def leave_Pass(self, original_node, updated_node):
+        raise RuntimeError("this rule never expected a pass statement")
+
+    def leave_Name(self, original_node, updated_node):
+        if updated_node.value == "old":
+            self.record(original_node, "old -> new")
+            return updated_node.with_changes(value="new")
+        return updated_node
+
+
+def test_a_rule_that_fails_on_the_cut_file_is_planned_on_the_whole_file():
+    source = "x = old\n\n\ndef f():\n    return 1\n"
+    assert "porter-skeleton" in cut(source, ["old"]).text
+    planned = rewrite_file("pkg/mod.py", source, [rule("trips", TripsOnPass, triggers=("old",))])
+    assert planned.after == source.replace("old", "new")
+
+
+def test_triggers_are_names():
+    with pytest.raises(ValueError, match="triggers are single names"):
+        rule("dotted", Synchronize, triggers=("torch.load",))
+    assert rule("listed", Synchronize, triggers=["load"]).triggers == ("load",)
+
+
+def test_files_a_rule_reads_with_other_metadata_are_planned_whole():
+    from libcst.metadata import ParentNodeProvider
+
+    from porter.rewrite import plan_cut
+
+    class WithParents(Synchronize):
+        METADATA_DEPENDENCIES = (ParentNodeProvider,)
+
+    assert plan_cut("pkg/mod.py", SOURCE, [rule("parents", WithParents, triggers=("synchronize",))]) is None
+    assert plan_cut("pkg/mod.py", SOURCE, [SYNC]) is not None
