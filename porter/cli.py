@@ -438,6 +438,7 @@ def cmd_rules(args, registry, con: Console) -> int:
     if args.json:
         con.print(json.dumps([{"id": r.id, "category": r.category, "summary": r.summary, "files": list(r.files), "file_versions": dict(r.file_versions),
                                "required": r.required, "versions": r.versions, "after": list(r.after),
+                               "triggers": list(r.triggers), "reads": r.reads,
                                "why": r.docs.why, "how": r.docs.how, "upstream": r.docs.upstream,
                                "removal": r.docs.removal} for r in rules], indent=2))
         return EXIT_OK
@@ -525,7 +526,10 @@ def _rule_fields(rule, quote: str = "") -> list[tuple[str, str]]:
     def names(items):
         return ", ".join(f"{quote}{i}{quote}" for i in items)
     files = [f"{f} ({rule.file_versions[f]})" if f in rule.file_versions else f for f in rule.files]
-    fields = [("files", names(files)), ("versions", rule.versions), ("after", names(rule.after))]
+    triggers = names(rule.triggers) + (" (reads the statements around them)" if rule.triggers and rule.reads == "function"
+                                       else "")
+    fields = [("files", names(files)), ("versions", rule.versions), ("after", names(rule.after)),
+              ("triggers", triggers)]
     fields += [(label, getattr(rule.docs, label)) for label in ("why", "how", "upstream", "removal")]
     return [(label, text) for label, text in fields if text]
 
