@@ -18,10 +18,11 @@ encoder: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	@# -qq: errors only; pip's warnings (about a machine's own index settings, an editable build) are not news
+	$(PIP) install -qq --upgrade pip
 	@# torch first and pinned: the CPU build comes from local disk; anything else pulls CUDA.
-	$(PIP) install -q -c constraints.txt torch==2.13.0 triton==3.8.0
-	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt -e '.[sat,visualglm,test]'
+	$(PIP) install -qq -c constraints.txt torch==2.13.0 triton==3.8.0
+	DS_BUILD_OPS=0 $(PIP) install -qq -c constraints.txt -e '.[sat,visualglm,test]'
 	@# DS_BUILD_OPS=0 leaves DeepSpeed's ops to be compiled on first use; the shared-memory all-reduce that CPU
 	@# workers use is compiled here instead, into the TORCH_EXTENSIONS_DIR this Makefile exports to what it runs
 	@# (porter started by hand uses torch's default, ~/.cache/torch_extensions, and compiles it there once)

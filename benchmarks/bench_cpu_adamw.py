@@ -37,10 +37,10 @@ def main() -> dict:
     os.environ.setdefault("PORTER_DEVICE", "cpu")
     import torch
     from porter_visualglm.config import preset
-    from porter_visualglm.model import build_model, scale_vision_lr
+    from porter_visualglm.model import build_model, scale_lr
 
     model = build_model(preset("tiny"), finetune="full", seed=1)
-    scale_vision_lr(model, 0)
+    scale_lr(model, "vit", 0)
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     layouts = {"per parameter (ZeRO 0)": params,

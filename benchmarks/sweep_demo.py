@@ -35,6 +35,8 @@ def main() -> dict:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--sat-schedule", action="store_true", help="SAT's cosine curve (to 0.1x, not 0), as the recipe")
     p.add_argument("--freeze-vit", action="store_true", help="the ViT's requires_grad off, as --vision-lr-scale 0")
+    p.add_argument("--freeze-qformer", action="store_true", help="the Q-Former's requires_grad off, as "
+                   "--qformer-lr-scale 0 (the demo's default)")
     p.add_argument("--sat-groups", action="store_true", help="SAT's parameter groups (no weight decay on biases "
                    "and LayerNorms), as the recipe")
     p.add_argument("--sat-sampling", action="store_true", help="SAT's RandomMappingDataset (each index mapped to a "
@@ -53,7 +55,7 @@ def main() -> dict:
     from porter_visualglm.assets import STANDIN, tokenizer_for
     from porter_visualglm.config import preset, replace
     from porter_visualglm.data import Lengths, VisualGLMDataset, collate, load_records
-    from porter_visualglm.model import answer_loss, build_model, scale_vision_lr
+    from porter_visualglm.model import answer_loss, build_model, scale_lr
     from porter_visualglm.train import default_data
 
     tiny = preset("tiny")
@@ -72,7 +74,9 @@ def main() -> dict:
     data = VisualGLMDataset(records, tokenizer, config.vision.image_size, config.image_length, flip=True,
                             lengths=Lengths(64, 256, "longest", True))
     if a.freeze_vit:
-        scale_vision_lr(model, 0)
+        scale_lr(model, "vit", 0)
+    if a.freeze_qformer:
+        scale_lr(model, "qformer", 0)
     torch.manual_seed(a.seed)
     if a.sat_groups:
         from sat.training.deepspeed_training import get_optimizer_param_groups

@@ -4,7 +4,8 @@ Patches the installed SAT on disk (the journaled transaction), trains the tiny V
 shapes with 2 CPU processes through DeepSpeed and SAT's training_main, answers questions about held-out
 images beside the expected captions, scores them, and reverts the patch it applied. The image encoder starts
 from the tiny preset's pretrained one (``image_encoder.tiny_encoder``: built by `make install`, else here, and
-cached), as VisualGLM's starts from EVA-CLIP and BLIP-2, with the ViT frozen as upstream's fine-tuning leaves it.
+cached), as VisualGLM's starts from EVA-CLIP and BLIP-2, with the ViT and the Q-Former frozen as upstream's
+fine-tuning leaves them.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def run(args) -> int:
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
                       "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",
-                      "--image-encoder", str(encoder), "--vision-lr-scale", "0", "--seed", str(args.seed),
+                      "--image-encoder", str(encoder), "--vision-lr-scale", "0", "--qformer-lr-scale", "0",
+                      "--seed", str(args.seed),
                       "--patch", args.patch, "--save", str(args.save), "--log-interval", "25").returncode
         if code != 0:
             raise PorterError(f"training failed (exit {code}); see above")

@@ -133,15 +133,20 @@ def set_trainable(model, finetune: str) -> list[str]:
     return trainable
 
 
-def scale_vision_lr(model, scale: float) -> list[str]:
-    """The ViT's parameters learn at ``scale`` x the learning rate: 0 freezes them (no gradients, no optimizer
-    state), other values set SAT's per-parameter ``lr_scale``, which SAT's optimizer setup (0.4.6 on) turns into
-    a parameter group of that rate. Returns the names it scaled."""
+ENCODER_PARTS = {"vit": ".vit.", "qformer": ".qformer."}  # part -> what its parameters' names hold
+
+
+def scale_lr(model, part: str, scale: float) -> list[str]:
+    """One image-encoder part ("vit" or "qformer") learns at ``scale`` x the learning rate: 0 freezes it (no
+    gradients, no optimizer state), other values set SAT's per-parameter ``lr_scale``, which SAT's optimizer setup
+    (0.4.6 on) turns into a parameter group of that rate. The projection into the language model (glm_proj) is
+    in neither part. Returns the names it scaled."""
+    marker = ENCODER_PARTS[part]
     names = []
     if scale == 1.0:
         return names
     for name, param in model.named_parameters():
-        if ".vit." in name:
+        if marker in name:
             if scale == 0:
                 param.requires_grad_(False)
             else:

@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vision-lr-scale", type=non_negative_float, default=1.0, metavar="F",
                    help="the ViT learns at F x --lr: 0 freezes it (as upstream's fine-tuning does), other values "
                         "use SAT's per-parameter lr_scale (SAT 0.4.6 or newer); default 1")
+    g.add_argument("--qformer-lr-scale", type=non_negative_float, default=1.0, metavar="F",
+                   help="the Q-Former learns at F x --lr, as --vision-lr-scale: 0 freezes it (upstream's fine-tuning "
+                        "trains neither; a pretrained --image-encoder keeps the features it was pretrained for); "
+                        "default 1")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
                                              "shapes set)")
@@ -157,7 +161,7 @@ def build(args, say):
 
     from .assets import model_source, tokenizer_for, tokenizer_type_of
     from .checkpoint import load_model, read_image_encoder
-    from .model import add_finetuning, build_model, scale_vision_lr
+    from .model import add_finetuning, build_model, scale_lr
 
     if args.from_pretrained and not args.resume:
         # the precision training runs in (SAT's --fp16 halves the model anyway): no fp32 copy of fp16 weights
@@ -176,7 +180,8 @@ def build(args, say):
             say(f"weights: random ({args.preset} preset), image encoder from {args.image_encoder}")
         elif not args.resume:
             say(f"weights: random ({args.preset} preset)")
-    scale_vision_lr(model, args.vision_lr_scale)
+    scale_lr(model, "vit", args.vision_lr_scale)
+    scale_lr(model, "qformer", args.qformer_lr_scale)
     return model, tokenizer_for(tokenizer_type, args.chatglm_path), config, tokenizer_type
 
 
@@ -202,8 +207,9 @@ def preflight(args) -> None:
         from .checkpoint import read_image_encoder
 
         read_image_encoder(args.image_encoder, config)
-    if args.vision_lr_scale not in (0.0, 1.0):
-        check_lr_scale_support()
+    for flag, scale in (("--vision-lr-scale", args.vision_lr_scale), ("--qformer-lr-scale", args.qformer_lr_scale)):
+        if scale not in (0.0, 1.0):
+            check_lr_scale_support(flag)
     tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
     data = args.data or default_data()
     loaded = load_records(data, args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
@@ -214,9 +220,9 @@ def preflight(args) -> None:
                    Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss))
 
 
-def check_lr_scale_support() -> None:
-    """--vision-lr-scale rides on SAT's per-parameter ``lr_scale``, which SAT reads from 0.4.6 on; older releases
-    would train the ViT at the full rate without a word."""
+def check_lr_scale_support(flag: str = "--vision-lr-scale") -> None:
+    """A learning-rate scale other than 0 or 1 rides on SAT's per-parameter ``lr_scale``, which SAT reads from
+    0.4.6 on; older releases would train the part at the full rate without a word."""
     from importlib import metadata
 
     from porter.errors import EXIT_USAGE, InputError
@@ -224,8 +230,8 @@ def check_lr_scale_support() -> None:
 
     version = metadata.version("SwissArmyTransformer")
     if not version_in(version, ">=0.4.6"):
-        raise InputError(f"--vision-lr-scale: SwissArmyTransformer {version} ignores per-parameter learning rates "
-                         f"(SAT reads them from 0.4.6 on)", hint="upgrade SAT, or leave --vision-lr-scale at 1",
+        raise InputError(f"{flag}: SwissArmyTransformer {version} ignores per-parameter learning rates "
+                         f"(SAT reads them from 0.4.6 on)", hint=f"upgrade SAT, or set {flag} to 0 or 1",
                          exit_code=EXIT_USAGE)
 
 

@@ -36,6 +36,7 @@ CASES = [
     (TRAIN + ("--preset", "huge"), 2, "argument --preset: invalid choice: 'huge'"),
     (TRAIN + ("--save", "{root}/a-file"), 2, "--save {root}/a-file: a file, not a folder"),
     (TRAIN + ("--vision-lr-scale", "-1"), 2, "argument --vision-lr-scale: must be 0 or more, not -1"),
+    (TRAIN + ("--qformer-lr-scale", "-0.5"), 2, "argument --qformer-lr-scale: must be 0 or more, not -0.5"),
     (TRAIN + ("--seed", "0"), 2, "argument --seed: must be at least 1, not 0"),  # SAT asserts seed > 0
     (TRAIN + ("--sampling", "random"), 2, "argument --sampling: invalid choice"),
     (TRAIN + ("--image-encoder", "{root}/not.json", "--from_pretrained", "{root}/release"), 2,

@@ -1,5 +1,5 @@
 """The tiny preset's pretrained image encoder: its generator writes a file the trainer reads, the cache builds it
-once, and --vision-lr-scale where SAT cannot take it."""
+once, and --vision-lr-scale / --qformer-lr-scale where SAT cannot take them."""
 import pytest
 import torch
 from porter_visualglm.checkpoint import CheckpointError, read_image_encoder
@@ -36,8 +36,9 @@ def test_the_cached_encoder_is_built_once_per_generator_and_step_count(tmp_path,
     assert read_image_encoder(first, preset("tiny")).keys() == torch.load(first, weights_only=True).keys()
 
 
+@pytest.mark.parametrize("flag", ["--vision-lr-scale", "--qformer-lr-scale"])
 @pytest.mark.parametrize("version,refused", [("0.4.5", True), ("0.3.6", True), ("0.4.6", False), ("0.4.12", False)])
-def test_vision_lr_scale_is_refused_where_sat_ignores_per_parameter_rates(monkeypatch, version, refused):
+def test_a_part_lr_scale_is_refused_where_sat_ignores_per_parameter_rates(monkeypatch, version, refused, flag):
     from importlib import metadata
 
     from porter_visualglm.train import check_lr_scale_support
@@ -46,30 +47,34 @@ def test_vision_lr_scale_is_refused_where_sat_ignores_per_parameter_rates(monkey
 
     monkeypatch.setattr(metadata, "version", lambda name: version if name == "SwissArmyTransformer" else "0")
     if refused:
-        with pytest.raises(InputError, match=rf"SwissArmyTransformer {version} ignores per-parameter") as err:
-            check_lr_scale_support()
-        assert err.value.exit_code == 2
+        with pytest.raises(InputError, match=rf"^{flag}: SwissArmyTransformer {version} ignores per-parameter") as err:
+            check_lr_scale_support(flag)
+        assert err.value.exit_code == 2 and f"set {flag} to 0 or 1" in err.value.hint
     else:
-        check_lr_scale_support()
+        check_lr_scale_support(flag)
 
 
-def test_a_vision_lr_scale_becomes_a_sat_parameter_group_of_that_rate_and_zero_freezes(tiny_config):
-    from porter_visualglm.model import build_model, scale_vision_lr
+@pytest.mark.parametrize("part,marker", [("vit", ".vit."), ("qformer", ".qformer.")])
+def test_a_part_lr_scale_becomes_a_sat_parameter_group_of_that_rate_and_zero_freezes(tiny_config, part, marker):
+    from porter_visualglm.model import build_model, scale_lr
     from sat.training.deepspeed_training import get_optimizer_param_groups
 
     model = build_model(tiny_config, finetune="full")
-    vit = {id(p) for n, p in model.named_parameters() if ".vit." in n}
-    assert len(scale_vision_lr(model, 0.1)) == len(vit)
+    scaled_ids = {id(p) for n, p in model.named_parameters() if marker in n}
+    assert scaled_ids and len(scale_lr(model, part, 0.1)) == len(scaled_ids)
     groups = get_optimizer_param_groups(model)  # SAT's own grouping, as its training_main builds the optimizer
     scaled = [g for g in groups if g["lr"] == 0.1]
-    assert {id(p) for g in scaled for p in g["params"]} == vit
+    assert {id(p) for g in scaled for p in g["params"]} == scaled_ids
     assert all(g["lr"] == 1.0 for g in groups if g not in scaled)
 
     frozen = build_model(tiny_config, finetune="full")
-    scale_vision_lr(frozen, 0)
+    scale_lr(frozen, part, 0)
     groups = get_optimizer_param_groups(frozen)
-    assert not {id(p) for g in groups for p in g["params"]} & {id(p) for n, p in frozen.named_parameters() if ".vit." in n}
-    assert all(p.requires_grad == (".vit." not in n) for n, p in frozen.named_parameters())
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert not in_groups & {id(p) for n, p in frozen.named_parameters() if marker in n}
+    assert all(p.requires_grad == (marker not in n) for n, p in frozen.named_parameters())
+    # the projection into the language model is in neither part: it learns whatever is frozen
+    assert any("glm_proj" in n and id(p) in in_groups for n, p in frozen.named_parameters())
 
 
 def test_an_encoder_cut_from_a_release_layout_checkpoint_is_read_as_sat_saves_it(tmp_path):
