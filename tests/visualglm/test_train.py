@@ -20,11 +20,12 @@ def train(save, *extra, timeout=600):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_encoder):
     """Ten steps on two CPU processes, the port applied in memory (the installed SAT is not patched), the image
-    encoder starting from a pretrained one (the generator's, a few steps) with the ViT frozen (learning rate scale 0)."""
+    encoder starting from a pretrained one (the generator's, a few steps) with the ViT frozen (learning rate scale 0)
+    and the Q-Former at half the rate (SAT's per-parameter lr_scale, through training_main's parameter groups)."""
     save = tmp_path_factory.mktemp("train") / "run"
     before = tree_digest(INSTALLED_SAT)
     r = train(save, "--iters", "10", "--patch", "memory", "--image-encoder", str(tiny_encoder),
-              "--vision-lr-scale", "0")
+              "--vision-lr-scale", "0", "--qformer-lr-scale", "0.5")
     return save, r, before
 
 
@@ -99,7 +100,7 @@ def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
     assert "(iteration 10, float32)" in r.stderr
 
 
-def test_the_image_encoder_starts_from_the_file_and_a_zero_lr_scale_freezes_the_vit(trained, tiny_encoder):
+def test_the_image_encoder_starts_from_the_file_a_zero_lr_scale_freezes_the_vit_a_half_scales_the_qformer(trained, tiny_encoder):
     import torch
 
     save, r, _ = trained
@@ -112,7 +113,7 @@ def test_the_image_encoder_starts_from_the_file_and_a_zero_lr_scale_freezes_the_
     qformer = [k for k in pretrained if ".qformer." in k]
     assert vit and qformer and len(vit) + len(qformer) == len(pretrained)
     assert all(torch.equal(weights[k], pretrained[k]) for k in vit)  # loaded, then not moved (lr x 0)
-    assert any(not torch.equal(weights[k], pretrained[k]) for k in qformer)  # loaded and trained on
+    assert any(not torch.equal(weights[k], pretrained[k]) for k in qformer)  # loaded and trained on, at 0.5x
 
 
 def test_memory_mode_leaves_the_installed_sat_byte_identical(trained):
