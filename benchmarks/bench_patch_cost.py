@@ -7,7 +7,7 @@ Commands, on a copy of the installed SAT (so this environment is never touched):
   porter patch sat               (cold cache) then porter revert sat
   porter verify sat              every stage, the training smoke run included
 
-    .venv/bin/python benchmarks/bench_patch_cost.py [--rounds 3]      -> results/patch_cost.json
+    .venv/bin/python benchmarks/bench_patch_cost.py [--rounds 5]      -> results/patch_cost.json
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def seconds(argv: list[str], env: dict[str, str]) -> float:
 
 def main() -> dict:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="pairs per command (default 5: three let one noisy pair move the median)")
     rounds = parser.parse_args().rounds
     with tempfile.TemporaryDirectory() as tmp:
         site = copy_distribution("SwissArmyTransformer", Path(tmp) / "site")
