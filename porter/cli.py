@@ -24,6 +24,8 @@ exit codes:
   5  a plugin failed to load (with --strict)
   6  unknown target, rule, model or recipe; package not installed
   7  an input file cannot be used (data set, checkpoint, tokenizer): the message names it
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (`porter rules | head`): nothing is printed
 """
 
 MAIN_HELP = """\
@@ -585,6 +587,18 @@ def run() -> None:
     sys.exit(code)
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader closed the pipe
+
+
+def _silence_stdout() -> None:
+    """Later writes (the final flush included) go nowhere instead of failing on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a file descriptor (tests)
+        pass
+
+
 def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = None) -> int:
     """porter's command line; returns the exit code. ``outcome["quick"]`` says whether the process may exit
     without the interpreter's teardown (``run``)."""
@@ -617,6 +631,9 @@ def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = No
         if exc.hint:
             con.note(f"hint: {exc.hint}")
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`porter rules | head`): as a writer SIGPIPE ends, in silence
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as exc:  # a read-only site-packages, a full disk, a vanished file: say which
         con.note(con.paint("error:", "red") + f" {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return EXIT_FAILED

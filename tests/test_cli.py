@@ -86,3 +86,25 @@ def test_commands_that_exit_without_teardown_still_write_all_their_output(tmp_pa
     r = run_porter("patch", "sat", "--dry-run", "--report", str(report))
     assert r.returncode == 0 and report.stat().st_size > 1000 and "would change" in r.stdout + r.stderr
     assert run_porter("status", "nosuch").returncode == 6
+
+
+def test_a_reader_that_goes_away_ends_porter_quietly_with_141():
+    # `porter rules sat | head -1`: the first line reaches the reader, then porter stops as a writer SIGPIPE
+    # ends (141), without an "error:" line about the pipe
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: the table (over 10 kB) cannot all fit
+    porter = subprocess.Popen([sys.executable, "-m", "porter.cli", "rules", "sat"], stdout=write_end,
+                              stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        first = reader.readline()
+    stderr = porter.stderr.read()  # the reader has left, most of the table unread
+    porter.stderr.close()
+    assert porter.wait(timeout=120) == 141
+    assert first.startswith(b"sat.") and stderr == b""
+    assert "141  the reader of the output went away" in run_porter("--help").stdout
