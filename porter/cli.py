@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, patcher, plugins
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
+from .errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
 from .journal import read_original
 from .render import Console
 from .target import STATE_DIR_NAME, locate
@@ -587,9 +587,6 @@ def run() -> None:
     sys.exit(code)
 
 
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader closed the pipe
-
-
 def _silence_stdout() -> None:
     """Later writes (the final flush included) go nowhere instead of failing on the closed pipe again."""
     try:
@@ -639,7 +636,7 @@ def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = No
         return EXIT_FAILED
     except KeyboardInterrupt:
         con.note("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ EXIT_STATE = 4  # the installed files are not in a state porter may touch: drift
 EXIT_PLUGIN = 5  # a plugin failed to load (fatal only under --strict)
 EXIT_NOT_FOUND = 6  # unknown target, rule, model or recipe; package not installed
 EXIT_INPUT = 7  # a user's input file is unusable: data set, checkpoint, tokenizer, image
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as a shell reports a writer SIGPIPE ended
 
 
 class PorterError(Exception):

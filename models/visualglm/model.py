@@ -161,9 +161,9 @@ def parameter_counts(model) -> dict[str, int]:
     for name, param in model.named_parameters():
         if "matrix_A" in name or "matrix_B" in name or "ptuning" in name:
             part = "adapters"
-        elif ".vit." in name:
+        elif ENCODER_PARTS["vit"] in name:
             part = "vision"
-        elif ".qformer." in name:
+        elif ENCODER_PARTS["qformer"] in name:
             part = "qformer"
         elif "glm_proj" in name:
             part = "projection"

@@ -180,8 +180,8 @@ def build(args, say):
             say(f"weights: random ({args.preset} preset), image encoder from {args.image_encoder}")
         elif not args.resume:
             say(f"weights: random ({args.preset} preset)")
-    scale_lr(model, "vit", args.vision_lr_scale)
-    scale_lr(model, "qformer", args.qformer_lr_scale)
+    for part, _, scale in lr_scales(args):
+        scale_lr(model, part, scale)
     return model, tokenizer_for(tokenizer_type, args.chatglm_path), config, tokenizer_type
 
 
@@ -207,7 +207,7 @@ def preflight(args) -> None:
         from .checkpoint import read_image_encoder
 
         read_image_encoder(args.image_encoder, config)
-    for flag, scale in (("--vision-lr-scale", args.vision_lr_scale), ("--qformer-lr-scale", args.qformer_lr_scale)):
+    for _, flag, scale in lr_scales(args):
         if scale not in (0.0, 1.0):
             check_lr_scale_support(flag)
     tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
@@ -220,7 +220,12 @@ def preflight(args) -> None:
                    Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss))
 
 
-def check_lr_scale_support(flag: str = "--vision-lr-scale") -> None:
+def lr_scales(args) -> list[tuple[str, str, float]]:
+    """(image-encoder part, its flag, the scale asked for), for each part a flag scales."""
+    return [("vit", "--vision-lr-scale", args.vision_lr_scale), ("qformer", "--qformer-lr-scale", args.qformer_lr_scale)]
+
+
+def check_lr_scale_support(flag: str) -> None:
     """A learning-rate scale other than 0 or 1 rides on SAT's per-parameter ``lr_scale``, which SAT reads from
     0.4.6 on; older releases would train the part at the full rate without a word."""
     from importlib import metadata

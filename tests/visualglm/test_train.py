@@ -100,7 +100,7 @@ def test_checkpoint_is_sat_format_and_loads_for_inference(trained):
     assert "(iteration 10, float32)" in r.stderr
 
 
-def test_the_image_encoder_starts_from_the_file_a_zero_lr_scale_freezes_the_vit_a_half_scales_the_qformer(trained, tiny_encoder):
+def test_the_image_encoder_starts_from_the_file_a_zero_lr_scale_freezes_the_vit_the_half_rate_qformer_learns(trained, tiny_encoder):
     import torch
 
     save, r, _ = trained
