@@ -95,3 +95,20 @@ def test_an_encoder_cut_from_a_release_layout_checkpoint_is_read_as_sat_saves_it
     assert read.keys() == cut.keys() and all(torch.equal(read[k], cut[k]) for k in cut)
     with pytest.raises(CheckpointError, match=r"not an image encoder for this model .*missing"):
         read_image_encoder(tmp_path / "encoder.pt", preset("tiny"))  # the tiny preset's ViT is another size
+
+
+def test_the_part_markers_split_the_released_checkpoints_keys_as_its_modules_are():
+    """--vision-lr-scale and --qformer-lr-scale find their parameters by name: on the released checkpoint's key
+    list (derived from SAT's naming, not from porter's model code) each marker takes exactly its module's keys, and
+    the projection and the language model fall in neither."""
+    import json
+
+    from porter_visualglm import release
+    from porter_visualglm.model import ENCODER_PARTS
+
+    keys = json.loads(release.RELEASE_KEYS.read_text())
+    for part, marker in ENCODER_PARTS.items():
+        module = f"mixins.eva.model.{part}."
+        assert any(k.startswith(module) for k in keys)
+        assert {k for k in keys if marker in k} == {k for k in keys if k.startswith(module)}
+    assert not [k for k in keys if "glm_proj" in k and any(m in k for m in ENCODER_PARTS.values())]
