@@ -24,6 +24,7 @@ exit codes:
   5  a plugin failed to load (with --strict)
   6  unknown target, rule, model or recipe; package not installed
   7  an input file cannot be used (data set, checkpoint, tokenizer): the message names it
+  8  a path to write (--save, --report, ...) cannot be written: the message names it and why
   130  interrupted (Ctrl-C)
   141  the reader of the output went away (`porter rules | head`): nothing is printed
 """

@@ -10,6 +10,7 @@ EXIT_STATE = 4  # the installed files are not in a state porter may touch: drift
 EXIT_PLUGIN = 5  # a plugin failed to load (fatal only under --strict)
 EXIT_NOT_FOUND = 6  # unknown target, rule, model or recipe; package not installed
 EXIT_INPUT = 7  # a user's input file is unusable: data set, checkpoint, tokenizer, image
+EXIT_OUTPUT = 8  # a path the user asked porter to write (--save, --report, --out ...) cannot be written
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as a shell reports a writer SIGPIPE ended
 
@@ -53,3 +54,10 @@ class InputError(PorterError):
     """A file the user brought (data, checkpoint, tokenizer) cannot be used; the message names it."""
 
     exit_code = EXIT_INPUT
+
+
+class OutputError(PorterError):
+    """A path the user named for porter to write (a run folder, a report, an output file) cannot be written; the
+    message names it and the reason (errno's words)."""
+
+    exit_code = EXIT_OUTPUT
