@@ -60,6 +60,19 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_symlink(path: Path, text: str) -> None:
+    """Replace ``path`` with a symlink whose text is ``text``, atomically (a new link, then a rename over it)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()[:8]}.porter-tmp"
+    os.symlink(text, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 _FS_IOC_GETFLAGS = 0x80086601  # Linux: _IOR('f', 1, long)
 _FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
 

@@ -9,7 +9,8 @@ Layout, beside the target's package in site-packages::
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .target import InstalledTarget
 
 FORMAT = 1
+MAX_JOURNAL_BYTES = 64 << 20  # a journal lists a package's files: far below this
 JournalStatus = Literal["pending", "applied"]
 PENDING: JournalStatus = "pending"  # originals saved, files being replaced: a crash here is "interrupted"
 APPLIED: JournalStatus = "applied"
@@ -36,6 +38,74 @@ class FileEntry:
     patched_sha256: str
     mode: int
     rules: list[str]
+    symlink: str | None = None  # the link's text when the installed path was a symlink: revert makes it again
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# field -> (types it may hold, whether it may be left out); a journal is untrusted input (a hand edit, a bug,
+# another tool's half-written file): every field is checked before anything is read from it
+_ENTRY_FIELDS = {"path": (str, False), "original_sha256": (str, False), "patched_sha256": (str, False),
+                 "mode": (int, False), "rules": (list, False), "symlink": ((str, type(None)), True)}
+_JOURNAL_FIELDS = {"target": (str, False), "distribution": (str, False), "version": (str, False),
+                   "status": (str, False), "rules": (list, False), "files": (list, False),
+                   "rules_fingerprint": (str, True), "porter_version": (str, True), "created": (str, True),
+                   "format": (int, False)}
+
+
+def _check_fields(obj, fields: dict, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} is {type(obj).__name__}, not an object")
+    unknown = sorted(set(obj) - set(fields))
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}")
+    for name, (types, optional) in fields.items():
+        if name not in obj:
+            if not optional:
+                raise ValueError(f"{where} lacks {name!r}")
+            continue
+        value = obj[name]
+        if not isinstance(value, types) or isinstance(value, bool):  # bool is an int to isinstance
+            raise ValueError(f"{where}.{name} is {type(value).__name__} {value!r:.40}")
+
+
+def _check_list_of_str(value: list, where: str) -> None:
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where} holds a value that is not a string")
+
+
+def check_rel_path(rel: str, where: str) -> None:
+    """A journaled path: relative, '/'-separated, no '..' or '.' part, nothing a file system treats specially."""
+    parts = rel.split("/")
+    if (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or any(p in ("", ".", "..") for p in parts)
+            or re.match(r"^[A-Za-z]:", rel)):
+        raise ValueError(f"{where} is {rel!r}: not a plain relative path inside the package")
+
+
+def validate(raw) -> None:
+    """Raise ValueError naming the first field of ``raw`` (a parsed journal) that is missing, unknown, of the wrong
+    type or out of range."""
+    _check_fields(raw, _JOURNAL_FIELDS, "journal")
+    if raw["format"] != FORMAT:
+        raise ValueError(f"journal format {raw['format']} is not {FORMAT}")
+    if raw["status"] not in (PENDING, APPLIED):
+        raise ValueError(f"journal.status is {raw['status']!r}, not {PENDING!r} or {APPLIED!r}")
+    _check_list_of_str(raw["rules"], "journal.rules")
+    seen = set()
+    for n, entry in enumerate(raw["files"]):
+        where = f"journal.files[{n}]"
+        _check_fields(entry, _ENTRY_FIELDS, where)
+        check_rel_path(entry["path"], f"{where}.path")
+        if entry["path"] in seen:
+            raise ValueError(f"{where}.path {entry['path']!r} is listed twice")
+        seen.add(entry["path"])
+        for name in ("original_sha256", "patched_sha256"):
+            if not _SHA256.fullmatch(entry[name]):
+                raise ValueError(f"{where}.{name} is not a sha256 in hex")
+        if not 0 <= entry["mode"] <= 0o7777:
+            raise ValueError(f"{where}.mode {entry['mode']} is not a file mode")
+        _check_list_of_str(entry["rules"], f"{where}.rules")
+        if entry.get("symlink") is not None and ("\0" in entry["symlink"] or not entry["symlink"]):
+            raise ValueError(f"{where}.symlink is not a link target")
 
 
 @dataclass
@@ -59,19 +129,26 @@ class Journal:
 
     @classmethod
     def load(cls, state_dir: Path) -> Journal | None:
+        """The journal in ``state_dir``, every field checked (:func:`validate`), or None where there is none."""
         path = cls.path_in(state_dir)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
         try:
-            raw = json.loads(path.read_text())
-            if raw.get("format") != FORMAT:
+            if path.is_symlink() or not path.is_file():
+                raise ValueError("not a regular file")
+            if path.stat().st_size > MAX_JOURNAL_BYTES:
+                raise ValueError(f"over {MAX_JOURNAL_BYTES} bytes")
+            raw = json.loads(path.read_bytes().decode("utf-8"))
+            if isinstance(raw, dict) and raw.get("format") != FORMAT and isinstance(raw.get("format"), int):
                 raise StateError(f"{path}: journal format {raw.get('format')} is not {FORMAT}",
                                  hint="use the porter version that wrote it to revert")
-            raw["files"] = [FileEntry(**f) for f in raw["files"]]
-            return cls(**raw)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            validate(raw)
+        except (ValueError, RecursionError, OSError) as exc:  # UnicodeDecodeError and JSONDecodeError included
             raise StateError(f"{path}: unreadable journal ({exc})",
-                             hint="the saved originals are in the originals/ folder beside it") from None
+                             hint=f"`porter revert {state_dir.name} --force` restores the saved originals in the "
+                                  "originals/ folder beside it (porter status shows them)") from None
+        raw["files"] = [FileEntry(**f) for f in raw["files"]]
+        return cls(**raw)
 
     def save(self, state_dir: Path) -> None:
         data = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -128,18 +205,58 @@ def stray_originals(state_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and not p.name.endswith(".porter-tmp"))
+                  if p.is_file() and not p.is_symlink() and not p.name.endswith(".porter-tmp"))
 
 
-def remove_state(state_dir: Path) -> None:
-    """Drop the journal first, so a crash half-way through leaves 'clean' and not a broken journal."""
+def unequal_originals(state_dir: Path, site_packages: Path) -> list[str]:
+    """Saved originals on disk (the set in the folder, whatever a journal lists) that the installed file does not
+    equal: while any exists, the state folder holds the only copy of a user's file."""
+    root = originals_dir(state_dir)
+    return [rel for rel in stray_originals(state_dir)
+            if (Path(site_packages) / rel).is_dir() or sha256_file(Path(site_packages) / rel) != sha256_file(root / rel)]
+
+
+def remove_state(state_dir: Path, site_packages: Path) -> None:
+    """Delete what porter wrote in the state folder: the journal first (a crash half-way leaves 'clean', not a
+    broken journal), then the saved originals and porter's temporary files, then the folders they emptied.
+
+    Refuses while any saved original on disk differs from the installed file: those are the only copies, and the
+    set on disk is what counts, not the journal's list (a shortened list must not take the rest with it). A file
+    porter did not write is left where it is, with its folders."""
     state_dir = Path(state_dir)
-    Journal.path_in(state_dir).unlink(missing_ok=True)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    try:
-        state_dir.parent.rmdir()  # the shared .porter-state folder, once no target has state in it
-    except OSError:
-        pass
+    left = unequal_originals(state_dir, site_packages)
+    if left:
+        raise StateError(f"{state_dir} still holds the only copy of " + ", ".join(left)
+                         + " (the installed file differs); it was kept",
+                         hint=f"`porter status` names the state; `porter revert {state_dir.name} --force` restores them")
+    journal = Journal.path_in(state_dir)
+    if journal.is_file() or journal.is_symlink():
+        journal.unlink()
+    root = originals_dir(state_dir)
+    ours = [*(root / rel for rel in stray_originals(state_dir)), *leftover_temporaries(state_dir)]
+    for path in ours:
+        path.unlink(missing_ok=True)
+    for folder in sorted((p for p in state_dir.rglob("*") if p.is_dir() and not p.is_symlink()),
+                         key=lambda p: len(p.parts), reverse=True) + [state_dir, state_dir.parent]:
+        try:
+            folder.rmdir()  # only once empty: anything porter did not write keeps its folder
+        except OSError:
+            pass
+
+
+TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.porter-tmp$")  # diskio.atomic_write's names
+
+
+def leftover_temporaries(folder: Path) -> list[Path]:
+    """Temporary files that :func:`porter.diskio.atomic_write` left under ``folder`` when it was killed mid-write."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [Path(root) / f for f in files if f.endswith(".porter-tmp") and TEMPORARY.match(f)]
+    return sorted(found)
 
 
 def read_original(installed: InstalledTarget, journal: Journal | None) -> Callable[[str], str]:

@@ -9,13 +9,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
+import os
+from pathlib import Path
+
+from .diskio import atomic_symlink, atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
 from .journal import (
     APPLIED,
     PENDING,
     FileEntry,
     Journal,
+    leftover_temporaries,
     original_problem,
     originals_dir,
     read_original,
@@ -79,11 +83,11 @@ class Status:
                 "changed_since_install": self.changed_since_install}
 
 
-def orphans(installed: InstalledTarget) -> dict[str, str]:
+def orphans(installed: InstalledTarget, ignore_journal: bool = False) -> dict[str, str]:
     """Saved originals without a journal that the installed file no longer equals: 'differs' or 'missing'.
 
     Those that equal it are only copies (a patch killed before its journal) and are left out."""
-    if Journal.path_in(installed.state_dir).exists():
+    if Journal.path_in(installed.state_dir).exists() and not ignore_journal:
         return {}
     found = {}
     for rel in stray_originals(installed.state_dir):
@@ -95,26 +99,68 @@ def orphans(installed: InstalledTarget) -> dict[str, str]:
     return found
 
 
-def status(installed: InstalledTarget) -> Status:
+def load_journal(installed: InstalledTarget) -> Journal | None:
+    """The target's journal, every field checked, and every path it names inside the target's package: a journal
+    is untrusted input, and revert writes where it points."""
     journal = Journal.load(installed.state_dir)
+    if journal is not None:
+        for entry in journal.files:
+            problem = outside_package(installed, entry.path)
+            if problem:
+                raise StateError(f"{Journal.path_in(installed.state_dir)}: unreadable journal ({problem})",
+                                 hint=f"`porter revert {installed.name} --force` restores the saved originals in the "
+                                      "originals/ folder beside it (porter status shows them)")
+    return journal
+
+
+def outside_package(installed: InstalledTarget, rel: str) -> str | None:
+    """Why ``rel`` (relative to site-packages) is not a file of the target's package, or None if it is. The file
+    itself may be a symlink (porter replaces the link, never what it points at); its folders may not lead out."""
+    package = installed.package_dir.resolve()
+    parent = installed.path(rel).parent.resolve()
+    if rel.split("/")[0] != installed.target.package or (parent != package and package not in parent.parents):
+        return f"{rel!r} is outside the package {installed.target.package}/"
+    return None
+
+
+def _temporaries(installed: InstalledTarget) -> list[Path]:
+    """atomic_write's temporary files that a killed porter left in the package or the state folder."""
+    return leftover_temporaries(installed.package_dir) + leftover_temporaries(installed.state_dir)
+
+
+def status(installed: InstalledTarget) -> Status:
+    try:
+        journal = load_journal(installed)
+    except StateError as exc:  # shown, not raised: `porter status` is how a user finds out what to do
+        files = {Journal.path_in(installed.state_dir).name: exc.message.split(": ", 1)[-1]}
+        files.update({rel: "saved original" for rel in stray_originals(installed.state_dir)})
+        return Status(installed.name, installed.version, DAMAGED, files, None)
+    leftovers = {str(p.relative_to(installed.site_packages)): "temporary file of an interrupted write"
+                 for p in _temporaries(installed)}
     if journal is None:
         left = {p: f"orphaned original ({s})" for p, s in orphans(installed).items()}
         changed = [] if left else changed_since_install(installed)
-        return Status(installed.name, installed.version, ORPHANED if left else CLEAN, left, None, changed)
+        state = ORPHANED if left else CLEAN
+        if leftovers and state == CLEAN:
+            state = IN_PROGRESS if is_locked(installed.package_dir) else INTERRUPTED
+        return Status(installed.name, installed.version, state, {**left, **leftovers}, None, changed)
     files = journal.file_states(installed.site_packages)
     lost = {e.path: f"original {problem}" for e in journal.files
             if files[e.path] != "original" and (problem := original_problem(installed.state_dir, e))}
-    if journal.status == PENDING and is_locked(installed.package_dir):
-        state = IN_PROGRESS
+    listed = {e.path for e in journal.files}
+    lost.update({rel: "saved original the journal does not list" for rel in stray_originals(installed.state_dir)
+                 if rel not in listed})
+    if (journal.status == PENDING or leftovers) and is_locked(installed.package_dir):
+        state = IN_PROGRESS  # another porter is writing: its temporary files are in use
     elif lost:
         state, files = DAMAGED, {**files, **lost}
-    elif journal.status == PENDING:
+    elif journal.status == PENDING or leftovers:
         state = INTERRUPTED
     elif all(s == "patched" for s in files.values()) and journal.version == installed.version:
         state = PATCHED
     else:
         state = DRIFTED
-    return Status(installed.name, installed.version, state, files, journal)
+    return Status(installed.name, installed.version, state, {**files, **leftovers}, journal)
 
 
 def _clear_strays(installed: InstalledTarget) -> None:
@@ -125,7 +171,14 @@ def _clear_strays(installed: InstalledTarget) -> None:
             f"{installed.state_dir} holds saved originals but no journal, and the installed files differ from "
             f"them: " + ", ".join(f"{p} ({s})" for p, s in sorted(differing.items())) + "; nothing was changed",
             hint=f"`porter revert {installed.name}` restores those originals (checked against the package's RECORD)")
-    remove_state(installed.state_dir)
+    remove_state(installed.state_dir, installed.site_packages)
+
+
+def _clear_temporaries(installed: InstalledTarget, progress: Progress) -> None:
+    """Remove the temporary files of a write that was killed (under the lock, so none is in use)."""
+    for path in _temporaries(installed):
+        path.unlink(missing_ok=True)
+        progress(f"removed {path.relative_to(installed.site_packages)}, left by an interrupted write")
 
 
 def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
@@ -138,19 +191,19 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
     from .rules import fingerprint
 
     with dir_lock(installed.package_dir, on_wait=progress):
-        journal = Journal.load(installed.state_dir)
+        journal = load_journal(installed)
         notes = []
+        _clear_temporaries(installed, progress)
         if journal is None and installed.state_dir.exists():
             _clear_strays(installed)  # originals of a patch that stopped before its journal
         if journal is not None:
             current = status(installed)
             if current.state == DAMAGED:
-                lost = {p: s for p, s in current.files.items() if s.startswith("original ")}
+                lost = {p: s for p, s in current.files.items() if "original" in s and s != "original"}
                 raise StateError(f"{installed.name} was patched, but saved originals are "
-                                 + ", ".join(f"{p} ({s.split()[-1]})" for p, s in sorted(lost.items()))
+                                 + ", ".join(f"{p} ({s.removeprefix('original ')})" for p, s in sorted(lost.items()))
                                  + "; nothing was changed",
-                                 hint=f"reinstall {installed.target.distribution}=={journal.version} and remove "
-                                      f"{installed.state_dir}")
+                                 hint=f"`porter revert {installed.name}` says what it can restore")
             # restoring is the first write of a repair or re-patch: the files must be writable before it
             writable = [installed.path(e.path) for e in journal.files] + [originals_dir(installed.state_dir)]
             if journal.status == PENDING:
@@ -227,7 +280,12 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
             raise StateError(f"{disk} changed while porter was planning; nothing was written", hint="run it again")
     entries = [FileEntry(path=f.path, original_sha256=sha256_bytes(originals[f.path]),
                          patched_sha256=sha256_bytes(f.after.encode("utf-8")),
-                         mode=installed.path(f.path).stat().st_mode & 0o7777, rules=f.rule_ids) for f in plan.changed]
+                         mode=installed.path(f.path).stat().st_mode & 0o7777, rules=f.rule_ids,
+                         symlink=_link_text(installed.path(f.path))) for f in plan.changed]
+    outside = [why for e in entries if (why := outside_package(installed, e.path))]
+    if outside:
+        raise StateError("; ".join(outside) + "; nothing was changed",
+                         hint="a rule may only change files of its target's package")
     journal = Journal(target=installed.name, distribution=installed.target.distribution,
                       version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
                       rules_fingerprint=fingerprint(plan.rules))
@@ -242,11 +300,11 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
         journal.save(state_dir)
         step_hook("journal-pending")
     except OSError as exc:
-        remove_state(state_dir)
+        remove_state(state_dir, installed.site_packages)
         raise StateError(f"could not save the originals ({exc.strerror or exc}: {exc.filename}); nothing was changed",
                          hint="free the space or fix the permissions, then run it again") from None
     except BaseException:
-        remove_state(state_dir)
+        remove_state(state_dir, installed.site_packages)
         raise
     # 3. one atomic replace per file: each file is always either its original or its patched self.
     try:
@@ -260,8 +318,33 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
         _roll_back(installed, journal, originals, exc, failed=f.path)
     # 4. done.
     journal.status = APPLIED
-    journal.save(state_dir)
+    try:
+        journal.save(state_dir)
+    except OSError as exc:  # every file is patched, the journal still says pending: "interrupted", and repairable
+        raise StateError(f"could not mark the patch done in {Journal.path_in(state_dir)} ({exc.strerror or exc}): "
+                         "the patch is interrupted", hint=f"free the space, then `porter revert {installed.name}` "
+                                                          f"or `porter patch {installed.name}` again") from None
     step_hook("applied")
+
+
+def _link_text(path: Path) -> str | None:
+    """The symlink's own text (its target as written), or None for a regular file: a patch replaces the link with
+    a patched file (what it points at is someone else's file, maybe outside the package) and revert makes the
+    link again."""
+    return os.readlink(path) if path.is_symlink() else None
+
+
+def _put_back(installed: InstalledTarget, entry: FileEntry, data: bytes) -> None:
+    """Restore one journaled file: its original bytes, or the symlink it was (when the link leads back to them)."""
+    disk = installed.path(entry.path)
+    if entry.symlink is not None:
+        atomic_symlink(disk, entry.symlink)
+        if sha256_file(disk) == entry.original_sha256:
+            drop_bytecode(disk)
+            return
+        # the link's target changed or went away since the patch: the bytes are what the user had
+    atomic_write(disk, data, mode=entry.mode)
+    drop_bytecode(disk)
 
 
 def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str, bytes], exc: OSError,
@@ -272,9 +355,8 @@ def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str
     try:
         for entry in journal.files:
             disk = installed.path(entry.path)
-            if sha256_file(disk) != entry.original_sha256:
-                atomic_write(disk, originals[entry.path], mode=entry.mode)
-                drop_bytecode(disk)
+            if sha256_file(disk) != entry.original_sha256 or (entry.symlink is not None and not disk.is_symlink()):
+                _put_back(installed, entry, originals[entry.path])
         wrong = [e.path for e in journal.files if sha256_file(installed.path(e.path)) != e.original_sha256]
     except OSError as again:
         wrong = [f"{again.filename or failed} ({again.strerror or again})"]
@@ -282,7 +364,7 @@ def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str
         raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}), and putting back the "
                          f"files already written failed too ({', '.join(wrong)}): the patch is interrupted",
                          hint=f"free the space or fix the permissions, then `porter revert {installed.name}`") from None
-    remove_state(installed.state_dir)
+    remove_state(installed.state_dir, installed.site_packages)
     raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}); the files already written "
                      f"were put back, so nothing is changed",
                      hint="free the space or fix the permissions, then run it again") from None
@@ -290,14 +372,27 @@ def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str
 
 def revert(installed: InstalledTarget, force: bool = False, progress: Progress = _quiet) -> Outcome:
     with dir_lock(installed.package_dir, on_wait=progress):
-        journal = Journal.load(installed.state_dir)
+        try:
+            journal = load_journal(installed)
+        except StateError:
+            if not force:
+                raise
+            # an unreadable journal: what is on disk is all there is; restore every saved original that differs
+            progress(f"{Journal.path_in(installed.state_dir)} is unreadable: restoring from the saved originals")
+            differing = sorted(orphans(installed, ignore_journal=True))
+            files = _restore_orphans(installed, differing, force, progress)
+            return Outcome("reverted", files=files, notes=["restored from the saved originals (unreadable journal)"])
+        leftovers = _temporaries(installed)
+        _clear_temporaries(installed, progress)
         if journal is None:
             differing = orphans(installed)
             if differing:
                 files = _restore_orphans(installed, sorted(differing), force, progress)
                 return Outcome("reverted", files=files, notes=["restored from saved originals that had no journal"])
             if installed.state_dir.exists():  # strays of a patch that stopped before its journal: copies only
-                remove_state(installed.state_dir)
+                remove_state(installed.state_dir, installed.site_packages)
+            if leftovers:
+                return Outcome("reverted", notes=[f"removed {len(leftovers)} temporary file(s) of an interrupted write"])
             return Outcome("nothing-to-revert")
         files = _restore(installed, journal, force=force, progress=progress)
         return Outcome("reverted", files=files)
@@ -305,6 +400,11 @@ def revert(installed: InstalledTarget, force: bool = False, progress: Progress =
 
 def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, progress: Progress) -> list[str]:
     """Put back saved originals that lost their journal, each vouched for by the package's RECORD."""
+    outside = [why for p in paths if (why := outside_package(installed, p))]
+    if outside:
+        raise StateError(f"{originals_dir(installed.state_dir)} holds files porter would not restore: "
+                         + "; ".join(outside) + "; nothing was changed",
+                         hint=f"remove them from {installed.state_dir} by hand if they are not yours")
     record = record_hashes(installed)
     saved = {p: (originals_dir(installed.state_dir) / p).read_bytes() for p in paths}
     unvouched = [p for p in paths if record.get(p) != sha256_bytes(saved[p])]
@@ -327,7 +427,7 @@ def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, 
     wrong = [p for p in paths if sha256_file(installed.path(p)) != sha256_bytes(saved[p])]
     if wrong:
         raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}")
-    remove_state(installed.state_dir)
+    remove_state(installed.state_dir, installed.site_packages)
     return paths
 
 
@@ -343,7 +443,25 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
             + f" in {originals_dir(installed.state_dir)}; nothing was changed",
             hint=f"reinstall {installed.target.distribution}=={journal.version} to get pristine files, then remove "
                  f"{installed.state_dir}")
-    check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"])
+    # saved originals the journal does not list (a shortened list): the only copies of those files, so the set on
+    # disk decides what a revert must put back, and only --force does it without the journal's word
+    listed = {e.path for e in journal.files}
+    extra = [rel for rel in stray_originals(installed.state_dir) if rel not in listed]
+    if extra and not force:
+        raise StateError(
+            f"the journal lists {len(listed)} file(s), but {originals_dir(installed.state_dir)} also holds saved "
+            f"originals of {', '.join(extra)}: the journal was shortened or damaged; nothing was changed",
+            hint=f"`porter revert {installed.name} --force` restores the journal's files and those too, from the "
+                 "saved originals")
+    outside = [why for rel in extra if (why := outside_package(installed, rel))]
+    if outside:
+        raise StateError(f"{originals_dir(installed.state_dir)} holds files porter would not restore: "
+                         + "; ".join(outside) + "; nothing was changed",
+                         hint=f"remove them from {installed.state_dir} by hand if they are not yours")
+    extra = [rel for rel in extra if sha256_file(installed.path(rel)) != sha256_file(originals_dir(installed.state_dir)
+                                                                                     / rel)]
+    check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"]
+                   + [installed.path(rel) for rel in extra])
     folders = [e.path for e in journal.files if installed.path(e.path).is_dir()]
     if folders and force:
         raise StateError(f"cannot restore files over folders: {', '.join(folders)}", hint="remove them, then revert again")
@@ -364,17 +482,27 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
                  "--force restores the saved originals over them")
     restored = []
     todo = [e for e in journal.files if states[e.path] != "original"]
-    for n, entry in enumerate(todo, 1):
-        disk = installed.path(entry.path)
-        atomic_write(disk, saved_original(installed.state_dir, entry), mode=entry.mode)
-        drop_bytecode(disk)
-        restored.append(entry.path)
-        progress(f"restored {entry.path}")
-        step_hook(f"restored {n}/{len(todo)}")
+    try:
+        for n, entry in enumerate(todo, 1):
+            _put_back(installed, entry, saved_original(installed.state_dir, entry))
+            restored.append(entry.path)
+            progress(f"restored {entry.path}")
+            step_hook(f"restored {n}/{len(todo)}")
+        for rel in extra:
+            disk = installed.path(rel)
+            atomic_write(disk, (originals_dir(installed.state_dir) / rel).read_bytes())
+            drop_bytecode(disk)
+            restored.append(rel)
+            progress(f"restored {rel} (a saved original the journal did not list)")
+    except OSError as exc:
+        raise StateError(f"could not restore {exc.filename or installed.package_dir} ({exc.strerror or exc}); the "
+                         "revert is interrupted: every file is its original or its patched self",
+                         hint=f"free the space or fix the permissions, then `porter revert {installed.name}` "
+                              "again") from None
     wrong = [e.path for e in journal.files if sha256_file(installed.path(e.path)) != e.original_sha256]
     if wrong:
         raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}",
                          hint=f"the journal and originals are kept in {installed.state_dir}")
     step_hook("restored-all")
-    remove_state(installed.state_dir)
+    remove_state(installed.state_dir, installed.site_packages)
     return restored

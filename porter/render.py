@@ -12,11 +12,20 @@ STATUS_COLOURS = {"ok": "green", "fail": "red", "skip": "yellow", "clean": "gree
                   "missing": "red"}
 
 
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream and stream.isatty())
+    except (OSError, ValueError):  # a closed stream
+        return False
+
+
 class Console:
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, colour: bool | None = None):
-        self.out, self.err = out, err
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, colour: bool | None = None):
+        # the streams of the moment, not of import time (a caller may have redirected them)
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
         if colour is None:
-            colour = out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+            colour = _isatty(self.out) and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
         self.colour = colour
 
     def paint(self, text: str, colour: str) -> str:
