@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -9,7 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, patcher, plugins
-from .errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STATE, NotFoundError, PorterError
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_STATE,
+    NotFoundError,
+    PorterError,
+)
 from .journal import read_original
 from .render import Console
 from .target import STATE_DIR_NAME, locate
@@ -205,6 +215,13 @@ def cmd_patch(args, registry, con: Console) -> int:
     only = [r.strip() for r in (args.only or "").split(",") if r.strip()]
     if args.only is not None and not only:
         raise PorterError("--only names no rule", hint=f"`porter rules {args.target}` lists them", exit_code=2)
+    if args.verify and args.dry_run:
+        raise PorterError("--verify proves a patch on disk, and --dry-run writes none", hint="drop one of them",
+                          exit_code=2)
+    if args.report:
+        from .outputs import check_output_file
+
+        check_output_file(args.report, "--report")  # before the patch, not after it
     if args.dry_run:
         from .plan import make_plan
 
@@ -578,14 +595,30 @@ def run() -> None:
     """The `porter` executable: ``main()``, then exit with its code."""
     outcome: dict[str, bool] = {}
     code = main(outcome=outcome)
+    code = _flush_output(code)
     if outcome.get("quick"):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except OSError:  # a reader that went away (`porter rules | head`): nothing more to tell it
-                pass
         os._exit(code)
     sys.exit(code)
+
+
+def _flush_output(code: int) -> int:
+    """Flush what is still buffered for stdout here, where a failure can still change the exit code: output lost
+    to a full disk (`> /dev/full`) is not a success."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`porter rules | head`): nothing more to tell it
+        _silence_stdout()
+        code = code or EXIT_BROKEN_PIPE
+    except OSError as exc:
+        _silence_stdout()
+        print(f"error: cannot write standard output ({exc.strerror or exc})", file=sys.stderr, flush=True)
+        code = code or EXIT_OUTPUT
+    try:
+        sys.stderr.flush()
+    except (OSError, AttributeError):
+        pass
+    return code
 
 
 def _silence_stdout() -> None:
@@ -601,6 +634,9 @@ def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = No
     """porter's command line; returns the exit code. ``outcome["quick"]`` says whether the process may exit
     without the interpreter's teardown (``run``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with stdout closed (`porter rules >&-`): every answer would be lost
+        print("error: standard output is closed, so porter's answer would be lost; nothing was done", file=sys.stderr)
+        return EXIT_OUTPUT
     con = Console()
     pre = argparse.ArgumentParser(add_help=False)
     _global_args(pre)
@@ -633,10 +669,16 @@ def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = No
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # a read-only site-packages, a full disk, a vanished file: say which
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EBADF):
+            _silence_stdout()  # writing the answer failed (`> /dev/full`)
+            con.note(con.paint("error:", "red") + f" cannot write standard output ({exc.strerror or exc})")
+            return EXIT_OUTPUT
         con.note(con.paint("error:", "red") + f" {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        con.note("interrupted")
+        changing = {"patch", "revert", "restore-original"}.intersection(argv)
+        con.note("interrupted" + (f"; `porter status` says what state the files are in, and `porter revert` repairs an "
+                                  f"interrupted {next(iter(changing))}" if changing else ""))
         return EXIT_INTERRUPTED
 
 

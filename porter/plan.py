@@ -61,7 +61,9 @@ class Plan:
         }
 
     def write_report(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        from .outputs import write_output
+
+        write_output(path, (json.dumps(self.to_json(), indent=2) + "\n").encode(), "--report")
 
 
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .diskio import atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
-from .errors import EXIT_NOT_FOUND, PorterError, StateError
+from .errors import EXIT_NOT_FOUND, InputError, PorterError, StateError
 from .lock import dir_lock
 from .target import InstalledTarget, record_differences, record_hashes
 
@@ -60,18 +60,24 @@ def restore_original(installed: InstalledTarget, wheel: Path | None = None, dry_
                         raise StateError(f"{wheel} does not hold {', '.join(absent)}; nothing was changed",
                                          hint=f"use the wheel of {installed.target.distribution} {installed.version}")
                     data = {rel: archive.read(rel) for rel in todo}
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise PorterError(f"{wheel}: not a readable wheel ({exc})", exit_code=EXIT_NOT_FOUND) from None
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
+                # the user's file (a wheel is an input file, exit 7); pip not finding one is 6, above
+                raise InputError(f"--wheel {wheel}: not a readable wheel ({exc})") from None
         wrong = [rel for rel in todo if sha256_bytes(data[rel]) != record[rel]]
         if wrong:
             raise StateError(f"{wheel}: {', '.join(wrong)} do(es) not match the sha256 in "
                              f"{installed.target.distribution}'s RECORD; nothing was changed",
                              hint=f"use the wheel of {installed.target.distribution} {installed.version}")
         check_writable([installed.path(rel) for rel in todo])
-        for rel in todo:
-            atomic_write(installed.path(rel), data[rel])
-            drop_bytecode(installed.path(rel))
-            progress(f"restored {rel} ({todo[rel]})")
+        try:
+            for rel in todo:
+                atomic_write(installed.path(rel), data[rel])
+                drop_bytecode(installed.path(rel))
+                progress(f"restored {rel} ({todo[rel]})")
+        except OSError as exc:
+            raise StateError(f"could not write {exc.filename or installed.path(rel)} ({exc.strerror or exc}); the "
+                             "files before it were restored", hint="free the space or fix the permissions, then run "
+                                                                   "it again: it restores what still differs") from None
         still = [rel for rel in todo if sha256_file(installed.path(rel)) != record[rel]]
         if still:
             raise StateError(f"after restoring, these still differ from RECORD: {', '.join(still)}")

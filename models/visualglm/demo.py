@@ -29,7 +29,9 @@ def add_arguments(p):
     p.add_argument("--iters", type=positive_int, default=400, help="training steps (default 400)")
     p.add_argument("--workers", type=positive_int, default=2, help="CPU processes (default 2)")
     p.add_argument("--seed", type=positive_int, default=1234, help="training seed (default 1234)")
-    p.add_argument("--save", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    p.add_argument("--save", type=Path, default=Path("runs/demo"),
+                   help="run folder (default runs/demo): new, empty, or an earlier porter run's, whose run files "
+                        "(checkpoints, metrics, summary) are replaced; a folder holding anything else is refused")
     p.add_argument("--patch", choices=("disk", "memory"), default="disk",
                    help="disk (default): patch the installed SAT and revert it at the end; memory: touch nothing")
 
@@ -57,8 +59,12 @@ def sat_state() -> str:
 
 def run(args) -> int:
     import json
-    import shutil
 
+    from porter.outputs import claim_run_folder, clear_run_outputs
+
+    # first, before minutes of work: the run folder must be new, empty or an earlier porter run's; of an earlier
+    # run only the files a run writes are removed, never the folder
+    clear_run_outputs(claim_run_folder(args.save, "--save"))
     encoder = pretrained_encoder()
     applied = False
     if args.patch == "disk" and sat_state() != "patched":
@@ -70,7 +76,6 @@ def run(args) -> int:
               f"(`porter patch sat --dry-run` shows the diff and the rule table)", flush=True)
         applied = True
     try:
-        shutil.rmtree(args.save, ignore_errors=True)
         code = porter("run", "visualglm", "train", "--npus", str(args.workers), "--device", "cpu",
                       "--preset", "tiny", "--finetune", "full", "--iters", str(args.iters), "--batch-size", "16",
                       "--lr", "3e-3", "--warmup", "0.05", "--zero-stage", "0", "--augment", "--pad-to", "longest",

@@ -74,3 +74,58 @@ def assert_refused(result, code: int, *needles: str) -> None:
     assert len(errors) == 1, f"wanted one error line, got {len(errors)}:\n{text}"
     for needle in needles:
         assert needle in text, f"{needle!r} not in:\n{text}"
+
+
+# -- the census's page ---------------------------------------------------------------------------------------------
+
+DOC = "docs/reliability.md"
+BEGIN, END = "<!-- census:begin -->", "<!-- census:end -->"
+
+
+def all_cases() -> list[Case]:
+    """Every case of every ``test_census_*.py`` module beside this file, in file order."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    for folder in (here, here.parent):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    cases = []
+    for module in sorted(here.glob("test_census_*.py")):
+        cases += importlib.import_module(module.stem).CASES
+    return cases
+
+
+def render(cases: Sequence[Case]) -> str:
+    """The census section of docs/reliability.md: the count, then a table per kind."""
+    lines = [BEGIN, "", f"**{len(cases)} cases.** Each row is one distinct bad input or fault (variants that differ "
+             "only in random bytes count once) and names the test id that asserts it: its exit code or HTTP status, "
+             "one line without a traceback, and the tree's bytes where files are involved. Regenerate this section "
+             "with `.venv/bin/python tests/reliability/census.py`.", ""]
+    for kind in KINDS:
+        rows = [c for c in cases if c.kind == kind]
+        if not rows:
+            continue
+        lines += [f"### {kind} ({len(rows)})", "", "| case | what it proves |", "|---|---|"]
+        lines += [f"| `{c.id}` | {c.proves.replace('|', '/')} |" for c in rows]
+        lines.append("")
+    return "\n".join(lines + [END])
+
+
+def main() -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).parent.parent.parent / DOC
+    text = doc.read_text()
+    section = render(all_cases())
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## The census\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
