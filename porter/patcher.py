@@ -5,12 +5,11 @@ Every step is ordered so that a crash at any point leaves either the untouched t
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from .diskio import atomic_symlink, atomic_write, check_writable, drop_bytecode, sha256_bytes, sha256_file
 from .errors import StateError
@@ -379,8 +378,7 @@ def revert(installed: InstalledTarget, force: bool = False, progress: Progress =
                 raise
             # an unreadable journal: what is on disk is all there is; restore every saved original that differs
             progress(f"{Journal.path_in(installed.state_dir)} is unreadable: restoring from the saved originals")
-            differing = sorted(orphans(installed, ignore_journal=True))
-            files = _restore_orphans(installed, differing, force, progress)
+            files = _restore_orphans(installed, sorted(orphans(installed, ignore_journal=True)), force, progress)
             return Outcome("reverted", files=files, notes=["restored from the saved originals (unreadable journal)"])
         leftovers = _temporaries(installed)
         _clear_temporaries(installed, progress)

@@ -135,7 +135,9 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
            progress: Callable[[str], None] = lambda _m: None) -> Report:
     report = Report()
     add = report.results.append
-    journal = Journal.load(installed.state_dir)
+    from .patcher import load_journal
+
+    journal = load_journal(installed)  # paths inside the package, like every reader of a journal
     if journal is None:
         add(CheckResult("journal", installed.name, FAIL, "not patched: no journal"))
         return report
