@@ -1,7 +1,9 @@
 """`porter run visualglm check`: will this checkpoint folder (and tokenizer) work here? Answered in seconds.
 
 Reads ``model_config.json``, every key and shape of the weights file through a memory map (no tensor data
-is read), the tokenizer's layout, and compares the memory the load needs with what is free. Loads no weights.
+is read), the tokenizer's layout, and compares the memory the load needs with what is free. Loads no weights,
+and runs nothing from the weights file: its pickle's globals are read as opcodes first, and a file that names
+anything beyond tensors and SAT's training state is refused (exit 7) before it is unpickled, weights-only.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def run(args) -> int:
     from porter.runtime import device
 
     from .assets import tokenizer_for, tokenizer_type_of
-    from .checkpoint import compare_keys, inspect_checkpoint, meta_model, read_states, resolve_dtype
+    from .checkpoint import compare_keys, inspect_checkpoint, meta_model, read_states, resolve_dtype, scan_states
 
     problems: list[str] = []
 
@@ -73,6 +75,9 @@ def run(args) -> int:
        f"{c.vision.image_size} px; Q-Former {c.qformer.layers} x {c.qformer.hidden}, {c.qformer.queries} queries"
        + (f"; fine-tuned with {ckpt.finetune}" if ckpt.finetune else ""))
 
+    # An unreadable or crafted weights file is one error, as a missing one is: nothing below can be checked without
+    # its keys. Scanned before unpickling, so the refusal names every global the pickle would have called.
+    scan_states(ckpt.states_file)
     weights = read_states(ckpt.states_file)
     expected = meta_model(ckpt).state_dict()
     report = compare_keys(weights, expected)

@@ -9,7 +9,11 @@ The released VisualGLM-6B folder loads as it is, and so do the checkpoints SAT's
   ``inv_freq`` buffers may or may not be in a file, and are computed as SAT does either way (SAT's rotary
   module ignores them on load);
 - any other unexpected or missing key, or a shape that does not match ``model_config.json``, is an error
-  that lists all of them.
+  that lists all of them;
+- nothing in a file runs: weights files are unpickled by :mod:`porter.runtime.checkpoints` (``weights_only``
+  with SAT's own RNG state allowed, nothing else), and ``check`` and ``train --resume`` read a file's pickle
+  globals as opcodes before anything unpickles it. ``latest`` and ``model_config.json`` are checked to be small
+  regular files of UTF-8 text before they are read.
 """
 from __future__ import annotations
 
@@ -23,10 +27,14 @@ from pathlib import Path
 import torch
 
 from porter.errors import InputError
+from porter.runtime import checkpoints as safe_load
 
 from .config import VisualGLMConfig
 
 STATES = "mp_rank_00_model_states.pt"
+STATES_SAFETENSORS = "mp_rank_00_model_states.safetensors"  # the same weights without a pickle, if converted
+LATEST_LIMIT = 256  # bytes: `latest` holds one iteration name; a bigger file is not SAT's
+CONFIG_LIMIT = 1 << 20  # bytes: SAT's model_config.json is about 2 KB
 # key -> why it is in some files and may be dropped
 STALE = {
     "transformer.position_embeddings.weight":
@@ -47,6 +55,7 @@ class Checkpoint:
     iteration: str
     config: VisualGLMConfig
     sat_args: dict  # model_config.json as written
+    states_name: str = STATES
 
     @property
     def finetune(self) -> str | None:
@@ -58,7 +67,41 @@ class Checkpoint:
 
     @property
     def states_file(self) -> Path:
-        return self.folder / self.iteration / STATES
+        return self.folder / self.iteration / self.states_name
+
+
+def _read_small_text(path: Path, limit: int, what: str) -> str:
+    """A small UTF-8 file's text; one error naming it if it is missing, not a regular file (a FIFO or a device would
+    never finish reading), too big for ``what`` or not UTF-8."""
+    try:
+        safe_load.check_regular_file(path)
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except safe_load.RefusedCheckpoint as exc:
+        raise CheckpointError(str(exc)) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise CheckpointError(f"{path}: more than {limit:,} bytes; {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); {what}") from None
+
+
+def read_latest(folder: Path) -> str:
+    """The iteration ``folder/latest`` names: one folder name inside ``folder``, never a path out of it."""
+    latest = folder / "latest"
+    if not latest.exists() and not latest.is_symlink():
+        raise CheckpointError(f"{latest}: missing; a SAT checkpoint folder names its iteration in `latest`",
+                              hint="point --from_pretrained at the folder that holds `latest` and `model_config.json`")
+    iteration = _read_small_text(latest, LATEST_LIMIT, "SAT writes the iteration's folder name there").strip()
+    if not iteration:
+        raise CheckpointError(f"{latest}: empty; SAT writes the iteration's folder name there")
+    if iteration in (".", "..") or Path(iteration).name != iteration or "\\" in iteration or "\0" in iteration:
+        raise CheckpointError(f"{latest}: says {iteration!r}, which is not a folder name in {folder}",
+                              hint="SAT writes the iteration number, e.g. 1000")
+    return iteration
 
 
 def inspect_checkpoint(folder: str | Path) -> Checkpoint:
@@ -66,54 +109,128 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
-    latest = folder / "latest"
-    if not latest.is_file():
-        raise CheckpointError(f"{latest}: missing; a SAT checkpoint folder names its iteration in `latest`",
-                              hint="point --from_pretrained at the folder that holds `latest` and `model_config.json`")
-    iteration = latest.read_text().strip()
-    if not iteration or not (folder / iteration).is_dir():
+    iteration = read_latest(folder)
+    if not (folder / iteration).is_dir():
         raise CheckpointError(f"{folder / iteration}: iteration folder missing (`latest` says {iteration!r})")
-    ranks = sorted(p.name for p in (folder / iteration).glob("mp_rank_*_model_states.pt"))
-    if len(ranks) > 1:
+    ranks = sorted(p.name for p in (folder / iteration).glob("mp_rank_*_model_states.*")
+                   if p.suffix in (".pt", ".safetensors"))
+    if len({name.split("_model_states")[0] for name in ranks}) > 1:
         raise CheckpointError(
             f"{folder / iteration}: a model-parallel checkpoint in {len(ranks)} parts ({', '.join(ranks)}); porter "
             f"loads model_parallel_size 1", hint="merge the parts with SAT's model-parallel tools first, or use the "
                                                  "released single-file checkpoint")
-    if not (folder / iteration / STATES).is_file():
+    names = [n for n in (STATES, STATES_SAFETENSORS) if (folder / iteration / n).exists()
+             or (folder / iteration / n).is_symlink()]
+    if not names:
         raise CheckpointError(f"{folder / iteration / STATES}: weights file missing")
-    config_file = folder / "model_config.json"
+    if len(names) > 1:
+        raise CheckpointError(f"{folder / iteration}: both {STATES} and {STATES_SAFETENSORS}; porter will not guess "
+                              f"which one holds the weights", hint="remove one of them")
     try:
-        sat_args = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{config_file}: missing") from None
+        safe_load.check_regular_file(folder / iteration / names[0])
+    except safe_load.RefusedCheckpoint as exc:
+        raise CheckpointError(str(exc)) from None
+    config_file = folder / "model_config.json"
+    if not config_file.exists() and not config_file.is_symlink():
+        raise CheckpointError(f"{config_file}: missing")
+    text = _read_small_text(config_file, CONFIG_LIMIT, "expected SAT's model_config.json")
+    try:
+        sat_args = json.loads(text)
     except ValueError as exc:
         raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from None
     if not isinstance(sat_args, dict):
         raise CheckpointError(f"{config_file}: expected a JSON object of SAT's arguments")
-    if int(sat_args.get("model_parallel_size", 1) or 1) != 1:
-        raise CheckpointError(f"{config_file}: model_parallel_size {sat_args['model_parallel_size']}; porter loads 1",
+    mp = sat_args.get("model_parallel_size", 1)
+    if mp not in (1, None, 0) or isinstance(mp, bool):  # 0 and null: SAT's default, one part
+        raise CheckpointError(f"{config_file}: model_parallel_size {mp!r}; porter loads 1",
                               hint="merge the model-parallel parts first")
-    return Checkpoint(folder, iteration, VisualGLMConfig.from_sat_args(sat_args, str(config_file)), sat_args)
+    for key, expected in ADAPTER_FIELDS.items():  # what meta_model passes to the adapters
+        value = sat_args.get(key)
+        if value is not None and not _is_a(value, expected):
+            raise CheckpointError(f"{config_file}: '{key}' is {value!r}: expected {expected}")
+    return Checkpoint(folder, iteration, VisualGLMConfig.from_sat_args(sat_args, str(config_file)), sat_args,
+                      names[0])
+
+
+ADAPTER_FIELDS = {"use_lora": "true or false", "use_ptuning": "true or false", "lora_rank": "a whole number",
+                  "pre_seq_len": "a whole number", "layer_range": "a list"}
+
+
+def _is_a(value, expected: str) -> bool:
+    if expected == "true or false":
+        return isinstance(value, bool)
+    if expected == "a whole number":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, list)
+
+
+def scan_states(path: Path) -> None:
+    """Refuse a weights file whose pickle names any global beyond tensors and SAT's training state, reading its
+    pickle as opcodes: nothing in it runs, and no tensor is read. A file this cannot scan (the legacy format,
+    safetensors) is left to :func:`read_states`, which unpickles weights-only."""
+    try:
+        names = safe_load.unsafe_globals(path)
+    except safe_load.RefusedCheckpoint as exc:
+        raise CheckpointError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged zip raises RuntimeError, KeyError, ValueError...
+        raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
+    if names:
+        raise CheckpointError(str(safe_load.refusal(path, names)), hint=UNSAFE_HINT)
+
+
+def check_resume_states(folder: Path) -> Path:
+    """Before ``train --resume`` launches: the weights file SAT's load_checkpoint will read from ``folder`` (``latest``
+    -> ``<iteration>/mp_rank_00_model_states.pt``, as SAT names it) exists, is a regular file, and its pickle names
+    nothing beyond tensors and SAT's training state. Read as opcodes in the parent, so a crafted file is refused
+    before DeepSpeed starts a worker; the workers' patched SAT unpickles weights-only as well."""
+    text = read_latest(folder)
+    # SAT reads `latest` as an int (or "release") and names the folder '{:d}'.format(it): "007" is folder 7
+    name = "release" if text == "release" else str(int(text)) if text.isdigit() and text.isascii() else None
+    if name is None:
+        raise CheckpointError(f"--resume: {folder / 'latest'}: holds {text[:32]!r}, not an iteration number")
+    states = folder / name / STATES
+    if not states.exists() and not states.is_symlink():
+        raise CheckpointError(f"--resume: {states}: weights file missing (`latest` says {text!r})")
+    try:
+        scan_states(states)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc.message}", hint=exc.hint) from None
+    return states
+
+
+UNSAFE_HINT = ("porter reads only tensors and SAT's own training state; if you trust the file, load it in Python and "
+               "save its state dict again with torch.save, or as .safetensors")
 
 
 def read_states(path: Path) -> dict[str, torch.Tensor]:
-    """The ``module`` state dict of a SAT weights file, memory-mapped: tensors are read when first touched."""
+    """The ``module`` state dict of a SAT weights file, memory-mapped: tensors are read when first touched.
+
+    Unpickled weights-only (porter.runtime.checkpoints): a file whose pickle names anything beyond tensors and SAT's
+    RNG state is refused, naming it, and nothing in it runs. ``.safetensors`` files load through safetensors."""
     try:
-        # SAT stores its training state (lr scheduler, RNG states) beside the weights: a trusted local file.
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zip" not in str(exc).lower():
-            raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
-        try:  # the legacy (pre-zip) serialization cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:  # noqa: BLE001 - whatever unpickling raises, the file is unusable
-            raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc2)})") from None
-    except Exception as exc:  # noqa: BLE001 - truncated or random bytes raise anything from EOFError to KeyError
-        raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
+        state = _load(path, mmap=True)
+    except RuntimeError:  # _load lets only torch's "mmap can only be used with" zip files through
+        state = _load(path, mmap=False)  # the legacy (pre-zip) serialization cannot be memory-mapped
     weights = state.get("module", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: no 'module' state dict of tensors inside")
     return weights
+
+
+def _load(path: Path, mmap: bool):
+    """The safe loader's result, or one CheckpointError naming the file; with ``mmap``, torch's refusal to map a
+    legacy-format file is raised as it is, for the caller to load it unmapped."""
+    try:
+        return safe_load.load(path, map_location="cpu", mmap=mmap)
+    except safe_load.RefusedCheckpoint as exc:
+        raise CheckpointError(str(exc), hint=UNSAFE_HINT if exc.globals else None) from None
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):
+            raise
+        raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or random bytes raise anything from EOFError to IndexError
+        reason = _first_line(exc).removeprefix(f"{path}: ")  # the safe loader's reasons start with the file
+        raise CheckpointError(f"checkpoint file corrupt: {path} ({reason})") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,69 @@ from porter.errors import InputError, PorterError
 from . import tokenizer as tok
 
 FINETUNE_MODES = ("lora", "ptuning", "full")
+LAYERNORM_ORDERS = ("pre", "post", "sandwich")  # what SAT's BaseTransformerLayer accepts
+_REQUIRED = object()
+
+
+def _kind(value) -> str:
+    """How a JSON value reads in an error: 'a list', "the string 'two'", 'the number -3'."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _positive_int(value, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # true and false are not counts here
+        raise ValueError(f"'{path}' is {_kind(value)}: expected a whole number above 0")
+    return value
+
+
+class _Section:
+    """One object of model_config.json whose fields are read with their type checked; errors name the field by its
+    path in the file ('eva_args.num_layers') and say what was found."""
+
+    def __init__(self, data, prefix: str):
+        if not isinstance(data, dict):
+            raise ValueError(f"{(repr(prefix.rstrip('.')) + ' is ') if prefix else ''}{_kind(data)}: expected an "
+                             f"object of SAT's arguments")
+        self.data, self.prefix = data, prefix
+
+    def get(self, key: str, default=None):
+        return self.data.get(key, default)
+
+    def _value(self, key: str, default):
+        if key not in self.data or (self.data[key] is None and default is not _REQUIRED):
+            if default is _REQUIRED:
+                raise KeyError(self.prefix + key)
+            return default, False
+        return self.data[key], True
+
+    def section(self, key: str) -> _Section:
+        value, _ = self._value(key, _REQUIRED)
+        return _Section(value, f"{self.prefix}{key}.")
+
+    def size(self, key: str, default=_REQUIRED) -> int:
+        """A count or width: a whole number above 0."""
+        value, given = self._value(key, default)
+        return _positive_int(value, self.prefix + key) if given else value
+
+    def number(self, key: str, default=_REQUIRED) -> float:
+        """A positive number (an epsilon)."""
+        value, given = self._value(key, default)
+        if given and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"'{self.prefix}{key}' is {_kind(value)}: expected a number above 0")
+        return value
+
+    def text(self, key: str, default=_REQUIRED, choices: tuple[str, ...] | None = None) -> str:
+        value, given = self._value(key, default)
+        if given and (not isinstance(value, str) or (choices and value not in choices)):
+            expected = f"one of {', '.join(choices)}" if choices else "a string"
+            raise ValueError(f"'{self.prefix}{key}' is {_kind(value)}: expected {expected}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -82,37 +145,51 @@ class VisualGLMConfig:
 
     @classmethod
     def from_sat_args(cls, args: dict, source: str = "model_config.json") -> VisualGLMConfig:
-        """Read SAT's model_config.json (the released VisualGLM-6B one included)."""
+        """Read SAT's model_config.json (the released VisualGLM-6B one included). Every field porter reads is
+        checked for its type and range here, so a hand-edited file is one error naming the field, not a
+        traceback from deep inside the model's constructor."""
         try:
-            eva, qf = args["eva_args"], args["qformer_args"]
-            size = eva.get("image_size", [224, 224])
-            is_decoder = qf.get("is_decoder", [True] * qf["num_layers"])
+            top = _Section(args, "")
+            top.text("model_class", None)
+            top.text("tokenizer_type", None)
+            eva, qf = top.section("eva_args"), top.section("qformer_args")
+            size = eva.get("image_size", 224)
+            sides = size if isinstance(size, list) and len(size) in (1, 2) else [size]  # SAT: [h, w] or one side
+            image_size = [_positive_int(side, "eva_args.image_size") for side in sides][0]
+            q_layers = qf.size("num_layers")
+            is_decoder = qf.get("is_decoder", [True] * q_layers)
             if is_decoder is True:  # SAT: a single bool applies to every layer
-                is_decoder = [True] * qf["num_layers"]
+                is_decoder = [True] * q_layers
             if not isinstance(is_decoder, list) or not any(is_decoder):
                 raise ValueError(f"'qformer_args.is_decoder' {is_decoder!r}: the Q-Former must cross-attend to the "
                                  f"image in some layer")
+            if not all(isinstance(d, bool) for d in is_decoder):
+                raise ValueError(f"'qformer_args.is_decoder' {is_decoder!r}: expected true or false per layer")
             cross = [i for i, d in enumerate(is_decoder) if d]
-            every = cross[1] - cross[0] if len(cross) > 1 else qf["num_layers"]
-            if is_decoder != [i % every == 0 for i in range(qf["num_layers"])]:
+            every = cross[1] - cross[0] if len(cross) > 1 else q_layers
+            if is_decoder != [i % every == 0 for i in range(q_layers)]:
                 raise ValueError(f"'qformer_args.is_decoder' {is_decoder}: cross-attention every n-th layer from "
                                  f"layer 0 is what VisualGLM uses")
-            vision = VisionConfig(layers=eva["num_layers"], hidden=eva["hidden_size"], heads=eva["num_attention_heads"],
-                                  mlp=eva.get("inner_hidden_size") or 4 * eva["hidden_size"],
-                                  image_size=size[0] if isinstance(size, list) else size,
-                                  patch_size=eva.get("patch_size", 14), eps=eva.get("layernorm_epsilon", 1e-6))
-            qformer = QFormerConfig(layers=qf["num_layers"], hidden=qf["hidden_size"], heads=qf["num_attention_heads"],
-                                    queries=args.get("image_length", qf.get("vocab_size", 32)),
+            v_hidden = eva.size("hidden_size")
+            vision = VisionConfig(layers=eva.size("num_layers"), hidden=v_hidden,
+                                  heads=eva.size("num_attention_heads"),
+                                  mlp=eva.size("inner_hidden_size", None) or 4 * v_hidden,
+                                  image_size=image_size, patch_size=eva.size("patch_size", 14),
+                                  eps=eva.number("layernorm_epsilon", 1e-6))
+            qformer = QFormerConfig(layers=q_layers, hidden=qf.size("hidden_size"),
+                                    heads=qf.size("num_attention_heads"),
+                                    queries=top.size("image_length", None) or qf.size("vocab_size", 32),
                                     cross_every=every,
-                                    eps=qf.get("layernorm_epsilon", 1e-12),
-                                    layernorm_order=qf.get("layernorm_order", "post"))
-            lm = LanguageConfig(layers=args["num_layers"], hidden=args["hidden_size"],
-                                heads=args["num_attention_heads"],
-                                inner=args.get("inner_hidden_size") or 4 * args["hidden_size"],
-                                vocab=args["vocab_size"], max_sequence_length=args.get("max_sequence_length", 2048))
+                                    eps=qf.number("layernorm_epsilon", 1e-12),
+                                    layernorm_order=qf.text("layernorm_order", "post", LAYERNORM_ORDERS))
+            hidden = top.size("hidden_size")
+            lm = LanguageConfig(layers=top.size("num_layers"), hidden=hidden,
+                                heads=top.size("num_attention_heads"),
+                                inner=top.size("inner_hidden_size", None) or 4 * hidden,
+                                vocab=top.size("vocab_size"), max_sequence_length=top.size("max_sequence_length", 2048))
         except ValueError as exc:
             raise InputError(f"{source}: {exc}") from None
-        except (KeyError, TypeError, IndexError) as exc:
+        except KeyError as exc:
             raise InputError(f"{source}: missing or malformed field {exc}",
                               hint="expected SAT's model_config.json of a VisualGLM model") from None
         return cls(vision, qformer, lm)

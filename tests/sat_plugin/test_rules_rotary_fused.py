@@ -198,15 +198,35 @@ def test_unwrapped_optimizer():
     """)
 
 
-def test_torch_load_reads_full_checkpoints():
+def test_torch_load_goes_through_porters_loader_which_runs_no_code():
     assert_rewrites(compat.LOAD_CHECKPOINT, """
         import torch
         sd = torch.load(checkpoint_name, map_location='cpu')
     """, """
         import torch
-        sd = torch.load(checkpoint_name, map_location='cpu', weights_only=False)
+        import porter.runtime.checkpoints as porter_checkpoints
+
+        sd = porter_checkpoints.load(checkpoint_name, map_location='cpu')
     """)
-    assert_untouched(compat.LOAD_CHECKPOINT, "import torch\nsd = torch.load(path, weights_only=True)\n")
+    # weights_only is the runtime's to decide: an explicit one (either way) is dropped, with its separator
+    assert_rewrites(compat.LOAD_CHECKPOINT, """
+        import torch
+        a = torch.load(path, weights_only=False)
+        b = torch.load(path, weights_only=True, map_location='cpu')
+        c = torch.load(
+            path,
+            weights_only=False,
+        )
+    """, """
+        import torch
+        import porter.runtime.checkpoints as porter_checkpoints
+
+        a = porter_checkpoints.load(path)
+        b = porter_checkpoints.load(path, map_location='cpu')
+        c = porter_checkpoints.load(
+            path,
+        )
+    """)
 
 
 # Aliases and other layouts: the rules read what the code means, not how it is spelt.
@@ -284,7 +304,8 @@ def test_glm130b_softmax_through_another_import_and_names():
 
 def test_compat_and_import_rules_through_aliases():
     assert_rewrites(compat.LOAD_CHECKPOINT, "from torch import load\nsd = load(path)\n",
-                    "from torch import load\nsd = load(path, weights_only=False)\n")
+                    "from torch import load\nimport porter.runtime.checkpoints as porter_checkpoints\n\n"
+                    "sd = porter_checkpoints.load(path)\n")
     assert_untouched(compat.LOAD_CHECKPOINT, "import pickle as torch\nsd = torch.load(f)\n")
     assert_rewrites(compat.UNWRAPPED_OPTIMIZER, "name = opt.optimizer.__class__.__name__\n",
                     "name = getattr(opt, 'optimizer', opt).__class__.__name__\n")

@@ -6,8 +6,6 @@ import libcst.matchers as m
 
 from porter.rules import JsonValue, Rule, RuleDocs, RuleTransformer
 
-from .runtime import keyword
-
 MIN_LOSS_SCALE = Rule(
     id="sat.compat.zero0-min-loss-scale", target="sat", category="compat",
     files=("sat/training/deepspeed_zero0.json",),
@@ -45,32 +43,43 @@ UNWRAPPED_OPTIMIZER = Rule(
         upstream="sat/training/model_io.py save_checkpoint",
         removal="When SAT checks for the wrapper."))
 
-class LoadFullCheckpoint(RuleTransformer):
-    """``torch.load(path, map_location=...)`` -> the same with ``weights_only=False``."""
+# porter's loader of checkpoint files, as rewritten code imports it (beside porter_device and porter_ops)
+CHECKPOINTS = ("porter.runtime.checkpoints", "porter_checkpoints")
+
+
+class LoadWithoutRunningCode(RuleTransformer):
+    """``torch.load(f, ...)`` -> ``porter_checkpoints.load(f, ...)``; a ``weights_only`` keyword is dropped, since
+    the runtime decides it (always True, with SAT's RNG state allowed)."""
 
     def leave_Call(self, original_node, updated_node):
-        if not self.refers_to(original_node.func, "torch.load") or any(a.keyword and a.keyword.value == "weights_only"
-                                                             for a in updated_node.args):
+        if not self.refers_to(original_node.func, "torch.load"):
             return updated_node
-        self.record(original_node, "torch.load(...) -> torch.load(..., weights_only=False)")
-        arg = keyword("weights_only", cst.Name("False"))
-        args = list(updated_node.args)
-        args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-        return updated_node.with_changes(args=[*args, arg])
+        self.record(original_node, "torch.load(...) -> porter_checkpoints.load(...)")
+        args = [a for a in updated_node.args if not (a.keyword and a.keyword.value == "weights_only")]
+        if args and args[-1] is not updated_node.args[-1]:
+            # the dropped keyword was the last argument: its separator (none, or a trailing comma) moves forward
+            args[-1] = args[-1].with_changes(comma=updated_node.args[-1].comma)
+        return updated_node.with_changes(func=cst.Attribute(self.require_import(*CHECKPOINTS), cst.Name("load")),
+                                         args=args)
 
 
 LOAD_CHECKPOINT = Rule(
     id="sat.compat.torch-load", target="sat", category="compat", files=("sat/training/model_io.py",),
-    summary="load_checkpoint reads SAT's own checkpoints on torch >= 2.6", rewrite=LoadFullCheckpoint,
-    triggers=("load",),
+    summary="load_checkpoint reads SAT's own checkpoints on torch >= 2.6 without running code from them",
+    rewrite=LoadWithoutRunningCode, triggers=("load",),
     docs=RuleDocs(
-        why="torch 2.6 made torch.load(weights_only=True) the default; SAT's checkpoints carry numpy and Python "
-            "RNG states beside the weights, so load_checkpoint (--load, resuming) fails on every checkpoint SAT "
-            "itself wrote.",
-        how="The call passes weights_only=False, which is what it meant when it was written: these are the "
-            "user's own training checkpoints.",
-        upstream="sat/training/model_io.py load_checkpoint; torch 2.6 release notes (weights_only default)",
-        removal="When SAT passes weights_only itself."))
+        why="torch 2.6 made torch.load(weights_only=True) the default; SAT's checkpoints carry numpy's RNG state "
+            "(a uint32 array) beside the weights, so load_checkpoint (--load, resuming) fails on every checkpoint "
+            "SAT itself wrote. Passing weights_only=False instead would let a crafted checkpoint run any code on "
+            "the machine that resumes from it.",
+        how="The call becomes porter_checkpoints.load (porter.runtime.checkpoints) with the same arguments: "
+            "torch.load with weights_only=True and, for that call only (torch.serialization.safe_globals), the numpy "
+            "ndarray, dtype, uint32 dtype class and reconstructor that np.random.get_state() pickles. Python's and "
+            "torch's RNG states, the scheduler state and DeepSpeed's fields need nothing more. A file whose pickle "
+            "names any other global is refused with one line naming it and the globals, and nothing in it runs.",
+        upstream="sat/training/model_io.py load_checkpoint and save_ds_checkpoint (np_rng_state); torch 2.6 release "
+                 "notes (weights_only default)",
+        removal="When SAT loads its checkpoints weights-only itself (allow-listing its RNG state)."))
 
 class PrefetchOnlyWithWorkers(RuleTransformer):
     """In a call that passes both, ``prefetch_factor=X`` -> ``prefetch_factor=X if <num_workers> > 0 else None``."""
