@@ -94,7 +94,7 @@ def all_cases() -> list[Case]:
             sys.path.insert(0, str(folder))
     cases = []
     for module in sorted(here.glob("test_census_*.py")):
-        cases += importlib.import_module(module.stem).CASES
+        cases += [c[0] if isinstance(c, tuple) else c for c in importlib.import_module(module.stem).CASES]
     return cases
 
 
