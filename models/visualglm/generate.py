@@ -74,7 +74,8 @@ class Decoder:
     attends to every cached position).
     """
 
-    def __init__(self, model, requests: list[Request], allowed: torch.Tensor | None = None):
+    def __init__(self, model, requests: list[Request], allowed: torch.Tensor | None = None,
+                 isolate_rows: bool = False):
         kinds = {r.prompt.has_image and r.image is not None for r in requests}
         if len(kinds) > 1:
             raise ValueError("a batch is all image prompts or all text-only prompts")
@@ -84,6 +85,7 @@ class Decoder:
                                  f"{r.sampling.max_length}: no room for an answer")
         param = next(model.parameters())
         self.model, self.allowed, self.requests = model, allowed, list(requests)
+        self.isolate_rows, self.failed = isolate_rows, {}  # failed: request index -> why its token was not drawn
         self.live = list(range(len(requests)))  # request index of each batch row
         self.generated: list[list[int]] = [[] for _ in requests]
         self.generators = [torch.Generator().manual_seed(r.sampling.seed) if r.sampling.seed is not None else None
@@ -106,7 +108,32 @@ class Decoder:
 
     @torch.no_grad()
     def step(self) -> dict[int, int | None]:
-        """Request index -> the token it got this step, or None where the answer ended (and left the batch)."""
+        """Request index -> the token it got this step, or None where the answer ended (and left the batch).
+
+        With ``isolate_rows`` a row whose token cannot be drawn (its sampling raised) leaves the batch and its
+        error is kept in ``failed`` (request index -> exception): one bad request of a served batch fails alone."""
+        last = self._logits()
+        out, ended, picked = {}, [], []
+        for row, index in enumerate(self.live):
+            token = self._pick(row, index, last)
+            picked.append(tok.PAD if token is None else token)  # a failed row's column is dropped below
+            if token is None or token == tok.EOS:
+                ended.append(index)
+                if token is not None:
+                    out[index] = None
+                continue
+            self.generated[index].append(token)
+            out[index] = token
+            if len(self.requests[index].prompt.ids) + len(self.generated[index]) >= \
+                    self.requests[index].sampling.max_length:
+                ended.append(index)
+        self.seq = torch.cat([self.seq, torch.tensor(picked, device=self.seq.device).unsqueeze(1)], dim=1)
+        if ended:
+            self.drop(ended)
+        return out
+
+    def _logits(self) -> torch.Tensor:
+        """The next position's logits for every live row, [rows, vocab]; the key/value cache moves on."""
         extra = dict(self.extra)
         if self.past is None:  # the whole prompt goes in: the vocabulary's logits only at its last position
             extra["logit_mask"] = torch.zeros_like(self.seq, dtype=torch.bool)
@@ -115,24 +142,18 @@ class Decoder:
             extra = {}
         logits, *layers = self.model(input_ids=self.seq, past_key_values=self.past, **extra)
         self.past = [layer["past_key_values"] for layer in layers]
-        last = logits[:, -1] if logits.dim() == 3 else logits  # [rows, vocab] either way
-        out, ended, picked = {}, [], []
-        for row, index in enumerate(self.live):
-            request, generated = self.requests[index], self.generated[index]
-            token = pick(last[row].cpu(), request.sampling, self.generators[index], generated, self.allowed)
-            picked.append(token)
-            if token == tok.EOS:
-                out[index] = None
-                ended.append(index)
-                continue
-            generated.append(token)
-            out[index] = token
-            if len(request.prompt.ids) + len(generated) >= request.sampling.max_length:
-                ended.append(index)
-        self.seq = torch.cat([self.seq, torch.tensor(picked, device=self.seq.device).unsqueeze(1)], dim=1)
-        if ended:
-            self.drop(ended)
-        return out
+        return logits[:, -1] if logits.dim() == 3 else logits  # [rows, vocab] either way
+
+    def _pick(self, row: int, index: int, last: torch.Tensor) -> int | None:
+        request = self.requests[index]
+        try:
+            return pick(last[row].cpu(), request.sampling, self.generators[index], self.generated[index],
+                        self.allowed)
+        except Exception as exc:
+            if not self.isolate_rows:
+                raise
+            self.failed[index] = exc
+            return None
 
     def drop(self, indices) -> None:
         """Stop generating for these request indices (ended, stopped by a stop string, or cancelled)."""

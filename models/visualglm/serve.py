@@ -6,6 +6,7 @@ The port is bound before the model loads, so a port in use is one line at once, 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 import sys
@@ -16,6 +17,8 @@ from porter.recipes import positive_float, positive_int
 from .assets import add_weight_arguments
 from .config import PRESET_NAMES
 
+API_KEY_ENV = "PORTER_SERVE_API_KEY"
+
 EPILOG = """\
 routes:
   POST /v1/chat/completions   OpenAI's chat completions (stream or not), one image per chat
@@ -24,10 +27,22 @@ routes:
   GET  /                      a chat page: upload or paste an image, ask, watch the answer stream in
   GET  /health                queue and batch state
 
+API key: with --api-key KEY (or PORTER_SERVE_API_KEY=KEY in the environment, which keeps the key out of the
+process list) every API route (/v1/..., POST /) wants the header "Authorization: Bearer KEY" and answers 401
+without it; OpenAI clients send it as their api_key. The chat page's files (GET /, /static/) and GET /health
+(a load balancer's probe) stay open; the page asks for the key and keeps it for the browser tab.
+
+image URLs: fetched only from public addresses; a URL whose host resolves to loopback, link-local, private,
+shared, multicast, reserved or unspecified addresses is refused unless --allow-private-urls. The server
+connects to the address it checked, re-checks each redirect, and answers every failed fetch with the same
+400 "image_url could not be fetched as an image" (the reason goes to stderr).
+
 examples:
   porter run visualglm serve
       the tiny preset with random weights on http://127.0.0.1:8080: see the plumbing work
-  porter run visualglm serve --from_pretrained glm/visualglm --chatglm_path glm/chatglm --host 0.0.0.0
+  PORTER_SERVE_API_KEY=$(openssl rand -hex 16) porter run visualglm serve --from_pretrained glm/visualglm \
+      --chatglm_path glm/chatglm --host 0.0.0.0
+      the released model for other machines, behind a key
   curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "visualglm-tiny", "messages": [{"role": "user", "content": "Describe the image."}]}'
 """
@@ -51,8 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-timeout", type=positive_float, default=10.0,
                    help="seconds to fetch an image URL (default 10)")
     p.add_argument("--no-url-images", dest="url_images", action="store_false",
-                   help="refuse http(s) image URLs (400): the server then fetches nothing a client points it at, "
-                        "e.g. addresses inside your network; images come as data: URIs")
+                   help="refuse http(s) image URLs (400): the server then fetches nothing a client points it at; "
+                        "images come as data: URIs")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="let image URLs lead to this machine and private networks (loopback, 10/8, 192.168/16, "
+                        "link-local, ...): only where every client may reach them anyway")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None, metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on the API routes (401 otherwise; default: "
+                        f"${API_KEY_ENV}, else no key)")
     p.add_argument("--seed", type=int, default=None, help="weights of the tiny preset (default 1234)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
 
@@ -72,15 +93,39 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def loopback(host: str) -> bool:
+    """True when ``host`` (what --host names) is only reachable from this machine."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_loopback for info in infos)
+
+
+def open_warning(host: str, api_key: str | None) -> str | None:
+    """The line to print when other machines can reach a server that asks no key."""
+    if api_key or loopback(host):
+        return None
+    return (f"warning: serving on {host} without an API key: anyone who reaches this port can use the model "
+            f"(--api-key KEY or {API_KEY_ENV})")
+
+
 def run(args) -> int:
     if args.device != "auto":
         os.environ["PORTER_DEVICE"] = args.device
     if not 0 <= args.port <= 65535:
         raise PorterError(f"--port {args.port}: ports are 0..65535", exit_code=EXIT_USAGE)
+    if args.api_key is not None and not args.api_key.strip():
+        raise PorterError("--api-key is empty", hint=f"give a key, or unset {API_KEY_ENV} to serve without one",
+                          exit_code=EXIT_USAGE)
     sock = bind(args.host, args.port)
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    warning = open_warning(args.host, args.api_key)
+    if warning:
+        say(warning)
 
     import uvicorn
 
@@ -91,10 +136,11 @@ def run(args) -> int:
 
     model, tokenizer, config = load(args, say)
     name = args.model_name or ("visualglm-6b" if args.from_pretrained else "visualglm-tiny")
-    limits = Limits(name, min(2048, config.lm.max_sequence_length), args.max_image_bytes, args.url_images)
+    limits = Limits(name, min(2048, config.lm.max_sequence_length), args.max_image_bytes, args.url_images,
+                    args.allow_private_urls)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.queue).start()
     app = create_app(Served(engine, tokenizer, limits, config.vision.image_size, model.image_length,
-                            args.image_timeout))
+                            args.image_timeout, args.api_key.strip() if args.api_key else None))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {name} on http://{shown}:{port} (chat page: /, OpenAI API: /v1, api.py: POST /); Ctrl-C stops",

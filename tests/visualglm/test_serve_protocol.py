@@ -5,7 +5,15 @@ import io
 
 import pytest
 from PIL import Image
-from porter_visualglm.serving.protocol import UPSTREAM, APIError, Limits, parse_legacy, parse_openai
+from porter_visualglm.serving.protocol import (
+    UPSTREAM,
+    APIError,
+    Limits,
+    nesting_depth,
+    parse_body,
+    parse_legacy,
+    parse_openai,
+)
 
 LIMITS = Limits("visualglm-tiny", max_length=256, max_image_bytes=4096)
 
@@ -147,3 +155,89 @@ def test_a_server_that_fetches_no_urls_refuses_them_and_still_takes_data_uris():
     assert info.value.status == 400 and info.value.code == "image_urls_disabled" and "--no-url-images" in \
         info.value.message
     assert parse_openai(body(user(image_part(f"data:image/png;base64,{png()}"), text_part("q"))), closed).image.data
+
+
+# -- numbers: finite and in range, on both protocols ------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+NUMERIC = {  # field -> values its range refuses (beyond NaN and the infinities, refused for every field)
+    "temperature": [-0.1, 2.01, "0.7", True, [0.7]],
+    "top_p": [0, -0.5, 1.01, "0.4", False],
+    "top_k": [-1, 10 ** 6 + 1, 1.5, "5", True],
+    "repetition_penalty": [0, 0.001, 100.5, "1.2", {}],
+    "seed": [-1, 2 ** 63, 1.5, "7"],
+    "n": [0, 2, 1.0, "1"],
+    "frequency_penalty": [-2.5, 2.5, "0"],
+    "presence_penalty": [-2.5, 2.5, [0]],
+    "max_tokens": [0, -3, 257, 1.5, "12", True],
+    "max_completion_tokens": [0, 10 ** 9, 2.0],
+}
+
+
+@pytest.mark.parametrize("name, value", [(name, v) for name, values in NUMERIC.items()
+                                         for v in [NAN, INF, -INF, *values]])
+def test_every_numeric_field_must_be_finite_and_in_range(name, value):
+    err = refused(parse_openai, body(user("hi"), **{name: value}))
+    assert err.param == name and f"'{name}'" in err.message
+
+
+@pytest.mark.parametrize("name, value", [("max_length", NAN), ("max_length", INF), ("max_length", 1),
+                                         ("max_length", "2048"), ("temperature", NAN), ("top_p", INF),
+                                         ("top_k", -INF), ("repetition_penalty", NAN), ("seed", NAN)])
+def test_the_old_protocol_checks_its_numbers_too(name, value):
+    assert refused(parse_legacy, {"text": "hi", name: value}).param == name
+
+
+def test_null_is_openais_absent_and_takes_the_default():
+    chat = parse_openai(body(user("hi"), temperature=None, top_p=None, max_tokens=None, n=None, seed=None), LIMITS)
+    assert (chat.temperature, chat.top_p, chat.max_tokens, chat.seed) == (UPSTREAM["temperature"],
+                                                                           UPSTREAM["top_p"], None, None)
+
+
+def test_a_long_value_is_cut_in_the_message():
+    err = refused(parse_openai, body(user("hi"), temperature="x" * 100_000))
+    assert len(err.message) < 200
+
+
+# -- the raw body ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, code, words", [
+    (b"[" * 100_000, "invalid_json", "100000 levels deep"),
+    (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "invalid_json", "41 levels deep"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_text", "lone UTF-16"),
+    (b'{"\\udc00": 1}', "invalid_text", "lone UTF-16"),
+    (b'{"t": "\xff"}', "invalid_json", "not valid UTF-8"),
+    ('{"t": 1}'.encode("utf-16"), "invalid_json", "not valid UTF-8"),
+    (b"", "invalid_json", "malformed JSON"),
+    (b'{"model": ', "invalid_json", "malformed JSON"),
+    (b'{"n": 1' + b"0" * 5000 + b"}", "invalid_json", "too long"),
+])
+def test_a_body_is_bounded_and_valid_before_any_field_is_read(raw, code, words):
+    with pytest.raises(APIError) as info:
+        parse_body(raw)
+    assert (info.value.status, info.value.code) == (400, code) and words in info.value.message
+
+
+def test_the_depth_scan_ignores_brackets_inside_strings_and_keeps_pairs():
+    assert nesting_depth(b'{"a": "[[[[[[\\"[[[", "b": [[1], {"c": []}]}') == 4
+    assert parse_body('{"q": "😀 \\ud83d\\ude00 [[["}'.encode())["q"] == "😀 😀 [[["  # a surrogate pair is one character
+    assert parse_body(b"  [1, 2] ") == [1, 2]
+
+
+@pytest.mark.parametrize("raw", [b'"\\' * 100_000, b'"a",' * 100_000, b'"' + b"\\a" * 100_000 + b"\\",
+                                 b"[]" * 100_000, b"[" * 200_000])
+def test_the_depth_scan_is_linear_on_hostile_bodies(raw):
+    import time
+
+    started = time.monotonic()
+    nesting_depth(raw)  # a scan that retried at every quote would take minutes here
+    assert time.monotonic() - started < 5
+
+
+def test_a_lone_surrogate_is_named_by_its_path():
+    with pytest.raises(APIError) as info:
+        parse_body(b'{"a": {"b": [1, {"c": ["x", "\\udfff"]}]}}')
+    assert info.value.param == "a.b[1].c[1]"
+
+
+def test_both_names_of_the_answer_length_are_checked_and_the_newer_wins():
+    assert parse_openai(body(user("hi"), max_tokens=5, max_completion_tokens=7), LIMITS).max_tokens == 7
+    assert refused(parse_openai, body(user("hi"), max_tokens=NAN, max_completion_tokens=7)).param == "max_tokens"

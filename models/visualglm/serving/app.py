@@ -4,11 +4,17 @@ Routes: ``POST /v1/chat/completions`` (OpenAI), ``GET /v1/models``, ``POST /`` a
 (upstream's ``api.py``, current and first version), ``GET /health``, and the chat page at ``GET /``.
 Every request ends in an answer: a fault in the request is a 400 or 413 naming the field, a full queue a 503
 with Retry-After, and anything unexpected a 500 with the error's one line (the traceback goes to the log).
+
+With an API key (``--api-key`` or ``PORTER_SERVE_API_KEY``) every API route wants ``Authorization: Bearer KEY``
+(401 otherwise). The chat page's files and ``/health`` (a load balancer's probe: counters, no content) stay
+open: the page asks for the key when the API refuses it.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import hmac
 import json
 import sys
 import time
@@ -17,20 +23,22 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from ..chat import build_prompt
 from ..generate import Request as Generation
 from ..generate import Sampling
 from ..tokenizer import ENGLISH_BAN
-from .engine import Engine, Job, QueueFull
+from .engine import Engine, Job, QueueFull, one_line
 from .image_input import image_tensor
-from .protocol import APIError, Chat, Limits, bad, parse_legacy, parse_openai
+from .protocol import APIError, Chat, Limits, bad, parse_body, parse_legacy, parse_openai, shown
 
 STATIC = Path(__file__).parent / "static"
 RETRY_AFTER_S = 2
+CHARS_PER_TOKEN = 80  # the most characters one ChatGLM token covers (<|blank_80|>): a longer chat cannot fit
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Served:
     image_size: int
     image_length: int
     image_timeout: float = 10.0
+    api_key: str | None = None  # None: no key asked
 
 
 class ClientGone(Exception):
@@ -51,20 +60,8 @@ class ClientGone(Exception):
 def create_app(served: Served) -> FastAPI:
     app = FastAPI(title="porter: VisualGLM", docs_url="/docs", redoc_url=None)
     app.state.served = served
-
-    @app.exception_handler(APIError)
-    async def api_error(request, exc: APIError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-    @app.exception_handler(ClientGone)
-    async def client_gone(request, exc):
-        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-
-    @app.exception_handler(Exception)
-    async def unexpected(request, exc: Exception):
-        traceback.print_exception(exc, file=sys.stderr)
-        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}: {exc}").body(), status_code=500)
+    _error_handlers(app)
+    authorized = Depends(_key_check(served.api_key))
 
     @app.get("/health")
     async def health():
@@ -73,12 +70,12 @@ def create_app(served: Served) -> FastAPI:
                 "max_batch": e.max_batch, "max_waiting": e.max_waiting, "batches": e.batches, "tokens": e.tokens,
                 "cancelled": e.cancelled}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[authorized])
     async def models():
         return {"object": "list", "data": [{"id": served.limits.model_id, "object": "model", "created": 0,
                                             "owned_by": "porter"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[authorized])
     async def chat_completions(request: Request):
         chat = parse_openai(await _json(request, served.limits), served.limits)
         job, prompt_tokens = await _start(served, chat)
@@ -96,11 +93,11 @@ def create_app(served: Served) -> FastAPI:
         return {"result": text, "history": [[q, a] for q, a in chat.history] + [[chat.question, text]],
                 "status": 200, "time": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
 
-    @app.post("/")
+    @app.post("/", dependencies=[authorized])
     async def api_py(request: Request):
         return await legacy(request, "image")
 
-    @app.post("/v1/visual_glm")
+    @app.post("/v1/visual_glm", dependencies=[authorized])
     async def api_py_first(request: Request):
         return await legacy(request, "image_prompt")
 
@@ -112,23 +109,65 @@ def create_app(served: Served) -> FastAPI:
     return app
 
 
+def _error_handlers(app: FastAPI) -> None:
+    """Every answer that is not a 2xx is OpenAI's error body: a client reads one shape whatever failed."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):  # no such route (404), wrong method (405)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        error = APIError(exc.status_code, f"{request.method} {shown(request.url.path, 80)}: {exc.detail}", None,
+                         code, headers=exc.headers)  # the path quoted and cut: it is the client's text
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=error.headers or None)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request, exc):
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):
+        traceback.print_exception(exc, file=sys.stderr)
+        return JSONResponse(APIError(500, f"internal error: {one_line(exc)}").body(), status_code=500)
+
+
+def _key_check(api_key: str | None):
+    """A dependency that refuses a request without ``Authorization: Bearer <api_key>`` (nothing when no key)."""
+    # digests of equal length compared in constant time: neither the key's bytes nor its length leak by timing
+    wanted = hashlib.sha256(api_key.encode()).digest() if api_key else None
+
+    async def check(request: Request) -> None:
+        if wanted is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(given.strip().encode("latin-1")).digest()  # the header's bytes, as sent
+        if not (hmac.compare_digest(digest, wanted) and scheme.lower() == "bearer"):
+            raise APIError(401, "this server wants its API key: send 'Authorization: Bearer KEY' (the key given "
+                                "to serve --api-key or PORTER_SERVE_API_KEY)", None, "invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
 async def _json(request: Request, limits: Limits):
+    """The body's JSON, read no further than the cap (a body without Content-Length included)."""
     cap = limits.max_image_bytes * 4 // 3 + 2 ** 20  # a base64 image at the cap, and the rest of a chat
 
-    def refuse_over_cap(size: int) -> None:
-        if size > cap:
-            raise APIError(413, f"the request is {size:,} bytes; this server takes up to {cap:,}", None,
-                           "request_too_large")
+    def too_large(size: str) -> APIError:
+        return APIError(413, f"the request is {size} bytes; this server takes up to {cap:,}", None,
+                        "request_too_large")
 
     declared = request.headers.get("content-length", "")
-    if declared.isdigit():
-        refuse_over_cap(int(declared))  # before reading it
-    raw = await request.body()
-    refuse_over_cap(len(raw))
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad(f"malformed JSON: {exc}", None, "invalid_json") from None
+    if declared.isdigit() and int(declared) > cap:
+        raise too_large(f"{int(declared):,}")  # before reading it
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > cap:  # sent without a length (chunked), or longer than it said
+            raise too_large(f"over {cap:,}")
+    return parse_body(bytes(raw))
 
 
 def sampling_for(chat: Chat, prompt_tokens: int, limits: Limits) -> Sampling:
@@ -141,7 +180,17 @@ def sampling_for(chat: Chat, prompt_tokens: int, limits: Limits) -> Sampling:
                     invalid_slices=[ENGLISH_BAN] if chat.english else [], seed=chat.seed)
 
 
+def _refuse_overlong(chat: Chat, limits: Limits) -> None:
+    """A chat too long for the model, found by counting characters: tokenizing megabytes on the event loop
+    would stall every other request."""
+    chars = len(chat.question) + sum(len(q) + len(a) for q, a in chat.history)
+    if chars > CHARS_PER_TOKEN * limits.max_length:
+        raise bad(f"'messages': the chat is {chars:,} characters, more than the {limits.max_length} tokens the model "
+                  f"reads; drop earlier turns", "messages", "context_length_exceeded")
+
+
 async def _start(served: Served, chat: Chat) -> tuple[Job, int]:
+    _refuse_overlong(chat, served.limits)
     image = None
     if chat.image is not None:
         image = await image_tensor(chat.image, served.limits, served.image_size, served.image_timeout)

@@ -6,6 +6,10 @@ hanging). The thread takes up to ``max_batch`` waiting chats of one kind (with a
 generates them together with ``generate.Decoder``; chats that arrive meanwhile wait for the next batch (the
 key/value caches of a running batch are not merged with new prompts). A chat whose client went away is
 ``cancel``-led and leaves the batch at the next step.
+
+A failure that belongs to one chat (its prompt, its sampling, its text) fails that chat alone: it leaves the
+batch with an ``error`` event and the others go on. Only a failure of the shared forward pass fails the whole
+batch, since no row can be blamed for it.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
+    ended: bool = False  # its last event ("end" or "error") is sent
 
     @property
     def has_image(self) -> bool:
@@ -45,6 +50,7 @@ class Job:
         self.cancelled.set()
 
     def emit(self, kind: str, value) -> None:
+        self.ended = self.ended or kind in ("end", "error")
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the event loop has closed: the server is shutting down
@@ -109,40 +115,66 @@ class Engine:
                 return
             try:
                 self._run(batch)
-            except Exception as exc:  # a failing batch fails its chats, never the server
+            except Exception as exc:  # the shared forward pass failed: every chat still open fails, never the server
                 traceback.print_exc(file=sys.stderr)
                 for job in batch:
-                    job.emit("error", f"generation failed: {type(exc).__name__}: {exc}")
+                    _fail(job, exc, log=False)
             finally:
                 with self._cond:
                     self.running = 0
                     self.batches += 1
 
+    def _decoder(self, batch: list[Job]) -> tuple[list[Job], Decoder | None]:
+        """The batch's decoder; a chat the decoder refuses (its prompt, its image) fails alone."""
+        try:
+            return batch, Decoder(self.model, [job.request for job in batch], self.allowed, isolate_rows=True)
+        except Exception:
+            if len(batch) == 1:
+                raise
+        kept = []
+        for job in batch:
+            try:
+                Decoder(self.model, [job.request], self.allowed, isolate_rows=True)
+                kept.append(job)
+            except Exception as exc:
+                _fail(job, exc)
+        return kept, (Decoder(self.model, [job.request for job in kept], self.allowed, isolate_rows=True) if kept else None)
+
     def _run(self, batch: list[Job]) -> None:
-        decoder = Decoder(self.model, [job.request for job in batch], self.allowed)
+        batch, decoder = self._decoder(batch)
         texts = [AnswerText(self.tokenizer, job.stop) for job in batch]
-        while not decoder.done:
+        while decoder is not None and not decoder.done:
             gone = [i for i in decoder.live if batch[i].cancelled.is_set()]
             if gone:
                 self.cancelled += len(gone)
                 decoder.drop(gone)
                 if decoder.done:
                     return
-            for i, token in decoder.step().items():
-                job, text = batch[i], texts[i]
-                if token is None:  # <eop>
-                    self._end(job, text, "stop")
-                    continue
-                job.completion_tokens += 1
-                self.tokens += 1
-                piece = text.add(token)
-                if piece:
-                    job.emit("text", piece)
-                if text.stopped:  # a stop string: the answer ends before it
+            tokens = decoder.step()
+            for i, exc in decoder.failed.items():
+                _fail(batch[i], exc)
+            decoder.failed.clear()
+            for i, token in tokens.items():
+                try:
+                    self._take_token(batch[i], texts[i], token, decoder, i)
+                except Exception as exc:  # this chat's text (the tokenizer): it alone fails
                     decoder.drop([i])
-                    job.emit("end", "stop")
-                elif i not in decoder.live:  # its max_length
-                    self._end(job, text, "length")
+                    _fail(batch[i], exc)
+
+    def _take_token(self, job: Job, text: AnswerText, token: int | None, decoder: Decoder, i: int) -> None:
+        if token is None:  # <eop>
+            self._end(job, text, "stop")
+            return
+        job.completion_tokens += 1
+        self.tokens += 1
+        piece = text.add(token)
+        if piece:
+            job.emit("text", piece)
+        if text.stopped:  # a stop string: the answer ends before it
+            decoder.drop([i])
+            job.emit("end", "stop")
+        elif i not in decoder.live:  # its max_length
+            self._end(job, text, "length")
 
     @staticmethod
     def _end(job: Job, text: AnswerText, reason: str) -> None:
@@ -150,3 +182,18 @@ class Engine:
         if tail:
             job.emit("text", tail)
         job.emit("end", reason)
+
+
+def _fail(job: Job, exc: Exception, log: bool = True) -> None:
+    """End ``job`` with its error (unless it ended already); the client reads one line, the log the traceback."""
+    if job.ended:
+        return
+    if log:
+        traceback.print_exception(exc, file=sys.stderr)
+    job.emit("error", f"generation failed: {one_line(exc)}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a client reads it: its type and the first line of its message (torch's run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -13,11 +13,19 @@ Two protocols:
 
 Absent sampling fields take upstream's chat defaults (temperature 0.8, top_p 0.4, top_k 100, repetition
 penalty 1.2), not OpenAI's, so an OpenAI client gets the answers VisualGLM's own demo gives.
+
+Every number must be finite and in its range (``RANGES``; ``max_tokens`` up to the model's length): JSON as
+Python reads it admits ``NaN`` and ``Infinity``, and one NaN temperature would poison the batch it joins.
+Before any field is read, ``parse_body`` holds the raw body to valid UTF-8, a bounded nesting depth and
+strings without lone surrogates, so nothing later (the JSON parser's recursion, the tokenizer's encoder) can
+fail on it.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -25,14 +33,40 @@ UPSTREAM = {"temperature": 0.8, "top_p": 0.4, "top_k": 100, "repetition_penalty"
 _CHINESE = re.compile("[\u4e00-\u9fa5]")  # upstream's is_chinese
 _DATA_URI = re.compile(r"data:(image/[\w.+-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
+# field -> (lowest, highest, integers only, lowest excluded): the ranges README's serve section documents.
+# repetition_penalty divides logits: below 0.01 a large logit overflows to infinity and sampling breaks.
+RANGES = {
+    "temperature": (0, 2, False, False),
+    "top_p": (0, 1, False, True),
+    "top_k": (0, 10 ** 6, True, False),
+    "repetition_penalty": (0.01, 100, False, False),
+    "seed": (0, 2 ** 63 - 1, True, False),
+    "n": (1, 1, True, False),
+    "frequency_penalty": (-2, 2, False, False),
+    "presence_penalty": (-2, 2, False, False),
+    "max_length": (2, 10 ** 9, True, False),  # api.py's prompt + answer; longer means "as long as fits"
+    "max_tokens": (1, None, True, False),  # None: up to the served model's length
+    "max_completion_tokens": (1, None, True, False),
+}
+MAX_DEPTH = 32  # the deepest body either protocol needs is 5 ({messages: [{content: [{image_url: {url}}]}]})
+# a JSON string, escapes included; one left open runs to the end. Possessive, and never failing once a quote
+# opened: a failed match would be retried at every later quote, quadratic on '"\\"\\"\\...'
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a surrogate gets into a body that is valid UTF-8
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 class APIError(Exception):
     """A request the server refuses: HTTP status, one message naming the field, OpenAI's error body."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 retry_after: int | None = None):
+                 retry_after: int | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
+        self.headers = dict(headers or {})
+        if retry_after:
+            self.headers["Retry-After"] = str(retry_after)
 
     @property
     def type(self) -> str:
@@ -55,6 +89,7 @@ class Limits:
     max_length: int  # prompt + answer, in tokens
     max_image_bytes: int = 10 * 2 ** 20
     fetch_urls: bool = True  # http(s) image URLs fetched by the server (--no-url-images: refused)
+    private_urls: bool = False  # URLs may lead to this machine or its networks (--allow-private-urls)
 
 
 @dataclass(frozen=True)
@@ -84,17 +119,92 @@ class Chat:
     include_usage: bool = False
 
 
+# -- the raw body: bounded and valid before any field is read -------------------------------------------------
+def parse_body(raw: bytes):
+    """The body's JSON value; ``APIError`` 400 for anything the field readers could not safely walk."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"the body is not valid UTF-8 (byte {exc.start})", None, "invalid_json") from None
+    depth = nesting_depth(raw)
+    if depth > MAX_DEPTH:
+        raise bad(f"the body nests {depth} levels deep; this server reads at most {MAX_DEPTH}", None, "invalid_json")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad(f"malformed JSON: {exc}", None, "invalid_json") from None
+    except ValueError:  # Python's cap on integer digits: a number no field could take anyway
+        raise bad("malformed JSON: a number too long to read", None, "invalid_json") from None
+    if _SURROGATE_ESCAPE.search(raw):  # only then can a string hold one: UTF-8 itself cannot carry them
+        _refuse_lone_surrogates(value)
+    return value
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep the body's arrays and objects nest, counted on the bytes (strings cut out first), so a deep
+    body is refused before the JSON parser recurses into it. Linear in the body, a few MB at a time."""
+    import numpy as np
+
+    brackets = np.frombuffer(_STRING.sub(b"", raw).translate(None, _NOT_BRACKET), dtype=np.uint8)
+    steps = ((brackets == ord("[")) | (brackets == ord("{"))).astype(np.int8) * 2 - 1  # +1 opens, -1 closes
+    depth = deepest = 0
+    for start in range(0, len(steps), 2 ** 22):
+        running = np.cumsum(steps[start:start + 2 ** 22], dtype=np.int64) + depth
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
+
+
+def _refuse_lone_surrogates(value) -> None:
+    """A JSON escape such as \\ud800 with no partner is no character: the tokenizer cannot encode it."""
+    where = _surrogate_at(value)
+    if where is not None:
+        where = where.lstrip(".") or None
+        raise bad(f"'{where or 'body'}' holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): text "
+                  f"must be valid Unicode", where, "invalid_text")
+
+
+_SCALARS = (int, float, bool, type(None))
+
+
+def _surrogate_at(item) -> str | None:
+    """The path of the first string (or key) holding a surrogate ('' for ``item`` itself), None when none does.
+    Recursive: the depth is bounded already. Paths are built only on the way back from a find."""
+    if isinstance(item, str):
+        return "" if _SURROGATE.search(item) else None
+    children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+    for key, child in children:
+        if isinstance(key, str) and _SURROGATE.search(key):  # a key: named as ascii() spells it, unquoted
+            return "." + ascii(key)[1:-1]
+        if isinstance(child, _SCALARS):
+            continue
+        found = _surrogate_at(child)
+        if found is not None:
+            return (f".{key}" if isinstance(key, str) else f"[{key}]") + found
+    return None
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value as an error message quotes it: a long one cut, so a message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 # -- field readers: each names the field it refuses ------------------------------------------------------------
-def _number(body: dict, name: str, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False):
+def _number(body: dict, name: str, hi: int | None = None):
+    """``body[name]``: None when absent, else a finite number in ``RANGES[name]`` (``hi`` when it has none)."""
     value = body.get(name)
     if value is None:
         return None
+    lo, top, integer, lo_open = RANGES[name]
+    hi = top if top is not None else hi
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise bad(f"'{name}' must be {'an integer' if integer else 'a number'}, not {value!r}", name)
+        raise bad(f"'{name}' must be {'an integer' if integer else 'a number'}, not {shown(value)}", name)
+    low = f"above {lo}" if lo_open else f"at least {lo}"
+    if not math.isfinite(value):  # NaN compares false with every bound: test it first
+        raise bad(f"'{name}' is {value}: it must be a finite number, {low} and at most {hi}", name)
     if value < lo or value > hi or (lo_open and value == lo):
-        low = f"above {lo}" if lo_open else f"at least {lo}"
-        raise bad(f"'{name}' is {value}: it must be {low} and at most {hi}", name)
+        raise bad(f"'{name}' is {shown(value)}: it must be {low} and at most {hi}", name)
     return value
 
 
@@ -160,7 +270,7 @@ def _user_content(content, param: str, limits: Limits) -> tuple[str, list[ImageR
         elif kind == "image_url":
             images.append(_image_part(part, where, limits))
         else:
-            raise bad(f"'{where}.type' is {kind!r}: this model reads 'text' and 'image_url' parts", f"{where}.type")
+            raise bad(f"'{where}.type' is {shown(kind)}: this model reads 'text' and 'image_url' parts", f"{where}.type")
     return "\n".join(texts), images
 
 
@@ -182,7 +292,7 @@ def _turns(messages, limits: Limits) -> tuple[str, list[tuple[str, str]], ImageR
             content = message.get("content")
             text = _user_content(content, f"{where}.content", limits)[0] if content is not None else ""
         else:
-            raise bad(f"'{where}.role' is {role!r}: expected user, assistant or system", f"{where}.role")
+            raise bad(f"'{where}.role' is {shown(role)}: expected user, assistant or system", f"{where}.role")
         if turns and turns[-1][0] == role:
             raise bad(f"'{where}': two {role} messages in a row; turns alternate user, assistant, user",
                       f"{where}.role")
@@ -217,21 +327,21 @@ def _language(body: dict, question: str) -> bool:
     if language is None:
         return not _CHINESE.search(question)
     if language not in ("en", "zh"):
-        raise bad(f"'language' is {language!r}: expected 'en' or 'zh' (or leave it out to decide by the question)",
+        raise bad(f"'language' is {shown(language)}: expected 'en' or 'zh' (or leave it out to decide by the question)",
                   "language")
     return language == "en"
 
 
 def _sampling(body: dict, chat: Chat) -> Chat:
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1, lo_open=True)
-    top_k = _number(body, "top_k", 0, 10 ** 6, integer=True)
-    penalty = _number(body, "repetition_penalty", 0, 100, lo_open=True)
+    temperature = _number(body, "temperature")
+    top_p = _number(body, "top_p")
+    top_k = _number(body, "top_k")
+    penalty = _number(body, "repetition_penalty")
     chat.temperature = UPSTREAM["temperature"] if temperature is None else temperature
     chat.top_p = UPSTREAM["top_p"] if top_p is None else top_p
     chat.top_k = UPSTREAM["top_k"] if top_k is None else top_k
     chat.repetition_penalty = UPSTREAM["repetition_penalty"] if penalty is None else penalty
-    chat.seed = _number(body, "seed", 0, 2 ** 63 - 1, integer=True)
+    chat.seed = _number(body, "seed")
     return chat
 
 
@@ -241,31 +351,36 @@ def parse_openai(body, limits: Limits) -> Chat:
         raise bad("the request body must be a JSON object")
     model = body.get("model")
     if model != limits.model_id:
-        raise APIError(400, f"'model' is {model!r}: this server serves {limits.model_id!r} (GET /v1/models)",
+        raise APIError(400, f"'model' is {shown(model)}: this server serves {limits.model_id!r} (GET /v1/models)",
                        "model", "model_not_found")
     question, history, image = _turns(body.get("messages"), limits)
-    n = _number(body, "n", 1, 1, integer=True)
-    if n not in (None, 1):
-        raise bad("'n' must be 1", "n")
+    _number(body, "n")  # OpenAI's choices per chat: only 1
     for name in ("frequency_penalty", "presence_penalty"):
-        if body.get(name) not in (None, 0, 0.0):
+        if _number(body, name) not in (None, 0):
             raise bad(f"'{name}' is not supported; VisualGLM's 'repetition_penalty' (default 1.2) does that work",
                       name, "unsupported_parameter")
     chat = Chat(question, history, image, english=_language(body, question))
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    chat.max_tokens = _number(body, name, 1, limits.max_length, integer=True)
+    tokens = _number(body, "max_tokens", limits.max_length)  # both checked: OpenAI's newer name wins
+    completion = _number(body, "max_completion_tokens", limits.max_length)
+    chat.max_tokens = tokens if completion is None else completion
     _sampling(body, chat)
     chat.stop = _stop(body.get("stop"))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad(f"'stream' must be true or false, not {stream!r}", "stream")
-    chat.stream = stream
+    chat.stream = _flag(body, "stream")
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
             raise bad("'stream_options' must be an object", "stream_options")
-        chat.include_usage = bool(options.get("include_usage"))
+        chat.include_usage = _flag(options, "include_usage", "stream_options.include_usage")
     return chat
+
+
+def _flag(body: dict, name: str, param: str | None = None) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad(f"'{param or name}' must be true or false, not {shown(value)}", param or name)
+    return value
 
 
 def parse_legacy(body, limits: Limits, image_field: str = "image") -> Chat:
@@ -287,6 +402,6 @@ def parse_legacy(body, limits: Limits, image_field: str = "image") -> Chat:
     image = _image_from_base64(encoded, image_field, limits) if encoded else None
     chat = Chat(question, pairs, image, english=not _CHINESE.search(question))
     # upstream's clients send its default 2048 whatever the model: a longer max_length means "as long as fits"
-    max_length = _number(body, "max_length", 2, 10 ** 9, integer=True)
+    max_length = _number(body, "max_length")
     chat.max_length = None if max_length is None else min(max_length, limits.max_length)
     return _sampling(body, chat)

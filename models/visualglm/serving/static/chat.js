@@ -3,10 +3,26 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { model: null, image: null, messages: [], busy: false };
+const KEY = "porter-api-key";
+
+// A server started with --api-key answers 401 to the API: ask for the key once, keep it for this tab
+// (sessionStorage: gone when the tab closes), and send it as OpenAI clients do.
+async function api(path, options = {}) {
+  for (;;) {
+    const key = sessionStorage.getItem(KEY);
+    const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401) return response;
+    const given = window.prompt(key ? "That API key was refused. API key:" : "This server wants an API key:");
+    if (!given) return response;
+    sessionStorage.setItem(KEY, given.trim());
+  }
+}
 
 async function loadModel() {
   try {
-    const response = await fetch("/v1/models");
+    const response = await api("/v1/models");
+    if (response.status === 401) { $("model").textContent = "API key needed: reload to enter it"; return; }
     state.model = (await response.json()).data[0].id;
     $("model").textContent = state.model;
   } catch (err) {
@@ -59,7 +75,7 @@ async function ask(question) {
   const answer = addTurn("assistant pending", "");
   let text = "";
   try {
-    const response = await fetch("/v1/chat/completions", {
+    const response = await api("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model: state.model, messages: pending, stream: true }),
