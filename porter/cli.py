@@ -510,9 +510,7 @@ def cmd_run(args, registry, con: Console) -> int:
     launch_dests = add_launch_arguments(parser)
     parsed = parser.parse_args(args.recipe_args)  # every option checked here, before any worker starts
     recipe_argv = _strip_launch_args(args.recipe_args, parser, launch_dests)
-    plan = plan_launch(parsed, recipe, recipe_argv, registry)
-    if recipe.preflight and not parsed.dry_run:
-        recipe.preflight(parsed)  # the data, checkpoint and tokenizer, before a worker starts
+    plan = plan_launch(parsed, recipe, recipe_argv, registry)  # runs the recipe's preflight, dry run or not
     for note in plan.notes:
         con.note(note)
     if parsed.dry_run:

@@ -7,15 +7,19 @@ launcher DeepSpeed uses there.
 from __future__ import annotations
 
 import argparse
+import codecs
+import collections
 import os
+import re
 import shlex
 import subprocess
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 
-from .errors import EXIT_USAGE, PorterError
-from .recipes import Recipe, positive_int
+from .errors import EXIT_USAGE, InputError, PorterError
+from .recipes import Recipe, port, positive_int
 
 PATCH_MODES = ("auto", "disk", "memory", "off")
 
@@ -27,10 +31,10 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> set[str]:
                    help="workers per node: one per NPU / GPU, or N CPU processes with --device cpu (default 1)")
     g.add_argument("--device", choices=("auto", "npu", "cuda", "cpu"), default="auto",
                    help="auto: the first of npu, cuda, cpu present (with a warning when it is the CPU)")
-    g.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=N' per line) for several nodes")
+    g.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=N' per line, # comments) for several nodes")
     g.add_argument("--num_nodes", "--num-nodes", type=positive_int, help="how many of the hostfile's nodes to use")
     g.add_argument("--master_addr", "--master-addr", help="address of node 0 (multi-node)")
-    g.add_argument("--master_port", "--master-port", type=int, default=29500)
+    g.add_argument("--master_port", "--master-port", type=port, default=29500, help="1 to 65535 (default 29500)")
     g.add_argument("--patch", choices=PATCH_MODES, default="auto", dest="patch_mode",
                    help="how workers get the port: disk (the installed files are patched), memory (an import "
                         "hook rewrites on import, no file touched), off; auto: disk if patched, else memory")
@@ -107,6 +111,79 @@ def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]
     return requested
 
 
+# DeepSpeed's runner reads a hostfile line with this pattern (re.search, so anything after the count is ignored),
+# after skipping empty lines and lines starting with "#" (deepspeed/launcher/runner.py, _parse_hostfile)
+HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")
+
+
+def read_hostfile(path: str) -> dict[str, int]:
+    """The hosts and slot counts of a DeepSpeed hostfile, read as DeepSpeed's runner reads it, or an InputError
+    (exit 7) naming the file and the line. DeepSpeed itself carries on without a missing hostfile (a warning, then
+    one local node) and raises a traceback for a bad line, after the parent has handed over."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"--hostfile {path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"--hostfile {path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"--hostfile {path}: a folder, not a hostfile")
+    if not stat.S_ISREG(mode):  # a FIFO would block the read
+        raise InputError(f"--hostfile {path}: not a regular file (a device, FIFO or socket)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)  # a hostfile is a line per node: a megabyte is not one
+    except OSError as exc:
+        raise InputError(f"--hostfile {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--hostfile {path}: not a text file") from None
+    hosts: dict[str, int] = collections.OrderedDict()
+    form = "expected 'HOSTNAME slots=N', a comment (#) or an empty line"
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = HOSTFILE_LINE.search(line)
+        if not match:
+            raise InputError(f"--hostfile {path}: line {number}: {line[:60]!r}: {form}")
+        host, slots = match.group(1), int(match.group(2))
+        if host in hosts:
+            raise InputError(f"--hostfile {path}: line {number}: host {host!r} is listed twice")
+        if slots < 1:
+            raise InputError(f"--hostfile {path}: line {number}: {host} has slots={slots}: a node needs at least 1")
+        hosts[host] = slots
+    if not hosts:
+        raise InputError(f"--hostfile {path}: no hosts in it ({form})")
+    return hosts
+
+
+def check_nodes(args: argparse.Namespace) -> int:
+    """How many nodes the launch uses (exit 2 or 7 for node options that cannot work)."""
+    if not args.hostfile:
+        if args.num_nodes and args.num_nodes > 1:
+            raise PorterError(f"--num_nodes {args.num_nodes} without --hostfile: DeepSpeed finds other nodes "
+                              f"only in a hostfile", hint="pass --hostfile FILE listing the nodes",
+                              exit_code=EXIT_USAGE)
+        return 1
+    hosts = read_hostfile(args.hostfile)
+    if args.num_nodes and args.num_nodes > len(hosts):
+        raise PorterError(f"--num_nodes {args.num_nodes}, but --hostfile {args.hostfile} lists {len(hosts)} "
+                          f"host(s)", hint=f"use --num_nodes {len(hosts)} or fewer", exit_code=EXIT_USAGE)
+    used = list(hosts.items())[: args.num_nodes or len(hosts)]
+    short = [(h, n) for h, n in used if n < args.npus]
+    if short:
+        host, slots = short[0]
+        # DeepSpeed would start --npus workers on each node whatever the hostfile says it has
+        raise PorterError(f"--npus {args.npus}, but --hostfile {args.hostfile} gives {host} slots={slots}",
+                          hint=f"use --npus {min(n for _, n in used)} or fewer, or correct the hostfile",
+                          exit_code=EXIT_USAGE)
+    return len(used)
+
+
 def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str], registry) -> LaunchPlan:
     cls, notes = resolve_device(args.device)
     present = device_count(cls)
@@ -119,6 +196,14 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
         what = "CPU cores" if cls.name == "cpu" else f"{cls.name} devices"
         raise PorterError(f"--npus {args.npus}, but this machine has {present} {what}",
                           hint=f"use --npus {present} or fewer", exit_code=EXIT_USAGE)
+    nodes = check_nodes(args)
+    if recipe.preflight:
+        # Here, before the port is prepared (minutes of planning on a cold cache) and for a dry run too, so that
+        # a dry run answers whether the run would start. What the recipe may want to know of the launch:
+        # where its workers run (None where the device is not here) and on how many nodes.
+        args.launch_device = cls.name if present is not None else None
+        args.launch_nodes = nodes
+        recipe.preflight(args)
     patch_mode = decide_patch_mode(args.patch_mode, recipe, registry, notes, args.dry_run)
 
     worker_env = {"PORTER_DEVICE": cls.name, "PORTER_BACKEND": cls.backend, "DS_ACCELERATOR": cls.deepspeed_accelerator,
@@ -154,7 +239,205 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
     return LaunchPlan(command, env, cls.name, args.npus, patch_mode, notes)
 
 
+def free_memory_per_worker(device: str, workers: int) -> tuple[int, str] | None:
+    """(bytes free for each of ``workers`` workers on one node, the words saying so), or None where porter cannot
+    tell without starting the device in this process (which would hold memory on it for the whole run)."""
+    if device == "cpu":
+        import psutil  # type: ignore[import-untyped]  # DeepSpeed's dependency; no stubs
+
+        available = psutil.virtual_memory().available
+        return available // workers, f"this machine has {_size(available)} free for {workers} worker(s)"
+    if device == "cuda":
+        import shutil
+
+        smi = shutil.which("nvidia-smi")
+        if not smi:
+            return None
+        try:
+            out = subprocess.run([smi, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=20, check=True).stdout
+            free = {int(i): int(m) * 2 ** 20 for i, m in (line.split(",") for line in out.strip().splitlines())}
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        chosen = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if chosen and not all(d.isdigit() for d in chosen):  # UUIDs or MIG names: not worth guessing
+            return None
+        indexes = [int(d) for d in chosen][:workers] if chosen else sorted(free)[:workers]
+        if not indexes or any(i not in free for i in indexes):
+            return None
+        least = min(free[i] for i in indexes)
+        return least, f"the emptiest of GPU(s) {','.join(map(str, indexes))} has {_size(least)} free"
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
+class LaunchFailed(PorterError):
+    """The launcher exited with an error: its code, and the first error a worker reported."""
+
+
+class _Output:
+    """The workers' output on its way to the terminal: passed through as it comes, except tracebacks, porter's
+    per-rank error lines and DeepSpeed's own exit notices, which are held back. They are what a failure is
+    summed up from (one line), and they go to a log file on failure, or to the terminal after a run that ends
+    well (nothing is lost). torch.distributed prefixes a rank's traceback lines with "[rankN]: ", which says
+    whose it is."""
+
+    SEPARATORS = ("During handling of the above exception", "The above exception was the direct cause")
+    NOISE = re.compile(r"exits with return code = |Killing subprocess \d+|Main process received SIG")
+    RANK = re.compile(r"\[rank(\d+)\]:\s?")
+    WORKER_ERROR = re.compile(r"error \(rank (\d+)\): (.*)")  # porter.worker's one line for a PorterError
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: list[str] = []
+        self.recent: collections.deque[str] = collections.deque(maxlen=4000)  # all output, for the log file
+        self.errors: list[list] = []  # [rank or None, error line, hint or None], in the order they came
+        self._in_traceback: set[tuple[int, str | None]] = set()  # (stream, rank) now inside a traceback
+        self._last_held_error = False
+
+    def feed(self, stream_id: int, piece: str, out) -> None:
+        """One line (ending in \\n or \\r, or a long unterminated piece) of one stream."""
+        with self.lock:
+            self.recent.append(piece)
+            if self._hold(stream_id, piece.rstrip("\r\n")):
+                self.held.append(piece)
+                return
+        out.write(piece)
+        out.flush()
+
+    def _hold(self, stream_id: int, line: str) -> bool:
+        prefixed = self.RANK.match(line)
+        rank = prefixed.group(1) if prefixed else None
+        body = line[prefixed.end():] if prefixed else line
+        key = (stream_id, rank)
+        after_error, self._last_held_error = self._last_held_error, False
+        if key in self._in_traceback:
+            if body and not body[0].isspace() and not body.startswith("Traceback"):
+                self._in_traceback.discard(key)  # the exception line ends the traceback
+                self.errors.append([rank, body.strip(), None])
+            return True
+        if body.startswith("Traceback (most recent call last)"):
+            self._in_traceback.add(key)
+            return True
+        if body.startswith(self.SEPARATORS) or self.NOISE.search(body):
+            return True
+        worker_error = self.WORKER_ERROR.match(body)
+        if worker_error:
+            self.errors.append([worker_error.group(1), worker_error.group(2), None])
+            self._last_held_error = True
+            return True
+        if after_error and body.startswith("hint: "):
+            self.errors[-1][2] = body[len("hint: "):]
+            return True
+        return False
+
+    def culprit(self) -> tuple[str, str | None]:
+        """The first error a worker reported, with its hint (the ranks stopped after it report the stop, not its
+        cause); else the last line of output that is not DeepSpeed's exit notice."""
+        if self.errors:
+            rank, line, hint = self.errors[0]
+            return f"{f'rank {rank}' if rank is not None else 'a worker'}: {line}", hint
+        for piece in reversed(self.recent):
+            line = piece.strip()
+            if line and not self.NOISE.search(line):
+                return f"its last line: {line[:300]}", None
+        return "no output", None
+
+
+def _pump(fd: int, stream_id: int, output: _Output, out) -> None:
+    """Read ``fd`` to its end, feeding ``output`` a line at a time (a line ends in \\n, or in \\r for a progress
+    line redrawn in place, so those pass at once)."""
+    pending = ""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: a pseudo-terminal's other side is closed
+            chunk = b""
+        if not chunk:
+            break
+        pending += decoder.decode(chunk)
+        while True:
+            ends = [i for i in (pending.find("\n"), pending.find("\r")) if i >= 0]
+            if not ends:
+                break
+            cut = min(ends) + 1
+            output.feed(stream_id, pending[:cut], out)
+            pending = pending[cut:]
+        if len(pending) > 8192:  # no line end in sight: pass it on rather than hold it
+            output.feed(stream_id, pending, out)
+            pending = ""
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        output.feed(stream_id, pending, out)
+
+
 def launch(plan: LaunchPlan) -> int:
+    """Run the launcher, its output passed through (see :class:`_Output`); 0, or :class:`LaunchFailed` with the
+    launcher's exit code as porter's, summed up in one line."""
     env = {**os.environ, **plan.env}
-    proc = subprocess.run(plan.command, env=env)
-    return proc.returncode
+    output = _Output()
+    # rank 0 draws its progress line in place only on a terminal: give the workers one where porter has one
+    master = slave = None
+    if hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        import pty
+        import tty
+
+        master, slave = pty.openpty()
+        tty.setraw(slave)  # no \n -> \r\n translation: the bytes arrive as written
+    proc = subprocess.Popen(plan.command, env=env, stdout=subprocess.PIPE,
+                            stderr=slave if slave is not None else subprocess.PIPE)
+    if slave is not None:
+        os.close(slave)  # the workers hold it now; the master reads EIO once the last of them closes it
+    assert proc.stdout is not None  # asked for: a pipe
+    if master is not None:
+        err_fd = master
+    else:
+        assert proc.stderr is not None
+        err_fd = proc.stderr.fileno()
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout.fileno(), 1, output, sys.stdout), daemon=True),
+             threading.Thread(target=_pump, args=(err_fd, 2, output, sys.stderr), daemon=True)]
+    for t in pumps:
+        t.start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # the launcher got the SIGINT too and is stopping its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    finally:
+        for t in pumps:
+            t.join(timeout=5)
+        if master is not None:
+            os.close(master)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+    if code == 0:
+        if output.held:
+            sys.stderr.write("".join(output.held))
+        return 0
+    what, hint = output.culprit()
+    log = _write_log(output)
+    exit_code = code if 0 < code < 256 else 128 + -code if code < 0 else 1
+    raise LaunchFailed(f"the run failed: DeepSpeed's launcher exited {code}; {what}",
+                       hint=(hint + "; " if hint else "") + (f"the workers' full output: {log}" if log else ""),
+                       exit_code=exit_code)
+
+
+def _write_log(output: _Output) -> str | None:
+    """The output kept (tracebacks included) in a file named in the error's hint; None if it cannot be written."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix="porter-run-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(output.recent))
+        return name
+    except OSError:
+        return None

@@ -92,6 +92,17 @@ def clear_run_outputs(path: Path) -> list[Path]:
     return removed
 
 
+def check_output_folder(path: Path, flag: str) -> None:
+    """Refuse, without writing anything, a folder porter is to write files into (it removes nothing there): a
+    file, a path under a file, a read-only or immutable place."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path}: a file, not a folder", hint="name a folder")
+    problem = replace_problem(path / "x") if path.is_dir() else _problem(path)
+    if problem:
+        raise OutputError(f"{flag} {path}: cannot be written ({problem})")
+
+
 def check_output_file(path: Path, flag: str) -> None:
     """Refuse, without writing anything, a file path porter cannot write: a folder, a path under a file, a folder
     that does not exist, one that is read-only or immutable."""

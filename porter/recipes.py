@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -84,6 +85,30 @@ def non_negative_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 0, "0 or more")
 
 
+# numpy's seed range: SAT seeds numpy, python and torch with the one value, and numpy refuses 2**32 and above
+SEED_MAX = 2 ** 32 - 1
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed numpy, torch and python all accept, 0 to 2**32 - 1."""
+    return _number(text, int, lambda v: 0 <= v <= SEED_MAX, f"0 to {SEED_MAX}")
+
+
+def positive_seed(text: str) -> int:
+    """argparse type: a seed as :func:`seed`, but at least 1 (SAT seeds nothing for 0)."""
+    return _number(text, int, lambda v: 1 <= v <= SEED_MAX, f"1 to {SEED_MAX}")
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    return _number(text, int, lambda v: 1 <= v <= 65535, "a TCP port, 1 to 65535")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite number."""
+    return _number(text, float, lambda v: True, "a finite number")
+
+
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: v > 0, "more than 0")
 
@@ -107,6 +132,10 @@ def _number(text: str, kind, ok, wanted: str):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, not {text!r}") from None
+    # float() reads "inf", "1e999" and "nan", and nan compares false with everything: without this an infinite
+    # learning rate passes "more than 0", and nan is refused with a range it does not miss
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
     if not ok(value):
         raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
     return value

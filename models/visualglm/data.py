@@ -51,12 +51,17 @@ def _problem(problems: list[str], skip_bad: bool, message: str) -> None:
 def read_fewshot(path: Path, skip_bad: bool = False) -> Loaded:
     """A JSON list of {"img", "prompt", "label"}; image paths relative to the JSON file."""
     path = Path(path)
+    _check_regular(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except ValueError as exc:
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8 as well as not JSON
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of {{img, prompt, label}} records, got {type(data).__name__}")
     loaded, problems = Loaded([], [], "fewshot"), []
@@ -69,27 +74,71 @@ def read_fewshot(path: Path, skip_bad: bool = False) -> Loaded:
         if missing:
             _problem(problems, skip_bad, f"{where}: missing field(s) {', '.join(missing)}")
             continue
-        if not str(item["label"]).strip():
+        # str() would train on "5" for a prompt of 5 and on "None" for a null label: a field that is not text is
+        # a mistake in the file, not text to learn
+        wrong = [f"{k} is {_json_type(item[k])}" for k in ("img", "prompt", "label") if not isinstance(item[k], str)]
+        if wrong:
+            _problem(problems, skip_bad, f"{where}: {', '.join(wrong)}, not a string")
+            continue
+        if not item["label"].strip():
             _problem(problems, skip_bad, f"{where}: empty label")
             continue
-        image = _image_path(path, str(item["img"]))
+        image = _image_path(path, item["img"])
         if image is None:
             _problem(problems, skip_bad, f"{where}: image {item['img']} not found (looked beside {path.name} and in "
                                          f"the current folder)")
             continue
-        loaded.records.append(Record(image, str(item["prompt"]), str(item["label"]), where))
+        loaded.records.append(Record(image, item["prompt"], item["label"], where))
     loaded.skipped = problems
     return loaded
 
 
+def _json_type(value) -> str:
+    """What a JSON value is, in JSON's words, with the value when it is short."""
+    names = {bool: "a boolean", int: "a number", float: "a number", type(None): "null", list: "a list",
+             dict: "an object"}
+    name = names.get(type(value), type(value).__name__)
+    shown = json.dumps(value)
+    return f"{name} ({shown})" if value is not None and len(shown) <= 20 else name
+
+
+def _check_regular(path: Path) -> None:
+    """A data file must be a regular file: reading a FIFO blocks forever, a folder's error names no record."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: a folder, not a JSON file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a device, FIFO or socket)")
+
+
 def _image_path(json_file: Path, img: str) -> Path | None:
     """A record's image: relative to the JSON file's folder, else to the current folder, which is what upstream's
-    fewshot-data/dataset.json means ("fewshot-data/2p.png", read from the repository's root)."""
+    fewshot-data/dataset.json means ("fewshot-data/2p.png", read from the repository's root). Whether it is a
+    readable image is :func:`check_images`' question; here only whether it is there."""
+    if not img.strip() or "\0" in img:  # "" is the folder itself; no file name holds a NUL
+        return None
     for base in (json_file.parent, Path.cwd()):
-        candidate = (base / img).resolve()
-        if candidate.is_file():
+        try:
+            candidate = (base / img).resolve()
+        except OSError:  # a loop of links: not an image we can find
+            continue
+        if _exists(candidate):  # a folder or a FIFO is found here and refused by name when checked
             return candidate
     return None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: no such file either
+        return False
 
 
 def coco_files(root: Path, split: str = "train") -> tuple[Path, Path]:
@@ -101,8 +150,9 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
     from pycocotools.coco import COCO
 
     annotations, images = coco_files(Path(root), split)
-    if not annotations.is_file():
+    if not annotations.exists():
         raise DataError(f"{annotations}: file not found", hint=f"a COCO root holds annotations/ and {split}2017/")
+    _check_regular(annotations)
     try:
         import contextlib
         import io
@@ -115,7 +165,11 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
         where = f"{annotations}: annotation id {ann_id}"
-        caption = str(ann.get("caption", "")).strip()
+        caption = ann.get("caption", "")
+        if not isinstance(caption, str):  # as for few-shot labels: never train on str(None)
+            _problem(problems, skip_bad, f"{where}: caption is {_json_type(caption)}, not a string")
+            continue
+        caption = caption.strip()
         if not caption:
             _problem(problems, skip_bad, f"{where}: empty caption")
             continue
@@ -127,12 +181,51 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
             _problem(problems, skip_bad, f"{where}: image_id {ann.get('image_id')} has no file_name")
             continue
         image = images / info["file_name"]
-        if not image.is_file():
+        if not _exists(image):
             _problem(problems, skip_bad, f"{where}: image {image} not found")
             continue
         loaded.records.append(Record(image, prompt, caption, where))
     loaded.skipped = problems
     return loaded
+
+
+# How many distinct images the parent decodes before a launch. Every worker decodes all of them as it starts
+# (VisualGLMDataset), so a bad one found there ends a run that DeepSpeed has already started; below this many
+# the parent finds every one first, above it a seeded sample of this many (a few seconds), which finds a
+# systematic problem (a folder of truncated downloads), not necessarily a single bad file.
+IMAGE_CHECK_LIMIT = 2000
+
+
+@dataclass
+class ImageCheck:
+    bad: list[tuple[Record, str]]  # each record whose image failed, with why
+    checked: int  # distinct images decoded
+    total: int  # distinct images in the records
+
+    @property
+    def sampled(self) -> bool:
+        return self.checked < self.total
+
+
+def check_images(records: list[Record], image_size: int, limit: int = IMAGE_CHECK_LIMIT, seed: int = 0) -> ImageCheck:
+    """Decode the records' distinct images as :func:`~.images.load_image` would (bombs refused from the header),
+    every one where there are at most ``limit``, else a sample of ``limit`` drawn with ``seed``."""
+    import random
+
+    from .images import check_image
+
+    by_image: dict[Path, list[Record]] = {}
+    for record in records:
+        by_image.setdefault(record.image, []).append(record)
+    paths = list(by_image)
+    chosen = paths if len(paths) <= limit else random.Random(seed).sample(paths, limit)
+    bad = []
+    for path in chosen:
+        try:
+            check_image(path, image_size)
+        except ImageError as exc:
+            bad += [(record, str(exc)) for record in by_image[path]]
+    return ImageCheck(bad, len(chosen), len(paths))
 
 
 def detect_format(path: Path) -> str:
@@ -149,6 +242,9 @@ def detect_format(path: Path) -> str:
             return "fewshot"
         raise DataError(f"{path}: cannot tell the data format: no annotations/captions_*2017.json, and "
                         f"{len(jsons)} .json files at the top", hint="pass --data-format fewshot|coco")
+    if _exists(path):  # a file not named .json, a FIFO, a device: what it holds is not for us to guess
+        raise DataError(f"{path}: cannot tell the data format: neither a .json file nor a folder",
+                        hint="pass --data-format fewshot for a few-shot JSON file of another name")
     raise DataError(f"{path}: no such file or folder")
 
 

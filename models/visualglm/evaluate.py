@@ -5,13 +5,14 @@ scores a second checkpoint on the same questions, side by side. ``make demo`` sc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import sys
 from pathlib import Path
 
-from porter.errors import EXIT_USAGE, PorterError
+from porter.errors import EXIT_USAGE, InputError, PorterError
 from porter.recipes import positive_int
 
 from .assets import add_weight_arguments
@@ -112,15 +113,33 @@ def run(args) -> int:
     for folder in filter(None, (args.from_pretrained, args.compare)):
         if not folder.is_dir():
             raise PorterError(f"{folder}: no such checkpoint folder", exit_code=EXIT_USAGE)
-    if args.out.exists() and not args.out.is_dir():
-        raise PorterError(f"--out {args.out}: a file, not a folder", exit_code=EXIT_USAGE)
-    from .data import load_records
+    from porter.outputs import check_output_folder
+
+    check_output_folder(args.out, "--out")
+    from .assets import model_source, tokenizer_for
+    from .data import check_images, load_records
 
     data = args.data or default_data()
     items = questions(load_records(data, args.data_format, split=args.split, prompt=args.prompt).records)
     items = items[: args.limit] if args.limit else items
     if not items:
         raise PorterError(f"{data}: no questions to ask", exit_code=EXIT_USAGE)
+    # both checkpoints and their tokenizers, and the images, before the first model loads: a bad --compare or a
+    # corrupt image found after minutes of answering wastes them
+    sizes = set()
+    for folder in filter(None, (args.from_pretrained, args.compare)):
+        one = copy.copy(args)
+        one.from_pretrained = folder
+        # checking a checkpoint builds its model on the meta device, importing SAT: its loggers must not take stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            config, tokenizer_type, _ = model_source(one)
+        tokenizer_for(tokenizer_type, args.chatglm_path)
+        sizes.add(config.vision.image_size)
+    images = check_images(items, max(sizes))
+    if images.bad:
+        item, why = images.bad[0]
+        more = f" (and {len(images.bad) - 1} more question(s))" if len(images.bad) > 1 else ""
+        raise InputError(f"{why}{more}", hint="remove the question from the data, or replace the image")
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -155,8 +174,13 @@ def evaluate_checkpoint(args, folder: Path, items: list[Answer], say) -> list[An
     def progress(done, total):
         say(f"  answered {done}/{total} ({done / max(time.monotonic() - started, 1e-9):.1f}/s)")
 
-    return answer(model, tokenizer, items, config.vision.image_size, batch_size=args.batch_size,
-                  max_new_tokens=args.max_new_tokens, progress=progress)
+    from .images import ImageError
+
+    try:
+        return answer(model, tokenizer, items, config.vision.image_size, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, progress=progress)
+    except ImageError as exc:  # one the sampled check did not decode, or changed since: still one line
+        raise InputError(str(exc)) from None
 
 
 def write_predictions(path: Path, items: list[Answer]) -> None:

@@ -20,12 +20,40 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     with one line, not a warning and then a very long decode.
     """
     path = Path(path)
+    _check_file(path)
+    return _decode(path, size, str(path))
+
+
+def check_image(path: str | Path, size: int) -> None:
+    """Raise :class:`ImageError` where :func:`load_image` would: missing, a folder or other non-file, not a
+    format Pillow reads, truncated or corrupt, or over the pixel limit. The limit is read from the header
+    before any pixel is decoded, so a bomb costs nothing to refuse; JPEGs decode at the smallest scale that
+    still covers ``size`` (every byte of the entropy-coded data is still read), and nothing is resized or kept."""
+    path = Path(path)
+    _check_file(path)
+    _decode(path, size, str(path), keep=False)
+
+
+def _check_file(path: Path) -> None:
+    """A regular file we may read: Pillow would block forever reading a FIFO, and its errors for a folder or a
+    missing file name neither the problem nor the record."""
+    import os
+    import stat
+
     try:
-        return _decode(path, size, str(path))
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise ImageError(f"{path}: image not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: a folder, not an image") from None
+    except OSError as exc:  # a component that is a file, a name too long, a loop of links, no permission
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:  # an embedded NUL: no file can have that name
+        raise ImageError(f"{path!r}: not a valid file name") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: a folder, not an image")
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: not a regular file (a device, FIFO or socket)")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{path}: cannot read (permission denied)")
 
 
 def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
@@ -35,7 +63,7 @@ def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
     return _decode(io.BytesIO(data), size, name)
 
 
-def _decode(source, size: int, name: str) -> torch.Tensor:
+def _decode(source, size: int, name: str, keep: bool = True) -> torch.Tensor | None:
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -43,18 +71,29 @@ def _decode(source, size: int, name: str) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Image.open reads only the header, and refuses a size over the limit there (warning or error)
             with Image.open(source) as image:
-                image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+                if not keep:
+                    image.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale; other formats: no-op
+                image = image.convert("RGB")
+                if keep:
+                    image = image.resize((size, size), Image.Resampling.BICUBIC)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name}: image too large ({exc.args[0].split('could be')[0].strip()}); porter reads "
-                         f"images up to {Image.MAX_IMAGE_PIXELS:,} pixels") from None
-    except (FileNotFoundError, IsADirectoryError):
-        raise
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's words: "Image size (N pixels) exceeds ..."
+        what = f"{int(found.group(1)):,} pixels" if found else "over Pillow's decompression-bomb limit"
+        raise ImageError(f"{name}: image too large ({what}); porter reads images up to "
+                         f"{Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    except FileNotFoundError:  # gone since it was checked
+        raise ImageError(f"{name}: image not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: unreadable image (not a format Pillow knows: PNG, JPEG, WebP, ...)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: unreadable image ({exc})") from None
-    return to_tensor(image)
+    return to_tensor(image) if keep else None
 
 
 def to_tensor(image) -> torch.Tensor:

@@ -7,12 +7,13 @@ tokenizer_type in model_config.json. With no checkpoint it runs the tiny preset 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 from porter.errors import InputError, PorterError
-from porter.recipes import non_negative_int, positive_float, positive_int, probability
+from porter.recipes import non_negative_int, positive_float, positive_int, probability, seed
 
 from . import import_sat
 from .assets import STANDIN, add_weight_arguments, tokenizer_for, tokenizer_type_of
@@ -53,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-history", action="store_true",
                    help="--interactive: keep every earlier turn, as upstream does, and stop with an error when they no "
                         "longer fit --max_length (default: drop the oldest turns to leave half of it for the answer)")
-    p.add_argument("--seed", type=non_negative_int, default=None, help="make sampling reproducible")
+    p.add_argument("--seed", type=seed, default=None, help="make sampling reproducible (0 to 2**32 - 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
                    help="where to run (default: detection, npu first)")
     p.add_argument("--interactive", action="store_true", help="a chat loop with history; at the image prompt an "
@@ -67,8 +68,9 @@ def default_image() -> Path:
     return sorted((SHAPES_DIR / "coco" / "val2017").glob("*.png"))[0]
 
 
-def load(args, say=print):
-    """(model, tokenizer, config) for the arguments, the model in its dtype on the current device."""
+def load(args, say=print, tokenizer=None):
+    """(model, tokenizer, config) for the arguments, the model in its dtype on the current device; ``tokenizer``,
+    where the caller has read it already."""
 
     import_sat()
     from porter.runtime import device
@@ -89,8 +91,55 @@ def load(args, say=print):
         config, tokenizer_type = preset("tiny"), STANDIN
         model = build_model(config, seed=args.seed or 1234).to(dtype)
         say("model: tiny preset with random weights (no --from_pretrained): expect noise")
-    tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
+    tokenizer = tokenizer or tokenizer_for(tokenizer_type, args.chatglm_path)
     return model.to(device.current_device()).eval(), tokenizer, config
+
+
+def model_limit(config) -> int:
+    """The most tokens, prompt and answer together, this model is asked for: its max_sequence_length, and never
+    more than the 2048 ChatGLM-6B was trained on."""
+    return min(2048, config.lm.max_sequence_length)
+
+
+def check_prompt_fits(n: int, limit: int, cap: int) -> None:
+    """A prompt of ``n`` tokens must leave room for an answer within ``limit`` (exit 2). The hint names a
+    --max_length only where one within the model's ``cap`` would help."""
+    if n < limit:
+        return
+    said = f"{limit} (the model's maximum)" if limit == cap else f"{limit}"
+    if n < cap:
+        hint = f"shorten the question or raise --max_length above {n} (the model takes at most {cap})"
+    else:
+        hint = f"shorten the question: the model takes at most {cap} tokens, prompt and answer together"
+    raise PorterError(f"the prompt is {n} tokens and --max_length is {said}: no room for an answer", hint=hint,
+                      exit_code=2)
+
+
+def preflight(args, image_path: Path | None, query: str | None):
+    """Everything a user can get wrong, before any weight is read: the preset, the image (there, a file,
+    decodable, not a bomb), the checkpoint's config and keys, the tokenizer, and whether the first question fits
+    --max_length. Returns (config, tokenizer)."""
+    from .assets import model_source
+    from .chat import build_prompt
+    from .images import ImageError, check_image
+
+    if not args.from_pretrained and args.preset != "tiny":
+        raise PorterError(f"--preset {args.preset} with random weights is not worth running",
+                          hint="pass --from_pretrained DIR with its checkpoint", exit_code=2)
+    if image_path:
+        try:
+            check_image(image_path, 224)
+        except ImageError as exc:
+            raise InputError(str(exc)) from None
+    # a checkpoint's check builds its model on the meta device, importing SAT: its loggers must not take stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        config, tokenizer_type, _ = model_source(args)
+    tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
+    if query is not None:
+        prompt = build_prompt(tokenizer, query, [], image_length=config.image_length, has_image=bool(image_path),
+                              english=args.english)
+        check_prompt_fits(len(prompt.ids), min(args.max_length or 2048, model_limit(config)), model_limit(config))
+    return config, tokenizer
 
 
 def run(args) -> int:
@@ -104,12 +153,18 @@ def run(args) -> int:
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    model, tokenizer, config = load(args, say)
-    limit = min(args.max_length or 2048, 2048 if args.from_pretrained else config.lm.max_sequence_length)
+    query = args.prompt or (args.prompt_en if args.english else args.prompt_zh)
+    if args.interactive:
+        first = args.image if args.image and not args.no_image else None
+    else:
+        first = None if args.no_image else (args.image or default_image())
+    _, tokenizer = preflight(args, first, None if args.interactive else query)
+    model, tokenizer, config = load(args, say, tokenizer)
+    cap = model_limit(config)
+    limit = min(args.max_length or 2048, cap)
     sampling = Sampling(max_length=limit, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature,
                         repetition_penalty=args.repetition_penalty, seed=args.seed,
                         invalid_slices=[ENGLISH_BAN] if args.english else [])
-    query = args.prompt or (args.prompt_en if args.english else args.prompt_zh)
 
     def answer(image_path, question, history):
         image = load_image(image_path, config.vision.image_size) if image_path else None
@@ -117,10 +172,7 @@ def run(args) -> int:
         if not args.keep_history:
             history = trim_history(tokenizer, question, history, max_length=sampling.max_length, **shape)
         prompt = build_prompt(tokenizer, question, history, **shape)
-        if len(prompt.ids) >= sampling.max_length:
-            raise PorterError(f"the prompt is {len(prompt.ids)} tokens and --max_length is {sampling.max_length}: no "
-                              f"room for an answer", hint=f"shorten the question or raise --max_length above "
-                                                          f"{len(prompt.ids)}", exit_code=2)
+        check_prompt_fits(len(prompt.ids), sampling.max_length, cap)
         pieces = []
         for piece in stream(model, tokenizer, prompt, image, sampling):
             print(piece, end="", flush=True)
@@ -129,7 +181,7 @@ def run(args) -> int:
         return "".join(pieces)
 
     if not args.interactive:
-        image_path = None if args.no_image else (args.image or default_image())
+        image_path = first
         say(f"image: {image_path or '(none: text only)'}\nquestion: {query}")
         try:
             answer(image_path, query, [])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from porter.errors import PorterError
-from porter.recipes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from porter.recipes import fraction, non_negative_float, non_negative_int, positive_float, positive_int, positive_seed
 
 from . import import_sat
 from . import tokenizer as tok
@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default 1")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
-                                             "shapes set)")
+                                             "shapes set). Before the launch every image is decoded once where "
+                                             "the set has at most 2000, else a sample of 2000 drawn with --seed")
     g.add_argument("--data-format", choices=("fewshot", "coco", "auto"), default="auto")
     g.add_argument("--prompt", default="What's in the image?", help="question paired with COCO captions")
     g.add_argument("--augment", action="store_true", help="flip images left-right at random (only where captions "
@@ -80,8 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                            "missing field or an empty caption, and say how many")
     g.add_argument("--max_source_length", "--max-source-length", type=positive_int, default=64,
                    help="ids of image and question, cut to this minus 1 (default 64, as upstream)")
-    g.add_argument("--max_target_length", "--max-target-length", type=positive_int, default=256,
-                   help="ids of the answer, cut to this minus 2 (default 256, as upstream's finetune script)")
+    g.add_argument("--max_target_length", "--max-target-length", type=positive_int, default=None,
+                   help="ids of the answer, cut to this minus 2 (default 256, as upstream's finetune script, or "
+                        "less where the model's max_sequence_length leaves less after --max_source_length: 192 on "
+                        "the tiny preset)")
     g.add_argument("--pad-to", choices=("max", "longest"), default="max",
                    help="max (default, upstream): every sample padded to the two lengths' sum; longest: to the "
                         "longest in its batch (the same loss, less work)")
@@ -89,7 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="true|false", help="pad positions get no loss (default true, as upstream)")
     g = p.add_argument_group("training")
     g.add_argument("--iters", type=positive_int, default=100, help="optimizer steps")
-    g.add_argument("--batch-size", type=positive_int, default=4, help="samples per worker per micro-batch")
+    g.add_argument("--batch-size", type=positive_int, default=4,
+                   help="samples per worker per micro-batch: at most the number of samples, and refused where an "
+                        "estimate of the least memory it needs is more than is free")
     g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=positive_float, default=1e-4)
     g.add_argument("--warmup", type=fraction, default=0.02, help="fraction of --iters spent warming up (cosine after)")
@@ -97,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="fp16 with loss scaling (accelerators only)")
     precision.add_argument("--bf16", action="store_true", help="bf16 (accelerators only; the CPU trains in fp32)")
-    g.add_argument("--seed", type=positive_int, default=1234, help="SAT requires it above 0")
+    g.add_argument("--seed", type=positive_seed, default=1234, help="SAT requires it above 0, numpy below 2**32")
     g.add_argument("--sampling", choices=("epochs", "sat"), default="epochs",
                    help="epochs (default): every sample once per epoch, in a fresh order each epoch, resumed where "
                         "the run stopped; sat: SAT's own RandomMappingDataset, random draws with replacement, as "
@@ -187,22 +192,36 @@ def build(args, say):
 
 def preflight(args) -> None:
     """Run in the parent before any worker starts: everything about the input that a worker would otherwise find
-    out after DeepSpeed's start, as one error line with its exit code."""
+    out after DeepSpeed's start, as one error line with its exit code. A dry run runs it too (porter.launch), so
+    ``--dry-run`` answers whether the run would start."""
     from porter.errors import EXIT_USAGE, InputError
+    from porter.outputs import check_run_folder, claim_run_folder
 
     from .assets import model_source, tokenizer_for
-    from .data import DataError, Lengths, encode_example, load_records
+    from .data import DataError, check_images, encode_example, load_records
 
-    if args.save.exists() and not args.save.is_dir():
-        raise InputError(f"--save {args.save}: a file, not a folder", hint="name a folder for the run",
-                         exit_code=EXIT_USAGE)
+    if getattr(args, "_preflight_passed", False):  # porter.launch ran it already for these arguments
+        return
+    # new, empty or an earlier porter run's folder, and writable (exit 8); made and marked only once every check
+    # passed, and never by a dry run
+    check_run_folder(args.save, "--save")
     if args.resume and latest_checkpoint(args.save.resolve()) is None:
         raise InputError(f"--resume: no checkpoint under {args.save / 'checkpoints'}",
                          hint="--save names the run folder of the run to continue", exit_code=EXIT_USAGE)
+    if args.resume:
+        check_latest(latest_checkpoint(args.save.resolve()) / "latest")
+        from .checkpoint import check_resume_states  # its weights file: a regular file whose pickle runs nothing
+
+        check_resume_states(latest_checkpoint(args.save.resolve()))
     if args.image_encoder and args.from_pretrained:
         raise InputError("--image-encoder with --from_pretrained: the checkpoint already holds an image encoder",
                          hint="drop one of them", exit_code=EXIT_USAGE)
-    config, tokenizer_type, _ = model_source(args)
+    # a checkpoint's check builds its model on the meta device, importing SAT: its loggers must not take stdout
+    # (where a dry run prints the command)
+    with contextlib.redirect_stdout(sys.stderr):
+        config, tokenizer_type, _ = model_source(args)
+    lengths = sample_lengths(args, config)
+    check_model_options(args, config)
     if args.image_encoder:
         from .checkpoint import read_image_encoder
 
@@ -214,10 +233,157 @@ def preflight(args) -> None:
     data = args.data or default_data()
     loaded = load_records(data, args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
     if not loaded.records:
-        raise DataError(f"{data}: no usable records")
+        skipped = f" ({len(loaded.skipped)} skipped, first: {loaded.skipped[0]})" if loaded.skipped else ""
+        raise DataError(f"{data}: no usable records{skipped}")
     first = loaded.records[0]
-    encode_example(tokenizer, config.image_length, first.prompt, first.answer,
-                   Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss))
+    encode_example(tokenizer, config.image_length, first.prompt, first.answer, lengths)
+    # every worker decodes every image as it starts: a bad one found there ends a run DeepSpeed already started
+    images = check_images(loaded.records, config.vision.image_size, seed=args.seed)
+    if images.bad and not args.skip_bad:
+        record, why = images.bad[0]
+        more = f" (and {len(images.bad) - 1} more record(s))" if len(images.bad) > 1 else ""
+        raise DataError(f"{record.source}: {why}{more}", hint="--skip-bad skips such records and reports how many")
+    usable = len(loaded.records) - len(images.bad)
+    if not usable:
+        raise DataError(f"{data}: no usable records (every image checked is unreadable)")
+    if args.batch_size > usable:
+        raise InputError(f"--batch-size {args.batch_size}: more than the {usable} usable sample(s) in {data}",
+                         hint=f"use --batch-size {usable} or less", exit_code=EXIT_USAGE)
+    check_memory(args, config, lengths)
+    if not getattr(args, "dry_run", False):
+        claim_run_folder(args.save, "--save")
+    args._preflight_passed = True
+
+
+DEFAULT_TARGET_LENGTH = 256  # upstream's finetune script
+
+
+def model_name(args) -> str:
+    """Where the model's sizes come from, for messages."""
+    if args.from_pretrained and not args.resume:
+        return f"{args.from_pretrained / 'model_config.json'}"
+    return f"the {args.preset} preset"
+
+
+def sample_lengths(args, config):
+    """--max_source_length and --max_target_length as a :class:`~.data.Lengths`, the target's default cut to what
+    the model's max_sequence_length leaves; refused (exit 2) where a sample cannot fit the model: a padded sample
+    is their sum long, and positions past the model's maximum are ones it was never trained on."""
+    from porter.errors import EXIT_USAGE, PorterError
+
+    from .data import Lengths
+
+    limit, source = config.lm.max_sequence_length, args.max_source_length
+    target = args.max_target_length
+    if target is None:
+        target = min(DEFAULT_TARGET_LENGTH, limit - source)
+        if target < 3:
+            raise PorterError(f"--max_source_length {source} leaves {max(limit - source, 0)} of the model's "
+                              f"max_sequence_length {limit} ({model_name(args)}) for the answer, which needs 3 "
+                              f"(<sop>, one id, <eop>)", hint=f"use --max_source_length {limit - 3} or less",
+                              exit_code=EXIT_USAGE)
+    elif target < 3:
+        raise PorterError(f"--max_target_length {target} leaves no room for the answer: <sop> and <eop> take 2 of "
+                          f"its ids", hint="use --max_target_length 3 or more", exit_code=EXIT_USAGE)
+    elif source + target > limit:
+        raise PorterError(f"--max_source_length {source} + --max_target_length {target} = {source + target} ids a "
+                          f"sample, beyond the model's max_sequence_length {limit} ({model_name(args)})",
+                          hint=f"keep the two at {limit} or less together", exit_code=EXIT_USAGE)
+    return Lengths(source, target, args.pad_to, args.ignore_pad_token_for_loss)
+
+
+def check_model_options(args, config) -> None:
+    """Options that name parts of the model must name parts it has (exit 2), here rather than in SAT's mixins
+    after the launch."""
+    from porter.errors import EXIT_USAGE, PorterError
+
+    layers = config.lm.layers
+    beyond = sorted({i for i in args.lora_layers or () if i >= layers})
+    if beyond:
+        raise PorterError(f"--layer_range {' '.join(map(str, beyond))}: the model has {layers} layers, 0 to "
+                          f"{layers - 1} ({model_name(args)})", hint=f"name layers below {layers}",
+                          exit_code=EXIT_USAGE)
+    if args.lora_rank > config.lm.hidden:  # a rank above the width adapts nothing more, at a cost
+        raise PorterError(f"--lora_rank {args.lora_rank}: more than the model's hidden size {config.lm.hidden} "
+                          f"({model_name(args)})", hint=f"use --lora_rank {config.lm.hidden} or less (10 as upstream)",
+                          exit_code=EXIT_USAGE)
+    if args.pre_seq_len > config.lm.max_sequence_length:
+        raise PorterError(f"--pre_seq_len {args.pre_seq_len}: more than the model's max_sequence_length "
+                          f"{config.lm.max_sequence_length} ({model_name(args)})",
+                          hint="a prefix of 8 to 128 is usual", exit_code=EXIT_USAGE)
+
+
+def check_latest(latest: Path) -> None:
+    """What SAT reads from a checkpoint's ``latest`` must be an iteration (a whole number above 0) or "release";
+    SAT answers anything else by printing one line and exiting 0 before the first step (exit 7 here)."""
+    import re
+    import stat
+
+    from porter.errors import InputError
+
+    try:
+        if not stat.S_ISREG(os.stat(latest).st_mode):  # a folder, or a FIFO whose read would never end
+            raise InputError(f"--resume: {latest}: not a regular file")
+        with open(latest, "rb") as f:
+            raw = f.read(65)  # an iteration is a few digits: more than this is not one
+    except OSError as exc:
+        raise InputError(f"--resume: {latest}: cannot read ({exc.strerror or exc})") from None
+    text = raw.decode("utf-8", errors="replace").strip()
+    if text == "release" or (len(raw) <= 64 and re.fullmatch(r"[0-9]+", text) and int(text) > 0):
+        return
+    shown = text[:32] + ("..." if len(text) > 32 else "")
+    raise InputError(f"--resume: {latest}: holds {shown!r}, not an iteration number", hint="SAT writes the number "
+                     "of the checkpoint's step there: rewrite it, or start the run again without --resume")
+
+
+def check_memory(args, config, lengths) -> None:
+    """Refuse (exit 2) a --batch-size whose least memory is more than the workers have free. The estimate is a
+    lower bound: the weights, their gradients and AdamW's two moments where every weight trains, and per
+    sample the language model's activations kept for backward (input, attention output and MLP hidden of each
+    layer); SAT and DeepSpeed need more. Skipped where the free memory is not known (NPU, a dry run without
+    the device)."""
+    from porter.errors import EXIT_USAGE, PorterError
+    from porter.launch import free_memory_per_worker
+
+    device = getattr(args, "launch_device", None)
+    free = free_memory_per_worker(device, args.npus) if device else None
+    if free is None:
+        return
+    available, where = free
+    fixed, per_sample = memory_lower_bound(args, config, lengths, device)
+    need = fixed + args.batch_size * per_sample
+    if need <= available:
+        return
+    fits = (available - fixed) // per_sample if available > fixed else 0
+    hint = (f"use --batch-size {fits} or less (--grad-accum keeps the samples per step)" if fits >= 1 else
+            "fewer --npus per node, --finetune lora, or a machine with more memory")
+    raise PorterError(f"--batch-size {args.batch_size}: training needs at least {_gib(need)} per worker "
+                      f"({_gib(fixed)} for the model, {_gib(per_sample)} per sample), and {where}", hint=hint,
+                      exit_code=EXIT_USAGE)
+
+
+def memory_lower_bound(args, config, lengths, device: str) -> tuple[int, int]:
+    """(bytes for the model, bytes per sample) that one worker needs at the least; see :func:`check_memory`."""
+    lm, vit, qf = config.lm, config.vision, config.qformer
+    width = 4 if device == "cpu" or not (args.fp16 or args.bf16) else 2  # the CPU trains in fp32
+    params = {"lm": lm.vocab * lm.hidden + lm.layers * (4 * lm.hidden ** 2 + 2 * lm.hidden * lm.inner),
+              "vit": vit.layers * (4 * vit.hidden ** 2 + 2 * vit.hidden * vit.mlp),
+              "qformer": qf.layers * 4 * qf.hidden ** 2}
+    fixed = sum(params.values()) * width
+    finetune = args.finetune if args.finetune != "auto" else ("lora" if args.from_pretrained else "full")
+    if finetune == "full":  # adapters are a few million weights at most: left out
+        trained = params["lm"] + (params["vit"] if args.vision_lr_scale else 0) + (
+            params["qformer"] if args.qformer_lr_scale else 0)
+        world = args.npus * (getattr(args, "launch_nodes", None) or 1)
+        states = 8 + (4 if width == 2 else 0)  # AdamW's two fp32 moments, an fp32 master copy in mixed precision
+        fixed += trained * width + trained * states // (world if args.zero_stage else 1)
+    tokens = lengths.max_source + lengths.max_target if lengths.pad_to == "max" else config.image_length + 3
+    per_sample = tokens * lm.layers * (2 * lm.hidden + lm.inner) * width
+    return fixed, per_sample
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
 def lr_scales(args) -> list[tuple[str, str, float]]:
@@ -311,13 +477,13 @@ def run(args) -> int:
     from sat import get_args
     from sat.training.deepspeed_training import training_main
 
-    from .data import Lengths, VisualGLMDataset, collate, load_records
+    from .data import VisualGLMDataset, collate, load_records
     from .model import answer_loss, classes
     from .sampling import EpochBatches, resume_position
 
     model, tokenizer, config, tokenizer_type = build(args, say)
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
-    lengths = Lengths(args.max_source_length, args.max_target_length, args.pad_to, args.ignore_pad_token_for_loss)
+    lengths = sample_lengths(args, config)  # what preflight checked, the default cut to the model the same way
     dataset = VisualGLMDataset(loaded.records, tokenizer, config.vision.image_size, config.image_length,
                                skip_bad=args.skip_bad, flip=args.augment, lengths=lengths)
     skipped = loaded.skipped + dataset.skipped

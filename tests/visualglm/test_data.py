@@ -209,3 +209,96 @@ def test_a_source_length_that_cuts_the_image_is_refused(standin_tokenizer):
     with pytest.raises(data.DataError, match=r"--max-source-length 8 leaves no room for the question: the image "
                                              r"alone takes \d+ ids"):
         data.encode_example(standin_tokenizer, 8, "What's in the image?", "a red circle", data.Lengths(8, 8))
+
+
+@pytest.mark.parametrize("record, words", [
+    ({"img": "ok.png", "prompt": 5, "label": None}, "prompt is a number (5), label is null, not a string"),
+    ({"img": ["ok.png"], "prompt": "q", "label": "a"}, 'img is a list (["ok.png"]), not a string'),
+    ({"img": "ok.png", "prompt": True, "label": "a"}, "prompt is a boolean (true), not a string"),
+    ({"img": "ok.png", "prompt": "q", "label": {"text": "a"}}, 'label is an object ({"text": "a"}), not a string'),
+    ({"img": "ok.png", "prompt": "q", "label": 1.5}, "label is a number (1.5), not a string"),
+])
+def test_fields_that_are_not_strings_are_bad_records_not_text(fewshot, record, words):
+    """str() used to make {"prompt": 5, "label": null} a sample asking "5" and answering "None"."""
+    path = fewshot([{"img": "ok.png", "prompt": "q", "label": "good"}, record])
+    with pytest.raises(DataError) as info:
+        load_records(path, "fewshot")
+    assert str(info.value) == f"{path}: record 1 (counting from 0): {words}"
+    loaded = load_records(path, "fewshot", skip_bad=True)
+    assert [r.answer for r in loaded.records] == ["good"] and loaded.skipped == [str(info.value)]
+
+
+def test_a_coco_caption_that_is_not_a_string_is_a_bad_record(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    path = root / "annotations/captions_train2017.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][0]["caption"] = None
+    doc["annotations"][1]["caption"] = 42
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"annotation id \d+: caption is (null|a number \(42\)), not a string"):
+        load_records(root, "coco")
+    loaded = load_records(root, "coco", skip_bad=True)
+    assert len(loaded.records) == len(COLOURS) - 2 and all(isinstance(r.answer, str) for r in loaded.records)
+
+
+def bomb_png(width=30000, height=30000):
+    """A few bytes whose header claims 900 million pixels, with a stub of pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_checking_an_image_refuses_a_bomb_from_its_header_without_decoding(tmp_path, monkeypatch):
+    from PIL import ImageFile
+    from porter_visualglm.images import ImageError, check_image, load_image
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+
+    def no_decoding(self):
+        raise AssertionError("decoded the pixels")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    for read in (check_image, load_image):
+        with pytest.raises(ImageError, match=r"bomb\.png: image too large \(900,000,000 pixels\); porter reads "
+                                             r"images up to 89,478,485 pixels"):
+            read(bomb, 56)
+
+
+def test_checking_an_image_decodes_it_and_refuses_what_is_not_a_readable_file(tmp_path):
+    import os
+
+    from porter_visualglm.images import ImageError, check_image
+
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (640, 480), (9, 99, 199)).save(good, quality=90)
+    assert check_image(good, 56) is None
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:400])  # the header parses; the pixels stop short
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "folder.png").mkdir()
+    for name, words in (("cut.jpg", "unreadable image"), ("fifo.png", "not a regular file"),
+                        ("folder.png", "a folder, not an image"), ("nowhere.png", "image not found")):
+        with pytest.raises(ImageError, match=words):
+            check_image(tmp_path / name, 56)
+
+
+def test_the_image_check_decodes_every_image_of_a_small_set_and_a_seeded_sample_of_a_large_one(tmp_path):
+    records = []
+    for n in range(6):
+        path = tmp_path / f"{n}.png"
+        if n in (1, 4):
+            path.write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (8, 8), (n, n, n)).save(path)
+        # two captions per image: the images are what is checked, each once
+        records += [data.Record(path, "q", f"caption {k}", f"data.json: record {2 * n + k}") for k in (0, 1)]
+    every = data.check_images(records, 56)
+    assert (every.checked, every.total, every.sampled) == (6, 6, False)
+    assert [r.source for r, _ in every.bad] == [f"data.json: record {i}" for i in (2, 3, 8, 9)]
+    sample = data.check_images(records, 56, limit=3, seed=7)
+    assert (sample.checked, sample.total, sample.sampled) == (3, 6, True)
+    assert sample.bad == data.check_images(records, 56, limit=3, seed=7).bad  # the same sample for the same seed
+    assert {r.image for r, _ in sample.bad} <= {tmp_path / "1.png", tmp_path / "4.png"}
