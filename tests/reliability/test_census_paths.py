@@ -183,7 +183,30 @@ def test_sigint_during_a_patch_says_how_to_repair(toylib_site, porter_env):
     assert json.loads(status.stdout)[0]["state"] == "interrupted"
 
 
-CASES = [row[0] for row in SAVE_ROWS + REPORT_ROWS + STDOUT_ROWS] + [
+WHEEL_ROWS = [
+    (Case("cli/restore-original-wheel-garbage", "cli", "restore-original --wheel naming a file of random bytes: an "
+          "unusable input file (7, it was 6), nothing written"), lambda p: p.write_bytes(b"\x00garbage" * 50),
+     "not a readable wheel"),
+    (Case("cli/restore-original-wheel-missing", "cli", "restore-original --wheel naming no file: 7"),
+     lambda p: None, "not a readable wheel"),
+    (Case("cli/restore-original-wheel-a-folder", "cli", "restore-original --wheel naming a folder: 7"),
+     lambda p: p.mkdir(), "not a readable wheel"),
+]
+
+
+@pytest.mark.parametrize("case,make,words", WHEEL_ROWS, ids=ids(WHEEL_ROWS))
+def test_an_unusable_wheel_is_an_input_error(case, make, words, toylib_site, porter_env, tmp_path):
+    dist = toylib_site / "toylib" / "dist.py"
+    dist.write_text(dist.read_text() + "# a hand edit\n")
+    make(tmp_path / "toylib-1.0-py3-none-any.whl")
+    before = tree_digest(toylib_site)
+    r = cli("restore-original", "toylib", "--wheel", str(tmp_path / "toylib-1.0-py3-none-any.whl"),
+            "--site-packages", str(toylib_site), env=porter_env)
+    assert_refused(r, 7, words)
+    assert tree_digest(toylib_site) == before
+
+
+CASES = [row[0] for row in SAVE_ROWS + REPORT_ROWS + STDOUT_ROWS + WHEEL_ROWS] + [
     Case("paths/save-immutable-parent", "paths", "train --save inside an immutable folder: refused (8) before launch"),
     Case("paths/report-immutable-folder", "paths", "patch --report into an immutable folder: refused (8) before "
          "patching"),
