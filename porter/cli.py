@@ -39,6 +39,24 @@ exit codes:
   141  the reader of the output went away (`porter rules | head`): nothing is printed
 """
 
+SCAN_INPUTS = """\
+what is read (a folder, a file or a distribution):
+  A folder: every *.py file under it (not in __pycache__). Only regular files are read: a FIFO, a
+  device or a socket named *.py is reported and never opened, and so is a file over 16 MiB. Links to
+  folders are not followed. A link to a file inside the folder is scanned once (under the file's own
+  name when that is scanned too); a link that leads outside the folder is reported, not followed.
+  A file: read even when it is a link (you named it), if it leads to a regular file.
+  A distribution: the *.py files its RECORD lists under its site-packages (--site-packages DIR picks
+  the environment); a damaged RECORD row, or a file outside site-packages, is reported, not read.
+  A file is read as Python reads source (UTF-8 or its coding: line; a BOM, CRLF or CR newlines are
+  fine) and parsed by this Python's parser: one that cannot be read or parsed (not UTF-8, NUL bytes,
+  a syntax error, nested too deeply) is a warning naming it and its line, and is counted in the
+  summary as not scanned, never as 0 sites.
+  Exit status: 0 when at least one file was scanned, the others being warnings; 7 when not one could
+  be (the named file, or every file of the folder or distribution); 6 when the path does not exist or
+  there is no Python file to scan.
+"""
+
 MAIN_HELP = """\
 porter ports PyTorch model code to new accelerators by rewriting installed libraries with documented rules,
 as one journaled transaction that `porter revert` undoes byte for byte.
@@ -127,8 +145,10 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                                    "many of the installed sites they cover. Any other installed distribution or\n"
                                    "source folder is scanned as it is: what porting it would take.",
                        epilog="examples:\n  porter scan sat\n  porter scan sat --all\n  porter scan deepspeed\n"
-                              "  porter scan ./my-model-repo --csv > sites.csv\n  porter scan sat --json\n")
-    p.add_argument("target", help="a registered target, an installed distribution, or a folder of Python source")
+                              "  porter scan ./my-model-repo --csv > sites.csv\n  porter scan sat --json\n\n"
+                              + SCAN_INPUTS + "\n" + EXIT_CODES)
+    p.add_argument("target", help="a registered target, an installed distribution, a folder of Python source, or a "
+                                  "file")
     p.add_argument("--all", action="store_true", help="also list the sites the plugin leaves on purpose (a target), "
                                                       "or every site (a distribution or folder)")
     fmt = p.add_mutually_exclusive_group()
@@ -401,10 +421,10 @@ def cmd_scan(args, registry, con: Console) -> int:
         label = f"{installed.name} {installed.version}"
         sites, as_installed = scan.scan(installed, rules, progress=con.note)
     else:
-        label, root, files = scan.source_of(args.target)
-        sites, as_installed = [], scan.sites_in([(str(f.relative_to(root)), f.read_text(encoding="utf-8",
-                                                                                       errors="replace"))
-                                                 for f in files], progress=con.note)
+        found = scan.scan_source(args.target, args.site_packages, progress=con.note)
+        label, sites, as_installed = found.label, [], found.sites
+        for left_out in found.not_scanned:
+            con.note(con.paint("warning:", "yellow") + f" {left_out}")
     open_sites = [s for s in sites if not s.exempt]
     target = args.target in registry.items["targets"]
     if args.json:
@@ -414,6 +434,8 @@ def cmd_scan(args, registry, con: Console) -> int:
         if target:
             report.update({"open": [s.to_json() for s in open_sites],
                            "exempt": [s.to_json() for s in sites if s.exempt]})
+        else:
+            report.update(found.to_json())
         con.print(json.dumps(report, indent=2))
         return EXIT_OK
     if args.csv:
@@ -447,7 +469,7 @@ def cmd_scan(args, registry, con: Console) -> int:
                             [(f"{s.path}:{s.line}", s.scope, s.api, s.code) for s in as_installed]))
     if summary:
         con.print(con.table(("api", "sites", "porter runtime"), [(api, str(n), r) for api, n, _, r in summary]))
-    con.print(f"{label}: {len(as_installed)} CUDA-only site(s) in {len(files)} Python file(s)"
+    con.print(found.summary_line()
               + ("" if args.all or not as_installed else " (--all lists each site; --json, --csv for tools)"))
     return EXIT_OK
 

@@ -138,7 +138,10 @@ def status(installed: InstalledTarget) -> Status:
                  for p in _temporaries(installed)}
     if journal is None:
         left = {p: f"orphaned original ({s})" for p, s in orphans(installed).items()}
-        changed = [] if left else changed_since_install(installed)
+        try:
+            changed = [] if left else changed_since_install(installed)
+        except StateError as exc:  # a damaged RECORD: shown, as status shows every other problem; patch refuses
+            changed = [exc.message]
         state = ORPHANED if left else CLEAN
         if leftovers and state == CLEAN:
             state = IN_PROGRESS if is_locked(installed.package_dir) else INTERRUPTED

@@ -7,14 +7,22 @@ place.
   ``fnmatch`` pattern over ``path::qualified.function`` -> why).
 - For any installed distribution or source folder, over its files as they are: what porting it would take.
 
-Files whose text holds none of the trigger words are not parsed (a site always names one of them).
+Every file is read as CPython reads source (its coding, a BOM, any newlines) and parsed by CPython's parser first;
+only files whose text holds a trigger word then go through libcst (a site always names one of them). A file that
+cannot be read or parsed is never "0 sites": it is a ``NotScanned`` with its line. Which files are read at all
+(regular files only, at most MAX_SOURCE_BYTES; links) and the exit status are in `porter scan --help`, and in
+``walk_python_files`` and ``scan_source`` here.
 """
 from __future__ import annotations
 
 import ast
 import fnmatch
+import io
 import multiprocessing
+import os
 import re
+import stat
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -23,10 +31,11 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .errors import InputError, NotFoundError
 from .journal import read_original
 from .names import ResolvesNames
 from .plan import make_plan
-from .target import InstalledTarget
+from .target import InstalledTarget, NotRegular, file_kind, find_dist_info, read_record, read_regular
 
 CUDA_STRINGS = {"nccl", "cuda"}
 CUDA_ONLY_IMPORTS = {"triton", "xformers", "apex", "cpm_kernels", "bitsandbytes", "flash_attn"}
@@ -189,39 +198,278 @@ def find_sites(path: str, source: str) -> list[Site]:
     return finder.sites
 
 
+MAX_SOURCE_BYTES = 16 * 2 ** 20  # bigger is data, not code: reported as not scanned, never read
+MAX_NESTING = 500  # libcst's native parser crashes the process (no exception) on a few thousand levels
+
+
+@dataclass(frozen=True)
+class NotScanned:
+    """A file (or folder, or RECORD row) the scan left out, and why."""
+
+    path: str
+    why: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.why}" if self.line else f"{self.path}: {self.why}"
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "line": self.line, "why": self.why}
+
+
+class Unscannable(Exception):
+    """A file's bytes or text that cannot be scanned: why, and the line where that is known."""
+
+    def __init__(self, why: str, line: int | None = None):
+        super().__init__(why)
+        self.why, self.line = why, line
+
+
+def decode_source(data: bytes) -> str:
+    """``data`` as CPython reads a source file: the encoding from a BOM or a coding: line (UTF-8 otherwise), every
+    newline made LF (CPython's own translation, so line numbers are the interpreter's); ``Unscannable`` with the
+    line when it cannot be."""
+    if b"\0" in data:  # CPython refuses source with NUL bytes: this is not a Python file
+        raise Unscannable("holds a NUL byte: not Python source", _line_at(data, data.index(b"\0")))
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        # for bytes that are not UTF-8 in the first two lines it says "invalid or missing encoding declaration":
+        # the byte's own line is the useful answer
+        _strict_decode(data, "utf-8")
+        raise Unscannable(f"bad coding: line ({exc.msg})", _cookie_line(data)) from None
+    text = _strict_decode(data, encoding)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _strict_decode(data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        what = "UTF-8" if encoding.startswith("utf-8") else encoding
+        raise Unscannable(f"not {what} (byte 0x{data[exc.start]:02x})", _line_at(data, exc.start)) from None
+    except LookupError as exc:  # a codec that exists but is no text encoding: "# coding: hex"
+        raise Unscannable(f"bad coding: line ({exc})", _cookie_line(data)) from None
+
+
+def _cookie_line(data: bytes) -> int:
+    """The line of the coding: declaration (Python looks in the first two)."""
+    return 1 if tokenize.cookie_re.match(data.split(b"\n", 1)[0].decode("latin-1")) else 2
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    head = data[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def _nesting(tree: ast.AST) -> tuple[int, int]:
+    """(depth, line) of the most deeply nested node, counted as libcst nests them: ``a and b and c`` and the
+    generators of a comprehension are one node each in CPython's tree, but a chain in libcst's, as are the dots of
+    an imported name."""
+    best, stack = (0, 1), [(tree, 0, 1)]
+    while stack:
+        node, depth, line = stack.pop()
+        line = getattr(node, "lineno", line)
+        if isinstance(node, ast.BoolOp):
+            depth += len(node.values) - 1
+        elif isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            depth += len(node.generators) - 1
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            depth += max([a.name.count(".") for a in node.names] + [(getattr(node, "module", "") or "").count(".")])
+        depth += 1
+        if depth > best[0]:
+            best = (depth, line)
+        stack.extend((child, depth, line) for child in ast.iter_child_nodes(node))
+    return best
+
+
+def scan_text(path: str, text: str) -> list[Site]:
+    """The sites of one file's text (newlines already LF); ``Unscannable`` when CPython's parser refuses it, or it
+    is nested deeper than libcst can take."""
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as exc:  # IndentationError and TabError too
+        raise Unscannable(f"not valid Python ({exc.msg})", exc.lineno) from None
+    except (RecursionError, MemoryError):  # the parser's own stack: "(" * 100000, "-" * 100000 + "x"
+        raise Unscannable("nested too deeply for Python's parser") from None
+    except ValueError as exc:
+        raise Unscannable(f"not valid Python ({exc})") from None
+    if not TRIGGER.search(text):
+        return []
+    depth, line = _nesting(tree)
+    if depth > MAX_NESTING:  # checked first: libcst would crash the whole process, not raise
+        raise Unscannable(f"nested {depth} levels deep, over the {MAX_NESTING} porter scans", line)
+    try:
+        return find_sites(path, text)
+    except cst.ParserSyntaxError as exc:  # grammar CPython takes and libcst does not
+        raise Unscannable(f"libcst cannot parse it ({exc.message})", exc.raw_line) from None
+    except Exception as exc:  # noqa: BLE001 - one unreadable file must not end the scan of the others
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, RecursionError):
+            cause = cause.__context__
+        if cause is not None:  # libcst's visitors recurse once per level: they stop at a few hundred
+            raise Unscannable("nested too deeply for porter's parser", line) from None
+        raise Unscannable(f"porter's parser failed on it ({type(exc).__name__}: {exc})") from None
+
+
 def sites_in(sources: list[tuple[str, str]], progress: Callable[[str], None] = lambda _m: None) -> list[Site]:
-    """The sites of every (path, source), in order; files that do not parse as Python 3 are skipped. Several
-    files are scanned in forked processes, as planning is."""
+    """The sites of every (path, source), in order. A file that cannot be scanned is reported through
+    ``progress`` as a warning naming it and its line. Several files are scanned in forked processes, as planning
+    is."""
+    found = _run(_scan_text_item, sources, progress)
+    for _sites, skipped in found:
+        if skipped is not None:
+            progress(f"warning: {skipped}")
+    return [site for sites, _ in found for site in sites]
+
+
+def _run(work, items: list, progress: Callable[[str], None]) -> list:
+    """``work`` over ``items`` (each a tuple whose first field is the path shown), in forked workers when there are
+    several files and cores. A worker that dies (libcst's native parser can crash on input the nesting check did
+    not foresee) is not a hang or a traceback: the files are scanned again one process each, and the one that
+    kills its process is reported as not scanned."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     from .plan import worker_count
 
-    progress(f"scanning {len(sources)} files")
-    workers = worker_count(len(sources))
+    progress(f"scanning {len(items)} files")
+    workers = worker_count(len(items))
     if workers < 2:
-        return [site for item in sources for site in _sites_or_none(item)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        found = pool.map(_sites_or_none, sources, chunksize=8)
-    return [site for sites in found for site in sites]
-
-
-def _sites_or_none(item: tuple[str, str]) -> list[Site]:
+        return [work(item) for item in items]
+    fork = multiprocessing.get_context("fork")
     try:
-        return find_sites(*item)
-    except cst.ParserSyntaxError:
-        return []  # not Python 3 source; not importable either
+        with ProcessPoolExecutor(workers, mp_context=fork) as pool:
+            return list(pool.map(work, items, chunksize=8))
+    except BrokenProcessPool:
+        progress("warning: a scanning process died; scanning each file in a process of its own to find which")
+    found = []
+    for item in items:
+        with ProcessPoolExecutor(1, mp_context=fork) as one:
+            try:
+                found.append(one.submit(work, item).result())
+            except BrokenProcessPool:
+                found.append(([], NotScanned(item[0], "not scanned: porter's parser crashed on it")))
+    return found
+
+
+def _scan_text_item(item: tuple[str, str]) -> tuple[list[Site], NotScanned | None]:
+    path, text = item
+    try:
+        return scan_text(path, text.replace("\r\n", "\n").replace("\r", "\n")), None
+    except Unscannable as exc:
+        return [], NotScanned(path, f"not scanned: {exc.why}", exc.line)
+
+
+def _scan_file_item(item: tuple[str, str, bool]) -> tuple[list[Site], NotScanned | None]:
+    """(sites, None), or ([], why not) for one file on disk, read as ``read_regular`` reads (never a FIFO or a
+    device, at most MAX_SOURCE_BYTES)."""
+    rel, path, follow = item
+    try:
+        data = read_regular(path, MAX_SOURCE_BYTES, follow=follow)
+        return scan_text(rel, decode_source(data)), None
+    except Unscannable as exc:
+        return [], NotScanned(rel, f"not scanned: {exc.why}", exc.line)
+    except NotRegular as exc:
+        return [], NotScanned(rel, f"not read: {exc}")
+    except OSError as exc:
+        return [], NotScanned(rel, f"not read: {_oserror(exc)}")
+
+
+def _oserror(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return "a link that leads in a loop, or a file that became a link during the scan"
+    return exc.strerror or str(exc)
+
+
+def _shown(name: str) -> str:
+    """A file name as it can be printed on one line: bytes that are not UTF-8 (kept by the OS as lone surrogates,
+    which stdout cannot encode) shown as \\xNN, and control characters (a newline in a name would forge a line of
+    output) escaped as Python escapes them."""
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name)
+
+
+def walk_python_files(root: Path) -> tuple[list[tuple[str, str, bool]], list[NotScanned]]:
+    """The *.py files under ``root`` as (name to show, path, whether reading may follow a link), and what was left
+    out: folders that cannot be listed, links that lead out of ``root`` or nowhere. ``OSError`` when ``root``
+    itself cannot be listed.
+
+    Links to folders are not followed (a loop, or a walk out of the folder); a link to a file inside ``root`` is
+    read under its own name only when the file it leads to is not scanned under its name already."""
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    files: dict[str, str] = {}  # real path -> name shown
+    links: list[tuple[str, str]] = []
+    skipped: list[NotScanned] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        folder = os.path.join(root, rel_dir)
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            if not rel_dir:
+                raise
+            skipped.append(NotScanned(_shown(rel_dir) + "/", f"folder not read: {_oserror(exc)}"))
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                if entry.is_symlink():
+                    links.append((rel, entry.path))
+                elif entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        stack.append(rel)
+                elif entry.name.endswith(".py"):
+                    files[os.path.realpath(entry.path)] = rel
+            except OSError as exc:
+                skipped.append(NotScanned(_shown(rel), f"not read: {_oserror(exc)}"))
+    found = [(_shown(rel), os.path.join(root, rel), False) for rel in files.values()]
+    for rel, path in sorted(links):
+        target = os.path.realpath(path)
+        inside = target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
+        is_dir = os.path.isdir(path)
+        if is_dir and inside:
+            continue  # its files are scanned under their own names
+        if not (is_dir or rel.endswith(".py")):
+            continue
+        if not inside:
+            skipped.append(NotScanned(_shown(rel), f"not read: a link to {_shown(target)}, outside {root}"))
+        elif error := _stat_error(path):
+            skipped.append(NotScanned(_shown(rel), f"not read: a broken link ({error})"))
+        elif target not in files:
+            files[target] = rel
+            found.append((_shown(rel), path, True))
+    return sorted(found), sorted(skipped, key=lambda s: s.path)
+
+
+def _stat_error(path: str) -> str | None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return _oserror(exc)
+    return None
 
 
 def python_files(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*.py") if "__pycache__" not in p.parts)
+    """The *.py files under ``root`` that ``walk_python_files`` would read."""
+    return [Path(path) for _rel, path, _follow in walk_python_files(root)[0]]
 
 
 def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None
          ) -> tuple[list[Site], list[Site]]:
     """A target's CUDA-only sites, from one plan of its rules: (those the patch would leave, each with the
     plugin's reason where it leaves it on purpose; those in the files as installed, each with the rule whose
-    change covers its lines, or None)."""
-    from .patcher import status
+    change covers its lines, or None). A file that cannot be scanned is a warning through ``progress``."""
+    from .patcher import load_journal
 
-    read = read_original(installed, status(installed).journal)
+    # the journal alone says where the installed sources are (the saved originals when patched); status() would
+    # also check RECORD, which a scan does not need
+    read = read_original(installed, load_journal(installed))
     plan = make_plan(installed, rules, read=read)
     planned = {f.path: f.after for f in plan.files}
     matches: dict[str, list] = {}
@@ -239,27 +487,146 @@ def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = la
     return left, before
 
 
-def source_of(spec: str) -> tuple[str, Path, list[Path]]:
-    """(label, root, files) for a source folder or file, or an installed distribution's Python files (from its
-    RECORD); ``NotFoundError`` when ``spec`` is neither."""
+@dataclass
+class SourceScan:
+    """What `porter scan FOLDER|FILE|DISTRIBUTION` found: the sites, how many files were scanned, and every file
+    (or RECORD row) that was not, with why."""
+
+    label: str
+    sites: list[Site]
+    scanned: int
+    not_scanned: list[NotScanned]
+
+    def summary_line(self) -> str:
+        line = f"{self.label}: {len(self.sites)} CUDA-only site(s) in {self.scanned} Python file(s)"
+        if self.not_scanned:
+            line += f"; {len(self.not_scanned)} not scanned"
+        return line
+
+    def to_json(self) -> dict:
+        return {"files_scanned": self.scanned, "not_scanned": [n.to_json() for n in self.not_scanned]}
+
+
+def scan_source(spec: str, site_packages: Path | None = None,
+                progress: Callable[[str], None] = lambda _m: None) -> SourceScan:
+    """Scan a folder, a file or an installed distribution (in ``site_packages`` when given). ``NotFoundError``
+    (exit 6) when ``spec`` is none of them or holds no Python file; ``InputError`` (exit 7), naming the file and
+    line, when not one file could be scanned."""
+    label, _root, candidates, skipped, single = _inputs(spec, site_packages)
+    results = _run(_scan_file_item, candidates, progress) if candidates else []
+    failed = [why for _sites, why in results if why is not None]
+    scanned = len(results) - len(failed)
+    if not scanned:
+        if single and failed:
+            raise InputError(f"{spec}:{failed[0].line}: {failed[0].why}" if failed[0].line
+                             else f"{spec}: {failed[0].why}")
+        everything = skipped + failed
+        if not everything:
+            raise NotFoundError(f"{label}: no Python file (*.py) to scan")
+        listed = "; ".join(map(str, everything[:3])) + (f"; and {len(everything) - 3} more" if len(everything) > 3
+                                                       else "")
+        raise InputError(f"{label}: not one Python file could be scanned: {listed}")
+    return SourceScan(label, [site for sites, _ in results for site in sites], scanned,
+                      sorted(skipped + failed, key=lambda n: n.path))
+
+
+def _inputs(spec: str, site_packages: Path | None
+            ) -> tuple[str, Path, list[tuple[str, str, bool]], list[NotScanned], bool]:
+    """(label, the folder paths are shown relative to, files to read as (name shown, path, follow a link), what
+    was left out already, whether ``spec`` named one file)."""
+    try:
+        st = os.stat(spec)
+    except FileNotFoundError:
+        if os.path.lexists(spec):
+            raise NotFoundError(f"{spec}: a link to nothing ({os.path.realpath(spec)})") from None
+        if os.sep in spec or spec.startswith("."):  # a path: no distribution's name looks like this
+            raise NotFoundError(f"{spec}: no such file or folder") from None
+        try:
+            return _distribution_inputs(spec, site_packages)
+        except NotFoundError:
+            if spec.endswith(".py"):
+                raise NotFoundError(f"{spec}: no such file or folder") from None
+            raise
+    except NotADirectoryError:
+        raise NotFoundError(f"{spec}: no such file or folder (a part of the path is a file)") from None
+    except OSError as exc:
+        raise InputError(f"{spec}: cannot be read ({_oserror(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            files, skipped = walk_python_files(Path(spec))
+        except OSError as exc:
+            raise InputError(f"{spec}: the folder cannot be read ({_oserror(exc)})") from None
+        return spec, Path(spec), files, skipped, False
+    if not stat.S_ISREG(st.st_mode):  # before any open: a FIFO's would wait for a writer
+        raise InputError(f"{spec}: not read: not a regular file but {file_kind(st.st_mode)}")
+    return spec, Path(spec).parent, [(Path(spec).name, spec, True)], [], True
+
+
+def _distribution_inputs(spec: str, site_packages: Path | None
+                         ) -> tuple[str, Path, list[tuple[str, str, bool]], list[NotScanned], bool]:
+    """An installed distribution's *.py files, from its RECORD: each row that is not sound, and each file it
+    names outside site-packages, is left out and reported."""
     from importlib import metadata
 
-    from .errors import NotFoundError
+    unknown = NotFoundError(f"{spec!r} is not a registered target, an installed distribution, a folder or a file",
+                            hint="`porter plugins` lists the targets; `pip list` the distributions")
+    if site_packages is not None and not Path(site_packages).is_dir():
+        raise NotFoundError(f"--site-packages {site_packages}: no such directory")
+    if site_packages is None:
+        try:
+            dist = metadata.distribution(spec)
+        except (metadata.PackageNotFoundError, ValueError):
+            raise unknown from None
+        site_packages = Path(str(dist.locate_file("")))
+    info = find_dist_info(Path(site_packages), spec)
+    if info is None:
+        raise unknown
+    root = Path(site_packages)
+    label = f"{info.name or spec} {info.version}"
+    record = read_record(info)
+    skipped: list[NotScanned] = []
+    if record is not None:
+        where = f"{info.folder.name}/RECORD"
+        skipped += [NotScanned(where, f"{problem}: row ignored") for problem in record.problems]
+        skipped += [NotScanned(_shown(row.path), f"not read: RECORD line {row.line} places it outside {root}")
+                    for row in record.outside if row.path.endswith(".py")]
+        rels = [row.path for row in record.rows]
+    else:  # an egg: the files its metadata lists
+        try:
+            rels = [str(f) for f in metadata.PathDistribution(info.folder).files or ()]
+        except Exception as exc:  # noqa: BLE001 - importlib's reading of a damaged file list
+            raise InputError(f"{info.folder}: its list of files cannot be read ({exc})") from None
+    real_root = os.path.realpath(root)
+    files = []
+    for rel in sorted(set(rels)):
+        parts = rel.split("/")
+        if not rel.endswith(".py") or "__pycache__" in parts:
+            continue
+        path = os.path.join(root, rel)
+        target = os.path.realpath(path)
+        if not target.startswith(real_root.rstrip(os.sep) + os.sep):
+            skipped.append(NotScanned(_shown(rel), f"not read: it leads to {_shown(target)}, outside {root}"))
+        elif not os.path.lexists(path):
+            skipped.append(NotScanned(_shown(rel), "not read: RECORD lists it, but it is missing"))
+        else:
+            files.append((_shown(rel), path, True))
+    return label, root, files, skipped, False
 
-    path = Path(spec)
-    if path.is_dir():
-        return str(path), path, python_files(path)
-    if path.is_file() and path.suffix == ".py":
-        return str(path), path.parent, [path]
-    try:
-        dist = metadata.distribution(spec)
-    except metadata.PackageNotFoundError:
-        raise NotFoundError(f"{spec!r} is not a registered target, an installed distribution or a folder",
-                            hint="`porter plugins` lists the targets; `pip list` the distributions") from None
-    root = Path(str(dist.locate_file("")))
-    files = sorted(root / f for f in dist.files or () if f.suffix == ".py" and "__pycache__" not in f.parts
-                   and (root / f).is_file())
-    return f"{dist.metadata['Name']} {dist.version}", root, files
+
+def source_of(spec: str, site_packages: Path | None = None) -> tuple[str, Path, list[Path]]:
+    """(label, root, files) for a source folder or file, or an installed distribution's Python files (from its
+    RECORD): only files ``scan_source`` would read (regular, at most MAX_SOURCE_BYTES); ``NotFoundError`` when
+    ``spec`` is none of them. ``scan_source`` also reports what it leaves out."""
+    label, root, files, _skipped, _single = _inputs(spec, site_packages)
+    kept = []
+    for _rel, path, follow in files:
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_SOURCE_BYTES:
+            kept.append(Path(path))
+    return label, root, kept
 
 
 def summary(sites: list[Site]) -> list[tuple[str, int, int, str]]:

@@ -1,4 +1,6 @@
 """porter scan finds CUDA-only sites by what the code refers to, through the file's imports."""
+import pytest
+
 from porter.scan import find_sites
 
 
@@ -68,7 +70,9 @@ def _porter(*args):
 def test_scan_of_a_source_folder_prints_a_summary_by_api(tmp_path):
     r = _porter(_tree(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert "5 CUDA-only site(s) in 4 Python file(s)" in r.stdout
+    # py2.py does not parse: named with its line, counted apart, never "0 sites"
+    assert "5 CUDA-only site(s) in 3 Python file(s); 1 not scanned" in r.stdout
+    assert "warning: py2.py:1: not scanned: not valid Python" in r.stderr
     for api in ("torch.cuda.set_device", "'nccl'", "torch.backends.cudnn.benchmark", "@torch.jit.script", ".cuda()"):
         assert api in r.stdout
     assert "porter.runtime.device.set_device()" in r.stdout
@@ -112,4 +116,161 @@ def test_scan_of_a_target_accounts_for_every_installed_site():
 
 def test_scan_of_something_unknown_is_one_line():
     r = _porter("no-such-distribution-or-folder")
-    assert r.returncode == 6 and "is not a registered target, an installed distribution or a folder" in r.stderr
+    assert r.returncode == 6 and "is not a registered target, an installed distribution, a folder or a file" in r.stderr
+
+
+def test_scan_help_states_the_bound_and_the_exit_status():
+    from porter.scan import MAX_SOURCE_BYTES
+
+    r = _porter("--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert f"a file over {MAX_SOURCE_BYTES // 2 ** 20} MiB" in text
+    assert "Exit status: 0 when at least one file was scanned" in text and "7 when not one could be" in text
+
+
+def test_a_file_is_read_as_python_reads_source():
+    from porter.scan import decode_source
+
+    assert decode_source(b"\xef\xbb\xbfx = 1\r\ny = 2\rz = 3\n") == "x = 1\ny = 2\nz = 3\n"
+    assert decode_source("# -*- coding: latin-1 -*-\nx = 'caf\xe9'\n".encode("latin-1")).endswith("'caf\xe9'\n")
+    assert decode_source(b"") == ""
+
+
+@pytest.mark.parametrize("data, line, why", [
+    (b"x = 1\r\ny = '\0'\n", 2, "holds a NUL byte"),
+    (b"x = 1\ry = 2\rz = '\xe9'\r", 3, "not UTF-8 (byte 0xe9)"),  # CR newlines count as lines, as Python counts
+    (b"x = '\xff'\n", 1, "not UTF-8 (byte 0xff)"),  # in the first two lines, where the coding: line is looked for
+    (b"x = '\xed\xa0\x80'\n", 1, "not UTF-8 (byte 0xed)"),  # an encoded lone surrogate
+    (b"# coding: nope\n", 1, "bad coding: line"),
+    (b"#!/usr/bin/env python\n# coding: nope\n", 2, "bad coding: line"),
+    (b"# coding: hex\n", 1, "bad coding: line"),  # a codec, but not of text
+])
+def test_source_that_cannot_be_read_says_where(data, line, why):
+    from porter.scan import Unscannable, decode_source
+
+    with pytest.raises(Unscannable) as exc:
+        decode_source(data)
+    assert (exc.value.line, why in exc.value.why) == (line, True), exc.value.why
+
+
+@pytest.mark.parametrize("text, line, why", [
+    ("x = [1,\n", 1, "not valid Python"),  # no trigger word: still parsed, still reported
+    ("import torch\n\ndef f(:\n", 3, "not valid Python"),
+    ("x = " + "(" * 100000 + "\n", 1, "too many nested parentheses"),
+    ("x = " + "-" * 100000 + "cuda\n", None, "nested too deeply for Python's parser"),
+    ("x = 1\ny = " + "a or " * 20000 + "cuda\n", 2, "over the 500 porter scans"),  # libcst would crash, not raise
+    ("import torch\nx = " + "f(" * 190 + "cuda" + ")" * 190 + "\n", 2, "nested too deeply for porter's parser"),
+])
+def test_text_that_cannot_be_parsed_is_unscannable_never_zero_sites(text, line, why):
+    from porter.scan import Unscannable, scan_text
+
+    with pytest.raises(Unscannable) as exc:
+        scan_text("m.py", text)
+    assert (exc.value.line, why in exc.value.why) == (line, True), exc.value.why
+
+
+def test_a_folder_walk_reads_regular_files_and_follows_no_link_out(tmp_path):
+    import os
+
+    from porter.scan import walk_python_files
+
+    root = tmp_path / "src"
+    (root / "pkg" / "__pycache__").mkdir(parents=True)
+    (root / "pkg" / "__pycache__" / "a.py").write_text("")
+    (root / "a.py").write_text("")
+    (root / "pkg" / "b.py").write_text("")
+    (root / "data.txt").write_text("")
+    (tmp_path / "out.py").write_text("")
+    (root / "alias.py").symlink_to("a.py")  # scanned under a.py only
+    (root / "text.py").symlink_to("data.txt")  # inside, and not scanned otherwise: read under its own name
+    (root / "out.py").symlink_to(tmp_path / "out.py")
+    (root / "loop").symlink_to(".")
+    os.mkfifo(root / "pipe.py")  # listed: the read refuses it without opening it
+    files, skipped = walk_python_files(root)
+    assert [(rel, follow) for rel, _path, follow in files] == [
+        ("a.py", False), ("pipe.py", False), ("pkg/b.py", False), ("text.py", True)]
+    assert [(s.path, "outside" in s.why) for s in skipped] == [("out.py", True)]
+
+
+BAD_ROWS = [
+    (b"toylib/dist.py,sha256=abc", "2 field(s) where RECORD has 3"),
+    (b"toylib/dist.py,abc,1", "is not ALGORITHM=DIGEST"),
+    (b"toylib/dist.py,sha256=" + b"*" * 43 + b",1", "not a sha256 in urlsafe base64"),
+    (b"toylib/dist.py,sha256=" + b"A" * 42 + b",1", "not a sha256 in urlsafe base64"),
+    (b"toylib/dist.py,nohash=abc,1", "hash algorithm 'nohash'"),
+    (b"toylib/dist.py,,x", "size 'x' is not a number"),
+    (b"toylib/../../x.py,,", "not a plain relative path"),
+    (b"toylib//x.py,,", "not a plain relative path"),
+    (b"toylib/d\xe9.py,,", "not UTF-8"),
+    (b"toylib/d.py\0,,", "holds a NUL byte"),
+    (b",,", "no path"),
+]
+
+
+@pytest.mark.parametrize("row, why", BAD_ROWS)
+def test_each_unsound_record_row_is_named_and_the_others_kept(toylib_site, row, why):
+    from porter.target import find_dist_info, read_record
+
+    info = find_dist_info(toylib_site, "toylib")
+    (info.folder / "RECORD").write_bytes(b"toylib/a.py,,\n" + row + b"\r\n../../../bin/toy,,\n/abs/x,,\n")
+    record = read_record(info)
+    assert len(record.problems) == 1 and record.problems[0].startswith("line 2 (") and why in record.problems[0]
+    assert [r.path for r in record.rows] == ["toylib/a.py"]
+    assert [r.path for r in record.outside] == ["../../../bin/toy", "/abs/x"]  # pip's forms for files outside
+
+
+def test_a_damaged_record_is_refused_where_it_decides_and_trusted_less_elsewhere(toylib_site):
+    from porter.errors import StateError
+    from porter.target import Target, locate, record_differences, record_hashes
+
+    installed = locate(Target("toylib", "toylib", "toylib"), toylib_site)
+    assert set(record_hashes(installed)) == {"toylib/__init__.py", "toylib/dist.py", "toylib/timer.py",
+                                             "toylib/config.json"}
+    record = next(toylib_site.glob("toylib-*.dist-info")) / "RECORD"
+    record.write_text(record.read_text().replace("toylib/dist.py,sha256=", "toylib/dist.py,sha256=!"))
+    assert "toylib/dist.py" not in record_hashes(installed)  # vouches for less, never for more
+    with pytest.raises(StateError, match=r"RECORD: line 2 \('toylib/dist.py,sha256=!"):
+        record_differences(installed)
+
+
+def test_real_records_read_as_importlib_reads_them():
+    """Every RECORD of this environment (pip's own output) is sound, with the paths and hashes importlib gives."""
+    import base64
+    import importlib.metadata as md
+    import sysconfig
+    from pathlib import Path
+
+    from porter.target import find_dist_info, read_record
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    for name in ("SwissArmyTransformer", "deepspeed", "libcst"):
+        info = find_dist_info(site, name)
+        record = read_record(info)
+        assert record is not None and not record.problems, (name, record.problems[:3])
+        theirs = {str(f): f.hash for f in md.PathDistribution(info.folder).files}
+        mine = {r.path: r.sha256 for r in record.rows + record.outside}
+        assert set(mine) == set(theirs)
+        for path, h in theirs.items():
+            if h is not None and h.mode == "sha256":
+                assert mine[path] == base64.urlsafe_b64decode(h.value + "=" * (-len(h.value) % 4)).hex()
+
+
+def _dies_on_boom(item):
+    import os
+
+    if item[0] == "boom.py":
+        os._exit(139)  # as a native crash in libcst ends a worker: no exception, no result
+    return [], None
+
+
+def test_a_scanning_process_that_dies_is_named_not_a_hang(monkeypatch):
+    from porter import plan
+    from porter.scan import _run
+
+    monkeypatch.setattr(plan, "worker_count", lambda _files: 2)  # never in this process: boom.py would end pytest
+    notes = []
+    found = _run(_dies_on_boom, [(f"f{i}.py",) for i in range(5)] + [("boom.py",)], notes.append)
+    assert [why for _sites, why in found[:5]] == [None] * 5
+    assert str(found[5][1]) == "boom.py: not scanned: porter's parser crashed on it"
+    assert any("a scanning process died" in n for n in notes)
