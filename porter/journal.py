@@ -230,12 +230,17 @@ def remove_state(state_dir: Path, site_packages: Path) -> None:
                          + " (the installed file differs); it was kept",
                          hint=f"`porter status` names the state; `porter revert {state_dir.name} --force` restores them")
     journal = Journal.path_in(state_dir)
-    if journal.is_file() or journal.is_symlink():
-        journal.unlink()
     root = originals_dir(state_dir)
     ours = [*(root / rel for rel in stray_originals(state_dir)), *leftover_temporaries(state_dir)]
-    for path in ours:
-        path.unlink(missing_ok=True)
+    try:
+        if journal.is_file() or journal.is_symlink():
+            journal.unlink()
+        for path in ours:
+            path.unlink(missing_ok=True)
+    except OSError as exc:  # the files are restored; what is left are copies of them, which the next run clears
+        raise StateError(f"the installed files are as they were, but {exc.filename} could not be removed "
+                         f"({exc.strerror or exc})", hint=f"fix the permissions of {state_dir}, then run "
+                                                          f"`porter revert {state_dir.name}` again to clear it") from None
     for folder in sorted((p for p in state_dir.rglob("*") if p.is_dir() and not p.is_symlink()),
                          key=lambda p: len(p.parts), reverse=True) + [state_dir, state_dir.parent]:
         try:

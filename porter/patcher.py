@@ -461,8 +461,10 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
                          hint=f"remove them from {installed.state_dir} by hand if they are not yours")
     extra = [rel for rel in extra if sha256_file(installed.path(rel)) != sha256_file(originals_dir(installed.state_dir)
                                                                                      / rel)]
+    # the saved originals are removed at the end: their folders must allow it too, or the revert ends half-way
     check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"]
-                   + [installed.path(rel) for rel in extra])
+                   + [installed.path(rel) for rel in extra]
+                   + [originals_dir(installed.state_dir) / rel for rel in stray_originals(installed.state_dir)])
     folders = [e.path for e in journal.files if installed.path(e.path).is_dir()]
     if folders and force:
         raise StateError(f"cannot restore files over folders: {', '.join(folders)}", hint="remove them, then revert again")

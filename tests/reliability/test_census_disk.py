@@ -43,8 +43,12 @@ STAGES = {
     "revert": ("revert", "second", 4, "the revert is interrupted", "interrupted"),
 }
 
-ROWS = [(Case(f"disk/{stage}-{name}", "disk", f"{os.strerror(code)} ({name}) while {what}: exit 4 naming the path; "
-              f"{after}"), stage, code)
+def _kind(name: str) -> str:
+    return "permissions" if name == "EACCES" else "disk"
+
+
+ROWS = [(Case(f"{_kind(name)}/{stage}-{name}", _kind(name), f"{os.strerror(code)} ({name}) while {what}: exit 4 "
+              f"naming the path; {after}"), stage, code)
         for stage, what, after in (
             ("originals", "saving the originals", "nothing changed, no state left"),
             ("replace", "replacing the 2nd file", "the 1st put back, no state left"),
@@ -142,6 +146,50 @@ def test_a_report_that_cannot_be_written(case, code, patched_site, porter_env, m
     assert_refused(r, 8, "--report", "r.json", os.strerror(code))
 
 
-CASES = [row[0] for row in ROWS + JOURNAL_ROWS + REPORT_ROWS] + [
+@pytest.fixture
+def immutable():
+    made = []
+
+    def make(path):
+        import subprocess
+
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available on this file system")
+        made.append(path)
+    yield make
+    import subprocess
+
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+# (case, command run first, what is made immutable, the command refused, words)
+IMMUTABLE_ROWS = [
+    (Case("permissions/immutable-file-before-patch", "permissions", "a package file made immutable (chattr +i): "
+          "patch refuses (4) naming it before the first write"), None, "toylib/timer.py", "patch", "timer.py"),
+    (Case("permissions/immutable-package-folder", "permissions", "the package folder made immutable: patch refuses "
+          "(4) naming it before the first write"), None, "toylib", "patch", "immutable"),
+    (Case("permissions/immutable-state-folder-before-revert", "permissions", "the saved originals' folder made "
+          "immutable after a patch: revert refuses (4) before the first write, still patched"), "patch",
+     ".porter-state/toylib/originals/toylib", "revert", "immutable"),
+    (Case("permissions/immutable-file-before-revert", "permissions", "a patched file made immutable: revert refuses "
+          "(4) naming it, still patched"), "patch", "toylib/dist.py", "revert", "dist.py"),
+]
+
+
+@pytest.mark.parametrize("case,first,locked,command,words", IMMUTABLE_ROWS, ids=ids(IMMUTABLE_ROWS))
+def test_an_immutable_path_is_refused_before_the_first_write(case, first, locked, command, words, patched_site,
+                                                             porter_env, immutable):
+    site, _ = patched_site
+    where = ("--site-packages", str(site))
+    if first:
+        assert cli(first, "toylib", *where, env=porter_env).returncode == 0
+    before = tree_digest(site)
+    immutable(site / locked)
+    assert_refused(cli(command, "toylib", *where, env=porter_env), 4, words)
+    assert tree_digest(site) == before
+
+
+CASES = [row[0] for row in ROWS + JOURNAL_ROWS + REPORT_ROWS + IMMUTABLE_ROWS] + [
     Case("disk/state-folder-is-a-file", "disk", "`.porter-state` is a file of the user's: patch refuses (4) naming "
          "it, the file and the package keep their bytes")]

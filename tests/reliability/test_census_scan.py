@@ -546,3 +546,6 @@ def test_accept_modified_patches_past_a_damaged_record(case, toylib_site, porter
     r = cli("revert", "toylib", *where)
     assert r.returncode == 0, r.stderr
     assert tree_digest(toylib_site) == before
+
+
+CASES = [row[0] for row in SCAN_CASES + RECORD_CASES] + [ESCAPE_HATCH]  # what census.all_cases reads
