@@ -30,7 +30,8 @@ exit codes:
   1  a verify stage or check failed
   2  usage error
   3  the rules cannot be applied (required rule unmatched, conflict, unsupported version)
-  4  the installed files are in a state porter will not touch (drifted, interrupted, locked)
+  4  the installed files are in a state porter will not touch (drifted, interrupted, damaged, locked) or
+     cannot write (immutable, read-only, a full disk: the message names the file)
   5  a plugin failed to load (with --strict)
   6  unknown target, rule, model or recipe; package not installed
   7  an input file cannot be used (data set, checkpoint, tokenizer): the message names it
@@ -123,7 +124,9 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                                    "patched version (hand edit, reinstall, upgrade) unless --force.",
                        epilog="examples:\n  porter revert\n  porter revert sat --force\n\n" + EXIT_CODES)
     p.add_argument("target", nargs="?", help="one target (default: every patched target)")
-    p.add_argument("--force", action="store_true", help="restore the originals even over files changed since")
+    p.add_argument("--force", action="store_true",
+                   help="restore the originals even over files changed since; with a damaged journal (unreadable, "
+                        "or not listing every saved original), restore every saved original on disk instead")
     _site_packages_arg(p, 'revert')
 
     p = sub.add_parser("verify", help="prove a patched target: journal, compile, import, fixpoint, checks",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import os
 import tempfile
@@ -17,11 +18,19 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+NOT_REGULAR = "not-a-regular-file"  # equals no sha256
+
+
 def sha256_file(path: Path) -> str | None:
-    """The file's sha256, or None if it is missing."""
+    """The file's sha256, None if it is missing, or :data:`NOT_REGULAR` for a folder, FIFO, device or socket
+    (what a symlink leads to included): those are never opened, so a link to /dev/zero cannot hang a read."""
+    import stat
+
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return NOT_REGULAR
         return sha256_bytes(Path(path).read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -138,7 +147,7 @@ def drop_bytecode(path: Path) -> list[Path]:
     cache = path.parent / "__pycache__"
     removed = []
     if cache.is_dir():
-        for pyc in cache.glob(f"{path.stem}.*.pyc"):
+        for pyc in cache.glob(f"{glob.escape(path.stem)}.*.pyc"):  # a name holding * or ? matches itself only
             pyc.unlink(missing_ok=True)
             removed.append(pyc)
     return removed

@@ -199,13 +199,36 @@ def original_problem(state_dir: Path, entry: FileEntry) -> str | None:
     return None if digest == entry.original_sha256 else "altered"
 
 
+def check_real_folders(state_dir: Path, inner: Path | None = None) -> None:
+    """Refuse a state folder reached through a symbolic link: `.porter-state`, the target's folder, `originals/`
+    and every folder between it and ``inner``. Through a link, "the saved originals" could be the installed files
+    themselves (or anyone's), and clearing them would delete those."""
+    state_dir = Path(state_dir)
+    chain = [state_dir.parent, state_dir, originals_dir(state_dir)]
+    if inner is not None:
+        chain += [p for p in reversed(Path(inner).parents) if originals_dir(state_dir) in p.parents]
+    links = [str(p) for p in chain if p.is_symlink()]
+    if not links and originals_dir(state_dir).is_dir():  # a link planted anywhere below originals/ too
+        for folder, dirs, _files in os.walk(originals_dir(state_dir)):
+            links += [str(Path(folder) / d) for d in dirs if (Path(folder) / d).is_symlink()]
+    if links:
+        raise StateError(f"{links[0]} is a symbolic link; porter keeps its journal and saved originals only in "
+                         "real folders, and touches nothing through it", hint="remove the link (porter made none)")
+
+
 def stray_originals(state_dir: Path) -> list[str]:
-    """Saved originals (paths relative to site-packages) in a state folder, whatever the journal says."""
+    """Saved originals (paths relative to site-packages) in a state folder, whatever the journal says: regular
+    files in real folders (a link, to a file or a folder, is never one of porter's)."""
     root = originals_dir(state_dir)
-    if not root.is_dir():
+    if not root.is_dir() or root.is_symlink() or Path(state_dir).is_symlink() or Path(state_dir).parent.is_symlink():
         return []
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and not p.is_symlink() and not p.name.endswith(".porter-tmp"))
+    found = []
+    for folder, _dirs, files in os.walk(root):  # os.walk does not descend into links to folders
+        for name in files:
+            path = Path(folder) / name
+            if not path.is_symlink() and path.is_file() and not name.endswith(".porter-tmp"):
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
 
 
 def unequal_originals(state_dir: Path, site_packages: Path) -> list[str]:
@@ -224,6 +247,7 @@ def remove_state(state_dir: Path, site_packages: Path) -> None:
     set on disk is what counts, not the journal's list (a shortened list must not take the rest with it). A file
     porter did not write is left where it is, with its folders."""
     state_dir = Path(state_dir)
+    check_real_folders(state_dir)
     left = unequal_originals(state_dir, site_packages)
     if left:
         raise StateError(f"{state_dir} still holds the only copy of " + ", ".join(left)

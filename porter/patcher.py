@@ -18,6 +18,7 @@ from .journal import (
     PENDING,
     FileEntry,
     Journal,
+    check_real_folders,
     leftover_temporaries,
     original_problem,
     originals_dir,
@@ -101,6 +102,7 @@ def orphans(installed: InstalledTarget, ignore_journal: bool = False) -> dict[st
 def load_journal(installed: InstalledTarget) -> Journal | None:
     """The target's journal, every field checked, and every path it names inside the target's package: a journal
     is untrusted input, and revert writes where it points."""
+    check_real_folders(installed.state_dir)
     journal = Journal.load(installed.state_dir)
     if journal is not None:
         for entry in journal.files:
@@ -296,6 +298,7 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).
     try:
         for rel, data in originals.items():
+            check_real_folders(state_dir, originals_dir(state_dir) / rel)  # never written through a planted link
             atomic_write(originals_dir(state_dir) / rel, data)
         step_hook("originals-saved")
         # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file.

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from porter.errors import EXIT_USAGE, InputError, PorterError
+from porter.outputs import write_output
 from porter.recipes import positive_int
 
 from .assets import add_weight_arguments
@@ -154,9 +155,8 @@ def run(args) -> int:
         name = str(folder) if str(folder) not in results else f"{folder} (again)"
         results[name] = score(answered)
         say(f"{folder}: predictions in {out / 'predictions.jsonl'}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scores.json").write_text(json.dumps({"data": str(data), "questions": len(items),
-                                                      "checkpoints": results}, indent=2) + "\n")
+    write_output(args.out / "scores.json", (json.dumps({"data": str(data), "questions": len(items),
+                                                       "checkpoints": results}, indent=2) + "\n").encode(), "--out")
     print(render(results))
     return 0
 
@@ -184,13 +184,10 @@ def evaluate_checkpoint(args, folder: Path, items: list[Answer], say) -> list[An
 
 
 def write_predictions(path: Path, items: list[Answer]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for a in items:
-            f.write(json.dumps({"image": a.image, "prompt": a.prompt, "answer": a.answer,
-                                "references": a.references}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Atomically (a new file renamed over the old, never written through a link planted in --out)."""
+    rows = "".join(json.dumps({"image": a.image, "prompt": a.prompt, "answer": a.answer, "references": a.references},
+                              ensure_ascii=False) + "\n" for a in items)
+    write_output(path, rows.encode("utf-8"), "--out")
 
 
 def render(results: dict) -> str:

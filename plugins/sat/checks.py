@@ -58,7 +58,7 @@ def model_parity(context: VerifyContext):
                 tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
                 yield CheckResult("parity-model", label, FAIL, f"tiny ChatGLM run failed: {tail}")
                 return
-            runs[label] = torch.load(out)
+            runs[label] = torch.load(out, weights_only=True)  # tensors only: what porter_sat.parity saves
     for row in compare_model_runs(runs["original"], runs["patched"]):
         measured = row.get("max_abs_diff", row.get("max_rel_diff"))
         kind = "max abs diff" if "max_abs_diff" in row else "max rel diff"

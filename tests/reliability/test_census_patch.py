@@ -272,6 +272,75 @@ def test_a_symlinked_file_is_a_symlink_again_after_patch_and_revert(tmp_path, fi
     assert link.is_symlink() and os.readlink(link) == str(elsewhere) and elsewhere.read_bytes() == before
 
 
-CASES = [row[0] for row in JOURNAL_ROWS + STATE_ROWS] + [
+def originals_linked_to_site_packages(site):
+    """The journal gone and `originals/` a link to site-packages itself: every installed file would look like a
+    saved original equal to itself, and clearing them would delete site-packages."""
+    (site / JOURNAL).unlink()
+    shutil.rmtree(site / STATE / "originals")
+    (site / STATE / "originals").symlink_to("../..")
+
+
+def state_folder_linked(site):
+    shutil.rmtree(site / ".porter-state")
+    (site.parent / "elsewhere").mkdir()
+    (site / ".porter-state").symlink_to(site.parent / "elsewhere")
+
+
+def originals_subfolder_linked_into_the_package(site):
+    """No journal, no originals, and originals/toylib a link to the package: a patch would save its originals
+    through it, over the installed files."""
+    shutil.copytree(site / STATE / "originals" / "toylib", site / "toylib", dirs_exist_ok=True)  # unpatched again
+    shutil.rmtree(site / STATE)
+    (site / STATE / "originals").mkdir(parents=True)
+    (site / STATE / "originals" / "toylib").symlink_to(site / "toylib")
+
+
+def journal_path_through_a_linked_folder(site):
+    (site / "toylib" / "out-link").symlink_to(site.parent / "out")
+    set_field(0, "path", "toylib/out-link/v")(site)
+
+
+# (case, damage, the commands and their exit codes, words): nothing through a link, nothing deleted
+LINK_ROWS = [
+    (Case("state/originals-linked-to-site-packages", "state", "originals/ a symlink to site-packages, no journal: "
+          "patch, revert and revert --force refuse (4) and delete nothing (they would have deleted site-packages)"),
+     originals_linked_to_site_packages, ("patch", "revert", "revert --force"), "is a symbolic link"),
+    (Case("state/state-folder-linked", "state", ".porter-state a symlink to another folder: refused (4)"),
+     state_folder_linked, ("patch", "revert"), "is a symbolic link"),
+    (Case("state/originals-subfolder-linked-into-package", "state", "originals/toylib a symlink to the package "
+          "itself: patch refuses (4) before saving an original through it"),
+     originals_subfolder_linked_into_the_package, ("patch",), "is a symbolic link"),
+    (Case("journal/path-through-linked-folder", "journal", "a journal path under a package folder that is a symlink "
+          "out of the package: refused (4), the file it leads to untouched"),
+     journal_path_through_a_linked_folder, ("revert", "patch"), "outside the package"),
+]
+
+
+@pytest.mark.parametrize("case,damage,commands,words", LINK_ROWS, ids=ids(LINK_ROWS))
+def test_nothing_is_read_written_or_deleted_through_a_planted_link(case, damage, commands, words, site,
+                                                                   fixture_plugin_env):
+    damage(site)
+    before = tree_digest(site.parent)
+    for command in commands:
+        assert_refused(cli(*command.split(), "toylib", "--site-packages", str(site), env=fixture_plugin_env), 4, words)
+    assert tree_digest(site.parent) == before
+    s = cli("status", "toylib", "--json", "--site-packages", str(site), env=fixture_plugin_env)
+    assert s.returncode == 0 and json.loads(s.stdout)[0]["state"] == "damaged"
+
+
+def test_a_journal_symlink_to_a_device_cannot_hang_revert(site, patched_template, fixture_plugin_env):
+    """A journal entry saying the file was a link to /dev/zero: revert makes the link, finds it does not lead to the
+    original bytes (a device is never read), and writes the bytes instead."""
+    _, pristine = patched_template
+    set_field(0, "symlink", "/dev/zero")(site)
+    r = cli("revert", "toylib", "--site-packages", str(site), env=fixture_plugin_env)
+    assert r.returncode == 0, r.stderr
+    assert tree_digest(site / "toylib") == pristine
+    assert not any(p.is_symlink() for p in (site / "toylib").iterdir())
+
+
+CASES = [row[0] for row in JOURNAL_ROWS + STATE_ROWS + LINK_ROWS] + [
+    Case("journal/symlink-text-a-device", "journal", "a journal entry whose symlink text is /dev/zero: revert does not "
+         "hang reading it, restores the bytes"),
     Case("state/symlinked-file", "state", "a package file that is a symlink out of the package: patch replaces the "
          "link and leaves its target alone; revert makes the link again (it became a regular file)")]

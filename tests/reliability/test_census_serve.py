@@ -91,6 +91,7 @@ class Ask:
     param: str | None = "-"  # the error's param ("-": not checked)
     code: str | None = None  # the error's code (None: not checked)
     chunked: bool = False  # sent without Content-Length
+    logged: str | None = None  # what the server's log must say of it (the client's message is the same for all)
 
 
 def R(id, proves, ask: Ask, variant: str | None = None):  # noqa: N802 - a table row
@@ -299,9 +300,13 @@ PRIVATE_URLS = {
 
 
 def _url_rows() -> list:
+    # the client gets one message whatever failed; the server's log says why, which is what proves the address was
+    # refused before any connection (and not, say, that a connection to it failed)
     return [R(f"serve/image-url-{what}", f"an image URL to {url.split('/')[2].format(port='PORT')} is refused "
               "unless --allow-private-urls, with the one message every failed fetch gives, without connecting",
-              Ask(with_image(url), param=IMAGE_PARAM, code="image_fetch_failed")) for what, url in PRIVATE_URLS.items()]
+              Ask(with_image(url), param=IMAGE_PARAM, code="image_fetch_failed",
+                  logged=None if what == "malformed" else "not a public address"))
+            for what, url in PRIVATE_URLS.items()]
 
 
 def _auth_rows() -> list:
@@ -385,7 +390,7 @@ def send(server, ask: Ask, port: int) -> httpx.Response:
                          ids=[row[0].id + (f"[{row[2]}]" if row[2] else "") for row in ROWS])
 def test_each_bad_request_gets_its_status_and_one_error_line_and_the_server_goes_on(server, image_port, case, ask,
                                                                                    variant):
-    hits = _Host.hits
+    hits, logged = _Host.hits, len(server.stderr)
     r = send(server, ask, image_port)
     assert r.status_code == ask.status, r.text[:500]
     assert "Traceback" not in r.text and "File \"" not in r.text
@@ -400,5 +405,12 @@ def test_each_bad_request_gets_its_status_and_one_error_line_and_the_server_goes
     if ask.status == 401:
         assert r.headers["www-authenticate"] == "Bearer"
     assert _Host.hits == hits  # no URL reached the image host
+    if ask.logged:
+        import time
+
+        deadline = time.monotonic() + 5  # the server's stderr is read by a thread
+        while not any(ask.logged in line for line in server.stderr[logged:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(ask.logged in line for line in server.stderr[logged:]), server.stderr[logged:]
     good = httpx.post(f"{server.url}{CHAT}", json=GOOD, headers=AUTH, timeout=60)
     assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 1

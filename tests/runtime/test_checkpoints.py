@@ -127,3 +127,17 @@ def test_importing_it_stays_light():
              "print(heavy)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("payload", sorted(PAYLOADS))
+def test_each_crafted_payload_really_runs_code_under_the_full_unpickler(payload, tmp_path):
+    """The positive control for every test that says a crafted file ran nothing: unpickled the unsafe way
+    (weights_only=False, in a child interpreter), each payload does write into its marker folder."""
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    torch.save(crafted_state(payload, marker), tmp_path / "x.pt")
+    tests = Path(__file__).parent.parent
+    code = (f"import sys; sys.path[:0] = [{str(tests / 'reliability')!r}]; import torch; "
+            f"torch.load({str(tmp_path / 'x.pt')!r}, weights_only=False)")
+    subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert files_in(marker), f"{payload} wrote nothing even when unpickled with weights_only=False"
