@@ -58,7 +58,7 @@ ROWS = [(Case(f"{_kind(name)}/{stage}-{name}", _kind(name), f"{os.strerror(code)
 
 @pytest.fixture
 def patched_site(tmp_path, porter_env):
-    from conftest import TOYLIB_FILES
+    from fixture_plugin import TOYLIB_FILES
 
     from porter.testing import make_distribution
 

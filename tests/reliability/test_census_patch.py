@@ -24,7 +24,7 @@ JOURNAL = f"{STATE}/journal.json"
 
 @pytest.fixture(scope="module")
 def patched_template(tmp_path_factory, fixture_plugin_env):
-    from conftest import TOYLIB_FILES
+    from fixture_plugin import TOYLIB_FILES
 
     from porter.testing import make_distribution
 
@@ -40,9 +40,9 @@ def patched_template(tmp_path_factory, fixture_plugin_env):
 
 @pytest.fixture(scope="module")
 def fixture_plugin_env():
-    from conftest import FIXTURE_PLUGIN
+    import fixture_plugin  # tests/ is on sys.path (tests/conftest.py); `conftest` alone names whichever ran last
 
-    return {"PORTER_PLUGINS": FIXTURE_PLUGIN}
+    return {"PORTER_PLUGINS": fixture_plugin.__file__}
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ def test_state_damage(case, damage, command, code, words, site, fixture_plugin_e
 def test_a_symlinked_file_is_a_symlink_again_after_patch_and_revert(tmp_path, fixture_plugin_env):
     """The package's timer.py is a link to a file outside the package: patch replaces the link (the file it
     points at keeps its bytes), revert makes the link again."""
-    from conftest import TOYLIB_FILES
+    from fixture_plugin import TOYLIB_FILES
 
     from porter.testing import make_distribution
 

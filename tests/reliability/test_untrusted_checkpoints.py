@@ -82,6 +82,7 @@ def test_train_resume_refuses_a_crafted_checkpoint_before_deepspeed_starts(root)
     save = root / "run"
     ckpt = save / "checkpoints" / "visualglm-01-01-00-00"
     ckpt.mkdir(parents=True)
+    (save / ".porter-run").write_text("{}\n")  # an earlier porter run's folder (porter.outputs.MARKER)
     (ckpt / "latest").write_text("1")
     shutil.copy(folder / "model_config.json", ckpt / "model_config.json")
     shutil.copytree(folder / "1", ckpt / "1")
