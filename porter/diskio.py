@@ -34,6 +34,27 @@ def sha256_file(path: Path) -> str | None:
         return None
 
 
+def regular_file_problem(path: Path | str, what: str = "file") -> str | None:
+    """Why ``path`` is not a regular file porter may open (None if it is): missing, a folder, a FIFO, device or
+    socket (an open of a FIFO waits for a writer, a read of /dev/zero never ends), or the system's reason. Read with
+    stat only: nothing is opened. ``what`` names the expected kind in the answer ("a folder, not an image")."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:  # a component that is a file, a name too long, a loop of links
+        return f"cannot read ({exc.strerror or exc})"
+    except ValueError:  # an embedded NUL: no file can have that name
+        return "not a valid file name"
+    if stat.S_ISDIR(mode):
+        return f"a folder, not {what}"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a device, FIFO or socket)"
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

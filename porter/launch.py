@@ -120,18 +120,11 @@ def read_hostfile(path: str) -> dict[str, int]:
     """The hosts and slot counts of a DeepSpeed hostfile, read as DeepSpeed's runner reads it, or an InputError
     (exit 7) naming the file and the line. DeepSpeed itself carries on without a missing hostfile (a warning, then
     one local node) and raises a traceback for a bad line, after the parent has handed over."""
-    import stat
+    from .diskio import regular_file_problem
 
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise InputError(f"--hostfile {path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"--hostfile {path}: cannot read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(mode):
-        raise InputError(f"--hostfile {path}: a folder, not a hostfile")
-    if not stat.S_ISREG(mode):  # a FIFO would block the read
-        raise InputError(f"--hostfile {path}: not a regular file (a device, FIFO or socket)")
+    problem = regular_file_problem(path, "a hostfile")
+    if problem:
+        raise InputError(f"--hostfile {path}: {problem}")
     try:
         with open(path, "rb") as f:
             data = f.read(1 << 20)  # a hostfile is a line per node: a megabyte is not one

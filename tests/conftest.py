@@ -96,3 +96,21 @@ def sat_patched(sat_pristine, tmp_path_factory) -> Path:
     r = run_porter("patch", "sat", "--site-packages", str(dest))
     assert r.returncode == 0, r.stderr
     return dest
+
+
+@pytest.fixture
+def immutable():
+    """``immutable(path)`` sets chattr +i on a path (skipping the test where the file system has no such flag),
+    cleared again after the test."""
+    import subprocess
+
+    made = []
+
+    def make(path):
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available on this file system")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

@@ -104,18 +104,11 @@ def _json_type(value) -> str:
 
 def _check_regular(path: Path) -> None:
     """A data file must be a regular file: reading a FIFO blocks forever, a folder's error names no record."""
-    import stat
+    from porter.diskio import regular_file_problem
 
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(mode):
-        raise DataError(f"{path}: a folder, not a JSON file")
-    if not stat.S_ISREG(mode):
-        raise DataError(f"{path}: not a regular file (a device, FIFO or socket)")
+    problem = regular_file_problem(path, "a JSON file")
+    if problem:
+        raise DataError(f"{path}: {'file not found' if problem == 'no such file' else problem}")
 
 
 def _image_path(json_file: Path, img: str) -> Path | None:

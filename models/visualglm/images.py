@@ -38,20 +38,13 @@ def _check_file(path: Path) -> None:
     """A regular file we may read: Pillow would block forever reading a FIFO, and its errors for a folder or a
     missing file name neither the problem nor the record."""
     import os
-    import stat
 
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image not found") from None
-    except OSError as exc:  # a component that is a file, a name too long, a loop of links, no permission
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError:  # an embedded NUL: no file can have that name
-        raise ImageError(f"{path!r}: not a valid file name") from None
-    if stat.S_ISDIR(mode):
-        raise ImageError(f"{path}: a folder, not an image")
-    if not stat.S_ISREG(mode):
-        raise ImageError(f"{path}: not a regular file (a device, FIFO or socket)")
+    from porter.diskio import regular_file_problem
+
+    problem = regular_file_problem(path, "an image")
+    if problem:
+        raise ImageError(f"{path!r}: {problem}" if "valid file name" in problem else
+                         f"{path}: {'image not found' if problem == 'no such file' else problem}")
     if not os.access(path, os.R_OK):
         raise ImageError(f"{path}: cannot read (permission denied)")
 

@@ -146,23 +146,6 @@ def test_a_report_that_cannot_be_written(case, code, patched_site, porter_env, m
     assert_refused(r, 8, "--report", "r.json", os.strerror(code))
 
 
-@pytest.fixture
-def immutable():
-    made = []
-
-    def make(path):
-        import subprocess
-
-        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available on this file system")
-        made.append(path)
-    yield make
-    import subprocess
-
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 # (case, command run first, what is made immutable, the command refused, words)
 IMMUTABLE_ROWS = [
     (Case("permissions/immutable-file-before-patch", "permissions", "a package file made immutable (chattr +i): "

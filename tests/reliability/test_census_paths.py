@@ -29,19 +29,6 @@ def user_folder(tmp_path):
     return root
 
 
-@pytest.fixture
-def immutable(tmp_path):
-    made = []
-
-    def make(path):
-        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available on this file system")
-        made.append(path)
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 DEMO = ("run", "visualglm", "demo", "--save")
 TRAIN = ("run", "visualglm", "train", "--device", "cpu", "--dry-run", "--save")
 

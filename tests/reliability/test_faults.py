@@ -91,19 +91,6 @@ def test_a_file_size_limit_while_saving_originals_changes_nothing(toylib_site, p
     assert tree_digest(toylib_site) == pristine
 
 
-@pytest.fixture
-def immutable():
-    made = []
-
-    def make(path):
-        subprocess.run(["chattr", "+i", str(path)], check=True)
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def test_an_immutable_file_is_refused_before_the_first_write(toylib_site, porter_env, immutable):
     pristine = tree_digest(toylib_site)
     immutable(toylib_site / "toylib" / "timer.py")
