@@ -123,7 +123,7 @@ def tree_digest(path: Path) -> str:
     h = hashlib.sha256()
     path = Path(path)
     for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        h.update(str(file.relative_to(path)).encode() + b"\0")
+        h.update(os.fsencode(file.relative_to(path)) + b"\0")  # any name the file system holds, UTF-8 or not
         h.update(hashlib.sha256(file.read_bytes()).digest())
     return h.hexdigest()
 

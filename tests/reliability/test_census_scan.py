@@ -326,18 +326,6 @@ SCAN_CASES = [
 ]
 
 
-def _digest(root: Path) -> str:
-    """``tree_digest``, or where a file name is not UTF-8 (which tree_digest cannot encode) the same walk over the
-    names' bytes."""
-    try:
-        return tree_digest(root)
-    except UnicodeEncodeError:
-        h = hashlib.sha256()
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            h.update(os.fsencode(file.relative_to(root)) + b"\0" + hashlib.sha256(file.read_bytes()).digest())
-        return h.hexdigest()
-
-
 def _check_scanned(spec: str, expect: Scanned) -> None:
     r = cli("scan", spec)
     assert r.returncode == 0, r.stderr
@@ -359,7 +347,7 @@ def _check_scanned(spec: str, expect: Scanned) -> None:
 def test_scan_input(case, build, expect, tmp_path, monkeypatch):
     inputs = Inputs(tmp_path / "in")
     spec = build(inputs)
-    before = _digest(inputs.root)
+    before = tree_digest(inputs.root)
     inputs.apply_denials(monkeypatch)
     try:
         if isinstance(expect, Refused):
@@ -369,7 +357,7 @@ def test_scan_input(case, build, expect, tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         inputs.lift_denials()
-    assert _digest(inputs.root) == before
+    assert tree_digest(inputs.root) == before
 
 
 # --- a distribution's RECORD and METADATA ---------------------------------------------------------------------------
