@@ -99,8 +99,10 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                               + EXIT_CODES)
     p.add_argument("target", help="target name, e.g. sat")
     p.add_argument("--dry-run", action="store_true", help="print the diff and the per-rule table; write nothing")
-    p.add_argument("--report", type=Path, metavar="FILE.json",
-                   help="write the plan (diff, matches) as JSON; it patches too unless --dry-run is given")
+    p.add_argument("--report", type=Path, metavar="FILE.json|FILE.csv",
+                   help="write the plan (diff, matches) as JSON, or for a .csv name the change list in "
+                        "msFmkTransplt's columns (File, Start Line, End Line, Operation Type = rule id, Message); it "
+                        "patches too unless --dry-run is given")
     p.add_argument("--only", metavar="RULE,...", help="apply only these rule ids (on a patched target, with --force: "
                                                       "replace the patch with just these)")
     p.add_argument("--force", action="store_true", help="let --only replace a patch made with other rules")

@@ -61,9 +61,28 @@ class Plan:
         }
 
     def write_report(self, path: Path) -> None:
+        """The plan as JSON, or, for a name ending in .csv, the change list in the columns of msFmkTransplt's
+        change_list.csv (so a user of that tool can lay the two side by side)."""
         from .outputs import write_output
 
-        write_output(path, (json.dumps(self.to_json(), indent=2) + "\n").encode(), "--report")
+        text = self.change_list_csv() if Path(path).suffix.lower() == ".csv" else json.dumps(self.to_json(), indent=2) + "\n"
+        write_output(path, text.encode(), "--report")
+
+    def change_list_csv(self) -> str:
+        """One row per change: File (relative to site-packages), Start Line, End Line (1-based, inclusive, as
+        installed), Operation Type (the rule id, whose docs `porter rules` shows), Message (what it did)."""
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CHANGE_LIST_COLUMNS)
+        for m in sorted(self.matches(), key=lambda m: (m.path, m.start_line, m.end_line, m.rule_id)):
+            writer.writerow([m.path, m.start_line, m.end_line, m.rule_id, m.message])
+        return out.getvalue()
+
+
+CHANGE_LIST_COLUMNS = ("File", "Start Line", "End Line", "Operation Type", "Message")
 
 
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:

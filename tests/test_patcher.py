@@ -58,6 +58,24 @@ def test_dry_run_writes_nothing_and_reports(toylib_site, porter_env, tmp_path):
     assert tree_digest(toylib_site) == before  # report went elsewhere; nothing under site-packages
 
 
+def test_a_csv_report_is_the_change_list_in_msfmktransplts_columns(toylib_site, porter_env, tmp_path):
+    """`--report x.csv`: one row per change, the same changes as the JSON report's matches, in the columns of
+    msFmkTransplt's change_list.csv."""
+    import csv
+
+    before = tree_digest(toylib_site)
+    for name in ("plan.json", "plan.csv"):
+        r = porter(toylib_site, "patch", "toylib", "--dry-run", "--report", str(tmp_path / name), env=porter_env)
+        assert r.returncode == 0, r.stderr
+    rows = list(csv.reader((tmp_path / "plan.csv").open(newline="")))
+    assert rows[0] == ["File", "Start Line", "End Line", "Operation Type", "Message"]
+    matches = json.loads((tmp_path / "plan.json").read_text())["matches"]
+    assert len(rows) - 1 == len(matches) >= 3
+    assert sorted(rows[1:]) == sorted([m["path"], str(m["lines"][0]), str(m["lines"][1]), m["rule"], m["message"]]
+                                      for m in matches)
+    assert tree_digest(toylib_site) == before
+
+
 def test_only_applies_the_named_rules(toylib_site, porter_env):
     r = porter(toylib_site, "patch", "toylib", "--only", "toylib.backend", env=porter_env)
     assert r.returncode == 0, r.stderr
