@@ -35,7 +35,9 @@ if mode == "porter":
 elif mode == "usual":
     ckpt = inspect_checkpoint(folder)
     model = build_model(ckpt.config)
-    weights = torch.load(ckpt.states_file, map_location="cpu", weights_only=False)["module"]
+    from porter.runtime.checkpoints import load as load_checkpoint  # the file is untrusted even here
+
+    weights = load_checkpoint(ckpt.states_file, map_location="cpu")["module"]
     weights.pop("transformer.position_embeddings.weight")
     model.load_state_dict(weights, strict=False)
     model = model.half()

@@ -1,6 +1,6 @@
 """Checkpoint files read without running code from them: what patched libraries call instead of ``torch.load``.
 
-``torch.load(weights_only=False)`` runs whatever the file's pickle names, so a crafted checkpoint executes code
+The full unpickler (``torch.load`` with ``weights_only`` off) runs whatever the file's pickle names, so a crafted checkpoint executes code
 on the machine that loads it. :func:`load` unpickles with ``weights_only=True`` and allows, beyond the tensors
 and plain containers torch allows already, only what SAT's and DeepSpeed's own checkpoints hold: numpy's RNG
 state (``np.random.get_state()``: a tuple holding one uint32 array). Python's ``random.getstate()``, torch's RNG
@@ -89,7 +89,7 @@ def load(f, map_location=None, **kwargs):
     other global or is not a regular file, and ``pickle.UnpicklingError`` (the reason, one line) for other
     weights-only failures."""
     if kwargs.pop("weights_only", None) is False:  # None is torch's "the default", which is True since 2.6
-        raise ValueError("porter.runtime.checkpoints.load never unpickles with weights_only=False")
+        raise ValueError("porter.runtime.checkpoints.load never turns weights_only off")
     path = f if isinstance(f, (str, os.PathLike)) else None
     if path is not None:
         if os.fspath(path).endswith(SAFETENSORS_SUFFIX):
@@ -104,7 +104,7 @@ def load(f, map_location=None, **kwargs):
         if isinstance(exc, RefusedCheckpoint) or "Weights only load failed" not in str(exc):
             raise
         # the legacy format, or a global the opcode scan cannot see: torch's own refusal, reworded without its
-        # advice to retry with weights_only=False
+        # advice to retry with the full unpickler
         found = [next(filter(None, groups)) for groups in _REFUSED_GLOBAL.findall(str(exc))]
         where = os.fspath(path) if path is not None else repr(f)
         if found:

@@ -70,7 +70,7 @@ LOAD_CHECKPOINT = Rule(
     docs=RuleDocs(
         why="torch 2.6 made torch.load(weights_only=True) the default; SAT's checkpoints carry numpy's RNG state "
             "(a uint32 array) beside the weights, so load_checkpoint (--load, resuming) fails on every checkpoint "
-            "SAT itself wrote. Passing weights_only=False instead would let a crafted checkpoint run any code on "
+            "SAT itself wrote. Turning weights_only off instead would let a crafted checkpoint run any code on "
             "the machine that resumes from it.",
         how="The call becomes porter_checkpoints.load (porter.runtime.checkpoints) with the same arguments: "
             "torch.load with weights_only=True and, for that call only (torch.serialization.safe_globals), the numpy "
