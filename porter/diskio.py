@@ -134,8 +134,10 @@ def replace_problem(path: Path) -> str | None:
     """
     path = Path(path)
     folder = path.parent
-    while not folder.exists():
+    while not folder.exists() and folder.parent != folder:
         folder = folder.parent
+    if not folder.is_dir():  # a file where a folder must be (the path lies under it)
+        return f"{folder} is not a folder"
     if path.exists() and _inode_flags(path) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
         return f"{path} is immutable or append-only (chattr +i/+a)"
     if os.statvfs(folder).f_flag & os.ST_RDONLY:

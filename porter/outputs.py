@@ -22,20 +22,6 @@ RUN_OUTPUTS = ("checkpoints", "runs", "metrics.jsonl", "summary.json", "loss.png
                "demo_score.json", "deepspeed_config.rank*.json")
 
 
-def _problem(path: Path) -> str | None:
-    """Why a file or folder at ``path`` could not be created or replaced, or None."""
-    ancestor = path
-    while not ancestor.exists() and not ancestor.is_symlink():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
-    if ancestor != path and not ancestor.is_dir():
-        return f"{ancestor} is not a folder"
-    if ancestor != path:
-        return replace_problem(ancestor / "x")
-    return replace_problem(path)
-
-
 def check_run_folder(path: Path, flag: str) -> None:
     """Refuse, without writing anything, a run folder porter may not use: a file, a folder holding anything but
     a previous porter run (or nothing), or one that cannot be created or written."""
@@ -54,7 +40,7 @@ def check_run_folder(path: Path, flag: str) -> None:
                                   hint="name a new or empty folder, or the folder of an earlier porter run")
         problem = replace_problem(path / MARKER)
     else:
-        problem = _problem(path)
+        problem = replace_problem(path)
     if problem:
         raise OutputError(f"{flag} {path}: cannot be written ({problem})")
 
@@ -98,7 +84,7 @@ def check_output_folder(path: Path, flag: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {path}: a file, not a folder", hint="name a folder")
-    problem = replace_problem(path / "x") if path.is_dir() else _problem(path)
+    problem = replace_problem(path / "x")
     if problem:
         raise OutputError(f"{flag} {path}: cannot be written ({problem})")
 
