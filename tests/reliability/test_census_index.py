@@ -19,3 +19,8 @@ def test_the_census_has_150_distinct_cases_of_every_kind():
 def test_docs_reliability_lists_exactly_the_census():
     doc = (Path(__file__).parent.parent.parent / DOC).read_text()
     assert render(all_cases()) in doc, "docs/reliability.md is stale: run .venv/bin/python tests/reliability/census.py"
+
+
+def test_the_readme_states_the_census_count():
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    assert f"a census of {len(all_cases())} bad inputs" in readme, "README.md's census count is stale"
