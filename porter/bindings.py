@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import io
+import re
 import symtable
+import tokenize
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -58,6 +61,7 @@ class Bindings:
         self._lines = lines  # a cut file's lines -> this code's (porter.skeleton): questions come in its lines
         self._module: _Scope | None = None
         self._broken = False
+        self._skips: list[tuple[int, int]] | None = None
 
     def meaning(self, name: str, line: int, column: int):
         """What the name ``name`` used at ``line``:``column`` (1-based line, 0-based character column) refers to:
@@ -87,6 +91,20 @@ class Bindings:
             while free and scope is not None and scope is not module and not scope.is_function:
                 scope = scope.parent
         return _bound_in(module, name, _lookup(module.table, name), where, module is used_in)
+
+    def skipped(self, start: int, end: int) -> bool:
+        """Whether lines ``start``..``end`` (of the code the questions come in) lie within one statement that carries
+        a ``# porter: skip`` comment (a compound statement: within its header)."""
+        if self._skips is None:
+            self._skips = skip_ranges(self._text())
+        if not self._skips:
+            return False
+        if self._lines is not None:
+            start, end = self._lines[start - 1][0], self._lines[end - 1][1]
+        return any(a <= start and end <= b for a, b in self._skips)
+
+    def _text(self) -> str:
+        return self._code
 
     def _scopes(self) -> _Scope | None:
         if self._module is None and not self._broken:
@@ -255,7 +273,51 @@ class _LazyBindings(Bindings):
         super().__init__("")
         self._source: cst.Module | None = module
 
+    def _text(self) -> str:
+        if self._source is not None:
+            self._code, self._source = self._source.code, None
+        return self._code
+
     def _scopes(self) -> _Scope | None:
         if self._module is None and not self._broken and self._source is not None:
             self._code, self._source = self._source.code, None
         return super()._scopes()
+
+
+SKIP_COMMENT = re.compile(r"#\s*porter:\s*skip(?![-\w])")
+SKIP_FILE_COMMENT = re.compile(r"#\s*porter:\s*skip-file(?![-\w])")
+
+
+def skip_ranges(code: str) -> list[tuple[int, int]]:
+    """The line ranges a ``# porter: skip`` comment covers in ``code``: the statement it is written on (for a
+    compound statement, its header: decorators to the line before its body). Only comments count, never the same
+    words inside a string."""
+    if "porter:" not in code:
+        return []
+    try:
+        marked = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(code).readline)
+                  if tok.type == tokenize.COMMENT and SKIP_COMMENT.match(tok.string)}
+        tree = ast.parse(code) if marked else None
+    except (SyntaxError, tokenize.TokenError, ValueError):
+        return []
+    if not marked:
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))])
+        body = getattr(node, "body", None)
+        last = body[0].lineno - 1 if isinstance(body, list) and body and isinstance(body[0], ast.stmt) \
+            else node.end_lineno or node.lineno
+        spans.append((first, max(first, last)))
+    found = set()
+    for line in marked:
+        around = [span for span in spans if span[0] <= line <= span[1]]
+        if around:
+            found.add(min(around, key=lambda span: span[1] - span[0]))
+        else:  # a comment on a line of its own: it speaks for the statement below it
+            below = [span for span in spans if span[0] == line + 1]
+            if below:
+                found.add(min(below, key=lambda span: span[1] - span[0]))
+    return sorted(found)

@@ -42,6 +42,15 @@ class ResolvesNames(cst.MetadataDependent):
             return None
         return (meaning or head) + ("." + tail if tail else "")
 
+    def skipped(self, node: cst.CSTNode) -> bool:
+        """Whether ``node`` lies within a statement its author marked ``# porter: skip``."""
+        try:
+            where = self.get_metadata(PositionProvider, node)
+            bindings = self.get_metadata(BindingsProvider, self._module_of())
+        except KeyError:  # a node the rule built itself
+            return False
+        return bindings.skipped(where.start.line, where.end.line)
+
     def refers_to(self, node: cst.CSTNode, *names: str) -> bool:
         return self.qualified_name(node) in names
 

@@ -14,7 +14,11 @@ from libcst.metadata import PositionProvider
 from .names import NOT_A_LITERAL, ResolvesNames, literal, same  # noqa: F401  (what rule authors use)
 from .target import version_in
 
-CATEGORIES = ("device", "imports", "rotary", "fused-op", "compat", "test")
+CATEGORIES = ("device", "imports", "rotary", "fused-op", "compat", "test", "unsupported")
+
+# The target name of rules for any code: they run over every Python file of a target no plugin registered (a
+# project folder, or an installed distribution by its pip name) that holds one of their trigger words
+ANY_TARGET = "any"
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,21 @@ class JsonValue(TextRewrite):
         return new_text, matches
 
 
+class ProjectRule(RuleTransformer):
+    """Base for rules over any code (``target=ANY_TARGET``): a node whose statement carries a ``# porter: skip``
+    comment is left as it is, and what the rule recorded for it is dropped. That is the opt-out a project commits
+    beside the code (a whole file: ``# porter: skip-file``, which the planner reads; folders: ``[tool.porter]
+    exclude`` in its pyproject.toml)."""
+
+    def on_leave(self, original_node, updated_node):
+        before = len(self.matches)
+        result = super().on_leave(original_node, updated_node)
+        if result is not updated_node and self.skipped(original_node):
+            del self.matches[before:]
+            return updated_node
+        return result
+
+
 Rewrite = Union[type[RuleTransformer], TextRewrite]  # noqa: UP007  (evaluated at runtime on 3.10 too)
 
 
@@ -251,6 +270,18 @@ class Rule:
             raise ValueError(f"rule {self.id}: triggers are single names (the last part of a dotted one), not {wrong!r}")
         if self.reads not in ("statement", "function"):
             raise ValueError(f"rule {self.id}: reads must be 'statement' or 'function', not {self.reads!r}")
+        if self.target == ANY_TARGET:
+            if self.files or self.file_versions:
+                raise ValueError(f"rule {self.id}: a rule for any code runs over every file holding its triggers; it "
+                                 "names no files")
+            if self.required:
+                raise ValueError(f"rule {self.id}: a rule for any code cannot be required (most files lack its code)")
+            if not self.triggers:
+                raise ValueError(f"rule {self.id}: a rule for any code must name its triggers: files without them are "
+                                 "never parsed")
+            if not (isinstance(self.rewrite, type) and issubclass(self.rewrite, ProjectRule)):
+                raise TypeError(f"rule {self.id}: a rule for any code needs a porter.rules.ProjectRule subclass (it "
+                                "honours `# porter: skip`)")
         if self.category not in CATEGORIES:
             raise ValueError(f"rule {self.id}: category {self.category!r} is not one of {', '.join(CATEGORIES)}")
         python = all(f.endswith(".py") for f in self.files)
@@ -263,8 +294,13 @@ class Rule:
     def key(self) -> str:
         return self.id
 
+    @property
+    def any_code(self) -> bool:
+        """A rule for any code: its files are the target's Python files that hold its triggers."""
+        return self.target == ANY_TARGET
+
     def applies_to(self, version: str) -> bool:
-        return version_in(version, self.versions) and bool(self.files_for(version))
+        return version_in(version, self.versions) and (self.any_code or bool(self.files_for(version)))
 
     def files_for(self, version: str) -> tuple[str, ...]:
         """The files this rule rewrites in that release of its target."""

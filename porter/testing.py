@@ -32,7 +32,7 @@ def rewrite(rule: Rule, source: str, path: str | None = None) -> tuple[str, list
     The rule runs on the whole source, and again as the planner runs it, on the source cut down to the statements
     holding its triggers (porter.skeleton); the two must agree, so every fixture also checks the rule's
     ``triggers``: a trigger the matched code lacks shows up here as a missing rewrite."""
-    path = path or rule.files[0]
+    path = path or (rule.files[0] if rule.files else "example.py")
     text = _dedent(source)
     out, matches = apply_rule(rule, path, text)
     try:
@@ -52,7 +52,7 @@ def assert_rewrites(rule: Rule, before: str, after: str, path: str | None = None
     expected = _dedent(after)
     assert out == expected, f"rule {rule.id} produced:\n{out}\n--- expected:\n{expected}"
     assert matches, f"rule {rule.id} changed the source but recorded no match"
-    again, more = apply_rule(rule, path or rule.files[0], out)
+    again, more = apply_rule(rule, path or (rule.files[0] if rule.files else "example.py"), out)
     assert again == out and not more, f"rule {rule.id} is not a fixpoint: a second run changed:\n{again}"
     return matches
 
