@@ -58,6 +58,9 @@ what is read (a folder, a file or a distribution):
   there is no Python file to scan.
 """
 
+TARGET_HELP = ("a registered target (sat), a project folder written as a path (./my-model, /src/repo), or any "
+               "installed distribution by its pip name (PyHessian)")
+
 MAIN_HELP = """\
 porter ports PyTorch model code to new accelerators by rewriting installed libraries with documented rules,
 as one journaled transaction that `porter revert` undoes byte for byte.
@@ -65,6 +68,8 @@ as one journaled transaction that `porter revert` undoes byte for byte.
 examples:
   porter patch sat --dry-run          show the diff and the per-rule table, change nothing
   porter patch sat --verify           patch the installed SwissArmyTransformer and prove the result
+  porter patch ./my-model             port a project folder's CUDA-only code (any installed distribution too)
+  porter exec -- python train.py      run a program with its folder ported in memory; no file changes
   porter status                       clean / patched / drifted / interrupted / orphaned / damaged
   porter revert                       put every byte back
   porter scan sat                     CUDA-only sites no rule covers, by file:line
@@ -97,7 +102,7 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                               "  porter patch sat --only sat.imports.wandb\n"
                               "  porter patch sat --site-packages /opt/env/lib/python3.11/site-packages --verify\n\n"
                               + EXIT_CODES)
-    p.add_argument("target", help="target name, e.g. sat")
+    p.add_argument("target", help=TARGET_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the diff and the per-rule table; write nothing")
     p.add_argument("--report", type=Path, metavar="FILE.json|FILE.csv",
                    help="write the plan (diff, matches) as JSON, or for a .csv name the change list in "
@@ -111,12 +116,19 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                         "recipe copied over; revert then restores those modified files")
     p.add_argument("--verify", action="store_true", help="run `porter verify` after patching")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="a folder or distribution: leave out files matching GLOB (a path relative to its root, or one "
+                        "of its folders); repeatable; a folder's pyproject.toml adds [tool.porter] exclude")
+    p.add_argument("--unsupported", type=Path, metavar="FILE.csv",
+                   help="write what no rule can port (custom CUDA extensions, triton, CUDA graphs, ...) in "
+                        "msFmkTransplt's unsupported_op.csv columns (File, Start Line, End Line, OP, Tips)")
     _site_packages_arg(p, 'patch')
 
     p = sub.add_parser("status", help="clean / patched / drifted / interrupted / orphaned / damaged", formatter_class=_Formatter,
                        description="Compare the journal with the files on disk.",
                        epilog="examples:\n  porter status\n  porter status sat --json\n\n" + EXIT_CODES)
-    p.add_argument("target", nargs="?", help="one target (default: every registered target that is installed)")
+    p.add_argument("target", nargs="?", help="one target, distribution or ./folder (default: every registered target "
+                                             "that is installed, and every distribution porter patched)")
     p.add_argument("--json", action="store_true")
     _site_packages_arg(p, 'read')
 
@@ -125,7 +137,8 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                                    "Refuses, naming the files, when a file matches neither its original nor its\n"
                                    "patched version (hand edit, reinstall, upgrade) unless --force.",
                        epilog="examples:\n  porter revert\n  porter revert sat --force\n\n" + EXIT_CODES)
-    p.add_argument("target", nargs="?", help="one target (default: every patched target)")
+    p.add_argument("target", nargs="?", help="one target, distribution or ./folder (default: every patched target "
+                                             "and distribution)")
     p.add_argument("--force", action="store_true",
                    help="restore the originals even over files changed since; with a damaged journal (unreadable, "
                         "or not listing every saved original), restore every saved original on disk instead")
@@ -136,8 +149,13 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                        description="Stages: files vs journal; compile; import of every patched module in a fresh\n"
                                    "interpreter; the rules are a fixpoint; then the target plugin's checks.",
                        epilog="examples:\n  porter verify sat\n  porter verify sat --json\n\n" + EXIT_CODES)
-    p.add_argument("target")
+    p.add_argument("target", help=TARGET_HELP)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--test-cmd", metavar="CMD",
+                   help="also run CMD (a shell command: the project's tests, a script) against the original and the "
+                        "ported tree and compare: the same exit status, and with pytest the same tests passing")
+    p.add_argument("--timeout", type=float, default=1800, metavar="S",
+                   help="--test-cmd: seconds each run may take (default 1800)")
     _site_packages_arg(p, 'verify')
 
     p = sub.add_parser("scan", help="CUDA-only sites in a target (after its rules), a distribution or a folder",
@@ -234,19 +252,34 @@ def _global_args(parser: argparse.ArgumentParser) -> None:
 # --- commands ------------------------------------------------------------------------------------------
 
 
+def _resolve(args, registry, check_version: bool = True):
+    from .generic import resolve
+
+    return resolve(args.target, registry, args.site_packages, check_version=check_version,
+                   exclude=tuple(getattr(args, "exclude", None) or ()))
+
+
+def _rules_for(registry, installed) -> list:
+    """A registered target's rules; for a distribution or folder, the rules for any code."""
+    from .rules import ANY_TARGET
+
+    return registry.rules_for(ANY_TARGET if installed.target.generic else installed.name)
+
+
 def cmd_patch(args, registry, con: Console) -> int:
-    installed = locate(registry.target(args.target), args.site_packages)
-    rules = registry.rules_for(installed.name)
+    installed = _resolve(args, registry)
+    rules = _rules_for(registry, installed)
     only = [r.strip() for r in (args.only or "").split(",") if r.strip()]
     if args.only is not None and not only:
         raise PorterError("--only names no rule", hint=f"`porter rules {args.target}` lists them", exit_code=2)
     if args.verify and args.dry_run:
         raise PorterError("--verify proves a patch on disk, and --dry-run writes none", hint="drop one of them",
                           exit_code=2)
-    if args.report:
-        from .outputs import check_output_file
+    from .outputs import check_output_file
 
-        check_output_file(args.report, "--report")  # before the patch, not after it
+    for option, path in (("--report", args.report), ("--unsupported", args.unsupported)):
+        if path:
+            check_output_file(path, option)  # before the patch, not after it
     if args.dry_run:
         from .plan import make_plan
 
@@ -254,18 +287,23 @@ def cmd_patch(args, registry, con: Console) -> int:
         plan = make_plan(installed, rules, only, read=read_original(installed, current.journal))
         if args.report:
             plan.write_report(args.report)
+        if args.unsupported:
+            _write_unsupported(plan, args.unsupported, con)
         if args.json:
             con.print(json.dumps(plan.to_json(), indent=2))
             return EXIT_OK
         con.print(con.diff(plan.diff()))
         _print_plan_table(plan, con)
         con.note(f"dry run: {len(plan.changed)} file(s) would change in {installed.package_dir} "
-                 f"({installed.target.distribution} {installed.version}, currently {current.state})")
+                 f"({_label(installed)}, currently {current.state})")
         return EXIT_OK
-    outcome = patcher.apply_patch(installed, rules, only, progress=con.note, need_plan=bool(args.report),
+    outcome = patcher.apply_patch(installed, rules, only, progress=con.note,
+                                  need_plan=bool(args.report or args.unsupported),
                                   force=args.force, accept_modified=args.accept_modified)
     if args.report and outcome.plan:
         outcome.plan.write_report(args.report)
+    if args.unsupported and outcome.plan:
+        _write_unsupported(outcome.plan, args.unsupported, con)
     for note in outcome.notes:
         con.note(note)
     if args.json:
@@ -276,13 +314,30 @@ def cmd_patch(args, registry, con: Console) -> int:
             _print_plan_table(outcome.plan, con)
         words = {"applied": f"patched {len(outcome.files)} file(s)", "repatched": f"re-patched {len(outcome.files)} file(s)",
                  "already-patched": "already patched; nothing to do", "nothing-to-change": "the rules change nothing"}
-        con.print(f"{installed.name} {installed.version}: {words[outcome.action]} in {installed.package_dir}")
+        con.print(f"{_label(installed)}: {words[outcome.action]} in {installed.package_dir}")
         if outcome.action in ("applied", "repatched"):
             con.print(f"undo with: porter revert {installed.name}" +
                       (f" --site-packages {installed.site_packages}" if args.site_packages else ""))
     if args.verify:
         return _run_verify(installed, registry, con, as_json=False)
     return EXIT_OK
+
+
+def _label(installed) -> str:
+    """How messages name a target: 'sat 0.4.12', 'PyHessian 0.1', or a folder's path."""
+    if installed.target.kind == "folder":
+        return str(installed.root)
+    if installed.target.kind == "distribution":
+        return f"{installed.target.distribution} {installed.version}"
+    return f"{installed.name} {installed.version}"
+
+
+def _write_unsupported(plan, path: Path, con: Console) -> None:
+    from .unsupported import find_unsupported, write_csv
+
+    found = find_unsupported(plan)
+    write_csv(found, path)
+    con.note(f"{len(found)} site(s) no rule can port written to {path}")
 
 
 def _print_plan_table(plan, con: Console) -> None:
@@ -307,19 +362,29 @@ def _targets_for(args, registry):
             raise NotFoundError(f"{orphan[0]} holds a patch of {args.target!r}, but no loaded plugin registers that "
                                 f"target", hint="enable its plugin (see PORTER_DISABLE_PLUGINS and `porter plugins`), "
                                                 "then run this again")
-        return [locate(registry.target(args.target), args.site_packages, check_version=False)]
+        return [_resolve(args, registry, check_version=False)]
     found = []
     for target in registry.targets.values():
         try:
             found.append(locate(target, args.site_packages, check_version=False))
         except PorterError:
             continue  # not installed here: nothing to report
+    from .generic import distribution_target
+
+    for journal in _unknown_journals(args, registry, distributions=False):
+        try:  # a distribution porter patched by its pip name: the state folder is named for it
+            installed = distribution_target(journal.parent.name, journal.parent.parent.parent)
+        except PorterError:
+            continue
+        if installed.state_dir.resolve() == journal.parent:
+            found.append(installed)
     return found
 
 
-def _unknown_journals(args, registry) -> list[Path]:
+def _unknown_journals(args, registry, distributions: bool = True) -> list[Path]:
     """Journals of targets no loaded plugin registers (disabled or uninstalled), in --site-packages or in every
-    site folder of this interpreter (user site included)."""
+    site folder of this interpreter (user site included); with ``distributions``, not those of a distribution
+    porter patched by its pip name (status and revert read those as targets)."""
     import site
     import sysconfig
 
@@ -329,7 +394,19 @@ def _unknown_journals(args, registry) -> list[Path]:
         folders = [Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"]),
                    *map(Path, site.getsitepackages()), Path(site.getusersitepackages())]
     journals = {j.resolve() for folder in folders for j in (folder / STATE_DIR_NAME).glob("*/journal.json")}
-    return sorted(j for j in journals if j.parent.name not in registry.targets)
+    unknown = sorted(j for j in journals if j.parent.name not in registry.targets)
+    if not distributions:
+        return unknown
+    from .generic import distribution_target
+
+    def patched_distribution(journal: Path) -> bool:
+        try:
+            return distribution_target(journal.parent.name, journal.parent.parent.parent).state_dir.resolve() \
+                == journal.parent
+        except PorterError:
+            return False
+
+    return [j for j in unknown if not patched_distribution(j)]
 
 
 def cmd_status(args, registry, con: Console) -> int:
@@ -343,7 +420,7 @@ def cmd_status(args, registry, con: Console) -> int:
     if not statuses:
         con.print("no registered target is installed here")
     for s in statuses:
-        con.print(f"{s.target} {s.version}: {con.status(s.state)}" +
+        con.print(f"{s.target}{' ' + s.version if s.version else ''}: {con.status(s.state)}" +
                   (f" (patched {s.journal.created}, {len(s.journal.rules)} rules)" if s.journal else ""))
         if s.files and s.state != "patched":
             con.print(con.table(("file", "state"), sorted(s.files.items()), status_col=1))
@@ -369,9 +446,9 @@ def cmd_revert(args, registry, con: Console) -> int:
         if outcome.action == "reverted":
             reverted += 1
             source = "; ".join(outcome.notes) or "every journaled file matches its original sha256"
-            con.print(f"{installed.name} {installed.version}: restored {len(outcome.files)} file(s); {source}")
+            con.print(f"{_label(installed)}: restored {len(outcome.files)} file(s); {source}")
         elif args.target:
-            con.print(f"{installed.name} {installed.version}: not patched; nothing to revert")
+            con.print(f"{_label(installed)}: not patched; nothing to revert")
     unknown = [] if args.target else _unknown_journals(args, registry)
     for journal in unknown:
         con.note(f"not reverted: {journal} holds a patch of {journal.parent.name!r}, but no loaded plugin registers "
@@ -381,24 +458,27 @@ def cmd_revert(args, registry, con: Console) -> int:
     return EXIT_STATE if unknown else EXIT_OK
 
 
-def _run_verify(installed, registry, con: Console, as_json: bool) -> int:
+def _run_verify(installed, registry, con: Console, as_json: bool, test_cmd: str | None = None,
+                timeout: float = 1800) -> int:
     from .verify import verify
 
-    report = verify(installed, registry.rules_for(installed.name), registry.checks_for(installed.name),
-                    progress=con.note)
+    report = verify(installed, _rules_for(registry, installed), registry.checks_for(installed.name),
+                    progress=con.note, test_cmd=test_cmd, timeout=timeout)
     if as_json:
         con.print(json.dumps(report.to_json(), indent=2))
     else:
         rows = [(r.stage, r.item, r.status, r.detail) for r in report.results]
         con.print(con.table(("stage", "item", "result", "detail"), rows, status_col=2))
         failed = sum(r.status == "fail" for r in report.results)
-        con.print(f"verify {installed.name}: " + (con.paint("passed", "green") if report.ok
+        con.print(f"verify {_label(installed)}: " + (con.paint("passed", "green") if report.ok
                                                    else con.paint(f"{failed} failed", "red")))
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_verify(args, registry, con: Console) -> int:
-    return _run_verify(locate(registry.target(args.target), args.site_packages), registry, con, args.json)
+    if args.timeout <= 0 or args.timeout != args.timeout:
+        raise PorterError(f"--timeout {args.timeout}: must be a positive number of seconds", exit_code=2)
+    return _run_verify(_resolve(args, registry), registry, con, args.json, args.test_cmd, args.timeout)
 
 
 def cmd_restore_original(args, registry, con: Console) -> int:

@@ -266,11 +266,31 @@ def remove_state(state_dir: Path, site_packages: Path) -> None:
                          f"({exc.strerror or exc})", hint=f"fix the permissions of {state_dir}, then run "
                                                           f"`porter revert {state_dir.name}` again to clear it") from None
     for folder in sorted((p for p in state_dir.rglob("*") if p.is_dir() and not p.is_symlink()),
-                         key=lambda p: len(p.parts), reverse=True) + [state_dir, state_dir.parent]:
+                         key=lambda p: len(p.parts), reverse=True) + [state_dir]:
         try:
             folder.rmdir()  # only once empty: anything porter did not write keeps its folder
         except OSError:
             pass
+    _remove_gitignore(state_dir.parent)
+    try:
+        state_dir.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _remove_gitignore(folder: Path) -> None:
+    """The .gitignore a folder target's state sits beside (porter.generic.write_gitignore), once it is all that is
+    left there, and only when it is porter's text, byte for byte."""
+    from .generic import GITIGNORE
+
+    ignore = folder / ".gitignore"
+    try:
+        if ignore.is_symlink() or not ignore.is_file() or [p.name for p in folder.iterdir()] != [".gitignore"]:
+            return
+        if ignore.read_bytes() == GITIGNORE.encode():
+            ignore.unlink()
+    except OSError:
+        pass
 
 
 TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.porter-tmp$")  # diskio.atomic_write's names

@@ -117,16 +117,28 @@ def load_journal(installed: InstalledTarget) -> Journal | None:
 def outside_package(installed: InstalledTarget, rel: str) -> str | None:
     """Why ``rel`` (relative to site-packages) is not a file of the target's package, or None if it is. The file
     itself may be a symlink (porter replaces the link, never what it points at); its folders may not lead out."""
-    package = installed.package_dir.resolve()
+    parts = rel.split("/")
+    where = f"the package {installed.target.package}/" if installed.target.kind == "plugin" else \
+        f"{installed.root}" if installed.target.kind == "folder" else \
+        f"{installed.target.distribution}'s files ({', '.join(installed.tops)})"
+    if not installed.owns(rel):
+        return f"{rel!r} is outside {where}"
+    # the folder the file's folders must stay within: the package; for a folder or distribution its top folder
+    top = (installed.root / parts[0]).resolve() if len(parts) > 1 else installed.root.resolve()
     parent = installed.path(rel).parent.resolve()
-    if rel.split("/")[0] != installed.target.package or (parent != package and package not in parent.parents):
-        return f"{rel!r} is outside the package {installed.target.package}/"
+    if parent != top and top not in parent.parents:
+        return f"{rel!r} lies in a folder that leads out of {where}"
     return None
 
 
 def _temporaries(installed: InstalledTarget) -> list[Path]:
-    """atomic_write's temporary files that a killed porter left in the package or the state folder."""
-    return leftover_temporaries(installed.package_dir) + leftover_temporaries(installed.state_dir)
+    """atomic_write's temporary files that a killed porter left in the package or the state folder (for a
+    distribution or folder: in the folders of its files)."""
+    if installed.target.kind == "plugin":
+        return leftover_temporaries(installed.package_dir) + leftover_temporaries(installed.state_dir)
+    from .generic import temporaries
+
+    return temporaries(installed) + leftover_temporaries(installed.state_dir)
 
 
 def status(installed: InstalledTarget) -> Status:
@@ -238,9 +250,11 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
                 check_writable(writable + [installed.path(f.path) for f in wanted.changed])
                 _restore(installed, journal, force=False, progress=progress)
                 notes.append("reverted the previous patch (rules changed)")
-        if not accept_modified:
+        if not accept_modified and not installed.target.generic:
             _refuse_modified(installed, rules, only)
         plan = make_plan(installed, rules, only)
+        if not accept_modified and installed.target.generic:  # its files are known once it is planned
+            _refuse_changed(installed, {f.path for f in plan.changed})
         if not plan.changed:
             return Outcome("nothing-to-change", plan, notes=notes)
         _write(installed, plan, progress)
@@ -251,7 +265,11 @@ def _refuse_modified(installed: InstalledTarget, rules: Sequence[Rule], only: Se
     from .plan import select_rules
 
     chosen, _ = select_rules(installed, rules, only)
-    changed = changed_since_install(installed, {rel for rule in chosen for rel in rule.files_for(installed.version)})
+    _refuse_changed(installed, {rel for rule in chosen for rel in rule.files_for(installed.version)})
+
+
+def _refuse_changed(installed: InstalledTarget, paths: set[str]) -> None:
+    changed = changed_since_install(installed, paths) if installed.target.kind != "folder" else []
     if changed:
         raise StateError(
             f"{installed.target.distribution} {installed.version}: files changed since install (they differ from the "
@@ -297,6 +315,9 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
     #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).
     try:
+        from .generic import write_gitignore
+
+        write_gitignore(installed)  # a folder's state: kept out of git
         for rel, data in originals.items():
             check_real_folders(state_dir, originals_dir(state_dir) / rel)  # never written through a planted link
             atomic_write(originals_dir(state_dir) / rel, data)

@@ -25,6 +25,8 @@ class Plan:
     rules: list[Rule]  # the rules that ran
     skipped: list[tuple[str, str]]  # (rule id, reason) for rules left out
     files: list[FileRewrite] = field(default_factory=list)
+    files_read: int = 0  # a target no plugin registered: Python files read (those with a trigger word are parsed)
+    files_opted_out: list[str] = field(default_factory=list)  # `# porter: skip-file`
 
     @property
     def changed(self) -> list[FileRewrite]:
@@ -56,6 +58,9 @@ class Plan:
             "rules": self.rule_counts(),
             "skipped": [{"rule": r, "reason": why} for r, why in self.skipped],
             "files": [{"path": f.path, "changed": f.changed, "rules": f.rule_ids} for f in self.files],
+            "files_read": self.files_read or len(self.files),
+            "files_parsed": len(self.files),
+            "files_opted_out": self.files_opted_out,
             "matches": [m.to_json() for m in self.matches()],
             "diff": self.diff(),
         }
@@ -87,7 +92,7 @@ CHANGE_LIST_COLUMNS = ("File", "Start Line", "End Line", "Operation Type", "Mess
 
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:
     """The target's rules that apply to the installed version (and to ``--only``), and why others don't."""
-    mine = [r for r in rules if r.target == installed.name]
+    mine = [r for r in rules if r.target == installed.name or (installed.target.generic and r.any_code)]
     known = {r.id for r in mine}
     unknown = [r for r in only if r not in known]
     if unknown:
@@ -122,12 +127,15 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
         for rel in rule.files_for(installed.version):
             by_file.setdefault(rel, []).append(rule)
     plan = Plan(installed=installed, rules=chosen, skipped=skipped)
+    texts: dict[str, str] = {}
+    if installed.target.generic:
+        texts = _any_code_files(installed, [r for r in chosen if r.any_code], read, by_file, plan)
     cached = plancache.enabled()
     rules_fingerprint = fingerprint(chosen) if cached else ""
     done: dict[str, FileRewrite] = {}
     todo: list[tuple[str, str, str]] = []  # (file, text, cache entry) still to plan
     for rel in sorted(by_file):
-        text = read(rel)
+        text = texts[rel] if rel in texts else read(rel)
         entry = plancache.key(rules_fingerprint, [r.id for r in by_file[rel]], rel, text) if cached else ""
         hit = plancache.load(entry) if cached else None
         if hit is not None:
@@ -140,6 +148,42 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
             plancache.store(entry, rewritten.after, rewritten.matches)
     plan.files = [done[rel] for rel in sorted(by_file)]
     return plan
+
+
+def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callable[[str], str],
+                    by_file: dict[str, list[Rule]], plan: Plan) -> dict[str, str]:
+    """Rules for any code over a distribution's or folder's Python files: each file is read, and only one holding a
+    rule's trigger word (a whole word) goes to that rule; the rest are never parsed. Returns the texts read."""
+    import re
+
+    from .generic import skips_file, source_files
+
+    words = {rule.id: re.compile(r"\b(?:" + "|".join(map(re.escape, rule.triggers)) + r")\b") for rule in rules}
+    anything = re.compile(r"\b(?:" + "|".join(sorted({re.escape(w) for r in rules for w in r.triggers})) + r")\b") \
+        if rules else None
+    texts = {}
+    files = source_files(installed)
+    if not files:
+        from .errors import NotFoundError
+
+        raise NotFoundError(f"{installed.root}: holds no Python file to port"
+                            + (f" (--exclude / [tool.porter] exclude: {', '.join(installed.target.exclude)})"
+                               if installed.target.exclude else ""),
+                            hint="porter reads *.py files outside hidden folders, virtual environments and "
+                                 "__pycache__")
+    for rel in files:
+        text = read(rel)
+        plan.files_read += 1
+        if anything is None or not anything.search(text):
+            continue
+        if skips_file(text):
+            plan.files_opted_out.append(rel)
+            continue
+        wanted = [rule for rule in rules if words[rule.id].search(text)]
+        if wanted:
+            by_file.setdefault(rel, []).extend(wanted)
+            texts[rel] = text
+    return texts
 
 
 def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = None) -> list[FileRewrite]:

@@ -223,10 +223,10 @@ class ProjectRule(RuleTransformer):
     exclude`` in its pyproject.toml)."""
 
     def on_leave(self, original_node, updated_node):
-        before = len(self.matches)
+        before, imports = len(self.matches), len(self.imports)
         result = super().on_leave(original_node, updated_node)
         if result is not updated_node and self.skipped(original_node):
-            del self.matches[before:]
+            del self.matches[before:], self.imports[imports:]
             return updated_node
         return result
 

@@ -14,6 +14,11 @@ from packaging.version import InvalidVersion, Version
 from .errors import NotFoundError, PlanError, StateError
 
 STATE_DIR_NAME = ".porter-state"
+FOLDER_STATE_NAME = "project"  # a folder target's state: FOLDER/.porter-state/project/
+
+# What a target is: one a plugin registered (its rules name its files), an installed distribution by its pip name,
+# or a project folder (both: every Python file, rules for any code; porter.generic)
+PLUGIN, DISTRIBUTION, FOLDER = "plugin", "distribution", "folder"
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,16 @@ class Target:
     # CUDA-only sites the plugin leaves on purpose, for `porter scan`: fnmatch pattern over
     # "path::qualified.function" -> why it is left (not reached by the supported models, guarded, ...)
     scan_exempt: dict = field(default_factory=dict, hash=False, compare=False)
+    kind: str = PLUGIN
+    # a distribution's top-level folders and modules, from its RECORD ("yaml", "six.py"); what it may patch
+    packages: tuple[str, ...] = ()
+    # a target no plugin registered: glob patterns of files left out (--exclude, [tool.porter] exclude)
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def generic(self) -> bool:
+        """Rules for any code apply (a distribution or folder no plugin registered)."""
+        return self.kind != PLUGIN
 
     @property
     def key(self) -> str:
@@ -50,13 +65,39 @@ class InstalledTarget:
         return self.target.name
 
     @property
+    def root(self) -> Path:
+        """The folder every journaled path is relative to: site-packages, or a folder target itself."""
+        return self.site_packages
+
+    @property
     def package_dir(self) -> Path:
+        """The folder locked while patching (and the one messages name): the package's folder; a folder target's
+        root; site-packages for a distribution of top-level modules only."""
+        if self.target.kind == FOLDER or not self.target.package:
+            return self.site_packages
         return self.site_packages / self.target.package
 
     @property
     def state_dir(self) -> Path:
-        """Journal and saved originals live beside the package, so they follow that environment."""
+        """Journal and saved originals live beside the package, so they follow that environment; a folder's in
+        the folder (FOLDER/.porter-state/project/, which holds a .gitignore so git leaves it out)."""
+        if self.target.kind == FOLDER:
+            return self.site_packages / STATE_DIR_NAME / FOLDER_STATE_NAME
         return self.site_packages / STATE_DIR_NAME / self.target.name
+
+    @property
+    def tops(self) -> tuple[str, ...]:
+        """The top-level names under the root whose files the target may change; () for a folder (any file)."""
+        if self.target.kind == PLUGIN:
+            return (self.target.package,)
+        return self.target.packages
+
+    def owns(self, rel: str) -> bool:
+        """Whether ``rel`` (relative to the root) names a file of this target, by its path alone."""
+        first = rel.split("/")[0]
+        if self.target.kind == FOLDER:
+            return first != STATE_DIR_NAME
+        return first in self.tops and ("/" in rel or first.endswith(".py"))
 
     def path(self, rel: str) -> Path:
         return self.site_packages / rel
@@ -291,6 +332,8 @@ def _leads_out(path: str) -> bool:
 
 
 def _record_of(installed: InstalledTarget) -> Record | None:
+    if installed.target.kind == FOLDER:
+        return None
     info = find_dist_info(installed.site_packages, installed.target.distribution, installed.version)
     return read_record(info) if info is not None else None
 
@@ -327,11 +370,13 @@ def record_differences(installed: InstalledTarget) -> dict[str, str]:
     found = {}
     for row in sorted(record.rows, key=lambda r: r.path):
         parts = row.path.split("/")
-        if len(parts) < 2 or parts[0] != installed.target.package or "__pycache__" in parts or row.sha256 is None:
+        if not installed.owns(row.path) or "__pycache__" in parts or row.sha256 is None:
             continue
         disk = installed.path(row.path)
         parent = folders.setdefault(disk.parent, disk.parent.resolve())
-        if parent != package and package not in parent.parents:
+        top = package if installed.target.kind == PLUGIN else \
+            (installed.root / parts[0]).resolve() if len(parts) > 1 else installed.root.resolve()
+        if parent != top and top not in parent.parents:
             raise StateError(f"{record.file}: line {row.line}: {row.path} lies in a folder that leads out of the "
                              f"package, to {parent}; nothing was read or written there",
                              hint=f"replace the link {disk.parent} with the package's own folder (reinstall "

@@ -1,0 +1,1 @@
+"""porter's device rule pack for any PyTorch code (import name ``porter_torch``)."""

@@ -1,0 +1,2 @@
+"""The torch rule pack, one module per category."""
+ALL_RULES: list = []

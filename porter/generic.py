@@ -1,0 +1,222 @@
+"""Targets no plugin registered: a project folder (`porter patch ./project`) or any installed distribution by its
+pip name (`porter patch PyHessian`). Both take the rules for any code (``target="any"``) over every Python file
+they hold, through the same transaction as a plugin's target; this module says which target a name means and which
+files are its own.
+
+- A **folder** is a path: it holds a ``/`` or is ``.``/``..``. Its files are every ``*.py`` below it, except
+  hidden folders (``.git``, ``.porter-state``, ``.venv``), virtual environments (a folder holding
+  ``pyvenv.cfg``), ``site-packages``, ``node_modules``, ``__pycache__``, links (never followed or replaced), the
+  globs of ``[tool.porter] exclude`` in its ``pyproject.toml`` and of ``--exclude``. Its journal and saved
+  originals are kept inside it, in ``.porter-state/project/``, beside a ``.gitignore`` that keeps git out of
+  them; so the state moves with the folder, and ``porter status ./project`` finds it from any working
+  directory.
+- A **distribution** is found as for a plugin's target (this environment, or ``--site-packages DIR``); its files
+  are the ``*.py`` rows of its RECORD under its top-level folders and modules, drift is checked against RECORD's
+  sha256, and its state is ``site-packages/.porter-state/<name>/``. A distribution a plugin registers (e.g.
+  SwissArmyTransformer) means that plugin's target.
+- A file opts out whole with a ``# porter: skip-file`` comment line; one statement with ``# porter: skip``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import os
+import re
+from pathlib import Path
+
+from .errors import InputError, NotFoundError, StateError
+from .target import (
+    DISTRIBUTION,
+    FOLDER,
+    STATE_DIR_NAME,
+    InstalledTarget,
+    Target,
+    _normalise,
+    find_dist_info,
+    locate,
+    read_record,
+)
+
+# folders below a project that are never its own code
+SKIPPED_FOLDERS = {"__pycache__", "site-packages", "dist-packages", "node_modules"}
+SKIP_FILE = re.compile(r"^[ \t]*#[ \t]*porter:[ \t]*skip-file\b", re.MULTILINE)
+GITIGNORE = "# porter's journal and saved originals (porter revert removes them)\n*\n"
+
+
+def is_path(spec: str) -> bool:
+    """Whether a command-line TARGET names a folder rather than a target or distribution."""
+    return "/" in spec or os.sep in spec or spec in (".", "..") or spec.startswith("~")
+
+
+def resolve(spec: str, registry, site_packages: Path | None = None, check_version: bool = True,
+            exclude: tuple[str, ...] = ()) -> InstalledTarget:
+    """What TARGET means on the command line: a registered target by name, a folder by path, else an installed
+    distribution by its pip name (one a plugin registers means that plugin's target)."""
+    targets = registry.items["targets"]
+    if spec in targets:
+        return locate(targets[spec], site_packages, check_version=check_version)
+    if is_path(spec):
+        if site_packages is not None:
+            raise InputError(f"{spec}: --site-packages picks an installed distribution; a folder is patched where it is",
+                             hint="drop --site-packages")
+        return folder_target(Path(spec).expanduser(), exclude)
+    wanted = _normalise(spec)
+    for target in targets.values():
+        if target.distribution and _normalise(target.distribution) == wanted:
+            return locate(target, site_packages, check_version=check_version)
+    return distribution_target(spec, site_packages, exclude)
+
+
+def folder_target(folder: Path, exclude: tuple[str, ...] = ()) -> InstalledTarget:
+    if not folder.exists():
+        raise NotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (porter patches a project folder or an installed distribution)")
+    root = folder.resolve()
+    target = Target(name=str(root), distribution="", package="", kind=FOLDER, description=f"the folder {root}",
+                    exclude=tuple(exclude) + _pyproject_excludes(root))
+    return InstalledTarget(target=target, site_packages=root, version="")
+
+
+def _pyproject_excludes(root: Path) -> tuple[str, ...]:
+    """``[tool.porter] exclude = ["glob", ...]`` of the folder's pyproject.toml (the opt-out a project commits)."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return ()
+    import tomllib
+
+    from .target import NotRegular, read_regular
+
+    try:
+        data = tomllib.loads(read_regular(path, 4 * 2 ** 20).decode("utf-8"))
+    except (OSError, NotRegular, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read as TOML ({exc})",
+                         hint="porter reads its [tool.porter] table; fix the file") from None
+    table = data.get("tool", {}).get("porter", {})
+    if not isinstance(table, dict):
+        raise InputError(f"{path}: [tool.porter] is not a table")
+    unknown = sorted(set(table) - {"exclude"})
+    if unknown:
+        raise InputError(f"{path}: [tool.porter] has unknown key(s) {', '.join(unknown)}", hint="it knows: exclude")
+    patterns = table.get("exclude", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise InputError(f"{path}: [tool.porter] exclude must be a list of glob strings")
+    return tuple(patterns)
+
+
+def distribution_target(name: str, site_packages: Path | None = None,
+                        exclude: tuple[str, ...] = ()) -> InstalledTarget:
+    """Any installed distribution by its pip name: its top-level folders and modules from RECORD."""
+    if site_packages is None:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            folder = Path(name)
+            hint = (f"a folder is written as a path: ./{name}" if folder.is_dir() else
+                    "pip names it as `pip show NAME` does; or point porter at another environment with --site-packages")
+            raise NotFoundError(f"{name!r} is neither a registered target nor a distribution installed here",
+                                hint=hint) from None
+        site_packages = Path(str(dist.locate_file(""))).resolve()
+    else:
+        site_packages = Path(site_packages).resolve()
+        if not site_packages.is_dir():
+            raise NotFoundError(f"--site-packages {site_packages}: no such directory")
+    info = find_dist_info(site_packages, name)
+    if info is None:
+        raise NotFoundError(f"{name} is not installed in {site_packages}", hint=f"no {name}-*.dist-info folder there")
+    record = read_record(info)
+    if record is None:
+        raise StateError(f"{info.folder}: has no RECORD, so porter cannot tell which files are {name}'s",
+                         hint=f"reinstall it with pip: pip install --force-reinstall --no-deps {name}=={info.version}")
+    record.refuse_if_damaged("porter cannot tell which files are the distribution's", f"{name}=={info.version}")
+    tops = sorted({row.path.split("/")[0] for row in record.rows if _own_top(row.path, info.folder.name)})
+    if not tops:
+        raise NotFoundError(f"{name} {info.version} installs no Python package or module in {site_packages}",
+                            hint=f"its RECORD ({record.file}) lists no .py file outside its metadata")
+    folders = [t for t in tops if not t.endswith(".py")]
+    target = Target(name=_normalise(info.name or name), distribution=info.name or name,
+                    package=folders[0] if len(folders) == 1 and len(tops) == 1 else "", kind=DISTRIBUTION,
+                    packages=tuple(tops), description=f"the installed distribution {info.name or name}",
+                    exclude=tuple(exclude))
+    return InstalledTarget(target=target, site_packages=site_packages, version=info.version)
+
+
+def _own_top(path: str, info_name: str) -> bool:
+    """A RECORD row of the distribution's own code: a .py file under site-packages, not its metadata or scripts."""
+    first = path.split("/")[0]
+    return path.endswith(".py") and first not in (info_name, "__pycache__", "..") and not first.endswith(
+        (".dist-info", ".egg-info", ".data")) and not path.startswith("/")
+
+
+def source_files(installed: InstalledTarget) -> list[str]:
+    """The target's Python files (paths relative to its root), ``exclude`` applied; a distribution's from RECORD
+    (those on disk), a folder's by walking it."""
+    if installed.target.kind == DISTRIBUTION:
+        info = find_dist_info(installed.root, installed.target.distribution, installed.version)
+        record = read_record(info) if info is not None else None
+        rows = [] if record is None else [r.path for r in record.rows]
+        found = sorted({rel for rel in rows if installed.owns(rel) and rel.endswith(".py")
+                        and "__pycache__" not in rel.split("/") and (installed.root / rel).is_file()
+                        and not (installed.root / rel).is_symlink()})
+    else:
+        found = _walk(installed.root)
+    return [rel for rel in found if not excluded(rel, installed.target.exclude)]
+
+
+def excluded(rel: str, patterns: tuple[str, ...]) -> bool:
+    """A glob matches the path, or one of its folders (``tests`` or ``tests/*`` leaves out everything below)."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(p, pattern.rstrip("/")) for pattern in patterns for p in prefixes)
+
+
+def _walk(root: Path) -> list[str]:
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel_dir = os.path.relpath(folder, root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_FOLDERS
+                         and not os.path.islink(os.path.join(folder, d))
+                         and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg")))
+        for name in files:
+            if name.endswith(".py") and not os.path.islink(os.path.join(folder, name)):
+                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
+    return sorted(found)
+
+
+def skips_file(text: str) -> bool:
+    """A ``# porter: skip-file`` comment line: the file's author opted it out whole."""
+    return "porter:" in text and SKIP_FILE.search(text) is not None
+
+
+def temporaries(installed: InstalledTarget) -> list[Path]:
+    """atomic_write's leftover temporary files in the folders a distribution's or folder's files live in."""
+    from .journal import TEMPORARY
+
+    folders = {str(installed.root)}
+    if installed.target.kind == DISTRIBUTION:
+        folders |= {str(installed.root / top) for top in installed.tops if not top.endswith(".py")}
+        walk = [f for f in folders if f != str(installed.root)]
+    else:
+        walk = [str(installed.root)]
+    found: list[Path] = []
+    for top in walk:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SKIPPED_FOLDERS
+                       and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))]
+            found += [Path(folder) / f for f in files if f.endswith(".porter-tmp") and TEMPORARY.match(f)]
+    if installed.target.kind == DISTRIBUTION:  # modules at the top of site-packages: only their own temporaries
+        names = tuple(f".{top}." for top in installed.tops if top.endswith(".py"))
+        if names:
+            found += [p for p in installed.root.iterdir() if p.name.startswith(names) and TEMPORARY.match(p.name)]
+    return sorted(found)
+
+
+def write_gitignore(installed: InstalledTarget) -> None:
+    """A folder target's ``.porter-state/.gitignore``: git never shows porter's journal and originals as changes."""
+    from .diskio import atomic_write
+
+    if installed.target.kind != FOLDER:
+        return
+    path = installed.root / STATE_DIR_NAME / ".gitignore"
+    if not path.exists() and not path.is_symlink():
+        atomic_write(path, GITIGNORE.encode())
