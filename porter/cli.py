@@ -124,6 +124,28 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                         "msFmkTransplt's unsupported_op.csv columns (File, Start Line, End Line, OP, Tips)")
     _site_packages_arg(p, 'patch')
 
+    p = sub.add_parser("exec", help="run a program with its code ported in memory; no file changes",
+                       formatter_class=_Formatter,
+                       description="Run COMMAND with the rules for any code applied in memory to the program's own\n"
+                                   "folder (the folder of the first *.py argument, or of `-m MODULE` in this folder)\n"
+                                   "and to each --target, through an import hook that reaches every Python process\n"
+                                   "the program starts (multiprocessing, torchrun, DeepSpeed's launcher). No file\n"
+                                   "of theirs changes; plans and the boot file live in porter's cache. Code not\n"
+                                   "named is not rewritten: other libraries see the machine as it is.\n"
+                                   "Exit status and output are the program's (127: the command was not found).",
+                       epilog="examples:\n  porter exec -- python cli_demo.py --quant 4\n"
+                              "  porter exec --target PyHessian -- python examples/hessian.py\n"
+                              "  porter exec --target ../VisualGLM-6B -- python -m finetune --help\n"
+                              "  porter exec -- torchrun --nproc_per_node 2 train.py\n\n" + EXIT_CODES)
+    p.add_argument("--target", action="append", default=[], metavar="DIST|PATH",
+                   help="also port this installed distribution (pip name) or folder (a path); repeatable")
+    p.add_argument("--no-script-folder", action="store_true", help="do not port the program's own folder")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out files matching GLOB in the folders and distributions ported")
+    _site_packages_arg(p, 'find --target distributions in')
+    p.add_argument("program", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                   help="the program and its arguments, after --")
+
     p = sub.add_parser("status", help="clean / patched / drifted / interrupted / orphaned / damaged", formatter_class=_Formatter,
                        description="Compare the journal with the files on disk.",
                        epilog="examples:\n  porter status\n  porter status sat --json\n\n" + EXIT_CODES)
@@ -338,6 +360,37 @@ def _write_unsupported(plan, path: Path, con: Console) -> None:
     found = find_unsupported(plan)
     write_csv(found, path)
     con.note(f"{len(found)} site(s) no rule can port written to {path}")
+
+
+def cmd_exec(args, registry, con: Console) -> int:
+    from . import execute
+    from .generic import resolve
+
+    command = list(args.program)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise PorterError("no program to run", hint="porter exec [--target DIST|PATH] -- python SCRIPT.py ARGS",
+                          exit_code=2)
+    exclude = tuple(args.exclude)
+    targets = []
+    folder = None if args.no_script_folder else execute.own_folder(command)
+    if folder is not None:
+        targets.append(resolve(str(folder), registry, exclude=exclude))
+    for spec in args.target:
+        installed = resolve(spec, registry, args.site_packages, exclude=exclude)
+        if not installed.target.generic:
+            raise PorterError(f"--target {spec}: {installed.name} is a plugin's target, patched with its own rules",
+                              hint=f"`porter patch {installed.name}` patches it on disk; `porter run` ports it in "
+                                   "memory for a model's recipes", exit_code=2)
+        targets.append(installed)
+    if not targets:
+        raise PorterError("nothing to port: the command names no *.py script and no --target was given",
+                          hint="name the code with --target DIST|PATH", exit_code=2)
+    prepared = execute.prepare(command, targets, lambda: _rules_for(registry, targets[0]), registry.source_digest(),
+                               progress=con.note)
+    con.note(f"porter exec: {prepared.files} file(s) ported in memory ({', '.join(prepared.targets)})")
+    return execute.run(command, prepared)
 
 
 def _print_plan_table(plan, con: Console) -> None:
@@ -681,7 +734,7 @@ def cmd_plugins(args, registry, con: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "scan": cmd_scan, "restore-original": cmd_restore_original, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
+COMMANDS = {"exec": cmd_exec, "run": cmd_run, "scan": cmd_scan, "restore-original": cmd_restore_original, "patch": cmd_patch, "status": cmd_status, "revert": cmd_revert, "verify": cmd_verify,
             "rules": cmd_rules, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin}
 
 

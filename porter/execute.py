@@ -1,0 +1,166 @@
+"""`porter exec -- python SCRIPT.py ARGS`: run a program with the port in memory, touching none of its files.
+
+The parent (this module) plans the port of the program's own folder and of the ``--target``s with the rules for
+any code, as `porter patch` would, and writes the planned sources to porter's cache (a *manifest*: file -> ported
+source). It then runs the command unchanged, with two things in its environment:
+
+- ``PYTHONPATH`` starts with porter's boot folder, whose ``sitecustomize`` (porter/boot/sitecustomize.py) runs in
+  every Python process the program starts (multiprocessing spawn, torchrun's and DeepSpeed's workers, a
+  ``subprocess`` of ``python x.py``): it installs an import hook that serves the ported source for exactly the
+  manifest's files, found by their path (so a module imported under any name, from any ``sys.path`` layout, is
+  served), then hands over to the site's own ``sitecustomize`` if there is one.
+- ``PORTER_EXEC_MANIFEST`` names the manifest.
+
+A script run as ``python SCRIPT.py`` is read by the interpreter itself, not imported, so a process whose script is
+in the manifest replaces itself (``os.execv``, before any of the program's code ran) with ``python -m
+porter.execmain SCRIPT.py ARGS``, which runs the ported script as ``__main__`` the way Python would, under a
+module spec named for the script so that multiprocessing's spawned children re-import it by name, through the
+hook. Everything else sees the truth: modules not named are never rewritten (``torch.cuda.is_available()`` is not
+faked for them; ``torch.jit.script`` and ``torch.compile`` are untouched). The program's exit status and output
+are porter exec's own.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import diskio
+from .errors import InputError, PorterError
+from .target import InstalledTarget
+
+MANIFEST_ENV = "PORTER_EXEC_MANIFEST"
+BOOT_SOURCE = Path(__file__).parent / "boot" / "sitecustomize.py"
+MAX_FOLDER_FILES = 20000  # a script's folder bigger than this is not a project: name the target instead
+EXIT_NOT_FOUND = 127  # as a shell says a command was not found
+
+
+@dataclass
+class Prepared:
+    manifest: Path
+    env: dict[str, str]
+    files: int  # ported files served
+    targets: list[str]
+
+
+def script_of(command: Sequence[str]) -> tuple[Path | None, str | None]:
+    """The program's own script (the first argument naming an existing ``*.py`` file: ``python x.py``, ``torchrun
+    --nproc_per_node 2 x.py``, ``deepspeed x.py``), or the module of ``python -m MODULE``."""
+    for i, arg in enumerate(command[1:], 1):
+        if arg == "-m" and i + 1 < len(command) and _is_python(command[0]):
+            return None, command[i + 1]
+        if arg == "-c" and _is_python(command[0]):
+            return None, None
+        if arg.endswith(".py") and Path(arg).is_file():
+            return Path(arg).resolve(), None
+    return None, None
+
+
+def _is_python(program: str) -> bool:
+    name = Path(program).name
+    return name.startswith("python") or Path(program).resolve() == Path(sys.executable).resolve()
+
+
+def own_folder(command: Sequence[str]) -> Path | None:
+    """The folder the program's own code is in: the script's, or for ``-m MODULE`` the working folder when the
+    module's package or file is there (as ``python -m`` finds it)."""
+    script, module = script_of(command)
+    if script is not None:
+        return script.parent
+    if module:
+        top = module.split(".")[0]
+        here = Path.cwd()
+        if (here / top).is_dir() or (here / f"{top}.py").is_file():
+            return here
+    return None
+
+
+def prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: Callable[[], list],
+            plugin_digest: str, progress: Callable[[str], None] = lambda _m: None) -> Prepared:
+    """Plan every target in memory (cached by its files' bytes), write the manifest, and return the environment
+    the command runs in."""
+    from .plan import make_plan
+
+    served: dict[str, str] = {}
+    names = []
+    for installed in targets:
+        key = _key(installed, plugin_digest)
+        cached = diskio.cache_dir("exec") / f"plan-{key}.json"
+        try:
+            sources = json.loads(cached.read_text())
+        except (OSError, ValueError):
+            progress(f"planning {installed.name} in memory")
+            plan = make_plan(installed, rules())
+            sources = {str(installed.path(f.path)): f.after for f in plan.changed}
+            _write_json(cached, sources)
+        served.update(sources)
+        names.append(installed.name)
+    manifest = diskio.cache_dir("exec") / f"manifest-{hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:24]}.json"
+    _write_json(manifest, {"files": served, "python": sys.executable})
+    boot = _boot_folder()
+    env = dict(os.environ)
+    env[MANIFEST_ENV] = str(manifest)
+    env["PYTHONPATH"] = os.pathsep.join([str(boot), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    return Prepared(manifest, env, len(served), names)
+
+
+def _key(installed: InstalledTarget, plugin_digest: str) -> str:
+    """What the plan depends on: porter's engine, the rules' sources, and every file of the target, by its bytes."""
+    from .generic import source_files
+
+    h = hashlib.sha256(f"{diskio.engine_digest()}\0{plugin_digest}\0{installed.root}\0{installed.target.exclude}"
+                       .encode())
+    files = source_files(installed)
+    if len(files) > MAX_FOLDER_FILES:
+        raise InputError(f"{installed.root} holds {len(files)} Python files: too many for a program's own folder",
+                         hint="name what to port with --target, and leave the script's folder out with "
+                              "--no-script-folder")
+    for rel in files:
+        try:
+            data = installed.path(rel).read_bytes()
+        except OSError:
+            data = b""
+        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()[:32]
+
+
+def _write_json(path: Path, data) -> None:
+    diskio.atomic_write(path, json.dumps(data).encode())
+
+
+def _boot_folder() -> Path:
+    """porter's boot folder in its cache: the sitecustomize every process of the program imports first."""
+    source = BOOT_SOURCE.read_bytes()
+    folder = diskio.cache_dir("exec") / f"boot-{hashlib.sha256(source).hexdigest()[:16]}"
+    try:
+        current = (folder / "sitecustomize.py").read_bytes()
+    except OSError:
+        current = None
+    if current != source:
+        diskio.atomic_write(folder / "sitecustomize.py", source)
+    return folder
+
+
+def run(command: Sequence[str], prepared: Prepared) -> int:
+    """Run the command with the port in the environment; its exit status (128 + N for a signal, as a shell)."""
+    program = command[0]
+    if shutil.which(program, path=prepared.env.get("PATH")) is None and not Path(program).is_file():
+        raise PorterError(f"{program}: command not found; nothing was run", exit_code=EXIT_NOT_FOUND)
+    try:
+        proc = subprocess.Popen(list(command), env=prepared.env)
+    except OSError as exc:
+        raise PorterError(f"{program}: cannot be run ({exc.strerror or exc}); nothing was run",
+                          exit_code=EXIT_NOT_FOUND) from None
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # the program got the same SIGINT from the terminal: wait for it to end
+            continue
+    return 128 - code if code < 0 else code
