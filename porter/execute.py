@@ -101,9 +101,8 @@ def prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: C
             _write_json(cached, sources)
         served.update(sources)
         names.append(installed.name)
-    manifest = diskio.cache_dir("exec") / f"manifest-{hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:24]}.json"
-    _write_json(manifest, {"files": served, "python": sys.executable})
-    boot = _boot_folder()
+    manifest = write_manifest(served)
+    boot = boot_folder()
     env = dict(os.environ)
     env[MANIFEST_ENV] = str(manifest)
     env["PYTHONPATH"] = os.pathsep.join([str(boot), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
@@ -130,11 +129,20 @@ def _key(installed: InstalledTarget, plugin_digest: str) -> str:
     return h.hexdigest()[:32]
 
 
+def write_manifest(files: dict[str, str]) -> Path:
+    """The manifest the boot file reads: file path -> the source Python is to read for it."""
+    text = json.dumps({"files": files}, sort_keys=True).encode()
+    manifest = diskio.cache_dir("exec") / f"manifest-{hashlib.sha256(text).hexdigest()[:24]}.json"
+    if not manifest.is_file():
+        diskio.atomic_write(manifest, text)
+    return manifest
+
+
 def _write_json(path: Path, data) -> None:
     diskio.atomic_write(path, json.dumps(data).encode())
 
 
-def _boot_folder() -> Path:
+def boot_folder() -> Path:
     """porter's boot folder in its cache: the sitecustomize every process of the program imports first."""
     source = BOOT_SOURCE.read_bytes()
     folder = diskio.cache_dir("exec") / f"boot-{hashlib.sha256(source).hexdigest()[:16]}"

@@ -119,11 +119,15 @@ _IMPORT_PROBE = textwrap.dedent("""
 """)
 
 
-def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: float = 600
-                         ) -> dict[str, tuple[Outcome, str]]:
-    """Import ``modules`` in a fresh interpreter with ``site_packages`` first on sys.path."""
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(site_packages), *modules],
-                          capture_output=True, text=True, timeout=timeout)
+def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: float = 600,
+                         env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, tuple[Outcome, str]]:
+    """Import ``modules`` in a fresh interpreter with ``site_packages`` first on sys.path (``env``: its
+    environment, e.g. porter exec's, which serves the originals in memory)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(site_packages), *modules],
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        return {m: ("fail", f"the imports did not finish in {timeout:.0f} s") for m in modules}
     for line in proc.stdout.splitlines():
         if line.startswith("PORTER-IMPORT-RESULTS "):
             return {k: tuple(v) for k, v in json.loads(line.split(" ", 1)[1]).items()}
@@ -132,7 +136,8 @@ def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: f
 
 
 def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[Check],
-           progress: Callable[[str], None] = lambda _m: None) -> Report:
+           progress: Callable[[str], None] = lambda _m: None, test_cmd: str | None = None,
+           timeout: float = 1800) -> Report:
     report = Report()
     add = report.results.append
     from .patcher import load_journal
@@ -164,11 +169,14 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             add(CheckResult("compile", rel, FAIL, "file missing"))
 
     progress("importing patched modules in a fresh interpreter")
-    names = [name for name in map(module_name, py_files) if name is not None]
-    for name, (status, detail) in import_in_subprocess(installed.site_packages, names).items():
-        if status == OK and detail and not Path(detail).resolve().is_relative_to(installed.site_packages):
-            status, detail = FAIL, f"imported from {detail}, not from {installed.site_packages}"
-        add(CheckResult("import", name, status, detail if status == FAIL else ""))
+    if installed.target.generic:
+        report.results.extend(_generic_imports(installed, journal, py_files, progress))
+    else:
+        names = [name for name in map(module_name, py_files) if name is not None]
+        for name, (status, detail) in import_in_subprocess(installed.site_packages, names).items():
+            if status == OK and detail and not Path(detail).resolve().is_relative_to(installed.site_packages):
+                status, detail = FAIL, f"imported from {detail}, not from {installed.site_packages}"
+            add(CheckResult("import", name, status, detail if status == FAIL else ""))
 
     progress("re-running the rules over their own output")
     applied = [r for r in rules if r.id in journal.rules]
@@ -180,11 +188,15 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             add(CheckResult("fixpoint", entry.path, FAIL, "file missing"))
             continue
         text = installed.path(entry.path).read_bytes().decode("utf-8")
-        mine = [r for r in applied if entry.path in r.files_for(installed.version)]
+        mine = [r for r in applied if r.any_code or entry.path in r.files_for(installed.version)]
         again = rewrite_file(entry.path, text, mine, enforce_required=False)
         add(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
                         "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))
 
+    if test_cmd:
+        from .testcmd import compare
+
+        report.results.extend(compare(installed, journal, test_cmd, timeout, progress))
     context = VerifyContext(installed, journal)
     for check in checks:
         progress(f"check {check.id}: {check.description}")
@@ -196,3 +208,77 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             results = [CheckResult(check.id, "-", FAIL, f"{type(exc).__name__}: {exc}")]
         report.results.extend(results)
     return report
+
+
+def originals_env(installed: InstalledTarget, journal: Journal) -> dict[str, str]:
+    """An environment in which Python reads the journaled files as they were before the patch (porter exec's
+    boot file and import hook, serving the saved originals in memory); nothing on disk changes."""
+    import os
+
+    from . import execute
+
+    originals = {str(installed.path(e.path)): read_original(installed, journal)(e.path)
+                 for e in journal.files if e.path.endswith(".py")}
+    manifest = execute.write_manifest(originals)
+    env = dict(os.environ)
+    env[execute.MANIFEST_ENV] = str(manifest)
+    env["PYTHONPATH"] = os.pathsep.join([str(execute.boot_folder()),
+                                         *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    return env
+
+
+def importable(installed: InstalledTarget, rel: str) -> str | None:
+    """Why a folder's module is compiled but not imported, or None: a module outside a package whose top level
+    runs code (a call, a loop, a with block) is a script, and importing it would run it."""
+    import ast
+
+    if installed.target.kind != "folder":
+        return None
+    parts = rel.split("/")
+    for n in range(1, len(parts)):
+        if not installed.path("/".join(parts[:n]) + "/__init__.py").is_file():
+            return f"{'/'.join(parts[:n])}/ is not a package (no __init__.py): imported as a script would run it"
+    try:
+        tree = ast.parse(installed.path(rel).read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return None  # the compile stage says why
+    for node in tree.body:
+        if isinstance(node, (ast.Expr,)) and not isinstance(node.value, ast.Constant):
+            return f"line {node.lineno} runs code at import (a script): compiled, not imported"
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)):
+            return f"line {node.lineno} runs code at import (a script): compiled, not imported"
+    return None
+
+
+def _generic_imports(installed: InstalledTarget, journal: Journal, py_files: list[str],
+                     progress: Callable[[str], None]) -> list[CheckResult]:
+    """Every changed module that imported before the port must import after it: both in one fresh interpreter
+    each (the originals served in memory for the first), so thousands of modules are two processes, not
+    thousands. A module that did not import before either (a missing optional dependency) is a skip."""
+    results = []
+    names = {}
+    for rel in py_files:
+        name = module_name(rel)
+        why = importable(installed, rel)
+        if name is None:
+            continue
+        if why:
+            results.append(CheckResult("import", name, SKIP, why))
+        else:
+            names[name] = rel
+    if not names:
+        return results
+    cwd = installed.root if installed.target.kind == "folder" else None
+    progress(f"importing {len(names)} module(s) as they were before the port")
+    before = import_in_subprocess(installed.root, list(names), env=originals_env(installed, journal), cwd=cwd)
+    progress(f"importing {len(names)} module(s) as ported")
+    after = import_in_subprocess(installed.root, list(names), cwd=cwd)
+    for name in names:
+        was, now = before.get(name, (FAIL, "no answer")), after.get(name, (FAIL, "no answer"))
+        if was[0] != OK:
+            results.append(CheckResult("import", name, SKIP, f"did not import before the port either: {was[1]}"))
+        elif now[0] != OK:
+            results.append(CheckResult("import", name, FAIL, f"imported before the port, not after: {now[1]}"))
+        else:
+            results.append(CheckResult("import", name, OK))
+    return results
