@@ -39,7 +39,10 @@ from .target import InstalledTarget, NotRegular, file_kind, find_dist_info, read
 
 CUDA_STRINGS = {"nccl", "cuda"}
 CUDA_ONLY_IMPORTS = {"triton", "xformers", "apex", "cpm_kernels", "bitsandbytes", "flash_attn"}
-TRIGGER = re.compile("|".join(["cuda", "cudnn", "nccl", "jit", "pin_memory", *sorted(CUDA_ONLY_IMPORTS)]))
+# torch.utils.cpp_extension's builders of compiled extensions: their kernels are CUDA (or C++) code no rule ports
+CUDA_EXTENSION_BUILDERS = {"load", "load_inline", "CUDAExtension"}
+TRIGGER = re.compile("|".join(["cuda", "cudnn", "nccl", "jit", "pin_memory", "cpp_extension",
+                               *sorted(CUDA_ONLY_IMPORTS)]))
 RUNTIME = "porter.runtime.device"
 _TYPED_TENSORS = {"LongTensor": "long", "IntTensor": "int", "FloatTensor": "float", "HalfTensor": "half",
                   "BFloat16Tensor": "bfloat16", "ByteTensor": "uint8", "BoolTensor": "bool", "DoubleTensor": "double"}
@@ -148,6 +151,9 @@ class _Finder(ResolvesNames, cst.CSTVisitor):
             return False
         if name.startswith(("torch.backends.cudnn.", "torch.backends.cuda.")):
             self._add(node, "cudnn flag", name)
+            return False
+        if name.startswith("torch.utils.cpp_extension.") and name.rpartition(".")[2] in CUDA_EXTENSION_BUILDERS:
+            self._add(node, "cuda extension", name)
             return False
         return True
 

@@ -566,91 +566,324 @@ def reset() -> None:
 
 
 # -- what rewritten code calls: the torch.cuda-shaped API, forwarded to the selected device -------------
+# Each function answers what its torch.cuda namesake answered on a CUDA machine, for the selected device; on the
+# CPU, "the accelerator" is absent: no devices, nothing to wait for, no accelerator memory.
 
 
 def is_available() -> bool:
-    """True when an accelerator (not the CPU) is selected: what `torch.cuda.is_available()` meant to SAT."""
+    """True when an accelerator (not the CPU) is selected: what `torch.cuda.is_available()` means to code that
+    asks "can I use the accelerator"."""
     return current().is_accelerator
 
 
 def device_count() -> int:
+    """How many devices of the selected kind this process sees (0 on the CPU, as torch.cuda answers there)."""
     return current().device_count()
 
 
 def current_device() -> torch.device:
+    """The current device as a torch.device (``npu:0``, ``cuda:0``, ``cpu``): for code that passes
+    ``torch.cuda.current_device()`` where a device goes."""
     return current().current_device()
 
 
+def current_index() -> int:
+    """The current device's index as an int (0 on the CPU): ``torch.cuda.current_device()`` where it is used as a
+    number (printed, formatted into ``"cuda:%d"``, compared)."""
+    return current().current_index()
+
+
 def set_device(index: Any) -> None:
+    """Make ``index`` (an int, ``"cuda:1"`` or a torch.device) the current device; nothing on the CPU."""
     current().set_device(index)
 
 
-def as_device(spec: Any) -> torch.device:
+def as_device(spec: Any, index: Any = None) -> torch.device:
+    """``spec`` (an int index, a device string or a torch.device; with ``index``, as ``torch.device(type,
+    index)`` takes them) as a torch.device of the selected device: ``"cuda:1"`` is ``npu:1`` on an NPU and
+    ``cpu`` on the CPU; ``"cpu"`` and ``"meta"`` stay what they are."""
+    if index is not None:
+        spec = f"{spec}:{int(index)}"
     return current().as_device(spec)
 
 
-def synchronize() -> None:
-    current().synchronize()
+def device_string(spec: Any, index: Any = None) -> str:
+    """``as_device(spec, index)`` as a string (``"npu:0"``, ``"cpu"``): for a device string the code keeps as a
+    string (a default argument, an option's default, a config value), so it stays a ``str``."""
+    return str(as_device(spec, index))
+
+
+def device_type() -> str:
+    """The selected device's torch type string: ``"npu"``, ``"cuda"`` or ``"cpu"`` (a ``device_type=``)."""
+    return current().torch_type
+
+
+def on_accelerator(obj: Any) -> bool:
+    """Whether ``obj`` (a tensor, a torch.device, a device string or a device type) is on the selected
+    accelerator: ``tensor.is_cuda`` and ``x.device.type == "cuda"`` asked this. Always False on the CPU."""
+    selected = current()
+    if not selected.is_accelerator:
+        return False
+    if isinstance(obj, torch.Tensor):
+        return selected.owns(obj)
+    kind, _ = _type_and_index(obj)
+    return kind in ("cuda", selected.torch_type)
+
+
+def device_context(index: Any):
+    """``with porter_device.device_context(i):`` makes device ``i`` current inside the block, as
+    ``torch.cuda.device(i)``; on the CPU a block that changes nothing."""
+    return current().device_context(index)
+
+
+def device_ids(ids: Any) -> list[torch.device] | None:
+    """``device_ids`` for DistributedDataParallel: each entry as the selected device, or None where that is the
+    CPU (DDP takes device_ids only for accelerator modules)."""
+    if ids is None:
+        return None
+    devices = [as_device(i) for i in ids]
+    return None if any(d.type == "cpu" for d in devices) else devices
+
+
+def parallel_device(spec: Any) -> torch.device | None:
+    """DDP's ``output_device`` or FSDP's ``device_id`` as the selected device; None on the CPU (where both must be
+    left out)."""
+    if spec is None:
+        return None
+    device = as_device(spec)
+    return None if device.type == "cpu" else device
+
+
+def synchronize(device: Any = None) -> None:
+    """Wait for the device's queued work (nothing to wait for on the CPU)."""
+    current().synchronize(device)
 
 
 def manual_seed(seed: int) -> None:
+    """Seed the current device's generator (the CPU's is torch.manual_seed's to seed)."""
     current().manual_seed(seed)
 
 
 def manual_seed_all(seed: int) -> None:
+    """Seed every device's generator."""
     current().manual_seed_all(seed)
 
 
-def get_rng_state() -> torch.Tensor:
-    return current().get_rng_state()
+def seed() -> None:
+    """Seed the current device's generator with a random number."""
+    current().seed()
 
 
-def set_rng_state(state: torch.Tensor) -> None:
-    current().set_rng_state(state)
+def seed_all() -> None:
+    """Seed every device's generator with a random number."""
+    current().seed_all()
 
 
-def memory_allocated() -> int:
-    return current().memory_allocated()
+def initial_seed() -> int:
+    """The current device generator's initial seed (the CPU generator's on the CPU)."""
+    return current().initial_seed()
 
 
-def max_memory_allocated() -> int:
-    return current().max_memory_allocated()
+def get_rng_state(device: Any = None) -> torch.Tensor:
+    """The current device generator's state (on the CPU, torch's default generator's)."""
+    return current().get_rng_state(device)
 
 
-def memory_reserved() -> int:
-    return current().memory_reserved()
+def set_rng_state(state: torch.Tensor, device: Any = None) -> None:
+    """Restore what ``get_rng_state`` returned."""
+    current().set_rng_state(state, device)
 
 
-def max_memory_reserved() -> int:
-    return current().max_memory_reserved()
+def get_rng_state_all() -> list[torch.Tensor]:
+    """One generator state per device ([] on the CPU, which has no accelerator generators)."""
+    return current().get_rng_state_all()
+
+
+def set_rng_state_all(states: Any) -> None:
+    """Restore what ``get_rng_state_all`` returned (on the CPU nothing: a GPU checkpoint's states are not the
+    CPU's)."""
+    current().set_rng_state_all(states)
+
+
+def memory_allocated(device: Any = None) -> int:
+    """Bytes held by tensors on the device (0 on the CPU)."""
+    return current().memory_allocated(device)
+
+
+def max_memory_allocated(device: Any = None) -> int:
+    """The peak of ``memory_allocated`` since the start or ``reset_peak_memory_stats`` (0 on the CPU)."""
+    return current().max_memory_allocated(device)
+
+
+def memory_reserved(device: Any = None) -> int:
+    """Bytes the device's caching allocator holds (0 on the CPU); also ``torch.cuda.memory_cached``."""
+    return current().memory_reserved(device)
+
+
+def max_memory_reserved(device: Any = None) -> int:
+    """The peak of ``memory_reserved`` (0 on the CPU); also ``torch.cuda.max_memory_cached``."""
+    return current().max_memory_reserved(device)
+
+
+def memory_stats(device: Any = None) -> dict:
+    """The caching allocator's statistics as a dict ({} on the CPU)."""
+    return current().memory_stats(device)
+
+
+def reset_peak_memory_stats(device: Any = None) -> None:
+    """Restart the peaks ``max_memory_*`` report (also ``torch.cuda.reset_max_memory_allocated``/``_cached``)."""
+    current().reset_peak_memory_stats(device)
+
+
+def empty_cache() -> None:
+    """Give the caching allocator's unused memory back to the device (nothing on the CPU)."""
+    current().empty_cache()
+
+
+def mem_get_info(device: Any = None) -> tuple[int, int]:
+    """(free, total) bytes of the device's memory; on the CPU, the host's available and total RAM."""
+    return current().mem_get_info(device)
+
+
+def get_device_name(device: Any = None) -> str:
+    """The device's product name (the processor's on the CPU)."""
+    return current().get_device_name(device)
+
+
+def get_device_properties(device: Any = None) -> Any:
+    """The device's properties (``name``, ``total_memory``, ``multi_processor_count``...); on the CPU, the host's."""
+    return current().get_device_properties(device)
+
+
+def is_bf16_supported() -> bool:
+    """Whether the device computes in bfloat16 (the CPU does)."""
+    return current().is_bf16_supported()
+
+
+def tensor_type(name: str) -> type:
+    """The legacy typed-tensor class ``name`` (``"FloatTensor"``, ``"LongTensor"``...) of the selected device:
+    ``torch.cuda.FloatTensor`` on CUDA, ``torch.npu.FloatTensor`` on an NPU, ``torch.FloatTensor`` on the CPU.
+    Called, it builds a tensor there (``tensor_type("LongTensor")([1, 2])``); it also serves ``x.type(...)``
+    and ``isinstance``."""
+    return current().tensor_type(name)
+
+
+def Event(enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> Any:  # noqa: N802
+    """``torch.cuda.Event(...)`` of the selected device; on the CPU a ``CPUEvent`` (timing by the clock)."""
+    return current().event(enable_timing=enable_timing, blocking=blocking, interprocess=interprocess)
+
+
+def Stream(device: Any = None, priority: int = 0) -> Any:  # noqa: N802
+    """A new stream of the selected device (``torch.cuda.Stream(...)``); on the CPU a ``CPUStream``."""
+    return current().new_stream(device, priority)
+
+
+def current_stream(device: Any = None) -> Any:
+    """The stream work is queued on now (``torch.cuda.current_stream()``)."""
+    return current().current_stream(device)
+
+
+def default_stream(device: Any = None) -> Any:
+    """The device's default stream (``torch.cuda.default_stream()``)."""
+    return current().default_stream(device)
+
+
+def stream(stream: Any):
+    """``with porter_device.stream(s):`` queues the block's work on ``s`` (``torch.cuda.stream(s)``); on the
+    CPU the block just runs."""
+    return current().stream(stream)
+
+
+def autocast(enabled: bool = True, dtype: torch.dtype | None = None, cache_enabled: bool | None = None):
+    """Mixed precision on the selected device, as ``torch.cuda.amp.autocast(...)`` / ``torch.autocast("cuda",
+    ...)`` (a context manager and a decorator). The device's default dtype unless ``dtype`` is given; on the CPU
+    only with an explicit ``dtype`` (else disabled: the CPU computes in float32)."""
+    return current().autocast(enabled=enabled, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def grad_scaler(init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                growth_interval: int = 2000, enabled: bool = True) -> Any:
+    """A gradient scaler for the selected device (``torch.cuda.amp.GradScaler(...)``,
+    ``torch.amp.GradScaler("cuda", ...)``); disabled on the CPU, whose gradients are float32."""
+    return current().grad_scaler(init_scale=init_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
+                                 growth_interval=growth_interval, enabled=enabled)
 
 
 BACKEND_ENV = "PORTER_BACKEND"  # overrides the device's process-group backend (e.g. gloo to debug on CUDA)
 
 
 def communication_backend() -> str:
+    """The torch.distributed backend for the selected device: hccl, nccl or gloo (``PORTER_BACKEND`` wins)."""
     return os.environ.get(BACKEND_ENV) or current().backend
 
 
+def is_backend_available() -> bool:
+    """Whether ``communication_backend()`` can be used in this process (``dist.is_nccl_available()`` asked it
+    of nccl)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    backend = communication_backend()
+    check = getattr(dist, f"is_{backend}_available", None)
+    if check is not None:
+        return bool(check())
+    if backend == "hccl":
+        return import_torch_npu() is not None
+    return bool(dist.is_backend_available(backend)) if hasattr(dist, "is_backend_available") else False
+
+
+def visible_devices_env() -> str:
+    """The environment variable that limits which devices a process sees: ASCEND_RT_VISIBLE_DEVICES on an NPU,
+    CUDA_VISIBLE_DEVICES on CUDA, and on the CPU (where nothing reads it) CUDA_VISIBLE_DEVICES too."""
+    return current().visible_devices_env or CUDA.visible_devices_env or "CUDA_VISIBLE_DEVICES"
+
+
 def pin_memory() -> bool:
+    """Whether pinned host memory helps copies to the device (``DataLoader(pin_memory=...)``): off on the CPU."""
     return current().pin_memory
 
 
-def set_determinism(*, benchmark: bool, deterministic: bool, allow_tf32: bool) -> None:
-    current().set_determinism(benchmark=benchmark, deterministic=deterministic, allow_tf32=allow_tf32)
+def pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.pin_memory()`` where the device pins host memory; the tensor itself elsewhere (a CPU-only torch
+    cannot pin)."""
+    return tensor.pin_memory() if current().pin_memory else tensor
+
+
+def set_determinism(*, benchmark: bool | None = None, deterministic: bool | None = None,
+                    allow_tf32: bool | None = None, cudnn_allow_tf32: bool | None = None) -> None:
+    """The cudnn / tf32 switches (``torch.backends.cudnn.benchmark``, ``.deterministic``, ``.allow_tf32``,
+    ``torch.backends.cuda.matmul.allow_tf32``) on CUDA; None leaves one as it is; other devices ignore them."""
+    current().set_determinism(benchmark=benchmark, deterministic=deterministic, allow_tf32=allow_tf32,
+                              cudnn_allow_tf32=cudnn_allow_tf32)
 
 
 def range_push(message: str) -> None:
+    """Open a named profiler range (nvtx on CUDA); nothing where there is no such profiler."""
     current().range_push(message)
 
 
 def range_pop() -> None:
+    """Close the innermost profiler range."""
     current().range_pop()
 
 
+@contextlib.contextmanager
+def profile_range(message: str):
+    """``with porter_device.profile_range("step"):`` a named profiler range around the block
+    (``torch.cuda.nvtx.range``)."""
+    range_push(message)
+    try:
+        yield
+    finally:
+        range_pop()
+
+
 def profiler_start() -> None:
+    """Start the device profiler (cudaProfilerStart on CUDA)."""
     current().profiler_start()
 
 
 def profiler_stop() -> None:
+    """Stop the device profiler."""
     current().profiler_stop()
