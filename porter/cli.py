@@ -523,7 +523,7 @@ def _run_verify(installed, registry, con: Console, as_json: bool, test_cmd: str 
         rows = [(r.stage, r.item, r.status, r.detail) for r in report.results]
         con.print(con.table(("stage", "item", "result", "detail"), rows, status_col=2))
         failed = sum(r.status == "fail" for r in report.results)
-        con.print(f"verify {_label(installed)}: " + (con.paint("passed", "green") if report.ok
+        con.print(f"verify {installed.name}: " + (con.paint("passed", "green") if report.ok
                                                    else con.paint(f"{failed} failed", "red")))
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -64,7 +64,7 @@ def resolve(spec: str, registry, site_packages: Path | None = None, check_versio
     for target in targets.values():
         if target.distribution and _normalise(target.distribution) == wanted:
             return locate(target, site_packages, check_version=check_version)
-    return distribution_target(spec, site_packages, exclude)
+    return distribution_target(spec, site_packages, exclude, known=tuple(sorted(targets)))
 
 
 def folder_target(folder: Path, exclude: tuple[str, ...] = ()) -> InstalledTarget:
@@ -105,7 +105,7 @@ def _pyproject_excludes(root: Path) -> tuple[str, ...]:
 
 
 def distribution_target(name: str, site_packages: Path | None = None,
-                        exclude: tuple[str, ...] = ()) -> InstalledTarget:
+                        exclude: tuple[str, ...] = (), known: tuple[str, ...] = ()) -> InstalledTarget:
     """Any installed distribution by its pip name: its top-level folders and modules from RECORD."""
     if site_packages is None:
         try:
@@ -113,9 +113,10 @@ def distribution_target(name: str, site_packages: Path | None = None,
         except md.PackageNotFoundError:
             folder = Path(name)
             hint = (f"a folder is written as a path: ./{name}" if folder.is_dir() else
-                    "pip names it as `pip show NAME` does; or point porter at another environment with --site-packages")
-            raise NotFoundError(f"{name!r} is neither a registered target nor a distribution installed here",
-                                hint=hint) from None
+                    "a distribution is named as `pip show NAME` names it, a folder as a path (./NAME); "
+                    "--site-packages DIR looks in another environment")
+            raise NotFoundError(f"unknown target {name!r} (known: {', '.join(known) or 'none'}), and no distribution "
+                                f"of that name is installed here", hint=hint) from None
         site_packages = Path(str(dist.locate_file(""))).resolve()
     else:
         site_packages = Path(site_packages).resolve()

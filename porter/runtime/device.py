@@ -768,12 +768,12 @@ def tensor_type(name: str) -> type:
     return current().tensor_type(name)
 
 
-def Event(enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> Any:  # noqa: N802
+def Event(enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> Any:
     """``torch.cuda.Event(...)`` of the selected device; on the CPU a ``CPUEvent`` (timing by the clock)."""
     return current().event(enable_timing=enable_timing, blocking=blocking, interprocess=interprocess)
 
 
-def Stream(device: Any = None, priority: int = 0) -> Any:  # noqa: N802
+def Stream(device: Any = None, priority: int = 0) -> Any:
     """A new stream of the selected device (``torch.cuda.Stream(...)``); on the CPU a ``CPUStream``."""
     return current().new_stream(device, priority)
 

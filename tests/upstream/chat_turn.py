@@ -5,7 +5,9 @@ calls it in English mode.
 
 Run with the upstream checkout as the working directory and on ``PYTHONPATH`` (with the SAT copy to use before
 it), ``SAT_HOME`` and the Hugging Face cache set (``upstream_standins``). Prints one JSON line last:
-``{"response", "history", "image", "sat", "params", "torchvision_ops", "seconds"}``.
+``{"response", "history", "image", "sat", "params", "ops", "checkpoints", "torchvision_ops", "seconds"}``: ``ops``
+holds ``porter.runtime.ops.counts`` (the runtime's fused ops the patched SAT called, by implementation) and
+``checkpoints`` whether SAT loaded the checkpoint through ``porter.runtime.checkpoints``.
 
     python chat_turn.py IMAGE QUERY MAX_LENGTH
 """
@@ -45,7 +47,7 @@ def main() -> None:
     start = time.perf_counter()
     import torch
 
-    ops = import_torchvision()
+    vision_ops = import_torchvision()
     from model import chat, get_infer_setting  # as api.py imports them
 
     torch.manual_seed(0)
@@ -56,10 +58,13 @@ def main() -> None:
                                               invalid_slices=[slice(63823, 130000)])
     import sat
 
+    ops = sys.modules.get("porter.runtime.ops")
     params = sorted({f"{p.device.type}/{p.dtype}".replace("torch.", "") for p in model.parameters()})
     print(json.dumps({"response": response, "history": history, "sat": sat.__file__, "params": params,
                       "image": [list(torch_image.shape), str(torch_image.dtype), torch_image.device.type],
-                      "torchvision_ops": ops, "seconds": round(time.perf_counter() - start, 1)}))
+                      "ops": dict(ops.counts) if ops else {},
+                      "checkpoints": "porter.runtime.checkpoints" in sys.modules,
+                      "torchvision_ops": vision_ops, "seconds": round(time.perf_counter() - start, 1)}))
 
 
 if __name__ == "__main__":

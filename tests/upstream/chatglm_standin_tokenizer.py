@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import PreTrainedTokenizer
-
 from porter_visualglm.tokenizer import ChatGLMTokenizer as PorterChatGLMTokenizer
+from transformers import PreTrainedTokenizer
 
 
 class ChatGLMTokenizer(PreTrainedTokenizer):

@@ -23,10 +23,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from upstream_standins import UPSTREAM_COMMIT, UPSTREAM_ENV, UPSTREAM_REPO, write_hf_home, write_sat_home
 
 from porter.testing import run_porter, tree_digest
-
-from upstream_standins import UPSTREAM_COMMIT, UPSTREAM_ENV, UPSTREAM_REPO, write_hf_home, write_sat_home
 
 HERE = Path(__file__).parent
 UPSTREAM = os.environ.get(UPSTREAM_ENV, "")
@@ -150,12 +149,16 @@ def test_upstreams_inference_entry_chats_on_the_cpu_once_ported(ported, chat_env
     tree, _before, _report = ported
     r = chat_turn(tree, chat_env)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert "Downloading models" not in r.stdout + r.stderr  # SAT's auto_create found $SAT_HOME/visualglm-6b
     out = json.loads(r.stdout.splitlines()[-1])
-    assert isinstance(out["response"], str)
+    assert isinstance(out["response"], str) and out["response"]  # random weights: some of the stand-in's pieces
     assert out["history"] == [[QUERY, out["response"]]]
     assert out["image"] == [[1, 3, 224, 224], "torch.float16", "cpu"]  # chat() sends the image as fp16 to the model
     assert out["params"] == ["cpu/float16"]  # get_infer_setting's fp16 model, moved where porter's runtime says
     assert Path(out["sat"]).is_relative_to(sat_patched)  # the patched SAT, not the installed one
+    assert out["checkpoints"]  # the patched sat/training/model_io.py loads with porter.runtime.checkpoints
+    called = {name.split("/")[0] for name in out["ops"]}
+    assert {"gelu", "rotary_mul"} <= called, out["ops"]  # ChatGLM's rewritten ops ran through porter.runtime.ops
 
 
 def test_the_unported_tree_dies_on_cuda(tmp_path, chat_env):

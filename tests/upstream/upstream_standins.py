@@ -50,7 +50,6 @@ def _weights(config: dict, seed: int) -> dict:
     ``torch.save`` keeps the view, so the file holds 135k numbers instead of 1.07e9, and loading copies the view
     into the model's own full-size parameters."""
     import torch
-
     from porter_visualglm.release import INV_FREQ, release_keys
 
     gen = torch.Generator().manual_seed(seed)
