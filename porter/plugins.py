@@ -279,6 +279,8 @@ def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.Plug
                 owner = registry.owners.get((kind, key))
                 if owner is not None or key in staged[kind]:
                     raise PluginError(f"{kind[:-1]} {key!r} is already registered by {owner or info.name!r}")
+                if kind == "targets" and (key == "any" or "/" in key):  # `any` names the rules for any code
+                    raise PluginError(f"target {key!r}: 'any' and names holding '/' (paths) are porter's own")
                 staged[kind][key] = item
 
             impls[0].function(register=register)
