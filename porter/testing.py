@@ -108,7 +108,8 @@ def copy_distribution(distribution: str, dest: Path) -> Path:
     root = Path(str(dist.locate_file("")))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    tops = {Path(str(f)).parts[0] for f in dist.files or []}
+    # RECORD lists console scripts as ../../../bin/NAME: only what lies under site-packages is the distribution's
+    tops = {Path(str(f)).parts[0] for f in dist.files or [] if not Path(str(f)).is_absolute()} - {"..", "__pycache__"}
     for top in sorted(tops):
         src = root / top
         if src.is_dir():

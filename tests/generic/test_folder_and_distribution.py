@@ -1,0 +1,153 @@
+"""`porter patch PATH|DIST`: a project folder or any installed distribution by its pip name, through the same
+journaled transaction as a plugin's target, with the rules for any code (plugins/torch)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from generic_projects import NET, write_project
+
+from porter.testing import make_distribution, run_porter, tree_digest
+
+CPU = {"PORTER_DEVICE": "cpu"}
+
+
+def run_script(folder: Path, script: str = "train.py", **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script], cwd=folder, capture_output=True, text=True,
+                          env={**os.environ, **CPU}, timeout=120, **kw)
+
+
+def test_a_folder_is_patched_run_and_reverted_byte_for_byte(project):
+    before = tree_digest(project)
+    assert "Torch not compiled with CUDA" in run_script(project).stderr  # the unported project dies on CUDA
+    r = run_porter("patch", str(project))
+    assert r.returncode == 0, r.stderr
+    assert f"undo with: porter revert {project}" in r.stdout
+    assert "porter_device" in (project / "train.py").read_text()
+    assert "porter_device" in (project / "model" / "net.py").read_text()
+    ran = run_script(project)
+    assert ran.returncode == 0, ran.stderr
+    assert "total 3.0" in ran.stdout
+    state = project / ".porter-state"
+    assert (state / "project" / "journal.json").is_file()
+    assert (state / ".gitignore").read_text().splitlines()[-1] == "*"
+    status = json.loads(run_porter("status", str(project), "--json").stdout)
+    assert status[0]["state"] == "patched" and sorted(status[0]["files"]) == ["model/net.py", "train.py"]
+    again = run_porter("patch", str(project))
+    assert again.returncode == 0 and "already patched" in again.stdout
+    r = run_porter("revert", str(project))
+    assert r.returncode == 0, r.stderr
+    assert tree_digest(project) == before
+    assert not state.exists()
+
+
+def test_git_never_sees_porters_state(project):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=project, check=True)
+    assert run_porter("patch", str(project)).returncode == 0
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+    assert sorted(line[3:] for line in changed if line) == ["model/net.py", "train.py"]
+    assert run_porter("revert", str(project)).returncode == 0
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True).stdout == ""
+
+
+def test_opt_outs_a_project_commits(tmp_path):
+    project = write_project(tmp_path / "p", {
+        "keep.py": "import torch\nx = torch.ones(2).cuda()  # porter: skip\ny = torch.ones(2).cuda()\n",
+        "whole.py": "# porter: skip-file\nimport torch\nx = torch.ones(2).cuda()\n",
+        "legacy/old.py": "import torch\nx = torch.ones(2).cuda()\n",
+        "vendor/lib.py": "import torch\nx = torch.ones(2).cuda()\n",
+        "pyproject.toml": '[project]\nname = "p"\n\n[tool.porter]\nexclude = ["legacy"]\n',
+    })
+    originals = {rel: (project / rel).read_text() for rel in ("whole.py", "legacy/old.py", "vendor/lib.py")}
+    r = run_porter("patch", str(project), "--exclude", "vendor/*", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"] == ["keep.py"]
+    keep = (project / "keep.py").read_text().splitlines()
+    assert keep[2] == "x = torch.ones(2).cuda()  # porter: skip" or keep[1] == "x = torch.ones(2).cuda()  # porter: skip"
+    assert "porter_device" in keep[-1]
+    for rel, text in originals.items():
+        assert (project / rel).read_text() == text
+    dry = json.loads(run_porter("patch", str(project), "--dry-run", "--json").stdout)
+    assert "whole.py" in dry["files_opted_out"]
+
+
+def test_an_installed_distribution_by_its_pip_name(tmp_path):
+    site = make_distribution(tmp_path / "site", "Tiny-Lib", "1.0", {
+        "tinylib/__init__.py": NET, "tiny_helpers.py": "import torch\n\ndef two():\n    return torch.ones(2).cuda()\n",
+        "tinylib/data.json": "{}\n"})
+    before = tree_digest(site)
+    r = run_porter("patch", "tiny-lib", site_packages=site)
+    assert r.returncode == 0, r.stderr
+    assert "porter_device" in (site / "tinylib" / "__init__.py").read_text()
+    assert "porter_device" in (site / "tiny_helpers.py").read_text()
+    assert (site / ".porter-state" / "tiny-lib" / "journal.json").is_file()
+    ran = subprocess.run([sys.executable, "-c", "import tinylib, tiny_helpers; print(tinylib.total(), "
+                          "float(tiny_helpers.two().sum()))"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, **CPU, "PYTHONPATH": str(site)}, timeout=120)
+    assert ran.stdout.split() == ["3.0", "2.0"], ran.stderr
+    listed = json.loads(run_porter("status", "--json", site_packages=site).stdout)
+    assert {"target": "tiny-lib", "state": "patched"}.items() <= next(s for s in listed
+                                                                      if s["target"] == "tiny-lib").items()
+    r = run_porter("revert", site_packages=site)  # no name: every patched target and distribution
+    assert r.returncode == 0, r.stderr
+    assert tree_digest(site) == before
+
+
+def test_a_distribution_changed_since_install_is_refused(tmp_path):
+    site = make_distribution(tmp_path / "site", "tinylib", "1.0", {"tinylib/__init__.py": NET})
+    path = site / "tinylib" / "__init__.py"
+    path.write_text(path.read_text() + "# edited by hand\n")
+    r = run_porter("patch", "tinylib", site_packages=site)
+    assert r.returncode == 4 and "tinylib/__init__.py" in r.stderr and "RECORD" in r.stderr
+    assert not (site / ".porter-state").exists()
+    assert run_porter("patch", "tinylib", "--accept-modified", site_packages=site).returncode == 0
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "no-python", "syntax", "no-record", "bad-pyproject"])
+def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, case):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    spec, code, words, site = str(folder), None, None, None
+    if case == "missing":
+        spec, code, words = str(tmp_path / "nope"), 6, "no such folder"
+    elif case == "file":
+        (folder / "a.py").write_text("x = 1\n")
+        spec, code, words = str(folder / "a.py"), 7, "not a folder"
+    elif case == "no-python":
+        (folder / "README.md").write_text("hi\n")
+        code, words = 6, "holds no Python file"
+    elif case == "syntax":
+        write_project(folder)
+        (folder / "broken.py").write_text("import torch\n\nx = torch.ones(2).cuda(\n")
+        code, words = 3, "broken.py:3"
+    elif case == "no-record":
+        site = make_distribution(tmp_path / "site", "tinylib", "1.0", {"tinylib/__init__.py": NET})
+        next(site.glob("tinylib-*.dist-info")).joinpath("RECORD").unlink()
+        spec, code, words = "tinylib", 4, "has no RECORD"
+    elif case == "bad-pyproject":
+        write_project(folder)
+        (folder / "pyproject.toml").write_text("[tool.porter]\nexclude = 'legacy'\n")
+        code, words = 7, "exclude must be a list"
+    before = tree_digest(tmp_path)
+    r = run_porter("patch", spec, site_packages=site)
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and r.stderr.startswith("error: ") and r.stderr.count("\n") <= 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert tree_digest(tmp_path) == before
+
+
+def test_the_rules_for_any_code_are_listed():
+    r = run_porter("rules", "any")
+    assert r.returncode == 0
+    assert r.stdout.count("torch.") >= 10 and "rules for any" in r.stdout
