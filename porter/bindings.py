@@ -300,7 +300,7 @@ def skip_ranges(code: str) -> list[tuple[int, int]]:
         tree = ast.parse(code) if marked else None
     except (SyntaxError, tokenize.TokenError, ValueError):
         return []
-    if not marked:
+    if not marked or tree is None:
         return []
     spans = []
     for node in ast.walk(tree):

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 
-
 class PortFinder(importlib.abc.MetaPathFinder):
     """Serves the ported source of exactly the manifest's files, found by the path the import system would load:
     a module imported under any name, from any sys.path, is served when its file is one porter ported."""
@@ -77,7 +76,8 @@ def _hand_over(script: str) -> None:
     env = dict(os.environ)
     if getattr(sys.stdout, "write_through", False):  # -u
         env["PYTHONUNBUFFERED"] = "1"
-    argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", "porter.execmain", *sys.argv]
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # -X, -W, -O ... as given
+    argv = [sys.executable, *flags, "-m", "porter.execmain", *sys.argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

@@ -83,7 +83,12 @@ def _pyproject_excludes(root: Path) -> tuple[str, ...]:
     path = root / "pyproject.toml"
     if not path.is_file():
         return ()
-    import tomllib
+    import sys
+
+    if sys.version_info < (3, 11):  # tomllib is 3.11's; on 3.10 a project's opt-outs are --exclude
+        raise InputError(f"{path}: reading its [tool.porter] table needs Python 3.11 or later",
+                         hint="use --exclude GLOB instead, or Python 3.11+")
+    import tomllib  # type: ignore[import-not-found,unused-ignore]  # 3.11+, checked above
 
     from .target import NotRegular, read_regular
 
