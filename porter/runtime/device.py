@@ -86,13 +86,15 @@ class Device:
 
     def device_context(self, index: Any):
         """``with``-block that makes ``index`` the current device (``torch.cuda.device(index)``)."""
-        return self._module().device(None if index is None else self.as_device(index))
+        if index is not None and not isinstance(index, int):  # an int is an index (-1: no change), as torch reads it
+            index = self.as_device(index)
+        return self._module().device(index)
 
     def get_device_name(self, device: Any = None) -> str:
         return self._module().get_device_name(*self._device_args(device))
 
     def get_device_properties(self, device: Any = None) -> Any:
-        return self._module().get_device_properties(self.as_device(0 if device is None else device))
+        return self._module().get_device_properties(self.current_index() if device is None else self.as_device(device))
 
     def is_bf16_supported(self) -> bool:
         return bool(self._module().is_bf16_supported())
@@ -626,6 +628,10 @@ def on_accelerator(obj: Any) -> bool:
         return False
     if isinstance(obj, torch.Tensor):
         return selected.owns(obj)
+    if not isinstance(obj, (str, torch.device)):  # something holding tensors: a PackedSequence, a module's buffer
+        inner = getattr(obj, "device", None)
+        inner = inner if isinstance(inner, (str, torch.device)) else getattr(obj, "data", None)
+        return on_accelerator(inner) if isinstance(inner, (str, torch.device, torch.Tensor)) else False
     kind, _ = _type_and_index(obj)
     return kind in ("cuda", selected.torch_type)
 

@@ -149,3 +149,64 @@ def install(monkeypatch=None):
     device.register(FakeNPU)
     device.reset()
     return device.select("npu")
+
+
+# -- for the torch rule pack (tests/torch_plugin): the rest of torch.npu's CUDA-shaped API that ported code reaches,
+# every call recorded by name. Like the kernels above, these prove which device the ported code dispatches to and
+# with which arguments, not what an NPU computes: "NPU tensors" are CPU tensors, amp computes nothing in fp16.
+npu_calls: list[tuple[str, tuple, dict]] = []
+
+
+def _recorded(name: str, function):
+    def record(*args, **kwargs):
+        npu_calls.append((name, args, kwargs))
+        return function(*args, **kwargs)
+
+    return record
+
+
+def _autocast(enabled=True, dtype=torch.float16, cache_enabled=True):
+    _require(dtype in (torch.float16, torch.bfloat16), f"torch.npu.amp.autocast: dtype {dtype}")
+    return torch.autocast("cpu", enabled=False)
+
+
+def _grad_scaler(init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000, enabled=True):
+    return torch.amp.GradScaler("cpu", init_scale=init_scale, growth_factor=growth_factor,
+                                backoff_factor=backoff_factor, growth_interval=growth_interval, enabled=False)
+
+
+def torch_npu_module_for_rules() -> types.SimpleNamespace:
+    """``torch_npu_module()`` and the rest of what torch_npu's ``torch.npu`` offers that porter's runtime calls
+    (amp, events, streams, memory, properties, typed tensors; no DoubleTensor, which torch_npu lacks), each
+    callable recording its calls in ``npu_calls``."""
+    import contextlib
+
+    from porter.runtime import device
+
+    base = vars(torch_npu_module())
+    extra = dict(
+        amp=types.SimpleNamespace(autocast=_recorded("amp.autocast", _autocast),
+                                  GradScaler=_recorded("amp.GradScaler", _grad_scaler)),
+        Event=lambda enable_timing=False, blocking=False, interprocess=False: device.CPUEvent(enable_timing),
+        Stream=lambda device_=None, priority=0: device.CPUStream(priority),
+        current_stream=lambda device_=None: device.CPUStream(), default_stream=lambda device_=None: device.CPUStream(),
+        stream=lambda s: contextlib.nullcontext(s), device=lambda d: contextlib.nullcontext(),
+        empty_cache=lambda: None, reset_peak_memory_stats=lambda device_=None: None,
+        memory_stats=lambda device_=None: {"allocated_bytes.all.current": 0}, mem_get_info=lambda device_=None: (1, 2),
+        get_device_name=lambda device_=None: "Ascend910B (fake)", is_bf16_supported=lambda: True,
+        get_device_properties=lambda device_: types.SimpleNamespace(name="Ascend910B (fake)", total_memory=2**36),
+        get_rng_state_all=lambda: [torch.get_rng_state()], set_rng_state_all=lambda states: None,
+        seed=lambda: None, seed_all=lambda: None, initial_seed=lambda: 0,
+        FloatTensor=torch.FloatTensor, HalfTensor=torch.HalfTensor, LongTensor=torch.LongTensor,
+        IntTensor=torch.IntTensor, BoolTensor=torch.BoolTensor, ByteTensor=torch.ByteTensor)
+    module = {**base, **extra}
+    return types.SimpleNamespace(**{name: _recorded(name, value) if callable(value) and not isinstance(value, type)
+                                    else value for name, value in module.items()})
+
+
+def install_for_rules(monkeypatch):
+    """``install(monkeypatch)`` with ``torch_npu_module_for_rules()`` as torch.npu; ``npu_calls`` emptied."""
+    selected = install(monkeypatch)
+    monkeypatch.setattr(torch, "npu", torch_npu_module_for_rules(), raising=False)
+    npu_calls.clear()
+    return selected

@@ -74,7 +74,7 @@ def test_opt_outs_a_project_commits(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["files"] == ["keep.py"]
     keep = (project / "keep.py").read_text().splitlines()
-    assert keep[2] == "x = torch.ones(2).cuda()  # porter: skip" or keep[1] == "x = torch.ones(2).cuda()  # porter: skip"
+    assert "x = torch.ones(2).cuda()  # porter: skip" in keep
     assert "porter_device" in keep[-1]
     for rel, text in originals.items():
         assert (project / rel).read_text() == text

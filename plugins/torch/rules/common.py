@@ -42,11 +42,6 @@ def is_runtime_call(rule: ProjectRule, node: cst.CSTNode) -> bool:
     return isinstance(node, cst.Call) and (rule.qualified_name(node.func) or "").startswith(RUNTIME + ".")
 
 
-def string(value: str) -> cst.SimpleString:
-    """A double-quoted string literal (values here hold no quotes or backslashes)."""
-    return cst.SimpleString(f'"{value}"')
-
-
 def record_span(rule: ProjectRule, first: cst.CSTNode, last: cst.CSTNode, message: str) -> None:
     """Record a match from the start of ``first`` to the end of ``last`` (two nodes of the original tree): a rule
     that rewrites a call but not the object it is called on (``x.cuda()``) claims only ``.cuda()``, so a rule that

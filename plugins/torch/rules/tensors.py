@@ -3,11 +3,12 @@ memory) go to the selected device instead."""
 from __future__ import annotations
 
 import re
+
 import libcst as cst
 
 from porter.rules import ANY_TARGET, ProjectRule, Rule, literal
 
-from .common import References, docs, is_module, is_runtime_call, keyword, record_span, runtime_attr, runtime_call
+from .common import References, docs, is_module, is_runtime_call, keyword, record_span, runtime_call
 
 
 class DotCuda(ProjectRule):
@@ -85,16 +86,25 @@ class TypedTensor(References):
         return runtime_call(self, "tensor_type", [cst.SimpleString(f'"{kind}"')]), \
             f'{name} -> porter_device.tensor_type("{kind}")'
 
-    def leave_Arg(self, original_node, updated_node):
-        value = literal(updated_node.value)
-        if not isinstance(value, str) or updated_node.keyword is not None:
-            return updated_node
-        found = _TYPE_NAME.fullmatch(value)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._type_names: set[cst.CSTNode] = set()
+
+    def visit_Call(self, node):
+        super().visit_Call(node)
+        func = node.func
+        if (isinstance(func, cst.Attribute) and func.attr.value == "type" and not is_module(self, func.value)) or \
+                self.qualified_name(func) == "torch.set_default_tensor_type":
+            if node.args and node.args[0].keyword is None:
+                self._type_names.add(node.args[0].value)
+
+    def leave_SimpleString(self, original_node, updated_node):
+        value = literal(original_node)
+        found = _TYPE_NAME.fullmatch(value) if original_node in self._type_names and isinstance(value, str) else None
         if found is None:
             return updated_node
-        self.record(original_node.value, f'"{value}" -> porter_device.tensor_type("{found.group(1)}")')
-        return updated_node.with_changes(value=runtime_call(self, "tensor_type", [
-            cst.SimpleString(f'"{found.group(1)}"')]))
+        self.record(original_node, f'"{value}" -> porter_device.tensor_type("{found.group(1)}")')
+        return runtime_call(self, "tensor_type", [cst.SimpleString(f'"{found.group(1)}"')])
 
 
 class PinMemory(ProjectRule):
@@ -130,7 +140,8 @@ DOT_CUDA = Rule(
                   "NPU: it is the first line every CUDA script fails on.",
               how="x.cuda() becomes x.to(porter_device.current_device()), x.cuda(i) x.to(porter_device.as_device(i)) "
                   "(npu:i, cuda:i, or the CPU), keeping non_blocking and memory_format. Left alone: .cuda reached "
-                  "on a module (torch.cuda, numba.cuda), and calls that do not fit Tensor.cuda's signature."))
+                  "on a module (torch.cuda, numba.cuda), and calls that do not fit Tensor.cuda's signature. An object "
+                  "of the project's own with a .cuda() method and no .to() needs one (or `# porter: skip`)."))
 
 IS_CUDA = Rule(
     id="torch.device.is-cuda", target=ANY_TARGET, files=(), required=False, category="device",
