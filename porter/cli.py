@@ -42,7 +42,7 @@ exit codes:
 
 SCAN_INPUTS = """\
 what is read (a folder, a file or a distribution):
-  A folder: every *.py file under it (not in __pycache__). Only regular files are read: a FIFO, a
+  A folder: every *.py file under it (not in __pycache__ or porter's own .porter-state). Only regular files are read: a FIFO, a
   device or a socket named *.py is reported and never opened, and so is a file over 16 MiB. Links to
   folders are not followed. A link to a file inside the folder is scanned once (under the file's own
   name when that is scanned too); a link that leads outside the folder is reported, not followed.

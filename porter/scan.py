@@ -35,7 +35,7 @@ from .errors import InputError, NotFoundError
 from .journal import read_original
 from .names import ResolvesNames
 from .plan import make_plan
-from .target import InstalledTarget, NotRegular, file_kind, find_dist_info, read_record, read_regular
+from .target import STATE_DIR_NAME, InstalledTarget, NotRegular, file_kind, find_dist_info, read_record, read_regular
 
 CUDA_STRINGS = {"nccl", "cuda"}
 CUDA_ONLY_IMPORTS = {"triton", "xformers", "apex", "cpm_kernels", "bitsandbytes", "flash_attn"}
@@ -164,6 +164,8 @@ class _Finder(ResolvesNames, cst.CSTVisitor):
         self._name_site(node)  # `synchronize()` after `from torch.cuda import synchronize`
 
     def visit_Call(self, node):
+        if (self.qualified_name(node.func) or "").startswith(RUNTIME + "."):
+            return False  # ported already: porter_device.as_device("cuda") names the device it stands for
         func = node.func
         if isinstance(func, cst.Attribute) and func.attr.value == "cuda" and not node.args:
             self._add(node, ".cuda()", ".cuda()")
@@ -428,7 +430,8 @@ def walk_python_files(root: Path) -> tuple[list[tuple[str, str, bool]], list[Not
                 if entry.is_symlink():
                     links.append((rel, entry.path))
                 elif entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
+                    # porter's own state (a patched folder's saved originals) is not the folder's code
+                    if entry.name not in ("__pycache__", STATE_DIR_NAME):
                         stack.append(rel)
                 elif entry.name.endswith(".py"):
                     files[os.path.realpath(entry.path)] = rel

@@ -10,7 +10,12 @@ it these tests are skipped. Each test works on a copy in tmp:
   checkpoint in the release's layout under ``$SAT_HOME/visualglm-6b`` and a stand-in ``THUDM/chatglm-6b`` tokenizer
   in a local Hugging Face cache (``upstream_standins``), while the unported tree dies on its ``model.cuda()``.
 
-Needs what upstream imports on that path: transformers (SAT 0.4.12 already requires it), torchvision, Pillow.
+Needs what upstream imports on that path: transformers (SAT 0.4.12 already requires it), torchvision, Pillow:
+``.venv/bin/pip install -c constraints.txt -e '.[upstream]'``. To run it::
+
+    git --git-dir=THE_MIRROR archive e314fb9c4e778851414f39784317c72765acec47 -- . ':(exclude)fewshot-data.zip' \
+        | tar -x -C /tmp/VisualGLM-6B
+    PORTER_VISUALGLM_UPSTREAM=/tmp/VisualGLM-6B .venv/bin/python -m pytest -q tests/upstream
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,13 +117,22 @@ def test_the_scan_finds_upstreams_cuda_only_sites(ported):
     assert UPSTREAM_SITES <= found, sorted(UPSTREAM_SITES - found)
 
 
-def test_patch_leaves_no_cuda_only_site_and_every_file_compiles(ported):
+def test_the_patched_tree_compiles(ported):
     tree, before, _report = ported
     assert tree_digest(tree) != before
+    files = [path for path in sorted(tree.rglob("*.py")) if ".porter-state" not in path.relative_to(tree).parts]
+    assert len(files) == 13
+    with warnings.catch_warnings():  # upstream's own invalid escapes ("\\?" in model/chat.py) warn
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        for path in files:
+            compile(path.read_bytes(), str(path), "exec")  # SyntaxError names the file and line
+
+
+def test_the_patched_tree_has_no_cuda_only_site(ported):
+    tree, _before, _report = ported
     report = scan(tree)
     assert open_sites(report) == [], json.dumps(open_sites(report), indent=1)
-    for path in sorted(tree.rglob("*.py")):
-        compile(path.read_bytes(), str(path), "exec")  # SyntaxError names the file and line
 
 
 def test_the_stand_in_tokenizer_is_porters_chatglm_tokenizer(hf_env):
