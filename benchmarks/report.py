@@ -119,6 +119,26 @@ def rows() -> list[tuple[str, str, str]]:
                     f"{load['max_tokens']} tokens each, {load['model']}",
                     f"{per}; server RSS {load['server_rss_mib']['before']:.0f} -> "
                     f"{load['server_rss_mib']['after']:.0f} MiB (one run each)", "bench_serve_load.py"))
+    any_code = _load("plan_any.json")
+    if any_code:
+        for r in any_code["results"]:
+            if "error" in r:
+                out.append((f"`porter patch {r['distribution']}` (rules for any code)", f"**failed**: {r['error']}",
+                            "bench_plan_any.py"))
+                continue
+            goal = r["cpu_s_per_1000_files"] < 60 and (r["distribution"] != "transformers" or r["plan_wall_s"] < 120)
+            v = r["verify"]
+            out.append((f"`porter patch {r['distribution']} --dry-run` (rules for any code, plan cache off), "
+                        f"{r['distribution']} {r['version']} on a throwaway copy",
+                        f"{r['plan_wall_s']:.1f} s wall, {r['plan_cpu_s']:.1f} s CPU ({r['cpu_s_per_1000_files']:.1f} "
+                        f"s per 1000 files): {r['files_read']} files read, {r['files_parsed']} parsed, "
+                        f"{r['files_changed']} changed; goal < 60 s CPU per 1000 files"
+                        + (", transformers < 120 s" if r["distribution"] == "transformers" else "")
+                        + (": met" if goal else ": **not met**") + f"; verify: {v['imported_before_and_after']} changed "
+                        f"modules import before and after, {len(v['broke'])} broke, "
+                        f"{v['did_not_import_before_either']} did not import before either; revert byte for byte: "
+                        + ("yes" if r["byte_identical_after_revert"] else "**no**") + " (one run)",
+                        "bench_plan_any.py"))
     return out
 
 

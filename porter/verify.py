@@ -189,7 +189,12 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
             continue
         text = installed.path(entry.path).read_bytes().decode("utf-8")
         mine = [r for r in applied if r.any_code or entry.path in r.files_for(installed.version)]
-        again = rewrite_file(entry.path, text, mine, enforce_required=False)
+        try:
+            again = rewrite_file(entry.path, text, mine, enforce_required=False)
+        except Exception as exc:  # noqa: BLE001  a rule that fails on its own output is a failed stage, named
+            add(CheckResult("fixpoint", entry.path, FAIL, f"a rule failed on the patched file: "
+                                                          f"{type(exc).__name__}: {exc}"))
+            continue
         add(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
                         "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))
 

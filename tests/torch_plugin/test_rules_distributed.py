@@ -83,3 +83,11 @@ def test_ddp_and_fsdp_devices():
         c = torch.nn.DataParallel(model, device_ids=[0, 1])
         d = MyWrapper(model, device_ids=[0])
     """)
+
+
+def test_backend_leaves_a_choice_between_dicts_alone():
+    # found on transformers: literal() of a dict is a dict, which no set can hold
+    assert_untouched(distributed.BACKEND, """
+        options = {"nccl": 1} if fast else {"gloo": 2}
+        other = ["nccl"] if fast else ["gloo"]
+    """)

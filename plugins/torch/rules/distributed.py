@@ -83,7 +83,8 @@ class Backend(References):
         return runtime_call(self, "communication_backend")
 
     def leave_IfExp(self, original_node, updated_node):
-        if {literal(original_node.body), literal(original_node.orelse)} == {"nccl", "gloo"}:
+        values = [literal(original_node.body), literal(original_node.orelse)]
+        if all(isinstance(v, str) for v in values) and set(values) == {"nccl", "gloo"}:  # a dict is no backend
             del self.matches[len(self.matches) - sum(1 for b in (original_node.body, original_node.orelse)
                                                      if b in self._strings):]
             self.record(original_node, "'nccl' if ... else 'gloo' -> porter_device.communication_backend()")
