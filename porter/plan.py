@@ -159,6 +159,8 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
     from .generic import skips_file, source_files
 
     words = {rule.id: re.compile(r"\b(?:" + "|".join(map(re.escape, rule.triggers)) + r")\b") for rule in rules}
+    needs = {rule.id: re.compile(r"\b(?:" + "|".join(map(re.escape, rule.requires)) + r")\b") for rule in rules
+             if rule.requires}
     anything = re.compile(r"\b(?:" + "|".join(sorted({re.escape(w) for r in rules for w in r.triggers})) + r")\b") \
         if rules else None
     texts = {}
@@ -179,7 +181,8 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
         if skips_file(text):
             plan.files_opted_out.append(rel)
             continue
-        wanted = [rule for rule in rules if words[rule.id].search(text)]
+        wanted = [rule for rule in rules if words[rule.id].search(text)
+                  and (rule.id not in needs or needs[rule.id].search(text))]
         if wanted:
             by_file.setdefault(rel, []).extend(wanted)
             texts[rel] = text

@@ -255,6 +255,11 @@ class Rule:
     # trigger is shown whole, for rules that read several statements (a list assigned then passed, a run of them)
     triggers: tuple[str, ...] = ()
     reads: str = "statement"
+    # a rule for any code: words (whole) of which a file must hold at least one for the rule to be shown it at all,
+    # beside its triggers; ("cuda",) for a rule that only matches torch.cuda names (an import alias of torch.cuda
+    # or of one of its names holds the word too). Lets a common trigger ("device", "seed") not send every file of a
+    # large library to the parser. () asks nothing more
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.files, str):
@@ -265,6 +270,7 @@ class Rule:
         if stray:
             raise ValueError(f"rule {self.id}: file_versions names files not in files: {', '.join(sorted(stray))}")
         object.__setattr__(self, "triggers", (self.triggers,) if isinstance(self.triggers, str) else tuple(self.triggers))
+        object.__setattr__(self, "requires", (self.requires,) if isinstance(self.requires, str) else tuple(self.requires))
         wrong = [word for word in self.triggers if not (isinstance(word, str) and word.isidentifier())]
         if wrong:
             raise ValueError(f"rule {self.id}: triggers are single names (the last part of a dotted one), not {wrong!r}")
@@ -318,7 +324,7 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     sources: set[Path] = set()
     for rule in sorted(rules, key=lambda r: r.id):
         h.update(f"{rule.id}\0{rule.files}\0{rule.versions}\0{sorted(rule.file_versions.items())}\0"
-                 f"{rule.after}\0{rule.triggers}\0{rule.reads}\0".encode())
+                 f"{rule.after}\0{rule.triggers}\0{rule.reads}\0{rule.requires}\0".encode())
         code = rule.rewrite if isinstance(rule.rewrite, type) else type(rule.rewrite)
         if not isinstance(rule.rewrite, type):
             h.update(repr(sorted(vars(rule.rewrite).items())).encode())

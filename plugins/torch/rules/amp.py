@@ -74,7 +74,7 @@ class GradScaler(DeviceTypeCalls):
 
 AUTOCAST = Rule(
     id="torch.device.autocast", target=ANY_TARGET, files=(), required=False, category="device",
-    summary="autocast on the selected device", rewrite=Autocast, triggers=("autocast",),
+    summary="autocast on the selected device", rewrite=Autocast, triggers=("autocast",), requires=("cuda",),
     after=("torch.device.is-available",),  # torch.autocast("cuda", enabled=torch.cuda.is_available())
     docs=docs(why='torch.cuda.amp.autocast() and torch.autocast("cuda") cast only CUDA ops: on an NPU the model runs '
                   "in float32 (or fails where a CUDA-only dtype path is taken), and torch.cuda.amp warns it is "

@@ -227,7 +227,7 @@ class IsAvailable(CudaReferences):
 def _rule(id, summary, rewrite, why, how, reads="statement", after=(), triggers=None) -> Rule:
     return Rule(id=id, target=ANY_TARGET, files=(), required=False, category="device", summary=summary,
                 rewrite=rewrite, triggers=triggers or last_words(rewrite.NAMES), reads=reads, after=tuple(after),
-                docs=docs(why, how))
+                requires=("cuda",), docs=docs(why, how))  # every one matches a torch.cuda name
 
 
 SYNCHRONIZE = _rule(

@@ -91,7 +91,7 @@ VISIBLE_DEVICES = Rule(
 CUDNN_FLAGS = Rule(
     id="torch.device.cudnn-flags", target=ANY_TARGET, files=(), required=False, category="device",
     summary="cudnn / tf32 switches set through the device layer", rewrite=CudnnFlags,
-    triggers=("benchmark", "deterministic", "allow_tf32"),
+    triggers=("benchmark", "deterministic", "allow_tf32"), requires=("cudnn", "cuda"),  # torch.backends.cudnn / .cuda
     docs=docs(why="torch.backends.cudnn.benchmark / deterministic and the tf32 switches tune CUDA only: on an NPU or "
                   "the CPU they do nothing while reading as if the run were tuned or deterministic.",
               how="Each assignment becomes porter_device.set_determinism(<flag>=<value>): set as written on CUDA, "
