@@ -94,3 +94,25 @@ def test_golden_outputs_name_no_cuda_only_call():
         out = source.with_name(source.name.replace(".in.py", ".out.py"))
         left = [s for s in find_sites(out.name, out.read_text()) if s.kind in ("torch.cuda", ".cuda()")]
         assert not left, left
+
+
+def test_requires_only_spares_the_parser(tmp_path):
+    """Rule.requires keeps files from the parser, never a change: DeepSpeed's accelerator and utils folders (real
+    code, full of 'device' and 'seed') plan to the same result with and without it, parsing fewer files."""
+    import dataclasses
+    import shutil
+
+    import deepspeed
+
+    from porter.generic import folder_target
+    from porter.plan import make_plan
+    from porter_torch.rules import ALL_RULES
+
+    root = Path(deepspeed.__file__).parent
+    for part in ("accelerator", "utils"):
+        shutil.copytree(root / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    target = folder_target(tmp_path)
+    gated = make_plan(target, ALL_RULES)
+    ungated = make_plan(target, [dataclasses.replace(rule, requires=()) for rule in ALL_RULES])
+    assert [(f.path, f.after) for f in gated.changed] == [(f.path, f.after) for f in ungated.changed]
+    assert gated.changed and len(gated.files) < len(ungated.files)
