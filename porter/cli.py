@@ -5,6 +5,7 @@ import argparse
 import errno
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -303,6 +304,7 @@ def cmd_patch(args, registry, con: Console) -> int:
     for option, path in (("--report", args.report), ("--unsupported", args.unsupported)):
         if path:
             check_output_file(path, option)  # before the patch, not after it
+            _not_in_target(installed, path, option)
     if args.dry_run:
         from .plan import make_plan
 
@@ -346,6 +348,23 @@ def cmd_patch(args, registry, con: Console) -> int:
     return EXIT_OK
 
 
+def _not_in_target(installed, path: Path, option: str) -> None:
+    """A report must not land on a file the patch is about (the target's own code, porter's state): written after
+    the patch, it would leave the target drifted."""
+    from .errors import OutputError
+    from .target import STATE_DIR_NAME
+
+    where = Path(path).resolve()
+    roots = [installed.root / top for top in installed.tops] if installed.target.kind != "folder" else [installed.root]
+    for root in [*roots, installed.root / STATE_DIR_NAME]:
+        root = root.resolve()
+        if where == root or root in where.parents:
+            inside = where.relative_to(installed.root.resolve()).as_posix()
+            if inside.startswith(STATE_DIR_NAME) or inside.endswith(".py") or installed.target.kind != "folder":
+                raise OutputError(f"{option} {path}: lies in what porter patches ({inside}); nothing was written",
+                                  hint="write the report outside the target")
+
+
 def _label(installed) -> str:
     """How messages name a target: 'sat 0.4.12', 'PyHessian 0.1', or a folder's path."""
     if installed.target.kind == "folder":
@@ -373,6 +392,13 @@ def cmd_exec(args, registry, con: Console) -> int:
     if not command:
         raise PorterError("no program to run", hint="porter exec [--target DIST|PATH] -- python SCRIPT.py ARGS",
                           exit_code=2)
+    flag = execute.isolating_flags(command)
+    if flag:
+        raise PorterError(f"python {flag} ignores PYTHONPATH, through which porter exec reaches the program; nothing "
+                          "was run", hint=f"drop {flag}", exit_code=2)
+    program = command[0]
+    if shutil.which(program) is None and not Path(program).is_file():
+        raise PorterError(f"{program}: command not found; nothing was run", exit_code=execute.EXIT_NOT_FOUND)
     exclude = tuple(args.exclude)
     targets = []
     folder = None if args.no_script_folder else execute.own_folder(command)
@@ -390,11 +416,14 @@ def cmd_exec(args, registry, con: Console) -> int:
                           hint="name the code with --target DIST|PATH", exit_code=2)
     prepared = execute.prepare(command, targets, lambda: _rules_for(registry, targets[0]), registry.source_digest(),
                                progress=con.note)
-    con.note(f"porter exec: {prepared.files} file(s) ported in memory ({', '.join(prepared.targets)})")
+    con.note(f"porter exec: {prepared.files} file(s) ported in memory ({', '.join(prepared.targets)})"
+             + ("" if prepared.files else "; no rule changes them, so the program runs as it is"))
     return execute.run(command, prepared)
 
 
 def _print_plan_table(plan, con: Console) -> None:
+    for rel, why in plan.files_not_read:
+        con.note(con.paint("warning:", "yellow") + f" {rel} not read: {why}")
     rows = [(m.path, f"{m.start_line}-{m.end_line}" if m.end_line != m.start_line else str(m.start_line), m.rule_id, m.message)
             for m in plan.matches()]
     counts = plan.rule_counts()
@@ -485,10 +514,12 @@ def cmd_status(args, registry, con: Console) -> int:
         if s.state == "orphaned":
             con.print(f"the journal is gone but the saved originals are not: porter revert {s.target} restores them")
         if s.state == "damaged":
-            con.print("saved originals are missing or altered: reinstall the package to get pristine files")
+            con.print("saved originals are missing or altered: " + ("restore the files from version control" if
+                      s.target.startswith("/") else "reinstall the package to get pristine files"))
     for journal in unknown:
         con.print(f"{journal.parent.name}: {con.status('unknown')} - {journal} holds a patch, but no loaded plugin "
-                  f"registers that target")
+                  f"registers that target and no distribution of that name is installed (if you uninstalled it, the "
+                  f"folder {journal.parent} can be deleted)")
     return EXIT_OK
 
 

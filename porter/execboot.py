@@ -21,9 +21,15 @@ class PortFinder(importlib.abc.MetaPathFinder):
         self.files = {os.path.realpath(path): source for path, source in files.items()}
         # the last part of the names those files can be imported under: other imports skip the path search
         self.names = {_module_name(path) for path in self.files}
+        # a ported script whose file name is no module name (my-train.py) runs under a made-up one, which
+        # multiprocessing's spawned children import it by
+        self.mains = {main_name(path): path for path in self.files if not _module_name(path).isidentifier()}
         self.served: list[str] = []
 
     def find_spec(self, fullname, path=None, target=None):
+        if fullname in self.mains:
+            origin = self.mains[fullname]
+            return self.spec_for(fullname, origin, self.files[origin])
         if fullname.rpartition(".")[2] not in self.names:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
@@ -43,6 +49,17 @@ class PortFinder(importlib.abc.MetaPathFinder):
 
     def source_of(self, path: str) -> str | None:
         return self.files.get(os.path.realpath(path))
+
+
+def main_name(path: str) -> str:
+    """The module name a ported script runs under as ``__main__``'s spec: its file name, or where that is no
+    module name, one made from its path."""
+    name = _module_name(path)
+    if name.isidentifier():
+        return name
+    import hashlib
+
+    return "__porter_main_" + hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
 
 
 def _module_name(path: str) -> str:

@@ -26,8 +26,7 @@ def main() -> None:
             source = stream.read().decode("utf-8")
     sys.argv = sys.argv[1:]
     sys.path[0] = os.path.dirname(os.path.realpath(script))
-    name = os.path.basename(script)[:-3] if script.endswith(".py") else "__main__"
-    spec = importlib.util.spec_from_file_location(name if name.isidentifier() else "__main__", script)
+    spec = importlib.util.spec_from_file_location(execboot.main_name(script), script)
     main_module = types.ModuleType("__main__")
     main_module.__dict__.update({"__file__": script, "__cached__": None, "__spec__": spec, "__package__": "",
                                  "__loader__": spec.loader if spec else None, "__builtins__": builtins})

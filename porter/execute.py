@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import diskio
-from .errors import InputError, PorterError
+from .errors import InputError, PorterError, StateError
 from .target import InstalledTarget
 
 MANIFEST_ENV = "PORTER_EXEC_MANIFEST"
@@ -51,7 +51,10 @@ class Prepared:
 
 def script_of(command: Sequence[str]) -> tuple[Path | None, str | None]:
     """The program's own script (the first argument naming an existing ``*.py`` file: ``python x.py``, ``torchrun
-    --nproc_per_node 2 x.py``, ``deepspeed x.py``), or the module of ``python -m MODULE``."""
+    --nproc_per_node 2 x.py``, ``deepspeed x.py``, ``./x.py`` run by its shebang), or the module of ``python -m
+    MODULE``."""
+    if command and command[0].endswith(".py") and Path(command[0]).is_file():
+        return Path(command[0]).resolve(), None
     for i, arg in enumerate(command[1:], 1):
         if arg == "-m" and i + 1 < len(command) and _is_python(command[0]):
             return None, command[i + 1]
@@ -62,16 +65,43 @@ def script_of(command: Sequence[str]) -> tuple[Path | None, str | None]:
     return None, None
 
 
+def isolating_flags(command: Sequence[str]) -> str | None:
+    """A Python flag that makes the interpreter ignore PYTHONPATH (-I, -E, also combined as -IE, -Ic ...): the
+    port could not reach it."""
+    if not command or not _is_python(command[0]):
+        return None
+    for arg in command[1:]:
+        if not arg.startswith("-") or arg.startswith("--") or arg in ("-m", "-c"):
+            return None
+        letters = arg[1:]
+        for letter in letters:
+            if letter in "IE":
+                return f"-{letter}"
+            if letter in "cmWX":  # the rest of the word is the flag's value
+                break
+    return None
+
+
 def _is_python(program: str) -> bool:
     name = Path(program).name
     return name.startswith("python") or Path(program).resolve() == Path(sys.executable).resolve()
 
 
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
 def own_folder(command: Sequence[str]) -> Path | None:
-    """The folder the program's own code is in: the script's, or for ``-m MODULE`` the working folder when the
-    module's package or file is there (as ``python -m`` finds it)."""
+    """The folder the program's own code is in: the project the script belongs to (the nearest folder above it
+    holding pyproject.toml, setup.py, setup.cfg or .git; `scripts/train.py` imports its project's packages), else
+    the script's folder; for ``-m MODULE``, the working folder when the module's package or file is there."""
     script, module = script_of(command)
     if script is not None:
+        home = Path.home().resolve()
+        for folder in script.parents:
+            if folder == home or folder.parent == folder:
+                break
+            if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+                return folder
         return script.parent
     if module:
         top = module.split(".")[0]
@@ -85,6 +115,15 @@ def prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: C
             plugin_digest: str, progress: Callable[[str], None] = lambda _m: None) -> Prepared:
     """Plan every target in memory (cached by its files' bytes), write the manifest, and return the environment
     the command runs in."""
+    try:
+        return _prepare(command, targets, rules, plugin_digest, progress)
+    except OSError as exc:  # porter's own cache: a read-only home, a file where the folder must be
+        raise StateError(f"porter's cache cannot be written ({exc.strerror or exc}: {exc.filename}); nothing was run",
+                         hint="set PORTER_CACHE to a writable folder") from None
+
+
+def _prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: Callable[[], list],
+             plugin_digest: str, progress: Callable[[str], None]) -> Prepared:
     from .plan import make_plan
 
     served: dict[str, str] = {}

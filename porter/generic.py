@@ -7,7 +7,7 @@ files are its own.
   hidden folders (``.git``, ``.porter-state``, ``.venv``), virtual environments (a folder holding
   ``pyvenv.cfg``), ``site-packages``, ``node_modules``, ``__pycache__``, links (never followed or replaced), the
   globs of ``[tool.porter] exclude`` in its ``pyproject.toml`` and of ``--exclude``. Its journal and saved
-  originals are kept inside it, in ``.porter-state/project/``, beside a ``.gitignore`` that keeps git out of
+  originals are kept inside it, in ``.porter-state/_folder/``, beside a ``.gitignore`` that keeps git out of
   them; so the state moves with the folder, and ``porter status ./project`` finds it from any working
   directory.
 - A **distribution** is found as for a plugin's target (this environment, or ``--site-packages DIR``); its files
@@ -97,9 +97,11 @@ def _pyproject_excludes(root: Path) -> tuple[str, ...]:
     except (OSError, NotRegular, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"{path}: cannot be read as TOML ({exc})",
                          hint="porter reads its [tool.porter] table; fix the file") from None
-    table = data.get("tool", {}).get("porter", {})
+    tool = data.get("tool", {})
+    table = tool.get("porter", {}) if isinstance(tool, dict) else None
     if not isinstance(table, dict):
-        raise InputError(f"{path}: [tool.porter] is not a table")
+        raise InputError(f"{path}: [tool.porter] is not a table" if isinstance(tool, dict) else
+                         f"{path}: tool is not a table")
     unknown = sorted(set(table) - {"exclude"})
     if unknown:
         raise InputError(f"{path}: [tool.porter] has unknown key(s) {', '.join(unknown)}", hint="it knows: exclude")
@@ -154,26 +156,68 @@ def _own_top(path: str, info_name: str) -> bool:
         (".dist-info", ".egg-info", ".data")) and not path.startswith("/")
 
 
+MAX_SOURCE_BYTES = 16 * 2 ** 20  # as porter scan: bigger is data, not code
+
+
 def source_files(installed: InstalledTarget) -> list[str]:
-    """The target's Python files (paths relative to its root), ``exclude`` applied; a distribution's from RECORD
-    (those on disk), a folder's by walking it."""
+    """The target's Python files (paths relative to its root) porter reads, ``exclude`` applied."""
+    return files_of(installed)[0]
+
+
+def files_of(installed: InstalledTarget) -> tuple[list[str], list[tuple[str, str]]]:
+    """The target's Python files porter reads (a distribution's from RECORD, those on disk; a folder's by walking
+    it), and those it leaves out with why: not a regular file (a FIFO would hang the read, a device never end), a
+    link (porter never writes through one), or over MAX_SOURCE_BYTES."""
     if installed.target.kind == DISTRIBUTION:
         info = find_dist_info(installed.root, installed.target.distribution, installed.version)
         record = read_record(info) if info is not None else None
         rows = [] if record is None else [r.path for r in record.rows]
-        found = sorted({rel for rel in rows if installed.owns(rel) and rel.endswith(".py")
-                        and "__pycache__" not in rel.split("/") and (installed.root / rel).is_file()
-                        and not (installed.root / rel).is_symlink()})
+        candidates = sorted({rel for rel in rows if installed.owns(rel) and rel.endswith(".py")
+                             and "__pycache__" not in rel.split("/")})
     else:
-        found = _walk(installed.root)
-    return [rel for rel in found if not excluded(rel, installed.target.exclude)]
+        candidates = _walk(installed.root)
+    found, skipped = [], []
+    for rel in candidates:
+        if excluded(rel, installed.target.exclude):
+            continue
+        why = _unreadable(installed.root / rel)
+        if why is None:
+            found.append(rel)
+        elif why != "missing":
+            skipped.append((rel, why))
+    return found, skipped
+
+
+def _unreadable(path: Path) -> str | None:
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISLNK(st.st_mode):
+        return "a link (porter neither reads nor writes through one)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, device or socket): never opened"
+    if st.st_size > MAX_SOURCE_BYTES:
+        return f"{st.st_size / 2 ** 20:.1f} MiB, over the {MAX_SOURCE_BYTES // 2 ** 20} MiB porter reads as source"
+    return None
 
 
 def excluded(rel: str, patterns: tuple[str, ...]) -> bool:
-    """A glob matches the path, or one of its folders (``tests`` or ``tests/*`` leaves out everything below)."""
+    """A glob matches the path, or one of its folders (``tests`` or ``tests/*`` leaves out everything below);
+    ``./tests`` and ``/tests`` mean the folder's own ``tests``."""
     parts = rel.split("/")
     prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(p, pattern.rstrip("/")) for pattern in patterns for p in prefixes)
+    return any(fnmatch.fnmatchcase(p, _normal_glob(pattern)) for pattern in patterns for p in prefixes)
+
+
+def _normal_glob(pattern: str) -> str:
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
+    return pattern.lstrip("/").rstrip("/")
 
 
 def _walk(root: Path) -> list[str]:
@@ -184,18 +228,34 @@ def _walk(root: Path) -> list[str]:
                          and not os.path.islink(os.path.join(folder, d))
                          and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg")))
         for name in files:
-            if name.endswith(".py") and not os.path.islink(os.path.join(folder, name)):
+            if name.endswith(".py"):  # links and non-regular files are reported by files_of
                 found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
     return sorted(found)
 
 
 def skips_file(text: str) -> bool:
-    """A ``# porter: skip-file`` comment line: the file's author opted it out whole."""
-    return "porter:" in text and SKIP_FILE.search(text) is not None
+    """A ``# porter: skip-file`` comment line (a comment, never the same words in a docstring): the file's author
+    opted it out whole."""
+    if "porter:" not in text or SKIP_FILE.search(text) is None:
+        return False
+    import io
+    import tokenize
+
+    try:
+        return any(tok.type == tokenize.COMMENT and SKIP_FILE.match(tok.string)
+                   for tok in tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):  # the parse will name the error
+        return False
 
 
 def temporaries(installed: InstalledTarget) -> list[Path]:
-    """atomic_write's leftover temporary files in the folders a distribution's or folder's files live in."""
+    """atomic_write's leftover temporary files of the target's own files (``.NAME.XXXXXXXX.porter-tmp`` beside
+    NAME): never another target's, in a nested project or a namespace folder two distributions share."""
+    own = {str(installed.root / rel) for rel in source_files(installed)}
+    return [p for p in _temporaries_below(installed) if str(p.parent / p.name[1:].rsplit(".", 2)[0]) in own]
+
+
+def _temporaries_below(installed: InstalledTarget) -> list[Path]:
     from .journal import TEMPORARY
 
     folders = {str(installed.root)}

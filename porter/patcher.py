@@ -230,11 +230,15 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
             else:
                 if current.state == DRIFTED:
                     bad = {p: s for p, s in current.files.items() if s != "patched"}
+                    upgraded = journal.version != installed.version
                     raise StateError(
                         f"{installed.name} was patched, but files changed since: "
-                        + ", ".join(f"{p} ({s})" for p, s in sorted(bad.items())),
-                        hint=f"`porter revert {installed.name} --force` puts the saved originals back, "
-                             f"or reinstall {installed.target.distribution} and remove {installed.state_dir}")
+                        + ", ".join(f"{p} ({s})" for p, s in sorted(bad.items()))
+                        + (f" (it was {journal.version} then, it is {installed.version} now)" if upgraded else ""),
+                        hint=(f"the saved originals are {journal.version}'s: remove {installed.state_dir}, then "
+                              f"patch {installed.version} afresh" if upgraded else
+                              f"`porter revert {installed.name} --force` puts the saved originals back, or "
+                              + _pristine(installed, journal.version) + f" and remove {installed.state_dir}"))
                 chosen, _ = select_rules(installed, rules, only)
                 if only and sorted(r.id for r in chosen) != sorted(journal.rules) and not force:
                     raise StateError(
@@ -277,6 +281,13 @@ def _refuse_changed(installed: InstalledTarget, paths: set[str]) -> None:
             hint=f"reinstall the pristine files (pip install --force-reinstall --no-deps "
                  f"{installed.target.distribution}=={installed.version}), or patch them as they are with "
                  f"--accept-modified")
+
+
+def _pristine(installed: InstalledTarget, version: str) -> str:
+    """How a user gets the files back without porter: a folder from its version control, a package from pip."""
+    if installed.target.kind == "folder":
+        return "restore the files from version control"
+    return f"reinstall {installed.target.distribution}=={version}"
 
 
 def _same_patch(plan: Plan, journal: Journal) -> bool:
@@ -437,8 +448,8 @@ def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, 
         raise StateError(
             f"{installed.state_dir} holds saved originals but no journal, and the package's RECORD does not vouch "
             f"for these: {', '.join(unvouched)}; nothing was changed",
-            hint="--force restores them anyway; or reinstall "
-                 f"{installed.target.distribution}=={installed.version} and remove {installed.state_dir}")
+            hint="--force restores them anyway; or " + _pristine(installed, installed.version)
+                 + f" and remove {installed.state_dir}")
     folders = [p for p in paths if installed.path(p).is_dir()]
     if folders:
         raise StateError(f"cannot restore files over folders: {', '.join(folders)}; nothing was changed",
@@ -466,8 +477,7 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
         raise StateError(
             "cannot revert: saved originals are " + ", ".join(f"{p} ({why})" for p, why in sorted(lost.items()))
             + f" in {originals_dir(installed.state_dir)}; nothing was changed",
-            hint=f"reinstall {installed.target.distribution}=={journal.version} to get pristine files, then remove "
-                 f"{installed.state_dir}")
+            hint=_pristine(installed, journal.version) + f" to get pristine files, then remove {installed.state_dir}")
     # saved originals the journal does not list (a shortened list): the only copies of those files, so the set on
     # disk decides what a revert must put back, and only --force does it without the journal's word
     listed = {e.path for e in journal.files}

@@ -27,6 +27,7 @@ class Plan:
     files: list[FileRewrite] = field(default_factory=list)
     files_read: int = 0  # a target no plugin registered: Python files read (those with a trigger word are parsed)
     files_opted_out: list[str] = field(default_factory=list)  # `# porter: skip-file`
+    files_not_read: list[tuple[str, str]] = field(default_factory=list)  # (file, why): a FIFO, a link, too big, not UTF-8
 
     @property
     def changed(self) -> list[FileRewrite]:
@@ -61,6 +62,7 @@ class Plan:
             "files_read": self.files_read or len(self.files),
             "files_parsed": len(self.files),
             "files_opted_out": self.files_opted_out,
+            "files_not_read": [{"path": rel, "why": why} for rel, why in self.files_not_read],
             "matches": [m.to_json() for m in self.matches()],
             "diff": self.diff(),
         }
@@ -156,7 +158,7 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
     rule's trigger word (a whole word) goes to that rule; the rest are never parsed. Returns the texts read."""
     import re
 
-    from .generic import skips_file, source_files
+    from .generic import files_of, skips_file
 
     words = {rule.id: re.compile(r"\b(?:" + "|".join(map(re.escape, rule.triggers)) + r")\b") for rule in rules}
     needs = {rule.id: re.compile(r"\b(?:" + "|".join(map(re.escape, rule.requires)) + r")\b") for rule in rules
@@ -164,7 +166,7 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
     anything = re.compile(r"\b(?:" + "|".join(sorted({re.escape(w) for r in rules for w in r.triggers})) + r")\b") \
         if rules else None
     texts = {}
-    files = source_files(installed)
+    files, plan.files_not_read = files_of(installed)
     if not files:
         from .errors import NotFoundError
 
@@ -174,7 +176,11 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
                             hint="porter reads *.py files outside hidden folders, virtual environments and "
                                  "__pycache__")
     for rel in files:
-        text = read(rel)
+        try:
+            text = read(rel)
+        except PlanError as exc:  # not UTF-8: named, and left as it is (porter writes source back as UTF-8 only)
+            plan.files_not_read.append((rel, exc.message.removeprefix(f"{installed.path(rel)}: ")))
+            continue
         plan.files_read += 1
         if anything is None or not anything.search(text):
             continue

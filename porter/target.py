@@ -14,7 +14,7 @@ from packaging.version import InvalidVersion, Version
 from .errors import NotFoundError, PlanError, StateError
 
 STATE_DIR_NAME = ".porter-state"
-FOLDER_STATE_NAME = "project"  # a folder target's state: FOLDER/.porter-state/project/
+FOLDER_STATE_NAME = "_folder"  # a folder target's state: FOLDER/.porter-state/_folder/ (no distribution's name)
 
 # What a target is: one a plugin registered (its rules name its files), an installed distribution by its pip name,
 # or a project folder (both: every Python file, rules for any code; porter.generic)
@@ -80,7 +80,7 @@ class InstalledTarget:
     @property
     def state_dir(self) -> Path:
         """Journal and saved originals live beside the package, so they follow that environment; a folder's in
-        the folder (FOLDER/.porter-state/project/, which holds a .gitignore so git leaves it out)."""
+        the folder (FOLDER/.porter-state/_folder/, beside a .gitignore so git leaves it out)."""
         if self.target.kind == FOLDER:
             return self.site_packages / STATE_DIR_NAME / FOLDER_STATE_NAME
         return self.site_packages / STATE_DIR_NAME / self.target.name

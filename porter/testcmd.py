@@ -34,13 +34,26 @@ def is_pytest(command: str) -> bool:
 
 def _run(command: str, env: dict[str, str], cwd: Path | None, timeout: float, junit: Path | None
          ) -> tuple[int | None, str]:
+    """The command's exit status (None: it ran past ``timeout`` and was killed, with every process it started)
+    and its last line of output. pytest's options go through PYTEST_ADDOPTS, never pasted onto the command (a
+    pipe or `;` in it would take them)."""
+    import signal
+
     if junit is not None:
-        command = f"{command} --junitxml={shlex.quote(str(junit))} --assert=plain -p no:cacheprovider"
+        extra = f"--junitxml={shlex.quote(str(junit))} --assert=plain -p no:cacheprovider"
+        env = {**env, "PYTEST_ADDOPTS": f"{env.get('PYTEST_ADDOPTS', '')} {extra}".strip()}
+    proc = subprocess.Popen(command, shell=True, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # its own process group: a timeout ends all of it
     try:
-        proc = subprocess.run(command, shell=True, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, f"did not finish in {timeout:.0f} s"
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        return None, f"timed out after {timeout:.0f} s (killed, with what it started)"
+    tail = out.strip().splitlines()[-1:] or [""]
     return proc.returncode, tail[0][:200]
 
 
@@ -70,10 +83,12 @@ def compare(installed: InstalledTarget, journal: Journal, command: str, timeout:
         code_before, tail_before = _run(command, originals_env(installed, journal), cwd, timeout, before_xml)
         progress(f"running `{command}` against the ported tree")
         code_after, tail_after = _run(command, dict(os.environ), cwd, timeout, after_xml)
-        results = [CheckResult("test-cmd", "original", OK if code_before == 0 else SKIP,
-                               f"exit {code_before}: {tail_before}"),
-                   CheckResult("test-cmd", "ported", OK if code_after == 0 else FAIL if code_before == 0 else SKIP,
-                               f"exit {code_after}: {tail_after}")]
+        results = [CheckResult("test-cmd", "original", OK if code_before == 0 else FAIL if code_before is None
+                               else SKIP, _said(code_before, tail_before)),
+                   CheckResult("test-cmd", "ported", OK if code_after == 0 else FAIL
+                               if code_before == 0 or code_after is None else SKIP, _said(code_after, tail_after))]
+        if code_before is None or code_after is None:  # nothing to compare: a run that never ended is a failure
+            return results
         if not pytest:
             same = code_before == code_after
             results.append(CheckResult("test-cmd", "exit status", OK if same else FAIL,
@@ -97,6 +112,10 @@ def compare(installed: InstalledTarget, journal: Journal, command: str, timeout:
         if both:
             results.append(CheckResult("test-cmd", "fail before and after", SKIP, _names(both)))
         return results
+
+
+def _said(code: int | None, tail: str) -> str:
+    return tail if code is None else f"exit {code}: {tail}"
 
 
 def _names(tests: list[str]) -> str:

@@ -109,6 +109,7 @@ def test_module_mode_and_a_named_distribution(program, tmp_path):
 def test_torchrun_workers_are_ported(tmp_path):
     project = write_project(tmp_path / "p", {"dist_main.py": '''\
         import os
+        import sys
 
         import torch
         import torch.distributed as dist
@@ -117,7 +118,9 @@ def test_torchrun_workers_are_ported(tmp_path):
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         t = torch.ones(1).cuda() * (dist.get_rank() + 1)
         dist.all_reduce(t)
-        print("rank", dist.get_rank(), "backend", dist.get_backend(), "sum", float(t))
+        # one write per line: the two ranks share the terminal
+        sys.stdout.write(f"rank {dist.get_rank()} backend {dist.get_backend()} sum {float(t)}\\n")
+        sys.stdout.flush()
         dist.destroy_process_group()
         '''})
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -134,3 +137,40 @@ def test_a_command_that_is_not_there(tmp_path):
     assert r.returncode == 127 and "command not found" in r.stderr
     r = porter_exec(cwd=project)
     assert r.returncode == 2 and "no program to run" in r.stderr
+
+
+def test_a_script_named_as_no_module_spawns_ported_children(tmp_path):
+    project = write_project(tmp_path / "p", {"my-train.py": '''\
+        import multiprocessing as mp
+
+        import torch
+
+
+        def work(i):
+            return float(torch.ones(i + 1).cuda().sum())
+
+
+        if __name__ == "__main__":
+            with mp.get_context("spawn").Pool(2) as pool:
+                print("results", pool.map(work, range(3)))
+        '''})
+    r = porter_exec("--", sys.executable, "my-train.py", cwd=project, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "results [1.0, 2.0, 3.0]" in r.stdout
+
+
+def test_flags_that_ignore_pythonpath_are_refused(tmp_path):
+    project = write_project(tmp_path / "p")
+    for flag in ("-I", "-E", "-BI"):
+        r = porter_exec("--", sys.executable, flag, "train.py", cwd=project)
+        assert r.returncode == 2 and "ignores PYTHONPATH" in r.stderr, (flag, r.stderr)
+
+
+def test_a_script_in_a_subfolder_ports_its_project(tmp_path):
+    project = write_project(tmp_path / "p", {"pyproject.toml": "[project]\nname = 'p'\n",
+                                             "model/__init__.py": "", "model/net.py": NET,
+                                             "scripts/run.py": "import sys\nsys.path.insert(0, '.')\n"
+                                                               "from model.net import total\nprint('total', total())\n"})
+    r = porter_exec("--", sys.executable, "scripts/run.py", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "total 3.0" in r.stdout

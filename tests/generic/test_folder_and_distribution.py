@@ -34,7 +34,7 @@ def test_a_folder_is_patched_run_and_reverted_byte_for_byte(project):
     assert ran.returncode == 0, ran.stderr
     assert "total 3.0" in ran.stdout
     state = project / ".porter-state"
-    assert (state / "project" / "journal.json").is_file()
+    assert (state / "_folder" / "journal.json").is_file()
     assert (state / ".gitignore").read_text().splitlines()[-1] == "*"
     status = json.loads(run_porter("status", str(project), "--json").stdout)
     assert status[0]["state"] == "patched" and sorted(status[0]["files"]) == ["model/net.py", "train.py"]
@@ -151,3 +151,46 @@ def test_the_rules_for_any_code_are_listed():
     r = run_porter("rules", "any")
     assert r.returncode == 0
     assert r.stdout.count("torch.") >= 10 and "rules for any" in r.stdout
+
+
+def test_what_a_folder_holds_that_porter_must_not_read(tmp_path):
+    """A FIFO named *.py (an open would wait for a writer forever), a link, a file over 16 MiB and a file that is
+    not UTF-8 are left as they are and named; the rest is ported."""
+    project = write_project(tmp_path / "p")
+    os.mkfifo(project / "pipe.py")
+    (project / "link.py").symlink_to(project / "train.py")
+    (project / "big.py").write_bytes(b"# x\n" * (4 * 2 ** 20 + 1))
+    (project / "latin.py").write_bytes(b"# -*- coding: latin-1 -*-\nimport torch\nname = '\xe9'\nx = torch.ones(1).cuda()\n")
+    r = run_porter("patch", str(project), "--dry-run", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    not_read = {item["path"]: item["why"] for item in data["files_not_read"]}
+    assert set(not_read) == {"pipe.py", "link.py", "big.py", "latin.py"}
+    assert "FIFO" in not_read["pipe.py"] and "link" in not_read["link.py"] and "MiB" in not_read["big.py"]
+    assert "UTF-8" in not_read["latin.py"]
+    assert sorted(f["path"] for f in data["files"] if f["changed"]) == ["model/net.py", "train.py"]
+    r = run_porter("patch", str(project), timeout=120)
+    assert r.returncode == 0 and "warning: pipe.py not read" in r.stderr
+
+
+def test_a_report_never_lands_on_what_is_patched(project):
+    before = tree_digest(project)
+    for path in (project / "train.py", project / "model" / "net.py"):
+        r = run_porter("patch", str(project), "--report", str(path))
+        assert r.returncode == 8 and "lies in what porter patches" in r.stderr, r.stderr
+    assert run_porter("patch", str(project), "--unsupported", str(project / ".porter-state" / "x.csv")).returncode == 8
+    assert tree_digest(project) == before and not (project / ".porter-state").exists()
+
+
+def test_skip_file_in_a_docstring_is_not_an_opt_out(tmp_path):
+    project = write_project(tmp_path / "p", {"doc.py": '"""Usage:\n# porter: skip-file\n"""\nimport torch\n'
+                                                       'x = torch.ones(1).cuda()\n'})
+    data = json.loads(run_porter("patch", str(project), "--dry-run", "--json").stdout)
+    assert data["files_opted_out"] == [] and [f["path"] for f in data["files"] if f["changed"]] == ["doc.py"]
+
+
+def test_a_pyproject_whose_tool_is_not_a_table(tmp_path):
+    project = write_project(tmp_path / "p")
+    (project / "pyproject.toml").write_text("tool = 3\n")
+    r = run_porter("patch", str(project), "--dry-run")
+    assert r.returncode == 7 and "tool is not a table" in r.stderr and "Traceback" not in r.stderr

@@ -106,3 +106,28 @@ def test_what_no_rule_can_port_is_reported(tmp_path):
     changes = list(csv.reader(report.open()))
     assert changes[0] == ["File", "Start Line", "End Line", "Operation Type", "Message"]
     assert any(row[0] == "plain.py" and row[1] == "2" for row in changes[1:])
+
+
+def test_a_test_command_that_hangs_fails_and_leaves_nothing_running(tmp_path):
+    import subprocess
+
+    project = write_project(tmp_path / "p", {"pkg/__init__.py": "", "pkg/m.py": NET})
+    assert run_porter("patch", str(project)).returncode == 0
+    marker = f"porter-hang-{tmp_path.name}"
+    r = run_porter("verify", str(project), "--json", "--timeout", "3", "--test-cmd",
+                   f"sleep 60 && echo {marker}", env=CPU)
+    assert r.returncode == 1
+    results = {(x["stage"], x["item"]): x for x in json.loads(r.stdout)["results"]}
+    assert results[("test-cmd", "original")]["status"] == "fail"
+    assert "timed out" in results[("test-cmd", "ported")]["detail"]
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    assert left == ""
+
+
+def test_pytest_options_do_not_break_a_pipeline(tmp_path):
+    project = write_project(tmp_path / "p", {"model/__init__.py": "", "model/net.py": NET,
+                                             "tests/test_net.py": TESTS})
+    assert run_porter("patch", str(project)).returncode == 0
+    r = run_porter("verify", str(project), "--json", "--test-cmd", "python -m pytest -q tests | tail -3", env=CPU)
+    results = {(x["stage"], x["item"]): x for x in json.loads(r.stdout)["results"]}
+    assert results[("test-cmd", "tests")]["detail"] == "2 of 2 pass after the port, 1 of 2 before"
