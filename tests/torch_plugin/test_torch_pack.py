@@ -103,10 +103,10 @@ def test_requires_only_spares_the_parser(tmp_path):
     import shutil
 
     import deepspeed
+    from porter_torch.rules import ALL_RULES
 
     from porter.generic import folder_target
     from porter.plan import make_plan
-    from porter_torch.rules import ALL_RULES
 
     root = Path(deepspeed.__file__).parent
     for part in ("accelerator", "utils"):

@@ -5,9 +5,9 @@ from typing import ClassVar
 
 import libcst as cst
 
-from porter.rules import ANY_TARGET, Rule, literal
+from porter.rules import literal
 
-from .common import References, docs, keyword, runtime_attr
+from .common import References, any_code_rule, docs, keyword, runtime_attr
 
 
 class DeviceTypeCalls(References):
@@ -72,8 +72,8 @@ class GradScaler(DeviceTypeCalls):
                  ('torch.amp.GradScaler("cuda", ...), torch.amp.GradScaler()', "porter_device.grad_scaler(...)"))
 
 
-AUTOCAST = Rule(
-    id="torch.device.autocast", target=ANY_TARGET, files=(), required=False, category="device",
+AUTOCAST = any_code_rule(
+    id="torch.device.autocast",
     summary="autocast on the selected device", rewrite=Autocast, triggers=("autocast",), requires=("cuda",),
     after=("torch.device.is-available",),  # torch.autocast("cuda", enabled=torch.cuda.is_available())
     docs=docs(why='torch.cuda.amp.autocast() and torch.autocast("cuda") cast only CUDA ops: on an NPU the model runs '
@@ -85,8 +85,8 @@ AUTOCAST = Rule(
                   "GPU's float16; the CPU computes float32). A device_type other than the literal 'cuda' is left "
                   "alone."))
 
-GRAD_SCALER = Rule(
-    id="torch.device.grad-scaler", target=ANY_TARGET, files=(), required=False, category="device",
+GRAD_SCALER = any_code_rule(
+    id="torch.device.grad-scaler",
     summary="GradScaler for the selected device", rewrite=GradScaler, triggers=("GradScaler",),
     after=("torch.device.is-available",),  # GradScaler(enabled=torch.cuda.is_available())
     docs=docs(why="torch.cuda.amp.GradScaler() and torch.amp.GradScaler('cuda') (the default device) scale "

@@ -9,7 +9,7 @@ from typing import ClassVar
 import libcst as cst
 from libcst.metadata import PositionProvider
 
-from porter.rules import NOT_A_LITERAL, Match, ProjectRule, RuleDocs, literal
+from porter.rules import ANY_TARGET, NOT_A_LITERAL, Match, ProjectRule, Rule, RuleDocs, literal
 
 RUNTIME = "porter.runtime.device"
 ALIAS = "porter_device"
@@ -263,3 +263,9 @@ def conjuncts(test: cst.BaseExpression) -> list[cst.BaseExpression]:
     if isinstance(test, cst.BooleanOperation) and isinstance(test.operator, cst.And) and not test.lpar:
         return conjuncts(test.left) + conjuncts(test.right)
     return [test]
+
+
+def any_code_rule(**fields) -> Rule:
+    """A rule of this pack: for any code (every file holding its triggers), never required, in the device
+    category; ``fields`` are the rest of porter.rules.Rule's."""
+    return Rule(target=ANY_TARGET, files=(), required=False, category="device", **fields)

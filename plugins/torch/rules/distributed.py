@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from porter.rules import ANY_TARGET, ProjectRule, Rule, literal
+from porter.rules import ProjectRule, literal
 
-from .common import DDP, FSDP, References, docs, is_runtime_call, runtime_call, target_name
+from .common import DDP, FSDP, References, any_code_rule, docs, is_runtime_call, runtime_call, target_name
 
 
 def _is_backend_name(name: str) -> bool:
@@ -128,8 +128,8 @@ class ParallelDevices(ProjectRule):
             "device_ids", "parallel_device")
 
 
-BACKEND = Rule(
-    id="torch.device.backend", target=ANY_TARGET, files=(), required=False, category="device",
+BACKEND = any_code_rule(
+    id="torch.device.backend",
     summary="Process-group backend: hccl on an NPU, nccl on CUDA, gloo on the CPU", rewrite=Backend,
     triggers=("nccl", "NCCL", "is_nccl_available"),
     after=("torch.device.is-available",),  # "nccl" if torch.cuda.is_available() else "gloo"
@@ -143,8 +143,8 @@ BACKEND = Rule(
                   "and Backend.NCCL the call. A comparison with 'nccl' then asks 'is this the device's backend', "
                   "which is what code that moves tensors to the GPU before a collective meant."))
 
-PARALLEL = Rule(
-    id="torch.device.parallel-devices", target=ANY_TARGET, files=(), required=False, category="device",
+PARALLEL = any_code_rule(
+    id="torch.device.parallel-devices",
     summary="DDP device_ids / output_device and FSDP device_id name the selected device, none on the CPU",
     rewrite=ParallelDevices, triggers=("device_ids", "output_device", "device_id", "DistributedDataParallel"),
     after=("torch.device.current-device", "torch.device.strings"),  # device_ids=[torch.cuda.current_device()]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from porter.rules import ANY_TARGET, ProjectRule, Rule, literal
+from porter.rules import ProjectRule, literal
 
-from .common import docs, keyword, runtime_call
+from .common import any_code_rule, docs, keyword, runtime_call
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 ENV_METHODS = frozenset({"get", "setdefault", "pop", "getenv", "putenv", "unsetenv", "getenvb"})
@@ -74,8 +74,8 @@ class CudnnFlags(ProjectRule):
                         semicolon=updated_node.semicolon)
 
 
-VISIBLE_DEVICES = Rule(
-    id="torch.device.visible-devices", target=ANY_TARGET, files=(), required=False, category="device",
+VISIBLE_DEVICES = any_code_rule(
+    id="torch.device.visible-devices",
     summary="CUDA_VISIBLE_DEVICES becomes the selected device's variable", rewrite=VisibleDevices,
     triggers=(VISIBLE,),
     docs=docs(why="A program that sets os.environ['CUDA_VISIBLE_DEVICES'] to pick its devices picks nothing on an "
@@ -88,8 +88,8 @@ VISIBLE_DEVICES = Rule(
               upstream="Ascend documents ASCEND_RT_VISIBLE_DEVICES as the NPU's CUDA_VISIBLE_DEVICES; transfer_to_npu "
                        "leaves the variable to the user."))
 
-CUDNN_FLAGS = Rule(
-    id="torch.device.cudnn-flags", target=ANY_TARGET, files=(), required=False, category="device",
+CUDNN_FLAGS = any_code_rule(
+    id="torch.device.cudnn-flags",
     summary="cudnn / tf32 switches set through the device layer", rewrite=CudnnFlags,
     triggers=("benchmark", "deterministic", "allow_tf32"), requires=("cudnn", "cuda"),  # torch.backends.cudnn / .cuda
     docs=docs(why="torch.backends.cudnn.benchmark / deterministic and the tf32 switches tune CUDA only: on an NPU or "

@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import libcst as cst
 
-from porter.rules import ANY_TARGET, ProjectRule, Rule, literal
+from porter.rules import ProjectRule, literal
 
-from .common import device_arguments, docs, is_device_name, is_device_string, is_runtime_call, runtime_call, target_name
+from .common import (
+    any_code_rule,
+    device_arguments,
+    docs,
+    is_device_name,
+    is_device_string,
+    is_runtime_call,
+    runtime_call,
+    target_name,
+)
 
 
 def _branches(node: cst.BaseExpression) -> list[cst.BaseExpression]:
@@ -131,8 +140,8 @@ class TypeCheck(ProjectRule):
         return check.with_changes(lpar=updated_node.lpar, rpar=updated_node.rpar)
 
 
-STRINGS = Rule(
-    id="torch.device.strings", target=ANY_TARGET, files=(), required=False, category="device",
+STRINGS = any_code_rule(
+    id="torch.device.strings",
     summary='"cuda" where it names a device becomes the selected device', rewrite=DeviceStrings, triggers=("cuda",),
     after=("torch.device.current-device",),  # torch.device("cuda", torch.cuda.current_device())
     docs=docs(why='"cuda" / "cuda:0" / torch.device("cuda") given as a device send tensors, modules, checkpoints '
@@ -151,8 +160,8 @@ STRINGS = Rule(
                   "module constant selects the device when its module is imported (set PORTER_DEVICE before that); a "
                   "device the user passes at run time (--device cuda) is not ported: pass npu, cuda or cpu."))
 
-TYPE_CHECK = Rule(
-    id="torch.device.type-check", target=ANY_TARGET, files=(), required=False, category="device",
+TYPE_CHECK = any_code_rule(
+    id="torch.device.type-check",
     summary='x.device.type == "cuda" asks whether x is on the selected accelerator', rewrite=TypeCheck,
     triggers=("cuda",),
     docs=docs(why='Code asks x.device.type == "cuda" (or args.device == "cuda") to mean "on the accelerator": False '

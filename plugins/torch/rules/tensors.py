@@ -6,9 +6,9 @@ import re
 
 import libcst as cst
 
-from porter.rules import ANY_TARGET, ProjectRule, Rule, literal
+from porter.rules import ProjectRule, literal
 
-from .common import References, docs, is_module, is_runtime_call, keyword, record_span, runtime_call
+from .common import References, any_code_rule, docs, is_module, is_runtime_call, keyword, record_span, runtime_call
 
 
 class DotCuda(ProjectRule):
@@ -131,8 +131,8 @@ class PinMemory(ProjectRule):
         return updated_node
 
 
-DOT_CUDA = Rule(
-    id="torch.device.dot-cuda", target=ANY_TARGET, files=(), required=False, category="device",
+DOT_CUDA = any_code_rule(
+    id="torch.device.dot-cuda",
     summary=".cuda() moves tensors and modules to the selected device", rewrite=DotCuda, triggers=("cuda",),
     after=("torch.device.current-device", "torch.device.strings", "torch.device.typed-tensor",
            "torch.device.pin-memory"),  # their sites can sit inside x.cuda(...)
@@ -143,16 +143,16 @@ DOT_CUDA = Rule(
                   "on a module (torch.cuda, numba.cuda), and calls that do not fit Tensor.cuda's signature. An object "
                   "of the project's own with a .cuda() method and no .to() needs one (or `# porter: skip`)."))
 
-IS_CUDA = Rule(
-    id="torch.device.is-cuda", target=ANY_TARGET, files=(), required=False, category="device",
+IS_CUDA = any_code_rule(
+    id="torch.device.is-cuda",
     summary=".is_cuda asks whether a tensor is on the selected accelerator", rewrite=IsCuda, triggers=("is_cuda",),
     docs=docs(why="x.is_cuda is False for every tensor on an NPU, so code that branches on it (copies, pinned "
                   "memory, kernels) takes its CPU path there.",
               how="porter_device.on_accelerator(x): whether x is on the selected accelerator (the NPU's or CUDA's); "
                   "always False on the CPU, as x.is_cuda was there."))
 
-TYPED_TENSOR = Rule(
-    id="torch.device.typed-tensor", target=ANY_TARGET, files=(), required=False, category="device",
+TYPED_TENSOR = any_code_rule(
+    id="torch.device.typed-tensor",
     summary="torch.cuda.FloatTensor and the other typed tensors are the selected device's", rewrite=TypedTensor,
     triggers=TYPED_TENSORS, requires=("cuda",),  # torch.cuda.FloatTensor, or the "torch.cuda.FloatTensor" string
     docs=docs(why="torch.cuda.FloatTensor(...) raises without CUDA; old code also picks it as a 'dtype' (dtype = "
@@ -163,8 +163,8 @@ TYPED_TENSOR = Rule(
                   "data); it also serves x.type(), isinstance and set_default_tensor_type, as does the string "
                   "'torch.cuda.FloatTensor' given to them."))
 
-PIN_MEMORY = Rule(
-    id="torch.device.pin-memory", target=ANY_TARGET, files=(), required=False, category="device",
+PIN_MEMORY = any_code_rule(
+    id="torch.device.pin-memory",
     summary="Pin host memory only where the device uses it", rewrite=PinMemory, triggers=("pin_memory",),
     docs=docs(why="DataLoader(pin_memory=True) warns on every loader of a CPU-only torch and x.pin_memory() raises "
                   "there ('Cannot access accelerator device when none is available').",
