@@ -21,7 +21,7 @@ from .errors import (
     NotFoundError,
     PorterError,
 )
-from .journal import read_original
+from .journal import journal_kind, read_original
 from .render import Console
 from .target import STATE_DIR_NAME, locate
 
@@ -455,6 +455,8 @@ def _targets_for(args, registry):
     from .generic import distribution_target
 
     for journal in _unknown_journals(args, registry, distributions=False):
+        if journal_kind(journal) != "distribution":
+            continue  # a plugin's patch (its plugin disabled): said as such
         try:  # a distribution porter patched by its pip name: the state folder is named for it
             installed = distribution_target(journal.parent.name, journal.parent.parent.parent)
         except PorterError:
@@ -483,6 +485,8 @@ def _unknown_journals(args, registry, distributions: bool = True) -> list[Path]:
     from .generic import distribution_target
 
     def patched_distribution(journal: Path) -> bool:
+        if journal_kind(journal) != "distribution":
+            return False
         try:
             return distribution_target(journal.parent.name, journal.parent.parent.parent).state_dir.resolve() \
                 == journal.parent

@@ -49,7 +49,8 @@ _ENTRY_FIELDS = {"path": (str, False), "original_sha256": (str, False), "patched
 _JOURNAL_FIELDS = {"target": (str, False), "distribution": (str, False), "version": (str, False),
                    "status": (str, False), "rules": (list, False), "files": (list, False),
                    "rules_fingerprint": (str, True), "porter_version": (str, True), "created": (str, True),
-                   "format": (int, False)}
+                   "format": (int, False), "kind": (str, True)}
+KINDS = ("plugin", "distribution", "folder")  # porter.target's kinds: who made the patch
 
 
 def _check_fields(obj, fields: dict, where: str) -> None:
@@ -87,6 +88,8 @@ def validate(raw) -> None:
     _check_fields(raw, _JOURNAL_FIELDS, "journal")
     if raw["format"] != FORMAT:
         raise ValueError(f"journal format {raw['format']} is not {FORMAT}")
+    if raw.get("kind", "plugin") not in KINDS:
+        raise ValueError(f"journal.kind is {raw['kind']!r}, not one of {', '.join(KINDS)}")
     if raw["status"] not in (PENDING, APPLIED):
         raise ValueError(f"journal.status is {raw['status']!r}, not {PENDING!r} or {APPLIED!r}")
     _check_list_of_str(raw["rules"], "journal.rules")
@@ -120,6 +123,9 @@ class Journal:
     porter_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT
+    # what made the patch: a plugin's target (journals written before this field are plugins'), a distribution by
+    # its pip name, or a folder; `porter status` reads a distribution's journal as one only when it says so
+    kind: str = "plugin"
 
     # -- storage -------------------------------------------------------------------------------------
 
@@ -319,3 +325,15 @@ def read_original(installed: InstalledTarget, journal: Journal | None) -> Callab
         return read_source(installed.path(rel))
 
     return read
+
+
+def journal_kind(path: Path) -> str | None:
+    """The ``kind`` a journal file says, without checking the rest (None when it cannot be read): how `porter status`
+    with no name tells a patched distribution's state from a disabled plugin's."""
+    from .target import NotRegular, read_regular
+
+    try:  # a regular file only, and never past the limit: a journal linked to /dev/zero must not be read at all
+        raw = json.loads(read_regular(path, MAX_JOURNAL_BYTES, follow=False).decode("utf-8"))
+    except (OSError, ValueError, NotRegular, RecursionError):
+        return None
+    return raw.get("kind", "plugin") if isinstance(raw, dict) else None

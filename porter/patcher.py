@@ -127,7 +127,7 @@ def outside_package(installed: InstalledTarget, rel: str) -> str | None:
     top = (installed.root / parts[0]).resolve() if len(parts) > 1 else installed.root.resolve()
     parent = installed.path(rel).parent.resolve()
     if parent != top and top not in parent.parents:
-        return f"{rel!r} lies in a folder that leads out of {where}"
+        return f"{rel!r} lies in a folder that leads outside {where}"
     return None
 
 
@@ -321,7 +321,7 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
                          hint="a rule may only change files of its target's package")
     journal = Journal(target=installed.name, distribution=installed.target.distribution,
                       version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
-                      rules_fingerprint=fingerprint(plan.rules))
+                      rules_fingerprint=fingerprint(plan.rules), kind=installed.target.kind)
     check_writable([installed.path(f.path) for f in plan.changed] + [originals_dir(state_dir) / "x"])
     # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
     #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).

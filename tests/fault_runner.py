@@ -28,6 +28,8 @@ def main() -> int:
         time.sleep(float(os.environ.get("PORTER_FAULT_PAUSE", "60")))
 
     patcher.step_hook = hook
+    # Ctrl-C as a terminal sends it, whoever started this (a shell's background job inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return porter_main(sys.argv[4:])
 
 
