@@ -163,18 +163,27 @@ def test_the_port_dispatches_to_the_npu_on_the_fake_torch_npu(ported, tmp_path, 
     backends = []
     real_init = torch.distributed.init_process_group
 
+    real_destroy = torch.distributed.destroy_process_group
+    created = []
+
     def init_process_group(backend, **kwargs):
         backends.append(backend)  # hccl needs the real torch_npu: the fake run's group is gloo
+        if torch.distributed.is_initialized():  # another test's group lives in this process (SAT's model parallel
+            return None  # groups hang off it): the script uses it, and leaves it
+        created.append(backend)
         return real_init("gloo", **kwargs)
 
+    def destroy_process_group(*args, **kwargs):
+        if created:
+            real_destroy(*args, **kwargs)
+
     monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", destroy_process_group)
     monkeypatch.setitem(os.environ, "CUDA_VISIBLE_DEVICES", "untouched")
     # set, then removed: monkeypatch then restores the variable's absence after the script sets it (a delenv of an
     # absent variable records nothing to undo, and the next test would see the script's value)
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "")
     monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES")
-    if torch.distributed.is_initialized():  # another test's group in this process
-        torch.distributed.destroy_process_group()
     script = tmp_path / "train.py"
     script.write_text(ported.after)
     monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path)])
@@ -182,8 +191,6 @@ def test_the_port_dispatches_to_the_npu_on_the_fake_torch_npu(ported, tmp_path, 
         runpy.run_path(str(script), run_name="__main__")
     finally:
         device.reset()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
     assert backends == ["hccl"]  # --backend's default, ported: the NPU's backend
     assert os.environ["ASCEND_RT_VISIBLE_DEVICES"] == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "untouched"
