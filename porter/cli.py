@@ -20,26 +20,14 @@ from .errors import (
     EXIT_STATE,
     NotFoundError,
     PorterError,
+    UsageError,
+    exit_code_help,
 )
 from .journal import journal_kind, read_original
 from .render import Console
 from .target import STATE_DIR_NAME, locate
 
-EXIT_CODES = """\
-exit codes:
-  0  success (also: nothing to do)
-  1  a verify stage or check failed
-  2  usage error
-  3  the rules cannot be applied (required rule unmatched, conflict, unsupported version)
-  4  the installed files are in a state porter will not touch (drifted, interrupted, damaged, locked) or
-     cannot write (immutable, read-only, a full disk: the message names the file)
-  5  a plugin failed to load (with --strict)
-  6  unknown target, rule, model or recipe; package not installed
-  7  an input file cannot be used (data set, checkpoint, tokenizer): the message names it
-  8  a path to write (--save, --report, ...) cannot be written: the message names it and why
-  130  interrupted (Ctrl-C)
-  141  the reader of the output went away (`porter rules | head`): nothing is printed
-"""
+EXIT_CODES = exit_code_help()
 
 SCAN_INPUTS = """\
 what is read (a folder, a file or a distribution):
@@ -295,10 +283,9 @@ def cmd_patch(args, registry, con: Console) -> int:
     rules = _rules_for(registry, installed)
     only = [r.strip() for r in (args.only or "").split(",") if r.strip()]
     if args.only is not None and not only:
-        raise PorterError("--only names no rule", hint=f"`porter rules {args.target}` lists them", exit_code=2)
+        raise UsageError("--only names no rule", hint=f"`porter rules {args.target}` lists them")
     if args.verify and args.dry_run:
-        raise PorterError("--verify proves a patch on disk, and --dry-run writes none", hint="drop one of them",
-                          exit_code=2)
+        raise UsageError("--verify proves a patch on disk, and --dry-run writes none", hint="drop one of them")
     from .outputs import check_output_file
 
     for option, path in (("--report", args.report), ("--unsupported", args.unsupported)):
@@ -390,12 +377,11 @@ def cmd_exec(args, registry, con: Console) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise PorterError("no program to run", hint="porter exec [--target DIST|PATH] -- python SCRIPT.py ARGS",
-                          exit_code=2)
+        raise UsageError("no program to run", hint="porter exec [--target DIST|PATH] -- python SCRIPT.py ARGS")
     flag = execute.isolating_flags(command)
     if flag:
-        raise PorterError(f"python {flag} ignores PYTHONPATH, through which porter exec reaches the program; nothing "
-                          "was run", hint=f"drop {flag}", exit_code=2)
+        raise UsageError(f"python {flag} ignores PYTHONPATH, through which porter exec reaches the program; nothing "
+                          "was run", hint=f"drop {flag}")
     program = command[0]
     if shutil.which(program) is None and not Path(program).is_file():
         raise PorterError(f"{program}: command not found; nothing was run", exit_code=execute.EXIT_NOT_FOUND)
@@ -407,13 +393,13 @@ def cmd_exec(args, registry, con: Console) -> int:
     for spec in args.target:
         installed = resolve(spec, registry, args.site_packages, exclude=exclude)
         if not installed.target.generic:
-            raise PorterError(f"--target {spec}: {installed.name} is a plugin's target, patched with its own rules",
+            raise UsageError(f"--target {spec}: {installed.name} is a plugin's target, patched with its own rules",
                               hint=f"`porter patch {installed.name}` patches it on disk; `porter run` ports it in "
-                                   "memory for a model's recipes", exit_code=2)
+                                   "memory for a model's recipes")
         targets.append(installed)
     if not targets:
-        raise PorterError("nothing to port: the command names no *.py script and no --target was given",
-                          hint="name the code with --target DIST|PATH", exit_code=2)
+        raise UsageError("nothing to port: the command names no *.py script and no --target was given",
+                          hint="name the code with --target DIST|PATH")
     prepared = execute.prepare(command, targets, lambda: _rules_for(registry, targets[0]), registry.source_digest(),
                                progress=con.note)
     con.note(f"porter exec: {prepared.files} file(s) ported in memory ({', '.join(prepared.targets)})"
@@ -566,7 +552,7 @@ def _run_verify(installed, registry, con: Console, as_json: bool, test_cmd: str 
 
 def cmd_verify(args, registry, con: Console) -> int:
     if args.timeout <= 0 or args.timeout != args.timeout:
-        raise PorterError(f"--timeout {args.timeout}: must be a positive number of seconds", exit_code=2)
+        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
     return _run_verify(_resolve(args, registry), registry, con, args.json, args.test_cmd, args.timeout)
 
 

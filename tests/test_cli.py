@@ -108,3 +108,14 @@ def test_a_reader_that_goes_away_ends_porter_quietly_with_141():
     porter.stderr.close()
     assert porter.wait(timeout=120) == 141
     assert first.startswith(b"sat.") and stderr == b""
+
+
+def test_the_readme_lists_the_exit_codes_porter_has():
+    from pathlib import Path
+
+    from porter.errors import Exit, exit_code_markdown
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- exit-codes:start -->\n", 1)[1].split("<!-- exit-codes:end -->", 1)[0]
+    assert block == exit_code_markdown(), "regenerate the README's block from porter.errors.exit_code_markdown()"
+    assert all(f"  {int(code)}  " in run_porter("--help").stdout for code in Exit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from porter.errors import InputError
+from porter.errors import InputError, UsageError
 
 from . import import_sat
 from .assets import add_weight_arguments
@@ -47,7 +47,7 @@ def gib(n: float) -> str:
 
 def run(args) -> int:
     if not args.from_pretrained:
-        raise InputError("check needs --from_pretrained DIR", exit_code=2)
+        raise UsageError("check needs --from_pretrained DIR")
     if args.device != "auto":
         os.environ["PORTER_DEVICE"] = args.device
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from porter.errors import InputError
+from porter.errors import InputError, UsageError
 from porter.runtime import checkpoints as safe_load
 
 from .config import VisualGLMConfig
@@ -280,7 +280,7 @@ def resolve_dtype(name: str | None) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise InputError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}", exit_code=2) from None
+        raise UsageError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}") from None
 
 
 def meta_model(ckpt: Checkpoint):

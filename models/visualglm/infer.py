@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from porter.errors import InputError, PorterError
+from porter.errors import InputError, UsageError
 from porter.recipes import non_negative_int, positive_float, positive_int, probability, seed
 
 from . import import_sat
@@ -86,8 +86,8 @@ def load(args, say=print, tokenizer=None):
         say(f"model: {args.from_pretrained} (iteration {ckpt.iteration}, {str(dtype).removeprefix('torch.')})")
     else:
         if args.preset != "tiny":
-            raise PorterError(f"--preset {args.preset} with random weights is not worth running",
-                              hint="pass --from_pretrained DIR with its checkpoint", exit_code=2)
+            raise UsageError(f"--preset {args.preset} with random weights is not worth running",
+                              hint="pass --from_pretrained DIR with its checkpoint")
         config, tokenizer_type = preset("tiny"), STANDIN
         model = build_model(config, seed=args.seed or 1234).to(dtype)
         say("model: tiny preset with random weights (no --from_pretrained): expect noise")
@@ -111,8 +111,7 @@ def check_prompt_fits(n: int, limit: int, cap: int) -> None:
         hint = f"shorten the question or raise --max_length above {n} (the model takes at most {cap})"
     else:
         hint = f"shorten the question: the model takes at most {cap} tokens, prompt and answer together"
-    raise PorterError(f"the prompt is {n} tokens and --max_length is {said}: no room for an answer", hint=hint,
-                      exit_code=2)
+    raise UsageError(f"the prompt is {n} tokens and --max_length is {said}: no room for an answer", hint=hint)
 
 
 def preflight(args, image_path: Path | None, query: str | None):
@@ -124,8 +123,8 @@ def preflight(args, image_path: Path | None, query: str | None):
     from .images import ImageError, check_image
 
     if not args.from_pretrained and args.preset != "tiny":
-        raise PorterError(f"--preset {args.preset} with random weights is not worth running",
-                          hint="pass --from_pretrained DIR with its checkpoint", exit_code=2)
+        raise UsageError(f"--preset {args.preset} with random weights is not worth running",
+                          hint="pass --from_pretrained DIR with its checkpoint")
     if image_path:
         try:
             check_image(image_path, 224)

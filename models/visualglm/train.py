@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from porter.errors import PorterError
+from porter.errors import PorterError, UsageError
 from porter.recipes import fraction, non_negative_float, non_negative_int, positive_float, positive_int, positive_seed
 
 from . import import_sat
@@ -468,7 +468,7 @@ def run(args) -> int:
     run_dir = args.save.resolve()
     resume_from = latest_checkpoint(run_dir) if args.resume else None
     if args.resume and resume_from is None:
-        raise PorterError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}", exit_code=2)
+        raise UsageError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
 
     import_sat()
     import logging
