@@ -97,8 +97,10 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
                    help="write the plan (diff, matches) as JSON, or for a .csv name the change list in "
                         "msFmkTransplt's columns (File, Start Line, End Line, Operation Type = rule id, Message); it "
                         "patches too unless --dry-run is given")
-    p.add_argument("--only", metavar="RULE,...", help="apply only these rule ids (on a patched target, with --force: "
-                                                      "replace the patch with just these)")
+    p.add_argument("--only", metavar="RULE,...", help="apply only these rules: ids, or dotted prefixes (sat.device: "
+                                                      "every sat.device.* rule); on a patched target, with --force: "
+                                                      "replace the patch with just these")
+    p.add_argument("--skip", metavar="RULE,...", help="leave out these rules (ids or dotted prefixes)")
     p.add_argument("--force", action="store_true", help="let --only replace a patch made with other rules")
     p.add_argument("--accept-modified", action="store_true",
                    help="patch files that differ from what pip installed (their RECORD sha256), e.g. files an older "
@@ -281,9 +283,16 @@ def _rules_for(registry, installed) -> list:
 def cmd_patch(args, registry, con: Console) -> int:
     installed = _resolve(args, registry)
     rules = _rules_for(registry, installed)
-    only = [r.strip() for r in (args.only or "").split(",") if r.strip()]
-    if args.only is not None and not only:
-        raise UsageError("--only names no rule", hint=f"`porter rules {args.target}` lists them")
+    from .plan import expand_selection
+
+    entries = {option: [r.strip() for r in (value or "").split(",") if r.strip()]
+               for option, value in (("--only", args.only), ("--skip", args.skip))}
+    for option, value in (("--only", args.only), ("--skip", args.skip)):
+        if value is not None and not entries[option]:
+            raise UsageError(f"{option} names no rule", hint=f"`porter rules {args.target}` lists them")
+    only, said = expand_selection(installed, rules, entries["--only"], entries["--skip"])
+    for line in said:
+        con.note(line)
     if args.verify and args.dry_run:
         raise UsageError("--verify proves a patch on disk, and --dry-run writes none", hint="drop one of them")
     from .outputs import check_output_file

@@ -92,6 +92,36 @@ class Plan:
 CHANGE_LIST_COLUMNS = ("File", "Start Line", "End Line", "Operation Type", "Message")
 
 
+def expand_selection(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
+                     skip: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """``--only`` and ``--skip`` entries (a rule id, or a dotted prefix: ``sat.device`` is every ``sat.device.*``
+    rule, as TorchFix selects by code prefix) as the exact ids to apply ([] means all), and a line per prefix saying
+    what it selected. An entry that selects nothing is a ``NotFoundError`` naming it."""
+    mine = sorted(r.id for r in rules if r.target == installed.name or (installed.target.generic and r.any_code))
+
+    def expand(entries: Sequence[str], option: str) -> tuple[set[str], list[str]]:
+        chosen, said = set(), []
+        for entry in entries:
+            hits = [rid for rid in mine if rid == entry or rid.startswith(entry.rstrip(".") + ".")]
+            if not hits:
+                raise NotFoundError(f"{option} {entry}: no rule for {installed.name} is or starts with it",
+                                    hint=f"`porter rules {installed.name if not installed.target.generic else 'any'}` "
+                                         "lists them")
+            if hits != [entry]:
+                said.append(f"{option} {entry}: {', '.join(hits)}")
+            chosen.update(hits)
+        return chosen, said
+
+    wanted, said = expand(only, "--only") if only else (set(mine), [])
+    dropped, said_skip = expand(skip, "--skip")
+    if not only and not skip:
+        return [], []
+    ids = sorted(wanted - dropped)
+    if not ids:
+        raise NotFoundError("--only and --skip leave no rule to apply", hint="name fewer rules in --skip")
+    return ids, said + said_skip
+
+
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:
     """The target's rules that apply to the installed version (and to ``--only``), and why others don't."""
     mine = [r for r in rules if r.target == installed.name or (installed.target.generic and r.any_code)]

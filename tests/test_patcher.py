@@ -315,3 +315,16 @@ def test_crlf_files_round_trip(toylib_site, porter_env):
     assert path.read_bytes() == b"BACKEND = 'gloo'\r\nOTHER = 1\r\n"
     assert porter(toylib_site, "revert", "toylib", env=porter_env).returncode == 0
     assert path.read_bytes() == before
+
+
+def test_only_and_skip_take_dotted_prefixes_and_say_what_they_chose(toylib_site, porter_env):
+    import json
+
+    r = porter(toylib_site, "patch", "toylib", "--dry-run", "--json", "--only", "toylib", "--skip", "toylib.backend",
+               env=porter_env)
+    assert r.returncode == 0, r.stderr
+    ran = sorted(json.loads(r.stdout)["rules"])
+    assert "toylib.backend" not in ran and ran and all(rid.startswith("toylib.") for rid in ran)
+    assert "--only toylib: " in r.stderr  # a prefix says which rules it selected
+    r = porter(toylib_site, "patch", "toylib", "--dry-run", "--skip", "toylib", env=porter_env)
+    assert r.returncode == 6 and "leave no rule" in r.stderr
