@@ -29,7 +29,7 @@ import torch
 from porter.errors import InputError, UsageError
 from porter.runtime import checkpoints as safe_load
 
-from .config import VisualGLMConfig
+from .config import ENCODER_PARTS, VisualGLMConfig
 
 STATES = "mp_rank_00_model_states.pt"
 STATES_SAFETENSORS = "mp_rank_00_model_states.safetensors"  # the same weights without a pickle, if converted
@@ -312,7 +312,7 @@ def check_checkpoint(folder: str | Path):
     return ckpt, model, weights, report
 
 
-IMAGE_ENCODER_PARTS = ("mixins.eva.model.vit.", "mixins.eva.model.qformer.")
+IMAGE_ENCODER_PARTS = tuple(ENCODER_PARTS.values())  # what an image-encoder file holds
 
 
 def read_image_encoder(path: str | Path, config: VisualGLMConfig) -> dict[str, torch.Tensor]:

@@ -223,3 +223,9 @@ def preset(name: str) -> VisualGLMConfig:
 
 __all__ = ["VisionConfig", "QFormerConfig", "LanguageConfig", "VisualGLMConfig", "PRESETS", "PRESET_NAMES", "preset",
            "replace"]
+
+
+# The image encoder's two parts and the prefix of their parameters' names in SAT's layout (the released checkpoint's
+# keys, and the model's own parameter names): --vision-lr-scale / --qformer-lr-scale find their parameters by it,
+# and an image-encoder file holds exactly these. One table for both.
+ENCODER_PARTS = {"vit": "mixins.eva.model.vit.", "qformer": "mixins.eva.model.qformer."}

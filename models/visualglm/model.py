@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from .config import FINETUNE_MODES, VisualGLMConfig
+from .config import ENCODER_PARTS, FINETUNE_MODES, VisualGLMConfig
 
 
 def classes() -> dict[str, type]:
@@ -131,9 +131,6 @@ def set_trainable(model, finetune: str) -> list[str]:
         if on:
             trainable.append(name)
     return trainable
-
-
-ENCODER_PARTS = {"vit": ".vit.", "qformer": ".qformer."}  # part -> what its parameters' names hold
 
 
 def scale_lr(model, part: str, scale: float) -> list[str]:

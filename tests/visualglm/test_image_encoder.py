@@ -104,7 +104,7 @@ def test_the_part_markers_split_the_released_checkpoints_keys_as_its_modules_are
     import json
 
     from porter_visualglm import release
-    from porter_visualglm.model import ENCODER_PARTS
+    from porter_visualglm.config import ENCODER_PARTS
 
     keys = json.loads(release.RELEASE_KEYS.read_text())
     for part, marker in ENCODER_PARTS.items():
