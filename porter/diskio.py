@@ -186,6 +186,19 @@ def read_source(path: Path) -> str:
         raise PlanError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def hash_files(h, files, root: Path | None = None) -> None:
+    """Feed ``h`` each file's name (relative to ``root``, else as given), size and bytes, in sorted order: the one
+    way porter hashes a set of files (its engine, the plugins' sources, the rules' code, a target's files). A file
+    that cannot be read adds its name and the reason, so the hash still changes with it."""
+    for path in sorted(Path(p) for p in files):
+        name = path.relative_to(root) if root is not None else path
+        try:
+            data = path.read_bytes()
+            h.update(os.fsencode(str(name)) + b"\0" + str(len(data)).encode() + b"\0" + data)
+        except OSError as exc:
+            h.update(os.fsencode(str(name)) + f"\0unreadable: {exc.errno}\0".encode())
+
+
 @functools.cache
 def engine_digest() -> str:
     """porter's own sources and libcst's version: besides the rules and the files, what shapes every plan (a git
@@ -195,6 +208,5 @@ def engine_digest() -> str:
     from . import __version__
 
     h = hashlib.sha256(f"{__version__}\0{version('libcst')}\0".encode())
-    for source in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(f"{source.relative_to(Path(__file__).parent)}\0".encode() + source.read_bytes())
+    hash_files(h, Path(__file__).parent.rglob("*.py"), Path(__file__).parent)
     return h.hexdigest()

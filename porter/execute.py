@@ -159,12 +159,7 @@ def _key(installed: InstalledTarget, plugin_digest: str) -> str:
         raise InputError(f"{installed.root} holds {len(files)} Python files: too many for a program's own folder",
                          hint="name what to port with --target, and leave the script's folder out with "
                               "--no-script-folder")
-    for rel in files:
-        try:
-            data = installed.path(rel).read_bytes()
-        except OSError:
-            data = b""
-        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    diskio.hash_files(h, [installed.path(rel) for rel in files], installed.root)
     return h.hexdigest()[:32]
 
 

@@ -33,8 +33,8 @@ def _source_key(installed: InstalledTarget, plugin_digest: str) -> str:
     of, known without importing the rules (a worker that finds the plan cached never loads libcst)."""
     h = hashlib.sha256(f"{engine_digest()}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
                        f"{plugin_digest}".encode())
-    for path in sorted(p for p in installed.package_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        h.update(str(path.relative_to(installed.site_packages)).encode() + b"\0" + path.read_bytes())
+    diskio.hash_files(h, (p for p in installed.package_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts),
+                      installed.site_packages)
     return "src-" + h.hexdigest()[:24]
 
 

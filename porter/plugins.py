@@ -83,6 +83,8 @@ class Registry:
         they register are made of, read without importing the rules."""
         import hashlib
 
+        from .diskio import hash_files
+
         h = hashlib.sha256(f"{os.environ.get(EXTRA_ENV, '')}\0".encode())
         for info in sorted(self.plugins, key=lambda i: i.name):
             h.update(f"{info.name}\0{info.version}\0{info.error}\0".encode())
@@ -91,10 +93,11 @@ class Registry:
             top = sys.modules.get(module.__name__.split(".")[0])
             root = Path(top.__file__).parent if top is not None and getattr(top, "__path__", None) and top.__file__ \
                 else None
-            files = sorted(root.rglob("*.py")) if root is not None else ([origin] if origin.is_file() else [])
-            for path in files:
-                rel = path.relative_to(root) if root is not None else path.name
-                h.update(f"{name}\0{rel}\0{path.stat().st_size}\0".encode() + path.read_bytes())
+            h.update(f"{name}\0".encode())
+            if root is not None:
+                hash_files(h, root.rglob("*.py"), root)
+            elif origin.is_file():
+                hash_files(h, [origin], origin.parent)
         return h.hexdigest()
 
     def __getattr__(self, kind: str) -> dict[str, Any]:

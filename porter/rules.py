@@ -318,7 +318,7 @@ def fingerprint(rules: Iterable[Rule]) -> str:
     module of the package that defines each rewrite (shared helpers included) and a text rewrite's
     parameters. It changes when an upgraded plugin could rewrite differently, so a patch made with other
     rules is never taken for this one."""
-    from .diskio import engine_digest
+    from .diskio import engine_digest, hash_files
 
     h = hashlib.sha256(engine_digest().encode())  # porter's engine and libcst shape every result too
     sources: set[Path] = set()
@@ -341,8 +341,7 @@ def fingerprint(rules: Iterable[Rule]) -> str:
             sources.update(Path(package.__file__).parent.rglob("*.py"))  # the plugin package, helpers included
         else:
             sources.add(Path(path))
-    for source in sorted(sources):
-        h.update(f"{source}\0{source.stat().st_size}\0".encode() + source.read_bytes())
+    hash_files(h, sources)
     return h.hexdigest()
 
 
