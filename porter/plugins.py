@@ -284,6 +284,12 @@ def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.Plug
                     raise PluginError(f"{kind[:-1]} {key!r} is already registered by {owner or info.name!r}")
                 if kind == "targets" and (key == "any" or "/" in key):  # `any` names the rules for any code
                     raise PluginError(f"target {key!r}: 'any' and names holding '/' (paths) are porter's own")
+                if kind == "devices":  # checked here, so an incomplete device fails its plugin, not its first use
+                    from .runtime.device import problems
+
+                    lacking = problems(item)
+                    if lacking:
+                        raise PluginError(f"device {key!r} lacks " + "; ".join(lacking))
                 staged[kind][key] = item
 
             impls[0].function(register=register)

@@ -137,3 +137,27 @@ def test_plugin_devices_reach_the_runtime(tmp_path, monkeypatch):
     assert "toy" in registry.devices and "toy" in device.known()
     assert device.select("toy").name == "toy"
     device.reset()
+
+
+def test_a_device_that_lacks_what_porter_asks_fails_its_plugin_at_registration(tmp_path, monkeypatch):
+    """A device written against another porter (no backend, no is_present, no torch module) is named with what it
+    lacks when its plugin loads, and the other plugins keep working."""
+    from porter.runtime import device
+
+    monkeypatch.setattr(device, "_extra", {})
+    plugin = write_plugin(tmp_path, "halfdev", """
+        from porter.runtime.device import Device
+        class HalfDevice(Device):
+            name = "half"
+            torch_type = "half"
+        @porter.hookimpl
+        def porter_register_devices(register):
+            register(HalfDevice)
+    """)
+    registry = plugins.load(extra=[plugin])
+    error = next(info.error for info in registry.errors if info.name == "halfdev")
+    for word in ("device 'half' lacks", "backend", "deepspeed_accelerator", "is_present()", "_module()"):
+        assert word in error, error
+    assert "half" not in device.known() and "sat" in registry.targets
+    with pytest.raises(TypeError, match="lacks"):
+        device.register(type("Nothing", (), {}))

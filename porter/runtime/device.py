@@ -517,8 +517,31 @@ _extra: dict[str, type[Device]] = {}
 _selected: Device | None = None
 
 
+REQUIRED_ATTRIBUTES = ("name", "torch_type", "backend", "visible_devices_env", "deepspeed_accelerator")
+
+
+def problems(device_class: Any) -> list[str]:
+    """What ``device_class`` lacks to be a device porter can select, launch and call, each named: checked when it
+    is registered, so a plugin device written against another porter fails there, not on first use."""
+    if not isinstance(device_class, type) or not issubclass(device_class, Device):
+        return ["it is not a subclass of porter.runtime.device.Device"]
+    found = [f"the class attribute {attr}" for attr in REQUIRED_ATTRIBUTES if not hasattr(device_class, attr)]
+    name = getattr(device_class, "name", None)
+    if name is not None and not (isinstance(name, str) and name and name.replace("_", "").replace("-", "").isalnum()):
+        found.append(f"a plain name (not {name!r})")
+    if device_class.is_present.__func__ is Device.is_present.__func__:  # type: ignore[attr-defined]
+        found.append("is_present() (whether this process can use the device)")
+    if not issubclass(device_class, CPU) and device_class._module is Device._module:
+        found.append("_module() (its torch.cuda-shaped module, e.g. torch.xpu), or a subclass of CPU")
+    return found
+
+
 def register(device_class: type[Device]) -> None:
-    """Add a device backend (plugins do this through the porter_register_devices hook)."""
+    """Add a device backend (plugins do this through the porter_register_devices hook); ``TypeError`` naming what
+    it lacks when it is not a complete device."""
+    lacking = problems(device_class)
+    if lacking:
+        raise TypeError(f"device {getattr(device_class, 'name', device_class)!r} lacks " + "; ".join(lacking))
     _extra[device_class.name] = device_class
 
 
