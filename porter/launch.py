@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from .errors import EXIT_USAGE, InputError, PorterError
-from .recipes import Recipe, port, positive_int
+from .recipes import Recipe, add_device_argument, port, positive_int
 
 PATCH_MODES = ("auto", "disk", "memory", "off")
 
@@ -29,8 +29,7 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> set[str]:
     g = p.add_argument_group("launch (porter)")
     g.add_argument("--npus", type=positive_int, default=1, metavar="N",
                    help="workers per node: one per NPU / GPU, or N CPU processes with --device cpu (default 1)")
-    g.add_argument("--device", choices=("auto", "npu", "cuda", "cpu"), default="auto",
-                   help="auto: the first of npu, cuda, cpu present (with a warning when it is the CPU)")
+    add_device_argument(g)
     g.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=N' per line, # comments) for several nodes")
     g.add_argument("--num_nodes", "--num-nodes", type=positive_int, help="how many of the hostfile's nodes to use")
     g.add_argument("--master_addr", "--master-addr", help="address of node 0 (multi-node)")
@@ -72,10 +71,18 @@ def resolve_device(name: str):
     return classes[name], []
 
 
+def _host(cls) -> bool:
+    """A device that is the host's CPU (the built-in one, or a plugin's subclass of it): its workers are processes
+    on cores, asked of the class, not of its name."""
+    from .runtime.device import CPU
+
+    return issubclass(cls, CPU)
+
+
 def device_count(cls) -> int | None:
     if not cls.is_present():
         return None
-    if cls.name == "cpu":
+    if _host(cls):
         return os.cpu_count() or 1
     return cls().device_count()
 
@@ -186,7 +193,7 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
                               hint="--device cpu runs the workers as CPU processes", exit_code=EXIT_USAGE)
         notes.append(f"no {cls.name} here: device count not checked (dry run)")
     elif args.npus > present and not args.hostfile:
-        what = "CPU cores" if cls.name == "cpu" else f"{cls.name} devices"
+        what = "CPU cores" if _host(cls) else f"{cls.name} devices"
         raise PorterError(f"--npus {args.npus}, but this machine has {present} {what}",
                           hint=f"use --npus {present} or fewer", exit_code=EXIT_USAGE)
     nodes = check_nodes(args)
@@ -208,7 +215,7 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
             raise PorterError(f"--npus {args.npus}, but {cls.visible_devices_env}={','.join(chosen)} lists "
                               f"{len(chosen)} device(s)")
         worker_env[cls.visible_devices_env] = ",".join(chosen[: args.npus] or [str(i) for i in range(args.npus)])
-    if cls.name == "cpu":
+    if _host(cls):
         worker_env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
                                                        str(max(1, (os.cpu_count() or 1) // args.npus)))
     command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.npus),

@@ -9,6 +9,38 @@ from dataclasses import dataclass, field
 from .diskio import atomic_write, cache_dir  # noqa: F401  (for recipes: what they build once, and where)
 from .errors import NotFoundError
 
+DEVICE_HELP = ("auto: the first of npu, cuda, cpu present (with a warning when it is the CPU); or a device by name, a "
+               "plugin's included (`porter plugins` lists them)")
+
+
+def device_name(value: str) -> str:
+    """The argparse type of every ``--device``: ``auto`` or a device the runtime knows, plugin devices included (a
+    plugin's devices join the runtime when porter loads plugins, before any parser reads an argument)."""
+    if value == "auto":
+        return value
+    from .runtime import device
+
+    known = sorted(device.known())
+    if value not in known:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device porter knows (auto, {', '.join(known)})")
+    return value
+
+
+def add_device_argument(parser, help: str = DEVICE_HELP) -> None:
+    """``--device`` as every recipe and `porter run` take it."""
+    parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|npu|PLUGIN", help=help)
+
+
+def use_device(args) -> None:
+    """A recipe that runs in this process uses ``--device``: set before anything selects the device."""
+    import os
+
+    if getattr(args, "device", "auto") != "auto":
+        os.environ["PORTER_DEVICE"] = args.device
+        from .runtime import device
+
+        device.reset()
+
 
 @dataclass(frozen=True)
 class Model:

@@ -7,10 +7,10 @@ anything beyond tensors and SAT's training state is refused (exit 7) before it i
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from porter.errors import InputError, UsageError
+from porter.recipes import add_device_argument, use_device
 
 from . import import_sat
 from .assets import add_weight_arguments
@@ -26,8 +26,7 @@ exit codes: 0 every check passed; 7 a problem was found (each one is listed)
 
 def add_arguments(p) -> None:
     add_weight_arguments(p)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
-                   help="the device to size the load for (default: detection, npu first)")
+    add_device_argument(p, help="the device to size the load for (default: detection, npu first; a plugin's device by name)")
 
 
 def host_available() -> int | None:
@@ -48,8 +47,7 @@ def gib(n: float) -> str:
 def run(args) -> int:
     if not args.from_pretrained:
         raise UsageError("check needs --from_pretrained DIR")
-    if args.device != "auto":
-        os.environ["PORTER_DEVICE"] = args.device
+    use_device(args)
 
     import torch
 

@@ -8,13 +8,12 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 
 from porter.errors import EXIT_USAGE, InputError, PorterError
 from porter.outputs import write_output
-from porter.recipes import positive_int
+from porter.recipes import add_device_argument, positive_int, use_device
 
 from .assets import add_weight_arguments
 from .scoring import Answer
@@ -49,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=positive_int, help="only the first N questions")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="where predictions.jsonl and scores.json go "
                                                                      "(default runs/eval)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto")
+    add_device_argument(p)
 
 
 def questions(records) -> list[Answer]:
@@ -107,8 +106,7 @@ def score(items: list[Answer]) -> dict:
 
 
 def run(args) -> int:
-    if args.device != "auto":
-        os.environ["PORTER_DEVICE"] = args.device
+    use_device(args)
     if not args.from_pretrained:
         raise PorterError("--from_pretrained DIR is required: the checkpoint to evaluate", exit_code=EXIT_USAGE)
     for folder in filter(None, (args.from_pretrained, args.compare)):

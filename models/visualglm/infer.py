@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
 from porter.errors import InputError, UsageError
-from porter.recipes import non_negative_int, positive_float, positive_int, probability, seed
+from porter.recipes import (
+    add_device_argument,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    seed,
+    use_device,
+)
 
 from . import import_sat
 from .assets import STANDIN, add_weight_arguments, tokenizer_for, tokenizer_type_of
@@ -55,8 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--interactive: keep every earlier turn, as upstream does, and stop with an error when they no "
                         "longer fit --max_length (default: drop the oldest turns to leave half of it for the answer)")
     p.add_argument("--seed", type=seed, default=None, help="make sampling reproducible (0 to 2**32 - 1)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
-                   help="where to run (default: detection, npu first)")
+    add_device_argument(p)
     p.add_argument("--interactive", action="store_true", help="a chat loop with history; at the image prompt an "
                                                               "empty line chats without an image; 'clear' starts "
                                                               "over, 'quit' ends")
@@ -142,8 +148,7 @@ def preflight(args, image_path: Path | None, query: str | None):
 
 
 def run(args) -> int:
-    if args.device != "auto":
-        os.environ["PORTER_DEVICE"] = args.device
+    use_device(args)
     from .chat import build_prompt, trim_history
     from .generate import Sampling, stream
     from .images import ImageError, load_image

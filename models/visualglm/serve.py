@@ -12,7 +12,7 @@ import socket
 import sys
 
 from porter.errors import EXIT_USAGE, PorterError
-from porter.recipes import positive_float, positive_int
+from porter.recipes import add_device_argument, positive_float, positive_int, use_device
 
 from .assets import add_weight_arguments
 from .config import PRESET_NAMES
@@ -52,8 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_weight_arguments(p)
     p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="architecture when there is no "
                                                                          "checkpoint (default: tiny)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu"), default="auto",
-                   help="where to run (default: detection, npu first)")
+    add_device_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one and prints it)")
     p.add_argument("--model-name", help="the id clients send as 'model' (default: visualglm-6b for a checkpoint, "
@@ -111,8 +110,7 @@ def open_warning(host: str, api_key: str | None) -> str | None:
 
 
 def run(args) -> int:
-    if args.device != "auto":
-        os.environ["PORTER_DEVICE"] = args.device
+    use_device(args)
     if not 0 <= args.port <= 65535:
         raise PorterError(f"--port {args.port}: ports are 0..65535", exit_code=EXIT_USAGE)
     if args.api_key is not None and not args.api_key.strip():

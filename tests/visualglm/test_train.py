@@ -2,6 +2,7 @@
 import functools
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,30 @@ def test_cpu_workers_get_torchs_fused_adamw_and_accelerators_deepspeeds_own():
     assert cpu["torch_adam"] is True and cpu["fused"] is True  # torch 2.13 has the fused CPU kernel
     npu = deepspeed_config(args, "npu")["optimizer"]["params"]
     assert "torch_adam" not in npu and "fused" not in npu
+
+
+def test_a_plugin_device_is_chosen_with_device_through_the_cli(tmp_path):
+    """hookspecs.py promises that a plugin's device is chosen with --device: through `porter run`'s launch (the
+    workers are told its name, backend and DeepSpeed accelerator) and through an in-process recipe's own option."""
+    plugin = tmp_path / "toydev.py"
+    plugin.write_text(textwrap.dedent("""
+        import porter
+        from porter.runtime.device import CPU
+
+        class Toy(CPU):
+            name = "toy"
+            backend = "gloo"
+
+        @porter.hookimpl
+        def porter_register_devices(register):
+            register(Toy)
+        """))
+    env = {"PORTER_PLUGINS": str(plugin)}
+    r = run_porter("run", "visualglm", "train", "--npus", "1", "--device", "toy", "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "PORTER_DEVICE=toy" in r.stdout and "DS_ACCELERATOR=cpu" in r.stdout and "OMP_NUM_THREADS" in r.stdout
+    r = run_porter("run", "visualglm", "check", "--device", "toy", "--from_pretrained", str(tmp_path / "none"),
+                   env=env)
+    assert "not a device" not in r.stderr and "invalid" not in r.stderr  # the option took it; the folder is missing
+    r = run_porter("run", "visualglm", "infer", "--device", "tpu", env=env)
+    assert r.returncode == 2 and "'tpu' is not a device porter knows (auto, cpu, cuda, npu, toy)" in r.stderr
