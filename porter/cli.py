@@ -166,7 +166,9 @@ def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--test-cmd", metavar="CMD",
                    help="also run CMD (a shell command: the project's tests, a script) against the original and the "
-                        "ported tree and compare: the same exit status, and with pytest the same tests passing")
+                        "ported tree and compare: the same exit status, and with pytest the same tests passing. It "
+                        "runs in porter's environment: `python` is the first on PATH (name the interpreter that has "
+                        "the project's dependencies); a folder's command runs in the folder")
     p.add_argument("--timeout", type=float, default=1800, metavar="S",
                    help="--test-cmd: seconds each run may take (default 1800)")
     _site_packages_arg(p, 'verify')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
+import sys
 
 from generic_projects import NET, write_project
 
@@ -11,6 +13,8 @@ from porter.testcmd import outcomes
 from porter.testing import run_porter, tree_digest
 
 CPU = {"PORTER_DEVICE": "cpu"}
+# the interpreter running these tests (torch, pytest): the command is a shell's, and `python` on PATH may be another
+PY = shlex.quote(sys.executable)
 
 TESTS = '''\
 from model.net import total
@@ -31,7 +35,7 @@ def test_verify_compares_the_projects_own_tests_before_and_after(tmp_path):
                                              "script.py": "import torch\nprint(torch.ones(1).cuda())\n"})
     assert run_porter("patch", str(project)).returncode == 0
     digest = tree_digest(project)
-    r = run_porter("verify", str(project), "--json", "--test-cmd", "python -m pytest -q tests", env=CPU)
+    r = run_porter("verify", str(project), "--json", "--test-cmd", f"{PY} -m pytest -q tests", env=CPU)
     assert r.returncode == 0, r.stdout + r.stderr
     results = {(x["stage"], x["item"]): x for x in json.loads(r.stdout)["results"]}
     assert results[("import", "model.net")]["status"] == "ok"
@@ -41,7 +45,7 @@ def test_verify_compares_the_projects_own_tests_before_and_after(tmp_path):
     assert results[("test-cmd", "pass only after the port")]["detail"] == "tests.test_net::test_total"
     assert tree_digest(project) == digest  # the original run was served in memory: nothing was reverted
     # a command that is not pytest is compared by its exit status
-    r = run_porter("verify", str(project), "--json", "--test-cmd", "python script.py", env=CPU)
+    r = run_porter("verify", str(project), "--json", "--test-cmd", f"{PY} script.py", env=CPU)
     results = {(x["stage"], x["item"]): x for x in json.loads(r.stdout)["results"]}
     assert results[("test-cmd", "exit status")]["status"] == "fail"
     assert r.returncode == 1
@@ -128,6 +132,6 @@ def test_pytest_options_do_not_break_a_pipeline(tmp_path):
     project = write_project(tmp_path / "p", {"model/__init__.py": "", "model/net.py": NET,
                                              "tests/test_net.py": TESTS})
     assert run_porter("patch", str(project)).returncode == 0
-    r = run_porter("verify", str(project), "--json", "--test-cmd", "python -m pytest -q tests | tail -3", env=CPU)
+    r = run_porter("verify", str(project), "--json", "--test-cmd", f"{PY} -m pytest -q tests | tail -3", env=CPU)
     results = {(x["stage"], x["item"]): x for x in json.loads(r.stdout)["results"]}
     assert results[("test-cmd", "tests")]["detail"] == "2 of 2 pass after the port, 1 of 2 before"
