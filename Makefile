@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install encoder browser test test-releases demo bench clean
+.PHONY: install encoder browser test test-releases test-golden demo bench clean
 
 # `make install`: the dependencies, then the demo's pretrained image encoder (as VisualGLM's users fetch
 # EVA-CLIP's and BLIP-2's weights before fine-tuning; the tests need neither it nor its 4 minutes)
@@ -48,6 +48,11 @@ browser:
 test-releases: $(STAMP)
 	PORTER_SAT_RELEASES=all $(PY) -m pytest -q tests/releases
 	$(PY) tests/releases/matrix.py render
+
+# The plans of every SAT release and of transformers and DeepSpeed against tests/golden/plans.json (about 3 min):
+# the planner may change, its output may not. `make test` checks the installed SAT and DeepSpeed.
+test-golden: $(STAMP)
+	$(PY) tests/golden/plans.py check
 
 # Patch the installed SAT, train the tiny VisualGLM on 2 CPU processes, answer held-out images, revert.
 demo: install
