@@ -138,81 +138,102 @@ def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: f
 def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[Check],
            progress: Callable[[str], None] = lambda _m: None, test_cmd: str | None = None,
            timeout: float = 1800) -> Report:
-    report = Report()
-    add = report.results.append
+    """Every stage in order: the journal, compile, import, fixpoint, ``--test-cmd``, then the plugin's checks."""
     from .patcher import load_journal
 
+    report = Report()
     journal = load_journal(installed)  # paths inside the package, like every reader of a journal
-    if journal is None:
-        add(CheckResult("journal", installed.name, FAIL, "not patched: no journal"))
+    if journal is None or journal.status != APPLIED:
+        why = "not patched: no journal" if journal is None else \
+            f"journal is {journal.status}: the last patch was interrupted"
+        report.results.append(CheckResult("journal", installed.name, FAIL, why))
         return report
-    if journal.status != APPLIED:
-        add(CheckResult("journal", installed.name, FAIL, f"journal is {journal.status}: the last patch was interrupted"))
-        return report
-
-    progress("checking files against the journal")
-    for entry in journal.files:
-        digest = sha256_file(installed.path(entry.path))
-        ok = digest == entry.patched_sha256
-        add(CheckResult("journal", entry.path, OK if ok else FAIL,
-                        "matches patched sha256" if ok else "differs from the patched sha256 in the journal"))
-
     py_files = [e.path for e in journal.files if e.path.endswith(".py")]
+    progress("checking files against the journal")
+    report.results += _journal_stage(installed, journal)
     progress("compiling patched modules")
+    report.results += _compile_stage(installed, py_files)
+    progress("importing patched modules in a fresh interpreter")
+    report.results += _generic_imports(installed, journal, py_files, progress) if installed.target.generic \
+        else _import_stage(installed, py_files)
+    progress("re-running the rules over their own output")
+    report.results += _fixpoint_stage(installed, journal, rules)
+    if test_cmd:
+        from .testcmd import compare
+
+        report.results += compare(installed, journal, test_cmd, timeout, progress)
+    report.results += _plugin_checks(VerifyContext(installed, journal), checks, progress)
+    return report
+
+
+def _journal_stage(installed: InstalledTarget, journal: Journal) -> list[CheckResult]:
+    results = []
+    for entry in journal.files:
+        ok = sha256_file(installed.path(entry.path)) == entry.patched_sha256
+        results.append(CheckResult("journal", entry.path, OK if ok else FAIL,
+                                   "matches patched sha256" if ok else "differs from the patched sha256 in the journal"))
+    return results
+
+
+def _compile_stage(installed: InstalledTarget, py_files: list[str]) -> list[CheckResult]:
+    results = []
     for rel in py_files:
         try:
             compile(installed.path(rel).read_bytes(), str(installed.path(rel)), "exec")
-            add(CheckResult("compile", rel, OK))
+            results.append(CheckResult("compile", rel, OK))
         except SyntaxError as exc:
-            add(CheckResult("compile", rel, FAIL, f"line {exc.lineno}: {exc.msg}"))
+            results.append(CheckResult("compile", rel, FAIL, f"line {exc.lineno}: {exc.msg}"))
         except FileNotFoundError:
-            add(CheckResult("compile", rel, FAIL, "file missing"))
+            results.append(CheckResult("compile", rel, FAIL, "file missing"))
+    return results
 
-    progress("importing patched modules in a fresh interpreter")
-    if installed.target.generic:
-        report.results.extend(_generic_imports(installed, journal, py_files, progress))
-    else:
-        names = [name for name in map(module_name, py_files) if name is not None]
-        for name, (status, detail) in import_in_subprocess(installed.site_packages, names).items():
-            if status == OK and detail and not Path(detail).resolve().is_relative_to(installed.site_packages):
-                status, detail = FAIL, f"imported from {detail}, not from {installed.site_packages}"
-            add(CheckResult("import", name, status, detail if status == FAIL else ""))
 
-    progress("re-running the rules over their own output")
+def _import_stage(installed: InstalledTarget, py_files: list[str]) -> list[CheckResult]:
+    """A plugin's target: every patched module imports, from the target's site-packages."""
+    results = []
+    names = [name for name in map(module_name, py_files) if name is not None]
+    for name, (status, detail) in import_in_subprocess(installed.site_packages, names).items():
+        if status == OK and detail and not Path(detail).resolve().is_relative_to(installed.site_packages):
+            status, detail = FAIL, f"imported from {detail}, not from {installed.site_packages}"
+        results.append(CheckResult("import", name, status, detail if status == FAIL else ""))
+    return results
+
+
+def _fixpoint_stage(installed: InstalledTarget, journal: Journal, rules: Sequence[Rule]) -> list[CheckResult]:
+    """The rules the patch applied change nothing more in the files they patched."""
+    results = []
     applied = [r for r in rules if r.id in journal.rules]
     missing = sorted(set(journal.rules) - {r.id for r in applied})
     if missing:
-        add(CheckResult("fixpoint", ", ".join(missing), FAIL, "rules in the journal are no longer installed"))
+        results.append(CheckResult("fixpoint", ", ".join(missing), FAIL, "rules in the journal are no longer installed"))
     for entry in journal.files:
         if not installed.path(entry.path).exists():
-            add(CheckResult("fixpoint", entry.path, FAIL, "file missing"))
+            results.append(CheckResult("fixpoint", entry.path, FAIL, "file missing"))
             continue
         text = installed.path(entry.path).read_bytes().decode("utf-8")
         mine = [r for r in applied if r.any_code or entry.path in r.files_for(installed.version)]
         try:
             again = rewrite_file(entry.path, text, mine, enforce_required=False)
         except Exception as exc:  # noqa: BLE001  a rule that fails on its own output is a failed stage, named
-            add(CheckResult("fixpoint", entry.path, FAIL, f"a rule failed on the patched file: "
-                                                          f"{type(exc).__name__}: {exc}"))
+            results.append(CheckResult("fixpoint", entry.path, FAIL, f"a rule failed on the patched file: "
+                                                                     f"{type(exc).__name__}: {exc}"))
             continue
-        add(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
-                        "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))
+        results.append(CheckResult("fixpoint", entry.path, OK if not again.changed else FAIL,
+                                   "" if not again.changed else "rules still change it: " + ", ".join(again.rule_ids)))
+    return results
 
-    if test_cmd:
-        from .testcmd import compare
 
-        report.results.extend(compare(installed, journal, test_cmd, timeout, progress))
-    context = VerifyContext(installed, journal)
+def _plugin_checks(context: VerifyContext, checks: Sequence[Check], progress: Callable[[str], None]
+                   ) -> list[CheckResult]:
+    results: list[CheckResult] = []
     for check in checks:
         progress(f"check {check.id}: {check.description}")
         try:
-            results = list(check.run(context))
-            if not results:
-                results = [CheckResult(check.id, "-", FAIL, "the check reported nothing")]
+            found = list(check.run(context)) or [CheckResult(check.id, "-", FAIL, "the check reported nothing")]
         except Exception as exc:  # a crashing check is a failed check, reported with its reason
-            results = [CheckResult(check.id, "-", FAIL, f"{type(exc).__name__}: {exc}")]
-        report.results.extend(results)
-    return report
+            found = [CheckResult(check.id, "-", FAIL, f"{type(exc).__name__}: {exc}")]
+        results += found
+    return results
 
 
 def originals_env(installed: InstalledTarget, journal: Journal) -> dict[str, str]:
