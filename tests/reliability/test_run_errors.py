@@ -16,7 +16,7 @@ from porter.testing import run_porter
 
 def test_exit_codes_are_documented_in_help():
     r = run_porter("--help")
-    assert "7  an input file cannot be used (data set, checkpoint, tokenizer)" in r.stdout
+    assert "7  an input file cannot be used (data set, checkpoint, tokenizer, image" in r.stdout
     r = run_porter("run", "--help")
     assert r.returncode == 0 and "demo" in r.stdout and "check" in r.stdout
 
