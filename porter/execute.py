@@ -132,8 +132,8 @@ def _prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: 
         key = _key(installed, plugin_digest)
         cached = diskio.cache_dir("exec") / f"plan-{key}.json"
         try:
-            sources = json.loads(cached.read_text())
-        except (OSError, ValueError):
+            sources = _cached_plan(cached, installed)
+        except (OSError, ValueError):  # none, unreadable, or not what porter writes: planned again
             progress(f"planning {installed.name} in memory")
             plan = make_plan(installed, rules())
             sources = {str(installed.path(f.path)): f.after for f in plan.changed}
@@ -146,6 +146,17 @@ def _prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: 
     env[MANIFEST_ENV] = str(manifest)
     env["PYTHONPATH"] = os.pathsep.join([str(boot), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
     return Prepared(manifest, env, len(served), names)
+
+
+def _cached_plan(path: Path, installed: InstalledTarget) -> dict[str, str]:
+    """A cached plan, only as porter writes one (file -> source, every file inside the target): a damaged or foreign
+    cache entry must not make the hook serve code for some other file. ``ValueError`` otherwise."""
+    sources = json.loads(path.read_text())
+    root = str(installed.root) + os.sep
+    if not isinstance(sources, dict) or not all(isinstance(k, str) and k.startswith(root) and isinstance(v, str)
+                                                 for k, v in sources.items()):
+        raise ValueError(f"{path}: not a plan of {installed.root}")
+    return sources
 
 
 def _key(installed: InstalledTarget, plugin_digest: str) -> str:

@@ -174,3 +174,16 @@ def test_a_script_in_a_subfolder_ports_its_project(tmp_path):
     r = porter_exec("--", sys.executable, "scripts/run.py", cwd=project)
     assert r.returncode == 0, r.stderr
     assert "total 3.0" in r.stdout
+
+
+def test_a_damaged_cached_plan_is_planned_again(program, tmp_path):
+    """porter's own plan cache is read as untrusted: an entry naming a file outside the program is not served."""
+    project, lib = program
+    cache = tmp_path / "cache"
+    env = {"PYTHONPATH": str(lib), "PORTER_CACHE": str(cache)}
+    assert porter_exec("--", sys.executable, "main.py", cwd=project, env=env).returncode == 5
+    for plan in (cache / "exec").glob("plan-*.json"):
+        plan.write_text('{"/etc/elsewhere.py": "print(1)"}')
+    r = porter_exec("--", sys.executable, "main.py", cwd=project, env=env)
+    assert r.returncode == 5 and "total 3.0" in r.stdout, r.stderr[-1000:]
+    assert "planning" in r.stderr
