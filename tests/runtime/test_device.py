@@ -1,4 +1,5 @@
 """porter.runtime.device: one interface, selected once, loud when it falls back to the CPU."""
+import abc
 import subprocess
 import sys
 import types
@@ -82,6 +83,57 @@ def test_plugin_devices_join_detection(monkeypatch):
 
     device.register(Toy)
     assert device.select().name == "toy"
+
+
+def test_device_is_abstract_in_what_only_a_device_knows():
+    assert device.Device.__abstractmethods__ == {"is_present", "_module"}
+    with pytest.raises(TypeError, match="abstract"):
+        device.Device()  # type: ignore[abstract]
+    for cls in device.BUILTIN:
+        assert not cls.__abstractmethods__ and not device.problems(cls), cls
+    with pytest.raises(NotImplementedError):  # the CPU answers every call itself, never through a torch module
+        device.CPU()._module()
+
+
+def test_a_device_written_against_the_old_class_is_told_what_it_lacks_in_one_message(monkeypatch):
+    monkeypatch.setattr(device, "_extra", {})
+
+    class Old(device.Device):  # all the attributes, none of the methods Device now declares abstract
+        name, torch_type, backend, visible_devices_env, deepspeed_accelerator = "old", "old", "gloo", None, "cpu"
+
+    with pytest.raises(TypeError) as error:
+        device.register(Old)
+    assert str(error.value) == (
+        "device 'old' lacks the method is_present() (whether this process can use the device); the method _module() "
+        "(its torch.cuda-shaped module, e.g. torch.xpu; or make the device a subclass of CPU)")
+    assert "old" not in device.known()
+
+    class VendorBase(device.CUDA):  # a plugin's own abstract base: its methods are named by their docstrings
+        @abc.abstractmethod
+        def vendor(self) -> str:
+            """The vendor's name."""
+
+    class Vendor(VendorBase):
+        name = "vendor"
+
+    assert device.problems(Vendor) == ["the method vendor() (The vendor's name)"]
+
+
+def test_the_device_files_import_without_a_cycle_and_the_names_stay_in_device():
+    from porter.runtime.device import CPU, CUDA, NPU, CPUEvent, CPUStream, Device, import_torch_npu  # noqa: F401
+
+    # cpu.py first, in a fresh process: its one use of the registry is looked up when called
+    probe = "import porter.runtime.cpu as c; print(c.CPU().as_device('npu:1'), c.CPU().as_device('meta'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["cpu", "meta"]
+
+
+def test_npu_without_torch_npu_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # `import torch_npu` fails, as without CANN
+    monkeypatch.delattr(torch, "npu", raising=False)
+    assert not device.NPU.is_present()
+    with pytest.raises(RuntimeError, match="torch_npu cannot be imported"):
+        device.NPU().device_count()
 
 
 def test_runtime_import_stays_light():
