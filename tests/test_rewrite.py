@@ -107,7 +107,7 @@ def test_rename_call_example():
     assert_rewrites(rule("s", rename_call("f", "g")), "f()\nh()\n", "g()\nh()\n")
 
 
-# Rules share one walk of the tree; the result must be the one they give one after another.
+# Rules apply one after another, each over the previous one's output.
 
 class ReverseBody(RuleTransformer):
     """Reverses the statements of `def flip`, pairing nothing: rewrites the whole block."""
@@ -125,30 +125,21 @@ def _one_after_another(rules, text):
     return text
 
 
-def test_rules_in_one_walk_equal_rules_one_after_another():
-    import porter.rewrite as engine
-
+def test_rules_apply_one_after_another_in_after_order():
     source = "def flip():\n    a = old()\n    b = 2\n\ndef other():\n    return old()\n"
     rename = Rule(id="toy.rename", target="t", files=("m.py",), category="test", summary="s",
                   rewrite=rename_call("old", "new"), docs=DOCS)
     reverse = Rule(id="toy.reverse", target="t", files=("m.py",), category="test", summary="s",
                    rewrite=ReverseBody, docs=DOCS)
-    calls = []
-    real = engine._one_at_a_time
-    engine._one_at_a_time = lambda *a: calls.append(a[0]) or real(*a)
-    try:
-        # independent rules on separate code: one walk, no fallback
-        out = rewrite_file("m.py", "x = old()\ndef flip():\n    pass\n", [rename, reverse])
-        assert out.after == _one_after_another([rename, reverse], "x = old()\ndef flip():\n    pass\n")
-        assert calls == []
-        # reverse rewrites a block in which rename changed a call: the walk notices and the file goes one rule
-        # at a time, so the result is still the sequential one
-        out = rewrite_file("m.py", source, [rename, reverse])
-        assert out.after == _one_after_another([reverse, rename], source) == \
-            "def flip():\n    b = 2\n    a = new()\n\ndef other():\n    return new()\n"
-        assert calls == ["m.py"]
-    finally:
-        engine._one_at_a_time = real
+    # independent rules on separate code
+    out = rewrite_file("m.py", "x = old()\ndef flip():\n    pass\n", [rename, reverse])
+    assert out.after == _one_after_another([rename, reverse], "x = old()\ndef flip():\n    pass\n")
+    # reverse rewrites a block in which rename changes a call: the second rule sees the first one's output
+    out = rewrite_file("m.py", source, [rename, reverse])
+    assert out.after == _one_after_another([reverse, rename], source) == \
+        "def flip():\n    b = 2\n    a = new()\n\ndef other():\n    return new()\n"
+    assert sorted((m.rule_id, m.start_line) for m in out.matches) == [
+        ("toy.rename", 2), ("toy.rename", 6), ("toy.reverse", 1)]
 
 
 class TagCallees(RuleTransformer):
@@ -184,7 +175,7 @@ class SkipsByOnVisit(RuleTransformer):
         return updated_node
 
 
-def test_attribute_hooks_and_own_dispatch_work_in_the_shared_walk():
+def test_attribute_hooks_and_own_dispatch_work():
     source = "old(old)\nx = 'a'\ndef keep():\n    y = 'a'\n    old()\n"
     tag = rule("a.tag", TagCallees, files=("m.py",))
     skip = rule("b.skip", SkipsByOnVisit, files=("m.py",))

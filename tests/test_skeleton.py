@@ -7,9 +7,10 @@ import libcst as cst
 import pytest
 from fixture_plugin import DOCS
 
+import porter.rewrite as engine
 from porter import plugins
 from porter.errors import PlanError
-from porter.rewrite import WHOLE_FILES, rewrite_file
+from porter.rewrite import rewrite_file
 from porter.rules import Rule, RuleTransformer
 from porter.skeleton import Lost, cut
 from porter.target import locate
@@ -36,10 +37,14 @@ SYNC = rule("sync", Synchronize, triggers=("synchronize",))
 def plan_both(text, rules, monkeypatch):
     """The plan on the cut file and on the whole file."""
     cut_plan = rewrite_file("pkg/mod.py", text, rules, enforce_required=False)
-    monkeypatch.setenv(WHOLE_FILES, "1")
-    whole_plan = rewrite_file("pkg/mod.py", text, rules, enforce_required=False)
-    monkeypatch.delenv(WHOLE_FILES)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "_cut", never_cut)
+        whole_plan = rewrite_file("pkg/mod.py", text, rules, enforce_required=False)
     return cut_plan, whole_plan
+
+
+def never_cut(path, text, rules):
+    return None  # the planner's fallback: the whole file
 
 
 SOURCE = textwrap.dedent('''\
@@ -184,8 +189,8 @@ def _assert_same_plans(version, read, monkeypatch):
     for rel, rules in sorted(by_file.items()):
         text = read(rel)
         results = []
-        for whole in ("0", "1"):
-            monkeypatch.setenv(WHOLE_FILES, whole)
+        for cutter in (engine._cut, never_cut):
+            monkeypatch.setattr(engine, "_cut", cutter)
             try:
                 planned = rewrite_file(rel, text, rules)
                 results.append((planned.after, planned.matches))
