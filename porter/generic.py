@@ -24,7 +24,8 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InputError, NotFoundError, StateError
+from .errors import InputError, NotFoundError, PorterError, StateError
+from .journal import journal_kind
 from .target import (
     DISTRIBUTION,
     FOLDER,
@@ -147,6 +148,63 @@ def distribution_target(name: str, site_packages: Path | None = None,
                     packages=tuple(tops), description=f"the installed distribution {info.name or name}",
                     exclude=tuple(exclude))
     return InstalledTarget(target=target, site_packages=site_packages, version=info.version)
+
+
+def status_targets(spec: str | None, registry, site_packages: Path | None = None) -> list[InstalledTarget]:
+    """What `porter status` and `porter revert` look at: TARGET, at any version (they must still work after an upgrade
+    the rules do not support); with none, every registered target installed here and every distribution porter
+    patched. A TARGET whose patch no loaded plugin can read (its plugin disabled) is refused, naming the journal."""
+    if site_packages is not None and not Path(site_packages).is_dir():
+        raise NotFoundError(f"--site-packages {site_packages}: no such directory")
+    if spec:
+        orphan = [j for j in unknown_journals(registry, site_packages) if j.parent.name == spec]
+        if orphan:
+            raise NotFoundError(f"{orphan[0]} holds a patch of {spec!r}, but no loaded plugin registers that "
+                                f"target", hint="enable its plugin (see PORTER_DISABLE_PLUGINS and `porter plugins`), "
+                                                "then run this again")
+        return [resolve(spec, registry, site_packages, check_version=False)]
+    found = []
+    for target in registry.targets.values():
+        try:
+            found.append(locate(target, site_packages, check_version=False))
+        except PorterError:
+            continue  # not installed here: nothing to report
+    for journal in unknown_journals(registry, site_packages, distributions=False):
+        installed = _patched_distribution(journal)
+        if installed is not None:  # not: a plugin's patch (its plugin disabled), said as such
+            found.append(installed)
+    return found
+
+
+def unknown_journals(registry, site_packages: Path | None = None, distributions: bool = True) -> list[Path]:
+    """Journals of targets no loaded plugin registers (disabled or uninstalled), in ``site_packages`` or in every
+    site folder of this interpreter (user site included); with ``distributions``, not those of a distribution
+    porter patched by its pip name (status and revert read those as targets)."""
+    import site
+    import sysconfig
+
+    if site_packages:
+        folders = [Path(site_packages)]
+    else:
+        folders = [Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"]),
+                   *map(Path, site.getsitepackages()), Path(site.getusersitepackages())]
+    journals = {j.resolve() for folder in folders for j in (folder / STATE_DIR_NAME).glob("*/journal.json")}
+    unknown = sorted(j for j in journals if j.parent.name not in registry.targets)
+    if not distributions:
+        return unknown
+    return [j for j in unknown if _patched_distribution(j) is None]
+
+
+def _patched_distribution(journal: Path) -> InstalledTarget | None:
+    """The distribution a journal is the patch of, when porter patched it by its pip name (the state folder is named
+    for it, beside it in its site-packages)."""
+    if journal_kind(journal) != "distribution":
+        return None
+    try:
+        installed = distribution_target(journal.parent.name, journal.parent.parent.parent)
+    except PorterError:
+        return None
+    return installed if installed.state_dir.resolve() == journal.parent else None
 
 
 def _own_top(path: str, info_name: str) -> bool:

@@ -24,21 +24,39 @@ from .recipes import Recipe, add_device_argument, port, positive_int
 PATCH_MODES = ("auto", "disk", "memory", "off")
 
 
-def add_launch_arguments(p: argparse.ArgumentParser) -> set[str]:
-    """Add porter's launch options to a recipe's parser; returns their destinations (what workers never see)."""
+def add_launch_arguments(p: argparse.ArgumentParser) -> dict[str, bool]:
+    """Add porter's launch options to a recipe's parser; returns each of their flags -> whether it takes a value:
+    what :func:`recipe_argv` leaves out of the arguments workers see."""
     g = p.add_argument_group("launch (porter)")
-    g.add_argument("--npus", type=positive_int, default=1, metavar="N",
-                   help="workers per node: one per NPU / GPU, or N CPU processes with --device cpu (default 1)")
-    add_device_argument(g)
-    g.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=N' per line, # comments) for several nodes")
-    g.add_argument("--num_nodes", "--num-nodes", type=positive_int, help="how many of the hostfile's nodes to use")
-    g.add_argument("--master_addr", "--master-addr", help="address of node 0 (multi-node)")
-    g.add_argument("--master_port", "--master-port", type=port, default=29500, help="1 to 65535 (default 29500)")
-    g.add_argument("--patch", choices=PATCH_MODES, default="auto", dest="patch_mode",
-                   help="how workers get the port: disk (the installed files are patched), memory (an import "
-                        "hook rewrites on import, no file touched), off; auto: disk if patched, else memory")
-    g.add_argument("--dry-run", action="store_true", help="print the launch command and environment, run nothing")
-    return {action.dest for action in g._group_actions}
+    actions = [
+        g.add_argument("--npus", type=positive_int, default=1, metavar="N",
+                       help="workers per node: one per NPU / GPU, or N CPU processes with --device cpu (default 1)"),
+        add_device_argument(g),
+        g.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=N' per line, # comments) for several nodes"),
+        g.add_argument("--num_nodes", "--num-nodes", type=positive_int, help="how many of the hostfile's nodes to use"),
+        g.add_argument("--master_addr", "--master-addr", help="address of node 0 (multi-node)"),
+        g.add_argument("--master_port", "--master-port", type=port, default=29500, help="1 to 65535 (default 29500)"),
+        g.add_argument("--patch", choices=PATCH_MODES, default="auto", dest="patch_mode",
+                       help="how workers get the port: disk (the installed files are patched), memory (an import "
+                            "hook rewrites on import, no file touched), off; auto: disk if patched, else memory"),
+        g.add_argument("--dry-run", action="store_true", help="print the launch command and environment, run nothing"),
+    ]
+    return {flag: action.nargs != 0 for action in actions for flag in action.option_strings}
+
+
+def recipe_argv(argv: list[str], launch_flags: dict[str, bool]) -> list[str]:
+    """The recipe's own arguments: ``argv`` without porter's launch options (and their values), by exact flag (a
+    recipe's parser takes no abbreviations)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        flag, inline = argv[i].split("=", 1)[0], "=" in argv[i]
+        if flag in launch_flags:
+            i += 2 if launch_flags[flag] and not inline else 1
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 @dataclass

@@ -203,57 +203,18 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
     """Patch ``installed`` with ``rules``; ``need_plan`` asks for the plan even when nothing is to be done;
     ``force`` lets ``only`` replace a patch made with other rules; ``accept_modified`` patches files that differ
     from what pip installed."""
-    from .plan import make_plan, select_rules
-    from .rules import fingerprint
+    from .plan import make_plan
 
     with dir_lock(installed.package_dir, on_wait=progress):
         journal = load_journal(installed)
-        notes = []
+        notes: list[str] = []
         _clear_temporaries(installed, progress)
         if journal is None and installed.state_dir.exists():
             _clear_strays(installed)  # originals of a patch that stopped before its journal
         if journal is not None:
-            current = status(installed)
-            if current.state == DAMAGED:
-                lost = {p: s for p, s in current.files.items() if "original" in s and s != "original"}
-                raise StateError(f"{installed.name} was patched, but saved originals are "
-                                 + ", ".join(f"{p} ({s.removeprefix('original ')})" for p, s in sorted(lost.items()))
-                                 + "; nothing was changed",
-                                 hint=f"`porter revert {installed.name}` says what it can restore")
-            # restoring is the first write of a repair or re-patch: the files must be writable before it
-            writable = [installed.path(e.path) for e in journal.files] + [originals_dir(installed.state_dir)]
-            if journal.status == PENDING:
-                progress("a previous patch was interrupted: restoring the originals first")
-                check_writable(writable)
-                _restore(installed, journal, force=False, progress=progress)
-                notes.append("repaired an interrupted patch")
-            else:
-                if current.state == DRIFTED:
-                    bad = {p: s for p, s in current.files.items() if s != "patched"}
-                    upgraded = journal.version != installed.version
-                    raise StateError(
-                        f"{installed.name} was patched, but files changed since: "
-                        + ", ".join(f"{p} ({s})" for p, s in sorted(bad.items()))
-                        + (f" (it was {journal.version} then, it is {installed.version} now)" if upgraded else ""),
-                        hint=(f"the saved originals are {journal.version}'s: remove {installed.state_dir}, then "
-                              f"patch {installed.version} afresh" if upgraded else
-                              f"`porter revert {installed.name} --force` puts the saved originals back, or "
-                              + _pristine(installed, journal.version) + f" and remove {installed.state_dir}"))
-                chosen, _ = select_rules(installed, rules, only)
-                if only and sorted(r.id for r in chosen) != sorted(journal.rules) and not force:
-                    raise StateError(
-                        f"{installed.name} is patched with {len(journal.rules)} rule(s); --only would replace that "
-                        f"patch with {len(chosen)}: {', '.join(r.id for r in chosen)}",
-                        hint=f"add --force to do so, or `porter revert {installed.name}` first")
-                if not need_plan and journal.rules_fingerprint == fingerprint(chosen):
-                    return Outcome("already-patched", None, [e.path for e in journal.files])
-                wanted = make_plan(installed, rules, only, read=read_original(installed, journal))
-                if _same_patch(wanted, journal):
-                    return Outcome("already-patched", wanted, [e.path for e in journal.files])
-                progress("the rules changed since the last patch: reverting, then patching again")
-                check_writable(writable + [installed.path(f.path) for f in wanted.changed])
-                _restore(installed, journal, force=False, progress=progress)
-                notes.append("reverted the previous patch (rules changed)")
+            done = _over_earlier_patch(installed, journal, rules, only, progress, need_plan, force, notes)
+            if done is not None:
+                return done
         if not accept_modified and not installed.target.generic:
             _refuse_modified(installed, rules, only)
         plan = make_plan(installed, rules, only)
@@ -263,6 +224,63 @@ def apply_patch(installed: InstalledTarget, rules: Sequence[Rule], only: Sequenc
             return Outcome("nothing-to-change", plan, notes=notes)
         _write(installed, plan, progress)
         return Outcome("repatched" if notes else "applied", plan, [f.path for f in plan.changed], notes)
+
+
+def _over_earlier_patch(installed: InstalledTarget, journal: Journal, rules: Sequence[Rule], only: Sequence[str],
+                        progress: Progress, need_plan: bool, force: bool, notes: list[str]) -> Outcome | None:
+    """A target with a journal: the Outcome when it already holds this patch; else the earlier patch is restored
+    (an interrupted one, or one made with other rules: each noted in ``notes``) and None lets the patch go on.
+    Refuses a damaged or drifted patch, and ``--only`` replacing a fuller one without ``force``."""
+    from .plan import make_plan, select_rules
+    from .rules import fingerprint
+
+    current = status(installed)
+    if current.state == DAMAGED:
+        lost = {p: s for p, s in current.files.items() if "original" in s and s != "original"}
+        raise StateError(f"{installed.name} was patched, but saved originals are "
+                         + ", ".join(f"{p} ({s.removeprefix('original ')})" for p, s in sorted(lost.items()))
+                         + "; nothing was changed",
+                         hint=f"`porter revert {installed.name}` says what it can restore")
+    # restoring is the first write of a repair or re-patch: the files must be writable before it
+    writable = [installed.path(e.path) for e in journal.files] + [originals_dir(installed.state_dir)]
+    if journal.status == PENDING:
+        progress("a previous patch was interrupted: restoring the originals first")
+        check_writable(writable)
+        _restore(installed, journal, force=False, progress=progress)
+        notes.append("repaired an interrupted patch")
+        return None
+    if current.state == DRIFTED:
+        _refuse_drifted(installed, journal, current)
+    chosen, _ = select_rules(installed, rules, only)
+    if only and sorted(r.id for r in chosen) != sorted(journal.rules) and not force:
+        raise StateError(
+            f"{installed.name} is patched with {len(journal.rules)} rule(s); --only would replace that "
+            f"patch with {len(chosen)}: {', '.join(r.id for r in chosen)}",
+            hint=f"add --force to do so, or `porter revert {installed.name}` first")
+    if not need_plan and journal.rules_fingerprint == fingerprint(chosen):
+        return Outcome("already-patched", None, [e.path for e in journal.files])
+    wanted = make_plan(installed, rules, only, read=read_original(installed, journal))
+    if _same_patch(wanted, journal):
+        return Outcome("already-patched", wanted, [e.path for e in journal.files])
+    progress("the rules changed since the last patch: reverting, then patching again")
+    check_writable(writable + [installed.path(f.path) for f in wanted.changed])
+    _restore(installed, journal, force=False, progress=progress)
+    notes.append("reverted the previous patch (rules changed)")
+    return None
+
+
+def _refuse_drifted(installed: InstalledTarget, journal: Journal, current: Status) -> None:
+    """A patched target whose files changed since (by hand, or an upgrade) is never patched over."""
+    bad = {p: s for p, s in current.files.items() if s != "patched"}
+    upgraded = journal.version != installed.version
+    raise StateError(
+        f"{installed.name} was patched, but files changed since: "
+        + ", ".join(f"{p} ({s})" for p, s in sorted(bad.items()))
+        + (f" (it was {journal.version} then, it is {installed.version} now)" if upgraded else ""),
+        hint=(f"the saved originals are {journal.version}'s: remove {installed.state_dir}, then "
+              f"patch {installed.version} afresh" if upgraded else
+              f"`porter revert {installed.name} --force` puts the saved originals back, or "
+              + _pristine(installed, journal.version) + f" and remove {installed.state_dir}"))
 
 
 def _refuse_modified(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str]) -> None:
@@ -297,31 +315,10 @@ def _same_patch(plan: Plan, journal: Journal) -> bool:
 
 
 def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
-    from .rules import fingerprint
-
     state_dir = installed.state_dir
     # 0. every file still as planned, before anything is written
-    originals = {}
-    for f in plan.changed:
-        disk = installed.path(f.path)
-        try:
-            originals[f.path] = disk.read_bytes()
-        except OSError as exc:
-            raise StateError(f"{disk} changed while porter was planning ({exc.strerror}); nothing was written",
-                             hint="run it again") from None
-        if originals[f.path] != f.before.encode("utf-8"):
-            raise StateError(f"{disk} changed while porter was planning; nothing was written", hint="run it again")
-    entries = [FileEntry(path=f.path, original_sha256=sha256_bytes(originals[f.path]),
-                         patched_sha256=sha256_bytes(f.after.encode("utf-8")),
-                         mode=installed.path(f.path).stat().st_mode & 0o7777, rules=f.rule_ids,
-                         symlink=_link_text(installed.path(f.path))) for f in plan.changed]
-    outside = [why for e in entries if (why := outside_package(installed, e.path))]
-    if outside:
-        raise StateError("; ".join(outside) + "; nothing was changed",
-                         hint="a rule may only change files of its target's package")
-    journal = Journal(target=installed.name, distribution=installed.target.distribution,
-                      version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
-                      rules_fingerprint=fingerprint(plan.rules), kind=installed.target.kind)
+    originals = _still_as_planned(installed, plan)
+    journal = _journal_for(installed, plan, originals)
     check_writable([installed.path(f.path) for f in plan.changed] + [originals_dir(state_dir) / "x"])
     # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
     #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).
@@ -343,6 +340,14 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     except BaseException:
         remove_state(state_dir, installed.site_packages)
         raise
+    _replace_files(installed, plan, journal, originals, progress)
+
+
+def _replace_files(installed: InstalledTarget, plan: Plan, journal: Journal, originals: dict[str, bytes],
+                   progress: Progress) -> None:
+    """Steps 3 and 4 of a patch: each file replaced atomically (a failure rolls every one back), then the journal
+    marked applied."""
+    state_dir = installed.state_dir
     # 3. one atomic replace per file: each file is always either its original or its patched self.
     try:
         for n, f in enumerate(plan.changed, 1):
@@ -362,6 +367,38 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
                          "the patch is interrupted", hint=f"free the space, then `porter revert {installed.name}` "
                                                           f"or `porter patch {installed.name}` again") from None
     step_hook("applied")
+
+
+def _still_as_planned(installed: InstalledTarget, plan: Plan) -> dict[str, bytes]:
+    """Each changed file's bytes on disk, which must still be the text that was planned."""
+    originals = {}
+    for f in plan.changed:
+        disk = installed.path(f.path)
+        try:
+            originals[f.path] = disk.read_bytes()
+        except OSError as exc:
+            raise StateError(f"{disk} changed while porter was planning ({exc.strerror}); nothing was written",
+                             hint="run it again") from None
+        if originals[f.path] != f.before.encode("utf-8"):
+            raise StateError(f"{disk} changed while porter was planning; nothing was written", hint="run it again")
+    return originals
+
+
+def _journal_for(installed: InstalledTarget, plan: Plan, originals: dict[str, bytes]) -> Journal:
+    """The pending journal of this patch: each file's two hashes, mode, rules and link text."""
+    from .rules import fingerprint
+
+    entries = [FileEntry(path=f.path, original_sha256=sha256_bytes(originals[f.path]),
+                         patched_sha256=sha256_bytes(f.after.encode("utf-8")),
+                         mode=installed.path(f.path).stat().st_mode & 0o7777, rules=f.rule_ids,
+                         symlink=_link_text(installed.path(f.path))) for f in plan.changed]
+    outside = [why for e in entries if (why := outside_package(installed, e.path))]
+    if outside:
+        raise StateError("; ".join(outside) + "; nothing was changed",
+                         hint="a rule may only change files of its target's package")
+    return Journal(target=installed.name, distribution=installed.target.distribution,
+                   version=installed.version, status=PENDING, rules=[r.id for r in plan.rules], files=entries,
+                   rules_fingerprint=fingerprint(plan.rules), kind=installed.target.kind)
 
 
 def _link_text(path: Path) -> str | None:
@@ -436,11 +473,7 @@ def revert(installed: InstalledTarget, force: bool = False, progress: Progress =
 
 def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, progress: Progress) -> list[str]:
     """Put back saved originals that lost their journal, each vouched for by the package's RECORD."""
-    outside = [why for p in paths if (why := outside_package(installed, p))]
-    if outside:
-        raise StateError(f"{originals_dir(installed.state_dir)} holds files porter would not restore: "
-                         + "; ".join(outside) + "; nothing was changed",
-                         hint=f"remove them from {installed.state_dir} by hand if they are not yours")
+    _refuse_outside(installed, paths)
     record = record_hashes(installed)
     saved = {p: (originals_dir(installed.state_dir) / p).read_bytes() for p in paths}
     unvouched = [p for p in paths if record.get(p) != sha256_bytes(saved[p])]
@@ -450,10 +483,7 @@ def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, 
             f"for these: {', '.join(unvouched)}; nothing was changed",
             hint="--force restores them anyway; or " + _pristine(installed, installed.version)
                  + f" and remove {installed.state_dir}")
-    folders = [p for p in paths if installed.path(p).is_dir()]
-    if folders:
-        raise StateError(f"cannot restore files over folders: {', '.join(folders)}; nothing was changed",
-                         hint="remove them, then revert again")
+    _refuse_folders(installed, paths)
     check_writable([installed.path(p) for p in paths])
     for rel in paths:
         disk = installed.path(rel)
@@ -468,9 +498,31 @@ def _restore_orphans(installed: InstalledTarget, paths: list[str], force: bool, 
 
 
 def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress: Progress) -> list[str]:
-    """Put every journaled file back to its original bytes, check the hashes, then drop the state."""
+    """Put every journaled file back to its original bytes, check the hashes, then drop the state. Everything
+    that could refuse is checked before the first write."""
     states = journal.file_states(installed.site_packages)
-    # every original this needs must be there and intact before the first write
+    _refuse_lost_originals(installed, journal, states)
+    extra = _unlisted_originals(installed, journal, force)
+    # the saved originals are removed at the end: their folders must allow it too, or the revert ends half-way
+    check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"]
+                   + [installed.path(rel) for rel in extra]
+                   + [originals_dir(installed.state_dir) / rel for rel in stray_originals(installed.state_dir)])
+    if force:  # without --force a file turned folder is "drifted", which _mark_reverting refuses
+        _refuse_folders(installed, [e.path for e in journal.files])
+    _mark_reverting(installed, journal, states, force)
+    todo = [e for e in journal.files if states[e.path] != "original"]
+    restored = _put_all_back(installed, todo, extra, progress)
+    wrong = [e.path for e in journal.files if sha256_file(installed.path(e.path)) != e.original_sha256]
+    if wrong:
+        raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}",
+                         hint=f"the journal and originals are kept in {installed.state_dir}")
+    step_hook("restored-all")
+    remove_state(installed.state_dir, installed.site_packages)
+    return restored
+
+
+def _refuse_lost_originals(installed: InstalledTarget, journal: Journal, states: dict[str, str]) -> None:
+    """Every saved original a revert needs (its file is not already original) must be there and intact."""
     lost = {e.path: why for e in journal.files
             if states[e.path] != "original" and (why := original_problem(installed.state_dir, e))}
     if lost:
@@ -478,8 +530,12 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
             "cannot revert: saved originals are " + ", ".join(f"{p} ({why})" for p, why in sorted(lost.items()))
             + f" in {originals_dir(installed.state_dir)}; nothing was changed",
             hint=_pristine(installed, journal.version) + f" to get pristine files, then remove {installed.state_dir}")
-    # saved originals the journal does not list (a shortened list): the only copies of those files, so the set on
-    # disk decides what a revert must put back, and only --force does it without the journal's word
+
+
+def _unlisted_originals(installed: InstalledTarget, journal: Journal, force: bool) -> list[str]:
+    """Saved originals the journal does not list (a shortened list) whose files differ from them. They are the only
+    copies of those files, so the set on disk decides what a revert must put back, and only --force does it
+    without the journal's word."""
     listed = {e.path for e in journal.files}
     extra = [rel for rel in stray_originals(installed.state_dir) if rel not in listed]
     if extra and not force:
@@ -488,37 +544,48 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
             f"originals of {', '.join(extra)}: the journal was shortened or damaged; nothing was changed",
             hint=f"`porter revert {installed.name} --force` restores the journal's files and those too, from the "
                  "saved originals")
-    outside = [why for rel in extra if (why := outside_package(installed, rel))]
+    _refuse_outside(installed, extra)
+    saved = originals_dir(installed.state_dir)
+    return [rel for rel in extra if sha256_file(installed.path(rel)) != sha256_file(saved / rel)]
+
+
+def _refuse_outside(installed: InstalledTarget, paths: list[str]) -> None:
+    """Saved originals whose paths lead outside the target's package are never restored (a planted state)."""
+    outside = [why for rel in paths if (why := outside_package(installed, rel))]
     if outside:
         raise StateError(f"{originals_dir(installed.state_dir)} holds files porter would not restore: "
                          + "; ".join(outside) + "; nothing was changed",
                          hint=f"remove them from {installed.state_dir} by hand if they are not yours")
-    extra = [rel for rel in extra if sha256_file(installed.path(rel)) != sha256_file(originals_dir(installed.state_dir)
-                                                                                     / rel)]
-    # the saved originals are removed at the end: their folders must allow it too, or the revert ends half-way
-    check_writable([installed.path(e.path) for e in journal.files if states[e.path] != "original"]
-                   + [installed.path(rel) for rel in extra]
-                   + [originals_dir(installed.state_dir) / rel for rel in stray_originals(installed.state_dir)])
-    folders = [e.path for e in journal.files if installed.path(e.path).is_dir()]
-    if folders and force:
-        raise StateError(f"cannot restore files over folders: {', '.join(folders)}", hint="remove them, then revert again")
-    if journal.status != PENDING:
-        # Mark the journal pending first: a crash half-way through the restore is then "interrupted"
-        # (each file original or patched), which the next revert or patch repairs, not "drifted".
-        checked = {p: s for p, s in states.items() if s in ("drifted", "missing")}
-        if not checked or force:
-            journal.status = PENDING
-            journal.save(installed.state_dir)
-            step_hook("revert-pending")
+
+
+def _refuse_folders(installed: InstalledTarget, paths: list[str]) -> None:
+    """A file a revert would write where a folder now stands is refused before any write."""
+    folders = [p for p in paths if installed.path(p).is_dir()]
+    if folders:
+        raise StateError(f"cannot restore files over folders: {', '.join(folders)}; nothing was changed",
+                         hint="remove them, then revert again")
+
+
+def _mark_reverting(installed: InstalledTarget, journal: Journal, states: dict[str, str], force: bool) -> None:
+    """Mark the journal pending before the first write, so a crash half-way is "interrupted" (each file original
+    or patched), which the next revert or patch repairs, not "drifted"; refuse files that match neither hash."""
     foreign = {p: s for p, s in states.items() if s in ("drifted", "missing")}
+    if journal.status != PENDING and (not foreign or force):
+        journal.status = PENDING
+        journal.save(installed.state_dir)
+        step_hook("revert-pending")
     if foreign and not force:
         raise StateError(
             "refusing to revert: these files match neither their original nor their patched version: "
             + ", ".join(f"{p} ({s})" for p, s in sorted(foreign.items())),
             hint="they were edited by hand, or the package was reinstalled or upgraded; "
                  "--force restores the saved originals over them")
+
+
+def _put_all_back(installed: InstalledTarget, todo: list[FileEntry], extra: list[str], progress: Progress
+                  ) -> list[str]:
+    """The writes of a revert: each journaled file, then each unlisted saved original, atomically."""
     restored = []
-    todo = [e for e in journal.files if states[e.path] != "original"]
     try:
         for n, entry in enumerate(todo, 1):
             _put_back(installed, entry, saved_original(installed.state_dir, entry))
@@ -536,10 +603,4 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
                          "revert is interrupted: every file is its original or its patched self",
                          hint=f"free the space or fix the permissions, then `porter revert {installed.name}` "
                               "again") from None
-    wrong = [e.path for e in journal.files if sha256_file(installed.path(e.path)) != e.original_sha256]
-    if wrong:
-        raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}",
-                         hint=f"the journal and originals are kept in {installed.state_dir}")
-    step_hook("restored-all")
-    remove_state(installed.state_dir, installed.site_packages)
     return restored

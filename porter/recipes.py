@@ -26,9 +26,9 @@ def device_name(value: str) -> str:
     return value
 
 
-def add_device_argument(parser, help: str = DEVICE_HELP) -> None:
+def add_device_argument(parser, help: str = DEVICE_HELP) -> argparse.Action:
     """``--device`` as every recipe and `porter run` take it."""
-    parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|npu|PLUGIN", help=help)
+    return parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|npu|PLUGIN", help=help)
 
 
 def use_device(args) -> None:

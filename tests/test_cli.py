@@ -76,7 +76,7 @@ def test_everyday_commands_import_no_torch_deepspeed_or_sat(command):
 
 
 def test_commands_that_exit_without_teardown_still_write_all_their_output(tmp_path, capsys):
-    # `porter rules` and `status` end in os._exit (cli.QUICK_EXIT): buffered output must still reach a pipe
+    # `porter rules` and `status` end in os._exit (Command.quick_exit): buffered output must still reach a pipe
     from porter.cli import main
 
     assert main(["rules", "sat"]) == 0
