@@ -67,37 +67,73 @@ class RunLog:
         return summary
 
 
+# The two lines of loss.png: the raw loss stays in the background (every step, noise included), the smoothed loss
+# is the curve a reader follows.
+RAW_COLOR = "#a9c4e8"
+SMOOTH_COLOR = "#1f4e9c"
+
+
+def smoothing_span(points: int) -> int:
+    """The EMA's span in steps: about a tenth of the run, so a 10-step run is barely smoothed and a long run's
+    noise is averaged out without the curve lagging far behind the loss."""
+    return max(2, min(100, round(points / 10)))
+
+
+def ema(values: list[float], span: int) -> list[float]:
+    """Exponential moving average with alpha = 2 / (span + 1), bias-corrected (as TensorBoard's smoothing is):
+    without the correction the curve would start from 0 instead of from the first value."""
+    alpha = 2.0 / (span + 1)
+    out, average, weight = [], 0.0, 0.0
+    for value in values:
+        average = (1 - alpha) * average + alpha * value
+        weight = (1 - alpha) * weight + alpha
+        out.append(average / weight)
+    return out
+
+
 def plot_loss(steps: list[int], losses: list[float], path: Path, size=(640, 400)) -> Path:
-    """A plain line chart of loss against step, drawn with Pillow."""
-    from PIL import Image, ImageDraw
+    """Loss against step, ``size`` pixels: the raw loss thin and light, its EMA on top.
 
-    w, h = size
-    left, right, top, bottom = 60, 20, 30, 40
-    image = Image.new("RGB", size, "white")
-    pen = ImageDraw.Draw(image)
-    finite = [x for x in losses if math.isfinite(x)] or [0.0]
-    lo, hi = min(finite), max(finite)
-    hi = hi if hi > lo else lo + 1.0
-    s0, s1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
+    The loss axis is logarithmic: a run's loss falls by orders of magnitude (the demo's from 11.9 to 0.002), and on a
+    linear axis everything after the first drop is a flat line. A loss of 0 or below cannot sit on a log axis, so a
+    run that has one is drawn on a linear axis. nan and inf are left out (the line joins the finite steps around
+    them): they have no place on any axis, and one would stretch or break the smoothed curve.
+    matplotlib is imported here, not at the top: ``import porter.metrics`` runs in every training process.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    def xy(step, loss):
-        return (left + (step - s0) / (s1 - s0) * (w - left - right),
-                top + (hi - loss) / (hi - lo) * (h - top - bottom))
-
-    pen.rectangle((left, top, w - right, h - bottom), outline=(160, 160, 160))
-    for frac in (0.0, 0.5, 1.0):
-        value = lo + frac * (hi - lo)
-        y = xy(s0, value)[1]
-        pen.line((left - 4, y, left, y), fill="black")
-        pen.text((4, y - 6), f"{value:.3g}", fill="black")
-    pen.text((left, h - bottom + 8), f"step {s0}", fill="black")
-    pen.text((w - right - 60, h - bottom + 8), f"step {s1}", fill="black")
-    pen.text((left, 8), "training loss", fill="black")
-    points = [xy(s, loss) for s, loss in zip(steps, losses) if math.isfinite(loss)]
-    if len(points) > 1:
-        pen.line(points, fill=(30, 90, 200), width=2)
+    points = [(s, x) for s, x in zip(steps, losses) if math.isfinite(x)]
+    log = bool(points) and all(x > 0 for _, x in points)
+    dpi = 100
+    # Figure + the Agg canvas, not pyplot: no global figure state and no backend switch in the caller's process
+    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title("training loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (log scale)" if log else "loss")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(True, which="major", color="#e6e6e6", linewidth=0.8)
+    if log:
+        axes.set_yscale("log")
+    xs, ys = [s for s, _ in points], [x for _, x in points]
+    if len(points) == 1:
+        axes.plot(xs, ys, "o", color=SMOOTH_COLOR, label="loss")
+        axes.set_xticks(xs)  # else the step axis is ticked in fractions of a step around the one point
     elif points:
-        pen.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2), fill=(30, 90, 200))
+        span = smoothing_span(len(points))
+        # on a log axis the average is taken of log(loss): an arithmetic mean of 11.9 and 0.002 would hide the
+        # small values for many steps after a drop
+        smooth = [math.exp(v) for v in ema([math.log(y) for y in ys], span)] if log else ema(ys, span)
+        axes.plot(xs, ys, color=RAW_COLOR, linewidth=1, label="loss")
+        axes.plot(xs, smooth, color=SMOOTH_COLOR, linewidth=2,
+                  label=f"EMA of {'log ' if log else ''}loss, span {span} steps")
+    else:
+        axes.text(0.5, 0.5, "no finite loss to plot", ha="center", va="center", transform=axes.transAxes)
+    if points:
+        axes.legend(loc="upper right", frameon=False)
     path = Path(path)
-    image.save(path)
+    figure.savefig(path, format="png", dpi=dpi)
     return path

@@ -48,8 +48,8 @@ def model_parity(context: VerifyContext):
     import torch
     from porter_sat.parity import compare_model_runs
 
-    with tempfile.TemporaryDirectory(prefix="porter-parity-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="porter-parity-") as scratch:
+        tmp = Path(scratch)
         runs = {}
         for label, site in (("original", context.original_tree(tmp / "original")), ("patched", context.site_packages)):
             out = tmp / f"{label}.pt"

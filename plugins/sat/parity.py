@@ -11,10 +11,13 @@ Two entry points, each run in a fresh interpreter with the SAT under test first 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
+from unittest import mock
 
 import torch
 from porter_sat.smoke import model_args, sample
@@ -26,7 +29,7 @@ TOLERANCES = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 2e-3}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_original(originals: Path, rel: str, name: str, *, patched):
+def load_original(originals: Path, rel: str, name: str, *, patched: set[str]) -> ModuleType:
     """The saved original of ``rel`` as module ``name``; its own absolute imports resolve to the patched SAT.
 
     A file the patch left alone (not in ``patched``: no rule applies to it in this release) is its own original:
@@ -40,6 +43,8 @@ def load_original(originals: Path, rel: str, name: str, *, patched):
             raise FileNotFoundError(f"{path}: the saved original of a patched file is missing")
         path = Path(sat.__file__).resolve().parents[1] / rel
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # only a path that does not name a Python source file
+        raise ImportError(f"{path}: not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -58,89 +63,118 @@ OP_RULES = {"gelu": "sat.fused.gelu", "rotary_mul": "sat.rotary.index", "attenti
 
 def op_parity(originals: Path, patched: set[str], dtypes=("fp32", "bf16"), applied: set[str] | None = None
               ) -> list[dict]:
+    """Each rewritten op, patched vs original on seeded random inputs, per dtype: one row per comparison (or per
+    skipped op), in the order they ran. The inputs are drawn in a fixed order, skipped ops included, so that a
+    comparison sees the same numbers whichever ops the release has."""
     import sat.model.official.chatglm_model as chatglm
     import sat.model.official.glm130B_model as glm130b
     import sat.model.position_embedding.rotary_embeddings as rotary
     import sat.transformer_defaults as defaults
 
-    orig_chatglm = load_original(originals, "sat/model/official/chatglm_model.py", "porter_original_chatglm", patched=patched)
-    orig_rotary = load_original(originals, "sat/model/position_embedding/rotary_embeddings.py", "porter_original_rotary", patched=patched)
-    orig_defaults = load_original(originals, "sat/transformer_defaults.py", "porter_original_defaults", patched=patched)
-    orig_glm = load_original(originals, "sat/model/official/glm130B_model.py", "porter_original_glm130b", patched=patched)
+    def original(rel: str, name: str) -> ModuleType:
+        return load_original(originals, rel, name, patched=patched)
+
+    orig_chatglm = original("sat/model/official/chatglm_model.py", "porter_original_chatglm")
+    orig_rotary = original("sat/model/position_embedding/rotary_embeddings.py", "porter_original_rotary")
+    orig_defaults = original("sat/transformer_defaults.py", "porter_original_defaults")
+    orig_glm = original("sat/model/official/glm130B_model.py", "porter_original_glm130b")
     from porter.runtime import ops
 
-    results = []
-
-    def wanted(op, dtype) -> bool:
-        if applied is None or OP_RULES[op] in applied:
-            return True
-        results.append({"op": op, "dtype": dtype, "skipped": f"{OP_RULES[op]} does not apply to this release"})
-        return False
-
-    def add(op, dtype, diff, detail=""):
-        ran = ", ".join(sorted(ops.counts))  # which implementation(s) the patched code reached
-        ops.reset_counts()
-        results.append({"op": op, "dtype": dtype, "max_abs_diff": diff, "tolerance": TOLERANCES[dtype],
-                        "ok": diff <= TOLERANCES[dtype], "detail": "; ".join(x for x in (detail, f"ran {ran}" if ran else "") if x)})
-
+    report = _Report(ops, applied)
     # One thread: with several, torch's tanh on this project's machine was seen, in some processes and not
     # others, to give one input two results 1.7e-4 apart on two calls of the very same function (JIT off too).
     # The check compares the port with the original, not torch with itself.
     torch.set_num_threads(1)
     ops.reset_counts()
     g = torch.Generator().manual_seed(0)
-    for name in dtypes:
-        dt = DTYPES[name]
-        x = torch.randn(64, 256, generator=g).to(dt)
-        if wanted("gelu", name):
-            want, got = orig_chatglm.gelu_impl(x), chatglm.gelu_impl(x)
-            detail = ""
-            if _diff(want, got) > TOLERANCES[name]:  # say which side moved: TorchScript's original, or ours
-                eager = 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
-                detail = (f"original vs the same formula computed here {_diff(want, eager):.2e}, "
-                          f"original called again {_diff(want, orig_chatglm.gelu_impl(x)):.2e}, "
-                          f"patched vs eager {_diff(got, eager):.2e}")
-            add("gelu", name, _diff(want, got), detail)
+    for dtype in dtypes:
+        _gelu_parity(report, g, dtype, orig_chatglm, chatglm)
+        _rotary_parity(report, g, dtype, orig_rotary, rotary)
+        _attention_parity(report, g, dtype, orig_defaults, defaults)
+    _glm130b_softmax_parity(report, g, orig_glm, glm130b)
+    return report.rows
 
-        q, k = (torch.randn(32, 2, 4, 64, generator=g).to(dt) for _ in range(2))
-        if wanted("rotary_mul", name):
-            emb = rotary.RotaryEmbedding(64, precision=dt)
-            cos, sin = emb(q, seq_len=40)
-            pos = torch.randint(0, 40, (32, 2), generator=g)
-            want = orig_rotary.apply_rotary_pos_emb_index(q, k, cos, sin, pos)
-            got = rotary.apply_rotary_pos_emb_index(q, k, cos, sin, pos)
-            add("rotary_mul", name, max(_diff(want[0], got[0]), _diff(want[1], got[1])), "apply_rotary_pos_emb_index")
 
-        q, k, v = (torch.randn(2, 4, 16, 32, generator=g).to(dt) for _ in range(3))
-        if wanted("attention", name):
-            for label, mask in (("full", torch.ones(1, 1, 16, 16)), ("causal", torch.ones(1, 1, 16, 16).tril())):
-                add("attention", name, _diff(orig_defaults.attention_fn_default(q, k, v, mask),
-                                             defaults.attention_fn_default(q, k, v, mask)), f"{label} mask")
+class _Report:
+    """op_parity's rows: a comparison with its tolerance and the runtime implementation(s) the patched code reached,
+    or a skip where the op's rule did not apply (``applied`` None: every rule did)."""
 
+    def __init__(self, ops: ModuleType, applied: set[str] | None):
+        self.ops, self.applied = ops, applied
+        self.rows: list[dict] = []
+
+    def wanted(self, op: str, dtype: str) -> bool:
+        if self.applied is None or OP_RULES[op] in self.applied:
+            return True
+        self.rows.append({"op": op, "dtype": dtype, "skipped": f"{OP_RULES[op]} does not apply to this release"})
+        return False
+
+    def add(self, op: str, dtype: str, diff: float, detail: str = "") -> None:
+        ran = ", ".join(sorted(self.ops.counts))  # which implementation(s) the patched code reached
+        self.ops.reset_counts()
+        self.rows.append({"op": op, "dtype": dtype, "max_abs_diff": diff, "tolerance": TOLERANCES[dtype],
+                          "ok": diff <= TOLERANCES[dtype],
+                          "detail": "; ".join(x for x in (detail, f"ran {ran}" if ran else "") if x)})
+
+
+def _gelu_parity(report: _Report, g: torch.Generator, dtype: str, original: ModuleType, patched: ModuleType) -> None:
+    x = torch.randn(64, 256, generator=g).to(DTYPES[dtype])
+    if not report.wanted("gelu", dtype):
+        return
+    want, got = original.gelu_impl(x), patched.gelu_impl(x)
+    detail = ""
+    if _diff(want, got) > TOLERANCES[dtype]:  # say which side moved: TorchScript's original, or ours
+        eager = 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+        detail = (f"original vs the same formula computed here {_diff(want, eager):.2e}, "
+                  f"original called again {_diff(want, original.gelu_impl(x)):.2e}, "
+                  f"patched vs eager {_diff(got, eager):.2e}")
+    report.add("gelu", dtype, _diff(want, got), detail)
+
+
+def _rotary_parity(report: _Report, g: torch.Generator, dtype: str, original: ModuleType, patched: ModuleType
+                   ) -> None:
+    dt = DTYPES[dtype]
+    q, k = (torch.randn(32, 2, 4, 64, generator=g).to(dt) for _ in range(2))
+    if not report.wanted("rotary_mul", dtype):
+        return
+    emb = patched.RotaryEmbedding(64, precision=dt)
+    cos, sin = emb(q, seq_len=40)
+    pos = torch.randint(0, 40, (32, 2), generator=g)
+    want = original.apply_rotary_pos_emb_index(q, k, cos, sin, pos)
+    got = patched.apply_rotary_pos_emb_index(q, k, cos, sin, pos)
+    report.add("rotary_mul", dtype, max(_diff(want[0], got[0]), _diff(want[1], got[1])), "apply_rotary_pos_emb_index")
+
+
+def _attention_parity(report: _Report, g: torch.Generator, dtype: str, original: ModuleType, patched: ModuleType
+                      ) -> None:
+    q, k, v = (torch.randn(2, 4, 16, 32, generator=g).to(DTYPES[dtype]) for _ in range(3))
+    if not report.wanted("attention", dtype):
+        return
+    for label, mask in (("full", torch.ones(1, 1, 16, 16)), ("causal", torch.ones(1, 1, 16, 16).tril())):
+        report.add("attention", dtype, _diff(original.attention_fn_default(q, k, v, mask),
+                                             patched.attention_fn_default(q, k, v, mask)), f"{label} mask")
+
+
+def _glm130b_softmax_parity(report: _Report, g: torch.Generator, original: ModuleType, patched: ModuleType) -> None:
     # GLM-130B attention runs in fp16 only (it casts probabilities to half).
-    if not wanted("scaled_masked_softmax", "fp16"):
-        return results
+    if not report.wanted("scaled_masked_softmax", "fp16"):
+        return
     q, k, v = (torch.randn(16, 2, 4, 32, generator=g).half() for _ in range(3))
     mask = torch.ones(16, 16, dtype=torch.bool).triu(1)[None, None].expand(2, 1, 16, 16)
-    want = orig_glm.SelfAttentionWithFP32SoftmaxMixin(128, 4, 1)
-    got = glm130b.SelfAttentionWithFP32SoftmaxMixin(128, 4, 1)
+    want = original.SelfAttentionWithFP32SoftmaxMixin(128, 4, 1)
+    got = patched.SelfAttentionWithFP32SoftmaxMixin(128, 4, 1)
     with _cuda_current_device_on_cpu():  # the original allocates its scores on torch.cuda.current_device()
         a = want.attention_fn(q, k, v, mask, output_this_layer={}, layer_id=0)
     b = got.attention_fn(q, k, v, mask, output_this_layer={}, layer_id=0)
-    add("scaled_masked_softmax", "fp16", _diff(a, b), "GLM-130B attention_fn (bmm + masked softmax)")
-    return results
+    report.add("scaled_masked_softmax", "fp16", _diff(a, b), "GLM-130B attention_fn (bmm + masked softmax)")
 
 
-class _cuda_current_device_on_cpu:
-    """On a machine without CUDA, let the *original* code's torch.cuda.current_device() mean the CPU."""
-
-    def __enter__(self):
-        self.saved = torch.cuda.current_device
-        if not torch.cuda.is_available():
-            torch.cuda.current_device = lambda: torch.device("cpu")
-
-    def __exit__(self, *exc):
-        torch.cuda.current_device = self.saved
+def _cuda_current_device_on_cpu() -> contextlib.AbstractContextManager[object]:
+    """On a machine without CUDA, let the *original* code's torch.cuda.current_device() mean the CPU: it only passes
+    the answer on as a device, where torch.device("cpu") serves as well as torch's int index would on CUDA."""
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return mock.patch.object(torch.cuda, "current_device", lambda: torch.device("cpu"))
 
 
 def build_tiny_chatglm(seed: int = 1234, hidden: int = 64, heads: int = 4):
@@ -184,14 +218,17 @@ def model_run(steps: int = 20, seed: int = 1234) -> dict:
 def compare_model_runs(original: dict, patched: dict) -> list[dict]:
     """logits <= 1e-5 max abs diff, gradients likewise, and each loss within 1e-5 relative."""
     assert set(original["grads"]) == set(patched["grads"]), "the two runs have different parameters"
-    rows = [{"what": "logits", "max_abs_diff": _diff(original["logits"], patched["logits"]), "tolerance": 1e-5}]
+    rows = [_model_row("logits", "max_abs_diff", _diff(original["logits"], patched["logits"]))]
     grad_diff = max(_diff(original["grads"][n], patched["grads"][n]) for n in original["grads"])
-    rows.append({"what": f"gradients ({len(original['grads'])} tensors)", "max_abs_diff": grad_diff, "tolerance": 1e-5})
+    rows.append(_model_row(f"gradients ({len(original['grads'])} tensors)", "max_abs_diff", grad_diff))
     rel = max(abs(a - b) / abs(a) for a, b in zip(original["losses"], patched["losses"]))
-    rows.append({"what": f"loss curve ({len(original['losses'])} steps)", "max_rel_diff": rel, "tolerance": 1e-5})
-    for row in rows:
-        row["ok"] = row.get("max_abs_diff", row.get("max_rel_diff")) <= row["tolerance"]
+    rows.append(_model_row(f"loss curve ({len(original['losses'])} steps)", "max_rel_diff", rel))
     return rows
+
+
+def _model_row(what: str, measure: str, diff: float, tolerance: float = 1e-5) -> dict:
+    """One row of compare_model_runs: ``diff`` (a ``measure``: max_abs_diff or max_rel_diff) within ``tolerance``."""
+    return {"what": what, measure: diff, "tolerance": tolerance, "ok": diff <= tolerance}
 
 
 def main(argv=None) -> int:

@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     ChatGLMModel.add_model_specific_args(parser)
     args = get_args(sat_argv, parser)
 
-    losses, engine = [], {}
+    losses: list[float] = []
+    engine: dict[str, object] = {}  # what DeepSpeed's engine reports, once
 
     def record(data_iterator, model, args, timers):
         loss, metrics = forward_step(data_iterator, model, args, timers)

@@ -318,27 +318,36 @@ BACKEND = Rule(
                   upstream="sat/arguments.py add_training_args and _simple_init", removal=REMOVAL_DEVICE))
 
 
+def _not_equal(test: cst.BaseExpression) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    """The two sides of ``a != b`` (one comparison, not a chain); else None."""
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1 \
+            and isinstance(test.comparisons[0].operator, cst.NotEqual):
+        return test.left, test.comparisons[0].comparator
+    return None
+
+
 def _rank_versus_device(test: cst.BaseExpression) -> cst.BaseExpression | None:
     """In ``<a>.local_rank != <a>.device`` (either order), the object holding the device; else None."""
-    compare = m.Comparison(comparisons=[m.ComparisonTarget(operator=m.NotEqual())])
-    if not m.matches(test, compare):
+    sides = _not_equal(test)
+    if sides is None:
         return None
-    sides = [test.left, test.comparisons[0].comparator]
-    attrs = [s.attr.value if isinstance(s, cst.Attribute) else None for s in sides]
-    if sorted(map(str, attrs)) != ["device", "local_rank"] or not same(sides[0].value, sides[1].value):
+    left, right = sides
+    if not (isinstance(left, cst.Attribute) and isinstance(right, cst.Attribute)) \
+            or sorted([left.attr.value, right.attr.value]) != ["device", "local_rank"] \
+            or not same(left.value, right.value):
         return None
-    return sides[attrs.index("device")]
+    return left if left.attr.value == "device" else right
 
 
 def _conjuncts(test: cst.BaseExpression) -> list[cst.BaseExpression]:
-    if m.matches(test, m.BooleanOperation(operator=m.And())) and not test.lpar:
+    if isinstance(test, cst.BooleanOperation) and isinstance(test.operator, cst.And) and not test.lpar:
         return _conjuncts(test.left) + _conjuncts(test.right)
     return [test]
 
 
 def _is_cpu_guard(test: cst.BaseExpression, device: cst.BaseExpression) -> bool:
-    return m.matches(test, m.Comparison(comparisons=[m.ComparisonTarget(operator=m.NotEqual())])) \
-        and same(test.left, device) and literal(test.comparisons[0].comparator) == "cpu"
+    sides = _not_equal(test)
+    return sides is not None and same(sides[0], device) and literal(sides[1]) == "cpu"
 
 
 class LocalRankCheck(RuleTransformer):
@@ -386,11 +395,11 @@ class CudnnFlags(RuleTransformer):
         self.plans: dict[cst.SimpleStatementLine, cst.BaseSmallStatement | None] = {}  # flag statement -> its replacement
 
     def visit_IndentedBlock(self, node):
-        flags = [(i, stmt, self._flag(stmt)) for i, stmt in enumerate(node.body)]
-        flags = [(i, stmt, target) for i, stmt, target in flags if target is not None]
-        if not flags or flags[-1][0] - flags[0][0] != len(flags) - 1:
+        candidates = [(i, stmt, self._flag(stmt)) for i, stmt in enumerate(node.body)]
+        numbered = [(i, stmt, target) for i, stmt, target in candidates if target is not None]
+        if not numbered or numbered[-1][0] - numbered[0][0] != len(numbered) - 1:
             return  # not one run of consecutive lines: the call could move a value before its definition
-        flags = [(stmt, target) for _, stmt, target in flags]
+        flags = [(stmt, target) for _, stmt, target in numbered]
         found = {DETERMINISM_TARGETS[t]: stmt.body[0].value for stmt, t in flags if DETERMINISM_TARGETS[t]}
         if set(found) != {"benchmark", "deterministic", "allow_tf32"}:
             return

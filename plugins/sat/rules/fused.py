@@ -15,7 +15,7 @@ GLM130B_FILE = "sat/model/official/glm130B_model.py"
 def _calls_runtime(transformer: RuleTransformer, node: cst.CSTNode, *modules: str) -> bool:
     """Whether ``node`` contains a call into one of porter's runtime modules (however it was imported)."""
     for found in m.findall(node, m.Call(func=m.Attribute())):
-        name = transformer.qualified_name(found.func)
+        name = transformer.qualified_name(cst.ensure_type(found, cst.Call).func)
         if name is not None and name.rsplit(".", 1)[0] in modules:
             return True
     return False
@@ -130,9 +130,11 @@ GLM130B_BMM = Rule(
 
 def _assigns(stmt: cst.CSTNode) -> tuple[str, cst.BaseExpression] | None:
     """``name = value`` as (name, value), for a one-target simple assignment."""
-    if m.matches(stmt, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())])])):
-        return stmt.body[0].targets[0].target.value, stmt.body[0].value
-    return None
+    if not m.matches(stmt, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())])])):
+        return None
+    # the pattern has just checked these types; ensure_type tells the type checker
+    assign = cst.ensure_type(cst.ensure_type(stmt, cst.SimpleStatementLine).body[0], cst.Assign)
+    return cst.ensure_type(assign.targets[0].target, cst.Name).value, assign.value
 
 
 class Glm130bSoftmax(RuleTransformer):
@@ -170,11 +172,12 @@ class Glm130bSoftmax(RuleTransformer):
         guard, to_float, scale, softmax = stmts
         if not m.matches(guard, m.If(test=m.UnaryOperation(operator=m.Not()), orelse=None)):
             return None
-        fills = m.findall(guard.body, m.Call(func=m.Attribute(attr=m.Name("masked_fill_"))))
+        fills = [cst.ensure_type(f, cst.Call)
+                 for f in m.findall(guard.body, m.Call(func=m.Attribute(attr=m.Name("masked_fill_"))))]
         if len(guard.body.body) != 1 or len(fills) != 1 or len(fills[0].args) != 2 \
                 or literal(fills[0].args[1].value) != -10000.0:
             return None
-        scores, mask = fills[0].func.value, fills[0].args[0].value
+        scores, mask = cst.ensure_type(fills[0].func, cst.Attribute).value, fills[0].args[0].value
         if not isinstance(scores, cst.Name):
             return None
         name = scores.value
@@ -182,16 +185,18 @@ class Glm130bSoftmax(RuleTransformer):
         want = cst.parse_expression("__mask__.shape[-2] == 1 and (__mask__ > 0).all()")
         if not same(visible, _substitute(want, "__mask__", mask)):
             return None
-        steps = [_assigns(s) for s in (to_float, scale, softmax)]
-        if None in steps or steps[0][0] != name or steps[1][0] != name:
+        floated, scaled, softmaxed = (_assigns(s) for s in (to_float, scale, softmax))
+        if floated is None or scaled is None or softmaxed is None or floated[0] != name or scaled[0] != name:
             return None
-        if not same(steps[0][1], cst.parse_expression(f"{name}.float()")):
+        if not same(floated[1], cst.parse_expression(f"{name}.float()")):
             return None
-        product = steps[1][1]
-        if not (m.matches(product, m.BinaryOperation(left=m.Name(name), operator=m.Multiply()))):
+        product = scaled[1]
+        if not isinstance(product, cst.BinaryOperation) \
+                or not m.matches(product, m.BinaryOperation(left=m.Name(name), operator=m.Multiply())):
             return None
-        probs, call_ = steps[2]
-        if not (m.matches(call_, m.Call(args=[m.Arg(m.Name(name), keyword=None), m.Arg(keyword=m.Name("dim"))]))
+        probs, call_ = softmaxed
+        if not (isinstance(call_, cst.Call)
+                and m.matches(call_, m.Call(args=[m.Arg(m.Name(name), keyword=None), m.Arg(keyword=m.Name("dim"))]))
                 and self.refers_to(call_.func, "torch.nn.functional.softmax") and literal(call_.args[1].value) == -1):
             return None
         return name, mask, product.right, probs, visible
@@ -207,7 +212,9 @@ def _substitute(tree: cst.BaseExpression, placeholder: str, value: cst.BaseExpre
                 return value
             return value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
-    return tree.visit(Put())
+    result = tree.visit(Put())
+    assert isinstance(result, cst.BaseExpression)  # Put replaces a Name by an expression, never removes or flattens
+    return result
 
 
 GLM130B_SOFTMAX = Rule(

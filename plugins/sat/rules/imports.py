@@ -74,6 +74,7 @@ class GuardTritonImport(RuleTransformer):
             "try:\n    pass\n"
             "except ImportError as porter_import_error:  # triton is optional: only FastRotaryEmbedding needs it\n"
             + handler)
+        assert isinstance(guarded, cst.Try)  # the text parsed above is a try statement
         body = guarded.body.with_changes(body=[updated_node.with_changes(leading_lines=[])])
         return guarded.with_changes(body=body, leading_lines=updated_node.leading_lines)
 

@@ -47,8 +47,8 @@ class RotaryMul(RuleTransformer):
             return updated_node
         name = cst.Module([]).code_for_node(x)
         self.record(original_node, f"({name} * cos) + (rotate_half({name}) * sin) -> porter_ops.rotary_mul")
-        strip = dict(lpar=[], rpar=[])
-        return call(self, OPS, "rotary_mul", [x.with_changes(**strip) if hasattr(x, "lpar") else x, cos, sin]) \
+        bare = x.with_changes(lpar=[], rpar=[]) if hasattr(x, "lpar") else x  # an argument needs no parentheses
+        return call(self, OPS, "rotary_mul", [bare, cos, sin]) \
             .with_changes(lpar=updated_node.lpar, rpar=updated_node.rpar)
 
 

@@ -200,7 +200,8 @@ class IsAvailable(CudaReferences):
             name = self.qualified_name(node)
             if name is not None and _under(name, CUDA_ONLY_MODULES) and not self._is_ported(name):
                 return True
-            inner = node  # the chain's own parts are that name; look inside calls and subscripts on the way
+            # the chain's own parts are that name; look inside calls and subscripts on the way
+            inner: cst.BaseExpression = node
             while isinstance(inner, (cst.Attribute, cst.Call)):
                 if isinstance(inner, cst.Call):
                     if any(self._uses_cuda_only(arg.value) for arg in inner.args):

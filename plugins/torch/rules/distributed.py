@@ -49,7 +49,7 @@ class Backend(References):
                 self._mark(arg.value)
         func = node.func
         last = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
-        if last == "add_argument" and any(isinstance(literal(arg.value), str) and "backend" in literal(arg.value)
+        if last == "add_argument" and any(isinstance(flag := literal(arg.value), str) and "backend" in flag
                                           for arg in positional):
             for arg in node.args:
                 if arg.keyword is not None and arg.keyword.value == "default":
@@ -124,8 +124,9 @@ class ParallelDevices(ProjectRule):
 
     def _wrapped(self, node) -> bool:
         """Whether ``node`` already calls device_ids() / parallel_device() (what this rule wrote)."""
-        return is_runtime_call(self, node) and self.qualified_name(node.func).rsplit(".", 1)[1] in (
-            "device_ids", "parallel_device")
+        # is_runtime_call first: only a call has .func (and then a runtime name, so name is None only for a non-call)
+        name = self.qualified_name(node.func) if is_runtime_call(self, node) else None
+        return name is not None and name.rsplit(".", 1)[1] in ("device_ids", "parallel_device")
 
 
 BACKEND = any_code_rule(

@@ -64,7 +64,7 @@ class DeviceStrings(ProjectRule):
             self._mark(value)
         func = node.func
         last = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
-        if last == "add_argument" and any(isinstance(literal(arg.value), str) and "device" in literal(arg.value)
+        if last == "add_argument" and any(isinstance(flag := literal(arg.value), str) and "device" in flag
                                           for arg in positional):
             for arg in node.args:
                 if arg.keyword is not None and arg.keyword.value == "default":
