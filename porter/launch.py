@@ -237,7 +237,7 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
         worker_env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
                                                        str(max(1, (os.cpu_count() or 1) // args.npus)))
     command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.npus),
-               "--master_port", str(args.master_port), "--no_local_rank"]
+               "--master_port", str(args.master_port), "--no_local_rank", *_quiet_launcher()]
     if args.hostfile:
         command += ["--hostfile", args.hostfile]
         if args.num_nodes:
@@ -255,6 +255,20 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
                                                             if cls.visible_devices_env else {})}
     notes.append(f"{args.npus} {cls.name} worker(s) per node, process group {cls.backend}, port applied: {patch_mode}")
     return LaunchPlan(command, env, cls.name, args.npus, patch_mode, notes)
+
+
+def _quiet_launcher() -> list[str]:
+    """DeepSpeed's launcher logs its own start-up at INFO and WARNING (no hostfile, the world info, a
+    CUDA_VISIBLE_DEVICES line even for CPU workers) between porter's lines, which already say what is launched;
+    errors still show. Its --log_level option exists from DeepSpeed 0.17.6 on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return ["--log_level", "error"] if Version(version("deepspeed")) >= Version("0.17.6") else []
+    except (PackageNotFoundError, InvalidVersion):
+        return []
 
 
 def free_memory_per_worker(device: str, workers: int) -> tuple[int, str] | None:

@@ -23,6 +23,13 @@ def _split(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return env, rest
 
 
+def _say(line: str) -> None:
+    """One write per line: ranks share the terminal, and print's separate write of the newline let two ranks'
+    lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     env, rest = _split(list(sys.argv[1:] if argv is None else argv))
     os.environ.update(env)  # before torch, torch_npu or DeepSpeed are imported: they read these at import
@@ -43,16 +50,16 @@ def main(argv: list[str] | None = None) -> int:
             prepared = memory.prepare_for(registry, target)
             patch = memory.install(prepared)
             detail = f"{len(patch.patch.sources)} modules" + (", cached plan" if patch.patch.cached else "")
-            print(f"porter worker {rank}: {target} patched in memory ({detail})", file=sys.stderr, flush=True)
+            _say(f"porter worker {rank}: {target} patched in memory ({detail})")
     elif mode == "disk":
-        print(f"porter worker {rank}: {', '.join(recipe.targets)} patched on disk", file=sys.stderr, flush=True)
+        _say(f"porter worker {rank}: {', '.join(recipe.targets)} patched on disk")
     else:
-        print(f"porter worker {rank}: no port applied", file=sys.stderr, flush=True)
+        _say(f"porter worker {rank}: no port applied")
     args = recipe_parser(recipe).parse_args(recipe_argv)
     try:
         return recipe.run(args) or 0
     except PorterError as exc:  # one clear line per rank, not a traceback
-        print(f"error (rank {rank}): {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        _say(f"error (rank {rank}): {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
         return exc.exit_code
 
 
