@@ -65,6 +65,14 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
     libcst passes as ``original_node``): its position in the file is what the report shows.
     """
 
+    @classmethod
+    def matched_names(cls) -> Iterable[str]:
+        """The qualified names (``torch.cuda.synchronize``) this rule rewrites references to, where it is driven by
+        such a table: a ``Rule`` that names no ``triggers`` takes their last parts as its triggers (how each is
+        written at a call, or the import alias it is reached through). () for a rule that matches otherwise,
+        which then names its triggers."""
+        return ()
+
     def __init__(self, rule_id: str = "", path: str = "") -> None:
         super().__init__()
         self.rule_id = rule_id
@@ -262,6 +270,10 @@ class Rule:
         if stray:
             raise ValueError(f"rule {self.id}: file_versions names files not in files: {', '.join(sorted(stray))}")
         object.__setattr__(self, "triggers", (self.triggers,) if isinstance(self.triggers, str) else tuple(self.triggers))
+        if not self.triggers and isinstance(self.rewrite, type) and issubclass(self.rewrite, RuleTransformer):
+            # derived from what the rule matches, never kept by hand beside it
+            object.__setattr__(self, "triggers", tuple(dict.fromkeys(
+                name.rsplit(".", 1)[-1] for name in self.rewrite.matched_names())))
         object.__setattr__(self, "requires", (self.requires,) if isinstance(self.requires, str) else tuple(self.requires))
         wrong = [word for word in self.triggers if not (isinstance(word, str) and word.isidentifier())]
         if wrong:

@@ -19,6 +19,10 @@ class CudaCallsToDevice(RuleTransformer):
 
     CALLS: ClassVar[dict[str, str]] = {}
 
+    @classmethod
+    def matched_names(cls):
+        return [f"torch.cuda.{name}" for name in cls.CALLS]
+
     def leave_Call(self, original_node, updated_node):
         name = self.qualified_name(original_node.func)
         if name is None or not name.startswith("torch.cuda.") or name[len("torch.cuda."):] not in self.CALLS:
@@ -68,11 +72,8 @@ class Profiler(CudaCallsToDevice):
 
 
 def device_rule(id, files, summary, rewrite: type[CudaCallsToDevice], why, upstream, **kw) -> Rule:
-    # the resolved name's last part: how the call is written, or the import alias it is reached through
-    triggers = tuple(dict.fromkeys(name.rsplit(".", 1)[-1] for name in rewrite.CALLS))
-    return Rule(
+    return Rule(  # its triggers: the last parts of the names it matches (CudaCallsToDevice.matched_names)
         id=id, target="sat", files=tuple(files), category="device", summary=summary, rewrite=rewrite,
-        triggers=triggers,
         docs=RuleDocs(why=why, how="Calls " + ", ".join(f"porter_device.{v}()" for v in dict.fromkeys(rewrite.CALLS.values()))
                       + " instead; the runtime forwards to the selected device (npu, cuda or cpu).",
                       upstream=upstream, removal=REMOVAL_DEVICE), **kw)

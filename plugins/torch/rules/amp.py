@@ -74,7 +74,7 @@ class GradScaler(DeviceTypeCalls):
 
 AUTOCAST = any_code_rule(
     id="torch.device.autocast",
-    summary="autocast on the selected device", rewrite=Autocast, triggers=("autocast",), requires=("cuda",),
+    summary="autocast on the selected device", rewrite=Autocast, requires=("cuda",),
     after=("torch.device.is-available",),  # torch.autocast("cuda", enabled=torch.cuda.is_available())
     docs=docs(why='torch.cuda.amp.autocast() and torch.autocast("cuda") cast only CUDA ops: on an NPU the model runs '
                   "in float32 (or fails where a CUDA-only dtype path is taken), and torch.cuda.amp warns it is "
@@ -87,7 +87,7 @@ AUTOCAST = any_code_rule(
 
 GRAD_SCALER = any_code_rule(
     id="torch.device.grad-scaler",
-    summary="GradScaler for the selected device", rewrite=GradScaler, triggers=("GradScaler",),
+    summary="GradScaler for the selected device", rewrite=GradScaler,
     after=("torch.device.is-available",),  # GradScaler(enabled=torch.cuda.is_available())
     docs=docs(why="torch.cuda.amp.GradScaler() and torch.amp.GradScaler('cuda') (the default device) scale "
                   "gradients for CUDA only: without CUDA they warn and disable themselves, and an NPU's float16 "

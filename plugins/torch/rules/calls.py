@@ -7,7 +7,7 @@ import libcst as cst
 
 from porter.rules import Rule
 
-from .common import References, any_code_rule, conjuncts, cuda_names, device_arguments, docs, last_words, runtime_attr
+from .common import References, any_code_rule, conjuncts, cuda_names, device_arguments, docs, runtime_attr
 
 
 def _table(cls_names: dict[str, str], modules=("torch.cuda",)) -> dict[str, str]:
@@ -227,7 +227,7 @@ class IsAvailable(CudaReferences):
 
 def _rule(id, summary, rewrite, why, how, reads="statement", after=(), triggers=None) -> Rule:
     return any_code_rule(id=id, summary=summary,
-                rewrite=rewrite, triggers=triggers or last_words(rewrite.NAMES), reads=reads, after=tuple(after),
+                rewrite=rewrite, triggers=triggers or (), reads=reads, after=tuple(after),
                 requires=("cuda",), docs=docs(why, how))  # every one matches a torch.cuda name
 
 

@@ -69,6 +69,10 @@ class References(ProjectRule):
     CALLS_ONLY: ClassVar[frozenset[str]] = frozenset()
     CATALOGUE: ClassVar[tuple[tuple[str, str], ...]] = ()
 
+    @classmethod
+    def matched_names(cls):
+        return cls.NAMES
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._not_references: set[cst.CSTNode] = set()
@@ -116,11 +120,6 @@ class References(ProjectRule):
 def cuda_names(table: dict[str, str], *, modules: tuple[str, ...] = ("torch.cuda",)) -> dict[str, str]:
     """``{"synchronize": "synchronize"}`` as qualified names under each of ``modules``."""
     return {f"{module}.{name}": function for module in modules for name, function in table.items()}
-
-
-def last_words(names) -> tuple[str, ...]:
-    """The trigger words of qualified names: their last parts, each once."""
-    return tuple(dict.fromkeys(name.rsplit(".", 1)[-1] for name in names))
 
 
 def docs(why: str, how: str, upstream: str = "", removal: str = REMOVAL) -> RuleDocs:

@@ -154,7 +154,7 @@ IS_CUDA = any_code_rule(
 TYPED_TENSOR = any_code_rule(
     id="torch.device.typed-tensor",
     summary="torch.cuda.FloatTensor and the other typed tensors are the selected device's", rewrite=TypedTensor,
-    triggers=TYPED_TENSORS, requires=("cuda",),  # torch.cuda.FloatTensor, or the "torch.cuda.FloatTensor" string
+    requires=("cuda",),  # torch.cuda.FloatTensor, or the "torch.cuda.FloatTensor" string
     docs=docs(why="torch.cuda.FloatTensor(...) raises without CUDA; old code also picks it as a 'dtype' (dtype = "
                   "torch.cuda.FloatTensor if cuda else torch.FloatTensor; x.type(dtype)).",
               how="porter_device.tensor_type('FloatTensor'), the device's own class: torch.cuda.FloatTensor on "
