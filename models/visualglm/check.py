@@ -44,34 +44,52 @@ def gib(n: float) -> str:
     return f"{n / 2 ** 30:.1f} GiB"
 
 
+class _Findings:
+    """Each check's line as it is made, "ok" or "problem"; the problems decide the exit code at the end."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def ok(self, msg: str) -> None:
+        print(f"ok       {msg}", flush=True)
+
+    def problem(self, msg: str) -> None:
+        self.problems.append(msg)
+        print(f"problem  {msg}", flush=True)
+
+
 def run(args) -> int:
     if not args.from_pretrained:
         raise UsageError("check needs --from_pretrained DIR")
     use_device(args)
 
-    import torch
-
     import_sat()
-    from porter.runtime import device
+    from .checkpoint import inspect_checkpoint
 
-    from .assets import tokenizer_for, tokenizer_type_of
-    from .checkpoint import compare_keys, inspect_checkpoint, meta_model, read_states, resolve_dtype, scan_states
-
-    problems: list[str] = []
-
-    def ok(msg):
-        print(f"ok       {msg}", flush=True)
-
-    def problem(msg):
-        problems.append(msg)
-        print(f"problem  {msg}", flush=True)
-
+    found = _Findings()
     ckpt = inspect_checkpoint(args.from_pretrained)  # a folder that cannot be read at all is one error
+    found.ok(_describe(ckpt))
+    weights, expected = _check_keys(ckpt, found)
+    _check_memory(args, ckpt, weights, expected, found)
+    _check_tokenizer(args, ckpt, found)
+    if found.problems:
+        raise InputError(f"{len(found.problems)} problem(s) with {ckpt.folder}; each is listed above")
+    print(f"{ckpt.folder} will load.", flush=True)
+    return 0
+
+
+def _describe(ckpt) -> str:
+    """The checkpoint in one line: iteration, model class, the three parts' sizes, how it was fine-tuned."""
     c = ckpt.config
-    ok(f"{ckpt.folder}: iteration {ckpt.iteration}, {ckpt.sat_args.get('model_class', '?')}; ChatGLM {c.lm.layers} "
-       f"layers x {c.lm.hidden}, vocab {c.lm.vocab}; EVA {c.vision.layers} x {c.vision.hidden} at "
-       f"{c.vision.image_size} px; Q-Former {c.qformer.layers} x {c.qformer.hidden}, {c.qformer.queries} queries"
-       + (f"; fine-tuned with {ckpt.finetune}" if ckpt.finetune else ""))
+    return (f"{ckpt.folder}: iteration {ckpt.iteration}, {ckpt.sat_args.get('model_class', '?')}; ChatGLM "
+            f"{c.lm.layers} layers x {c.lm.hidden}, vocab {c.lm.vocab}; EVA {c.vision.layers} x {c.vision.hidden} at "
+            f"{c.vision.image_size} px; Q-Former {c.qformer.layers} x {c.qformer.hidden}, {c.qformer.queries} queries"
+            + (f"; fine-tuned with {ckpt.finetune}" if ckpt.finetune else ""))
+
+
+def _check_keys(ckpt, found: _Findings):
+    """(weights, the model's own state dict): the file's keys and shapes against what model_config.json builds."""
+    from .checkpoint import compare_keys, meta_model, read_states, scan_states
 
     # An unreadable or crafted weights file is one error, as a missing one is: nothing below can be checked without
     # its keys. Scanned before unpickling, so the refusal names every global the pickle would have called.
@@ -80,11 +98,21 @@ def run(args) -> int:
     expected = meta_model(ckpt).state_dict()
     report = compare_keys(weights, expected)
     for p in report.problems:
-        problem(f"{ckpt.states_file.name}: {p}")
+        found.problem(f"{ckpt.states_file.name}: {p}")
     if not report.problems:
-        ok(f"{ckpt.states_file.name}: all {len(expected)} keys and shapes as model_config.json describes")
+        found.ok(f"{ckpt.states_file.name}: all {len(expected)} keys and shapes as model_config.json describes")
     for name in report.stale:
-        ok(f"{name}: left by an older SAT, will be dropped")
+        found.ok(f"{name}: left by an older SAT, will be dropped")
+    return weights, expected
+
+
+def _check_memory(args, ckpt, weights, expected, found: _Findings) -> None:
+    """The stored and loading dtypes, then the host's and the device's memory against what the load needs."""
+    import torch
+
+    from porter.runtime import device
+
+    from .checkpoint import resolve_dtype
 
     dtype = resolve_dtype(args.dtype)
     file_bytes = ckpt.states_file.stat().st_size
@@ -99,7 +127,7 @@ def run(args) -> int:
                 changing += t.numel() * dtype.itemsize
     stored = ", ".join(f"{n / 1e9:.3f}e9 {str(d).removeprefix('torch.')}" for d, n in by_dtype.items())
     dev = device.current()
-    ok(f"weights stored as {stored}; loading as {str(dtype).removeprefix('torch.')} on {dev.name}")
+    found.ok(f"weights stored as {stored}; loading as {str(dtype).removeprefix('torch.')} on {dev.name}")
     if dev.name == "cpu" and dtype == torch.float16:
         print("note     fp16 on the CPU runs, slowly; --dtype fp32 (or bf16) is the CPU's usual choice", flush=True)
 
@@ -107,28 +135,28 @@ def run(args) -> int:
     host_needed = file_bytes + changing
     free = host_available()
     if free is None:
-        ok(f"host memory: about {gib(host_needed)} needed (cannot read what is free here)")
+        found.ok(f"host memory: about {gib(host_needed)} needed (cannot read what is free here)")
     elif host_needed > free:
-        problem(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
+        found.problem(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
     else:
-        ok(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
+        found.ok(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
     if dev.is_accelerator:
         device_needed = int(params * dtype.itemsize * 1.1)  # the weights and about 10% for activations and cache
         device_free = dev.memory_free()
         if device_free is not None and device_needed > device_free:
-            problem(f"{dev.name} memory: about {gib(device_needed)} needed, {gib(device_free)} free")
+            found.problem(f"{dev.name} memory: about {gib(device_needed)} needed, {gib(device_free)} free")
         else:
-            ok(f"{dev.name} memory: about {gib(device_needed)} needed"
-               + (f", {gib(device_free)} free" if device_free is not None else ""))
+            found.ok(f"{dev.name} memory: about {gib(device_needed)} needed"
+                     + (f", {gib(device_free)} free" if device_free is not None else ""))
+
+
+def _check_tokenizer(args, ckpt, found: _Findings) -> None:
+    """The tokenizer the checkpoint names loads, with ChatGLM-6B's ids."""
+    from .assets import tokenizer_for, tokenizer_type_of
 
     try:
         tokenizer = tokenizer_for(tokenizer_type_of(ckpt), args.chatglm_path)
-        ok(f"tokenizer: {tokenizer.folder}: {tokenizer.pieces:,} pieces, ChatGLM-6B's ids ([gMASK] 130001, <sop> "
-           f"130004, <eop> 130005, pad 3)")
+        found.ok(f"tokenizer: {tokenizer.folder}: {tokenizer.pieces:,} pieces, ChatGLM-6B's ids ([gMASK] 130001, "
+                 f"<sop> 130004, <eop> 130005, pad 3)")
     except InputError as exc:
-        problem(f"tokenizer: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
-
-    if problems:
-        raise InputError(f"{len(problems)} problem(s) with {ckpt.folder}; each is listed above")
-    print(f"{ckpt.folder} will load.", flush=True)
-    return 0
+        found.problem(f"tokenizer: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))

@@ -7,8 +7,10 @@ folder's structure, never from a word in its path.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import torch
 
@@ -64,7 +66,8 @@ def read_fewshot(path: Path, skip_bad: bool = False) -> Loaded:
         raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of {{img, prompt, label}} records, got {type(data).__name__}")
-    loaded, problems = Loaded([], [], "fewshot"), []
+    loaded = Loaded([], [], "fewshot")
+    problems: list[str] = []
     for n, item in enumerate(data):
         where = f"{path}: record {n} (counting from 0)"
         if not isinstance(item, dict):
@@ -140,7 +143,7 @@ def coco_files(root: Path, split: str = "train") -> tuple[Path, Path]:
 
 def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_bad: bool = False) -> Loaded:
     """COCO 2017 captions through pycocotools, each caption paired with its image by ``image_id``."""
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # type: ignore[import-untyped]  # pycocotools ships no type stubs
 
     annotations, images = coco_files(Path(root), split)
     if not annotations.exists():
@@ -154,7 +157,8 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
             coco = COCO(str(annotations))
     except Exception as exc:  # noqa: BLE001 - pycocotools asserts, indexes and hashes whatever the file holds
         raise DataError(f"{annotations}: not a COCO captions file ({type(exc).__name__}: {exc})") from None
-    loaded, problems = Loaded([], [], "coco"), []
+    loaded = Loaded([], [], "coco")
+    problems: list[str] = []
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
         where = f"{annotations}: annotation id {ann_id}"
@@ -189,9 +193,19 @@ def read_coco(root: Path, split: str = "train", prompt: str = PROMPT_EN, skip_ba
 IMAGE_CHECK_LIMIT = 2000
 
 
+class HasImage(Protocol):
+    """What ``check_images`` reads of a record: a training Record and an evaluation Answer both name an image."""
+
+    @property
+    def image(self) -> str | Path: ...
+
+
+R = TypeVar("R", bound=HasImage)
+
+
 @dataclass
-class ImageCheck:
-    bad: list[tuple[Record, str]]  # each record whose image failed, with why
+class ImageCheck(Generic[R]):
+    bad: list[tuple[R, str]]  # each record whose image failed, with why
     checked: int  # distinct images decoded
     total: int  # distinct images in the records
 
@@ -200,19 +214,20 @@ class ImageCheck:
         return self.checked < self.total
 
 
-def check_images(records: list[Record], image_size: int, limit: int = IMAGE_CHECK_LIMIT, seed: int = 0) -> ImageCheck:
+def check_images(records: Sequence[R], image_size: int, limit: int = IMAGE_CHECK_LIMIT,
+                 seed: int = 0) -> ImageCheck[R]:
     """Decode the records' distinct images as :func:`~.images.load_image` would (bombs refused from the header),
     every one where there are at most ``limit``, else a sample of ``limit`` drawn with ``seed``."""
     import random
 
     from .images import check_image
 
-    by_image: dict[Path, list[Record]] = {}
+    by_image: dict[str | Path, list[R]] = {}
     for record in records:
         by_image.setdefault(record.image, []).append(record)
     paths = list(by_image)
     chosen = paths if len(paths) <= limit else random.Random(seed).sample(paths, limit)
-    bad = []
+    bad: list[tuple[R, str]] = []
     for path in chosen:
         try:
             check_image(path, image_size)

@@ -87,7 +87,7 @@ def answer(model, tokenizer, items: list[Answer], image_size: int, *, batch_size
             requests.append(Request(prompt, load_image(item.image, image_size),
                                     Sampling.greedy(min(longest, len(prompt.ids) + max_new_tokens))))
         decoder = Decoder(model, requests, allowed)
-        ids = [[] for _ in chunk]
+        ids: list[list[int]] = [[] for _ in chunk]  # each row's answer tokens so far
         while not decoder.done:
             for row, token in decoder.step().items():
                 if token is not None:

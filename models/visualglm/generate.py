@@ -7,8 +7,9 @@ the temperature, the ``invalid_slices`` banned, then top-k and nucleus (top-p) f
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 
@@ -31,7 +32,7 @@ class Sampling:
         return cls(max_length=max_length, top_k=1, top_p=1.0, temperature=1.0, repetition_penalty=1.0, seed=0, **kw)
 
 
-def pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None, generated: list[int] = (),
+def pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None, generated: Sequence[int] = (),
          allowed: torch.Tensor | None = None) -> int:
     """One token from one row of logits."""
     logits = logits.float().clone()
@@ -54,6 +55,13 @@ def pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None, g
     if s.top_k == 1:
         return int(torch.argmax(probs))
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+class _Extra(TypedDict, total=False):
+    """The model's keyword arguments besides ids and cache, each key with its own type."""
+    image: torch.Tensor
+    pre_image: int | torch.Tensor  # an int for one row (the path training takes), a tensor of offsets for several
+    logit_mask: torch.Tensor
 
 
 @dataclass
@@ -85,7 +93,8 @@ class Decoder:
                                  f"{r.sampling.max_length}: no room for an answer")
         param = next(model.parameters())
         self.model, self.allowed, self.requests = model, allowed, list(requests)
-        self.isolate_rows, self.failed = isolate_rows, {}  # failed: request index -> why its token was not drawn
+        self.isolate_rows = isolate_rows
+        self.failed: dict[int, Exception] = {}  # request index -> why its token was not drawn
         self.live = list(range(len(requests)))  # request index of each batch row
         self.generated: list[list[int]] = [[] for _ in requests]
         self.generators = [torch.Generator().manual_seed(r.sampling.seed) if r.sampling.seed is not None else None
@@ -93,14 +102,16 @@ class Decoder:
         width = max(len(r.prompt.ids) for r in requests)
         pads = [width - len(r.prompt.ids) for r in requests]
         self.seq = torch.tensor([[tok.PAD] * p + r.prompt.ids for p, r in zip(pads, requests)], device=param.device)
-        self.extra = {}
+        self.extra: _Extra = {}
         if kinds == {True}:
-            images = torch.stack([r.image for r in requests]).to(device=param.device, dtype=param.dtype)
+            # every image is there (kinds says so); the filter only tells mypy
+            images = torch.stack([r.image for r in requests if r.image is not None]).to(device=param.device,
+                                                                                        dtype=param.dtype)
             offsets = [p + r.prompt.pre_image for p, r in zip(pads, requests)]
             # one row keeps the int offset, the path training and upstream's chat take
             pre = offsets[0] if len(offsets) == 1 else torch.tensor(offsets, device=param.device)
             self.extra = {"image": images, "pre_image": pre}
-        self.past = None
+        self.past: list[tuple[torch.Tensor, ...]] | None = None  # SAT's key/value cache, once the prompt went in
 
     @property
     def done(self) -> bool:
@@ -113,7 +124,9 @@ class Decoder:
         With ``isolate_rows`` a row whose token cannot be drawn (its sampling raised) leaves the batch and its
         error is kept in ``failed`` (request index -> exception): one bad request of a served batch fails alone."""
         last = self._logits()
-        out, ended, picked = {}, [], []
+        out: dict[int, int | None] = {}
+        ended: list[int] = []
+        picked: list[int] = []
         for row, index in enumerate(self.live):
             token = self._pick(row, index, last)
             picked.append(tok.PAD if token is None else token)  # a failed row's column is dropped below
@@ -134,10 +147,11 @@ class Decoder:
 
     def _logits(self) -> torch.Tensor:
         """The next position's logits for every live row, [rows, vocab]; the key/value cache moves on."""
-        extra = dict(self.extra)
+        extra = self.extra.copy()
         if self.past is None:  # the whole prompt goes in: the vocabulary's logits only at its last position
-            extra["logit_mask"] = torch.zeros_like(self.seq, dtype=torch.bool)
-            extra["logit_mask"][:, -1] = True
+            mask = torch.zeros_like(self.seq, dtype=torch.bool)
+            mask[:, -1] = True
+            extra["logit_mask"] = mask
         else:
             extra = {}
         logits, *layers = self.model(input_ids=self.seq, past_key_values=self.past, **extra)

@@ -41,6 +41,8 @@ SEED = 7  # not make_shapes' 2024: other images than the shipped ones
 
 def _make_shapes():
     spec = importlib.util.spec_from_file_location("make_shapes", SHAPES_SCRIPT)
+    if spec is None or spec.loader is None:  # only for a path Python cannot load; make_shapes.py ships with us
+        raise ImportError(f"cannot load {SHAPES_SCRIPT} as a module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,67 +57,93 @@ def encoder_weights(model) -> dict:
 
 
 def pretrain(steps: int = STEPS, batch: int = 64, lr: float = 3e-3, seed: int = SEED, log=print) -> dict:
+    """The tiny preset's ViT and Q-Former, trained to name each drawn image's colour, shape and background."""
     import torch
-    from PIL import Image
     from porter_visualglm.config import preset
-    from porter_visualglm.images import load_image, to_tensor
     from porter_visualglm.model import build_model
 
     shapes = _make_shapes()
-    colours, kinds, backgrounds = list(shapes.COLOURS), list(shapes.SHAPES), list(shapes.BACKGROUNDS)
+    names = (list(shapes.COLOURS), list(shapes.SHAPES), list(shapes.BACKGROUNDS))  # colour, shape, background
     config = preset("tiny")
     size = config.vision.image_size
     rng = random.Random(seed)
 
-    def draw(n: int):
-        images, labels = [], []
-        for _ in range(n):
-            c, s, b = rng.choice(colours), rng.choice(kinds), rng.choice(backgrounds)
-            image = shapes.draw(c, s, b, rng).resize((size, size), Image.Resampling.BICUBIC)  # as load_image does
-            images.append(to_tensor(image))
-            labels.append((colours.index(c), kinds.index(s), backgrounds.index(b)))
-        return torch.stack(images), torch.tensor(labels)
-
     model = build_model(config, seed=seed)
     encoder = model.mixins.eva.model
-    head = torch.nn.Linear(config.qformer.hidden, len(colours) + len(kinds) + len(backgrounds))
-    parts = [slice(0, len(colours)), slice(len(colours), len(colours) + len(kinds)),
-             slice(len(colours) + len(kinds), None)]
+    head = torch.nn.Linear(config.qformer.hidden, sum(len(n) for n in names))
     params = [*encoder.vit.parameters(), *encoder.qformer.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
 
     def logits(images):
         return head(encoder.qformer(encoder.vit(images)[0])[0].mean(1))
 
+    _train(logits, params, lambda: _draw(shapes, names, rng, size, batch), _parts(names), steps, lr, log)
+    # the shipped held-out images, which this never trained on: how well the encoder tells them apart
+    accuracy = _held_out_accuracy(logits, names, size)
+    log("held-out images: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
+    return encoder_weights(model)
+
+
+def _parts(names: tuple[list[str], list[str], list[str]]) -> list[slice]:
+    """The classifier head's columns for colour, shape and background, in that order."""
+    colours, kinds = len(names[0]), len(names[1])
+    return [slice(0, colours), slice(colours, colours + kinds), slice(colours + kinds, None)]
+
+
+def _draw(shapes, names: tuple[list[str], list[str], list[str]], rng: random.Random, size: int, n: int):
+    """``n`` fresh images from ``make_shapes.draw`` and their (colour, shape, background) indices."""
+    import torch
+    from PIL import Image
+    from porter_visualglm.images import to_tensor
+
+    colours, kinds, backgrounds = names
+    images, labels = [], []
+    for _ in range(n):
+        c, s, b = rng.choice(colours), rng.choice(kinds), rng.choice(backgrounds)
+        image = shapes.draw(c, s, b, rng).resize((size, size), Image.Resampling.BICUBIC)  # as load_image does
+        images.append(to_tensor(image))
+        labels.append((colours.index(c), kinds.index(s), backgrounds.index(b)))
+    return torch.stack(images), torch.tensor(labels)
+
+
+def _train(logits, params: list, draw, parts: list[slice], steps: int, lr: float, log) -> None:
+    """``steps`` batches from ``draw``, AdamW with a linear warmup then a cosine decay, progress every 100 steps."""
+    import torch
+
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
     started = time.monotonic()
     for step in range(steps):
-        images, labels = draw(batch)
+        images, labels = draw()
         out = logits(images)
-        loss = sum(torch.nn.functional.cross_entropy(out[:, part], labels[:, i]) for i, part in enumerate(parts))
+        losses = [torch.nn.functional.cross_entropy(out[:, part], labels[:, i]) for i, part in enumerate(parts)]
+        loss = sum(losses[1:], start=losses[0])  # started from the first loss, not 0, so the sum is a tensor
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
             log(f"step {step + 1}/{steps}  loss {float(loss.detach()):.3f}  {time.monotonic() - started:.0f} s")
-    # the shipped held-out images, which this never trained on: how well the encoder tells them apart
+
+
+def _held_out_accuracy(logits, names: tuple[list[str], list[str], list[str]], size: int) -> dict[str, float]:
+    """Colour, shape and background named right on every other shipped validation image."""
     import json
 
+    import torch
     from porter_visualglm.data_paths import SHAPES_DIR
+    from porter_visualglm.images import load_image
 
     records = json.loads((SHAPES_DIR / "fewshot/val.json").read_text())[::2]
     with torch.no_grad():
         out = logits(torch.stack([load_image(SHAPES_DIR / "fewshot" / r["img"], size) for r in records]))
     accuracy = {}
-    for name, names, part in (("colour", colours, parts[0]), ("shape", kinds, parts[1]),
-                              ("background", backgrounds, parts[2])):
+    for name, options, part in zip(("colour", "shape", "background"), names, _parts(names)):
         guesses = out[:, part].argmax(1).tolist()
-        accuracy[name] = sum(names[g] in r["label"].split() for g, r in zip(guesses, records)) / len(records)
-    log("held-out images: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
-    return encoder_weights(model)
+        accuracy[name] = sum(options[g] in r["label"].split() for g, r in zip(guesses, records)) / len(records)
+    return accuracy
 
 
 def cached_path(steps: int = STEPS) -> Path:

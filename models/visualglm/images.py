@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 
@@ -54,6 +55,15 @@ def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
     import io
 
     return _decode(io.BytesIO(data), size, name)
+
+
+# keep=True gives the tensor, keep=False only checks: the overloads let callers of either use the result untested
+@overload
+def _decode(source, size: int, name: str, keep: Literal[True] = ...) -> torch.Tensor: ...
+
+
+@overload
+def _decode(source, size: int, name: str, keep: Literal[False]) -> None: ...
 
 
 def _decode(source, size: int, name: str, keep: bool = True) -> torch.Tensor | None:

@@ -196,7 +196,8 @@ def run(args) -> int:
 
 
 def chat_loop(first_image, answer, say) -> int:
-    image, history = first_image, []
+    image = first_image
+    history: list[tuple[str, str]] = []  # (question, answer) for each turn about this image
     while True:
         try:
             if image is None:  # "" is a text-only chat, chosen with an empty line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 from .config import ENCODER_PARTS, FINETUNE_MODES, VisualGLMConfig
 
 
-def classes() -> dict[str, type]:
+def classes() -> dict[str, type[Any]]:
     """The model classes by name. They subclass SAT's, so SAT is imported here, on first use."""
     from .sat_model import CLASSES
 
@@ -139,7 +140,7 @@ def scale_lr(model, part: str, scale: float) -> list[str]:
     (0.4.6 on) turns into a parameter group of that rate. The projection into the language model (glm_proj) is
     in neither part. Returns the names it scaled."""
     marker = ENCODER_PARTS[part]
-    names = []
+    names: list[str] = []
     if scale == 1.0:
         return names
     for name, param in model.named_parameters():

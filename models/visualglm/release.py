@@ -52,8 +52,8 @@ def tiny_release_config() -> dict:
     return config
 
 
-def _layer(prefix: str, hidden: int, inner: int, *, cross_from: int | None = None) -> dict[str, tuple]:
-    keys = {}
+def _layer(prefix: str, hidden: int, inner: int, *, cross_from: int | None = None) -> dict[str, tuple[int, ...]]:
+    keys: dict[str, tuple[int, ...]] = {}  # shapes: 2 dims for a weight, 1 for a bias or a norm
 
     def linear(name, out, inp):
         keys[f"{prefix}.{name}.weight"] = (out, inp)

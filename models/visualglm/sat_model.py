@@ -8,6 +8,7 @@ through it): ``model.classes()`` imports it on first use, so listing plugins or 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -134,4 +135,8 @@ class VisualGLMModel(ChatGLMModel):
         return super().add_model_specific_args(parser)
 
 
-CLASSES: dict[str, type] = {"VisionFinalNorm": VisionFinalNorm, "EVAViT": EVAViT, "QFormer": QFormer, "ImageEncoder": ImageEncoder, "ImageMixin": ImageMixin, "SelectiveFinal": SelectiveFinal, "VisualGLMModel": VisualGLMModel}
+# type[Any]: the classes subclass SAT's, which ship no types, so mypy cannot see the classmethods SAT gives them
+# (get_args, add_model_specific_args) and would refuse every call to them on a plain ``type``.
+CLASSES: dict[str, type[Any]] = {"VisionFinalNorm": VisionFinalNorm, "EVAViT": EVAViT, "QFormer": QFormer,
+                                 "ImageEncoder": ImageEncoder, "ImageMixin": ImageMixin,
+                                 "SelectiveFinal": SelectiveFinal, "VisualGLMModel": VisualGLMModel}

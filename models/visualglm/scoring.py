@@ -52,9 +52,10 @@ class Answer:
 
 def caption_scores(answers: list[Answer]) -> dict:
     """BLEU-1..4, ROUGE-L and CIDEr over ``answers`` (pycocoevalcap's scorers; corpus-level, as COCO reports)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
+    # pycocoevalcap ships no type stubs
+    from pycocoevalcap.bleu.bleu import Bleu  # type: ignore[import-untyped]
+    from pycocoevalcap.cider.cider import Cider  # type: ignore[import-untyped]
+    from pycocoevalcap.rouge.rouge import Rouge  # type: ignore[import-untyped]
 
     if not answers:
         return {}

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 import sys
+from typing import cast
 
 from porter.errors import EXIT_USAGE, PorterError
 from porter.recipes import add_device_argument, positive_float, positive_int, use_device
@@ -98,7 +99,9 @@ def loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return all(ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_loopback for info in infos)
+    # an IP family's sockaddr starts with the address as a str; typeshed also allows the (int, bytes) of a
+    # Python built without IPv6, which getaddrinfo does not return for a host name or an IP address
+    return all(ipaddress.ip_address(cast(str, info[4][0]).split("%", 1)[0]).is_loopback for info in infos)
 
 
 def open_warning(host: str, api_key: str | None) -> str | None:

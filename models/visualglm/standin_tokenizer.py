@@ -29,6 +29,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .data_paths import SHAPES_DIR
 
@@ -114,12 +115,18 @@ def layout() -> list[tuple[str, str]]:
 
     fill(0, CHINESE_FROM, _english_pieces())
     fill(CHINESE_FROM, TEXT_PIECES, _chinese_pieces())
-    return table
+    # the fixed ids, the two fills (0..TEXT_PIECES) and the tail (TEXT_PIECES..PIECES) leave no id empty
+    filled = [entry for entry in table if entry is not None]
+    assert len(filled) == PIECES, f"{PIECES - len(filled)} ids without a piece"
+    return filled
 
 
 def build(path: Path) -> None:
     """Write the stand-in ``ice_text.model`` to ``path``."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    from sentencepiece import sentencepiece_model_pb2
+
+    # protobuf's generated module makes its message classes when it runs, so mypy sees none of them
+    pb: Any = sentencepiece_model_pb2
 
     kind = pb.ModelProto.SentencePiece.Type
     types = {"normal": kind.NORMAL, "unknown": kind.UNKNOWN, "control": kind.CONTROL, "user": kind.USER_DEFINED,

@@ -45,7 +45,15 @@ def default_data() -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
+    # one function per argument group, called in the order --help lists the groups
+    _add_model_arguments(p.add_argument_group("model"))
+    _add_data_arguments(p.add_argument_group("data"))
+    _add_training_arguments(p.add_argument_group("training"))
+    _add_output_arguments(p.add_argument_group("output"))
+
+
+def _add_model_arguments(g: argparse._ArgumentGroup) -> None:
+    """Which model, where its weights start from, and which of them train."""
     g.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="architecture for random init (default tiny)")
     add_weight_arguments(g, dtype=False)  # --fp16 / --bf16 decide
     g.add_argument("--finetune", choices=("auto", *FINETUNE_MODES), default="auto",
@@ -69,7 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the Q-Former learns at F x --lr, as --vision-lr-scale: 0 freezes it (upstream's fine-tuning "
                         "trains neither; a pretrained --image-encoder keeps the features it was pretrained for); "
                         "default 1")
-    g = p.add_argument_group("data")
+
+
+def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
+    """The training set and how each sample becomes ids."""
     g.add_argument("--data", type=Path, help="few-shot JSON file/folder or COCO 2017 root (default: the shipped "
                                              "shapes set). Before the launch every image is decoded once where "
                                              "the set has at most 2000, else a sample of 2000 drawn with --seed")
@@ -90,7 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "longest in its batch (the same loss, less work)")
     g.add_argument("--ignore_pad_token_for_loss", "--ignore-pad-token-for-loss", type=_yes_no, default=True,
                    metavar="true|false", help="pad positions get no loss (default true, as upstream)")
-    g = p.add_argument_group("training")
+
+
+def _add_training_arguments(g: argparse._ArgumentGroup) -> None:
+    """Steps, batches, the optimizer, precision and how samples are drawn."""
     g.add_argument("--iters", type=positive_int, default=100, help="optimizer steps")
     g.add_argument("--batch-size", type=positive_int, default=4,
                    help="samples per worker per micro-batch: at most the number of samples, and refused where an "
@@ -109,7 +123,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "upstream's finetune reads data (on a few hundred samples it learns markedly less)")
     g.add_argument("--mode", choices=("full", "performance"), default="full",
                    help="performance: at most 20 steps, no checkpoint, report throughput (as the old scripts)")
-    g = p.add_argument_group("output")
+
+
+def _add_output_arguments(g: argparse._ArgumentGroup) -> None:
+    """The run folder, checkpoints, progress lines and --resume."""
     g.add_argument("--save", type=Path, default=Path("runs/visualglm"), help="run folder (default runs/visualglm)")
     g.add_argument("--save-interval", type=positive_int, help="steps between checkpoints (default: only at the end)")
     g.add_argument("--log-interval", type=positive_int, default=1, help="steps between progress lines when not on a terminal")
@@ -194,25 +211,47 @@ def preflight(args) -> None:
     """Run in the parent before any worker starts: everything about the input that a worker would otherwise find
     out after DeepSpeed's start, as one error line with its exit code. A dry run runs it too (porter.launch), so
     ``--dry-run`` answers whether the run would start."""
-    from porter.errors import EXIT_USAGE, InputError
     from porter.outputs import check_run_folder, claim_run_folder
 
-    from .assets import model_source, tokenizer_for
-    from .data import DataError, check_images, encode_example, load_records
+    from .assets import tokenizer_for
 
     if getattr(args, "_preflight_passed", False):  # porter.launch ran it already for these arguments
         return
     # new, empty or an earlier porter run's folder, and writable (exit 8); made and marked only once every check
     # passed, and never by a dry run
     check_run_folder(args.save, "--save")
-    if args.resume and latest_checkpoint(args.save.resolve()) is None:
+    _check_resume(args)
+    config, tokenizer_type, lengths = _check_model(args)
+    tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
+    _check_data(args, tokenizer, config, lengths)
+    check_memory(args, config, lengths)
+    if not getattr(args, "dry_run", False):
+        claim_run_folder(args.save, "--save")
+    args._preflight_passed = True
+
+
+def _check_resume(args) -> None:
+    """--resume: --save holds a checkpoint, and what SAT reads of the newest one is sound."""
+    from porter.errors import EXIT_USAGE, InputError
+
+    if not args.resume:
+        return
+    latest = latest_checkpoint(args.save.resolve())
+    if latest is None:
         raise InputError(f"--resume: no checkpoint under {args.save / 'checkpoints'}",
                          hint="--save names the run folder of the run to continue", exit_code=EXIT_USAGE)
-    if args.resume:
-        check_latest(latest_checkpoint(args.save.resolve()) / "latest")
-        from .checkpoint import check_resume_states  # its weights file: a regular file whose pickle runs nothing
+    check_latest(latest / "latest")
+    from .checkpoint import check_resume_states  # its weights file: a regular file whose pickle runs nothing
 
-        check_resume_states(latest_checkpoint(args.save.resolve()))
+    check_resume_states(latest)
+
+
+def _check_model(args):
+    """(config, tokenizer_type, lengths) once the model's options are known to fit the model they name."""
+    from porter.errors import EXIT_USAGE, InputError
+
+    from .assets import model_source
+
     if args.image_encoder and args.from_pretrained:
         raise InputError("--image-encoder with --from_pretrained: the checkpoint already holds an image encoder",
                          hint="drop one of them", exit_code=EXIT_USAGE)
@@ -229,7 +268,15 @@ def preflight(args) -> None:
     for _, flag, scale in lr_scales(args):
         if scale not in (0.0, 1.0):
             check_lr_scale_support(flag)
-    tokenizer = tokenizer_for(tokenizer_type, args.chatglm_path)
+    return config, tokenizer_type, lengths
+
+
+def _check_data(args, tokenizer, config, lengths) -> None:
+    """The data has records, the first encodes, the images decode, and a batch has that many usable samples."""
+    from porter.errors import EXIT_USAGE, InputError
+
+    from .data import DataError, check_images, encode_example, load_records
+
     data = args.data or default_data()
     loaded = load_records(data, args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
     if not loaded.records:
@@ -249,10 +296,6 @@ def preflight(args) -> None:
     if args.batch_size > usable:
         raise InputError(f"--batch-size {args.batch_size}: more than the {usable} usable sample(s) in {data}",
                          hint=f"use --batch-size {usable} or less", exit_code=EXIT_USAGE)
-    check_memory(args, config, lengths)
-    if not getattr(args, "dry_run", False):
-        claim_run_folder(args.save, "--save")
-    args._preflight_passed = True
 
 
 DEFAULT_TARGET_LENGTH = 256  # upstream's finetune script
@@ -346,7 +389,9 @@ def check_memory(args, config, lengths) -> None:
     from porter.launch import free_memory_per_worker
 
     device = getattr(args, "launch_device", None)
-    free = free_memory_per_worker(device, args.npus) if device else None
+    if not device:  # a dry run without the device
+        return
+    free = free_memory_per_worker(device, args.npus)
     if free is None:
         return
     available, where = free
@@ -444,6 +489,7 @@ def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, 
 
 
 def run(args) -> int:
+    """One training worker (``porter run`` starts one per device): build, load the data, hand both to SAT."""
     if args.finetune == "auto":
         args.finetune = "lora" if args.from_pretrained else "full"
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -457,12 +503,8 @@ def run(args) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     from porter.metrics import RunLog
-    from porter.runtime import device
 
-    device_name = device.current().name
-    if device_name == "cpu" and (args.fp16 or args.bf16):
-        say("note: training on the CPU in fp32 (--fp16/--bf16 are for accelerators)")
-        args.fp16 = args.bf16 = False
+    device_name = _training_device(args, say)
     if args.mode == "performance":
         args.iters = min(args.iters, 20)
     run_dir = args.save.resolve()
@@ -474,14 +516,47 @@ def run(args) -> int:
     import logging
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    from sat import get_args
     from sat.training.deepspeed_training import training_main
 
-    from .data import VisualGLMDataset, collate, load_records
-    from .model import answer_loss, classes
-    from .sampling import EpochBatches, resume_position
+    from .data import collate
 
     model, tokenizer, config, tokenizer_type = build(args, say)
+    dataset, lengths, data_format = _dataset(args, tokenizer, config, say)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"data: {len(dataset)} samples ({data_format}); finetune: {args.finetune}, {trainable:,} trainable "
+        f"parameters; {world} worker(s) on {device_name}")
+
+    sat_args = _sat_args(args, config, run_dir, rank, tokenizer_type, resume_from, device_name)
+    steps = StepMeter(RunLog(run_dir, args.iters, rank, args.log_interval), args.grad_accum, world, args.lr)
+    batch_of = functools.partial(collate, label_pad=-100 if lengths.ignore_pad_token_for_loss else tok.PAD)
+    forward_step, init_function = _step_functions(args, dataset, batch_of, steps, run_dir, rank, world)
+    training_main(sat_args, model_cls=model, forward_step_function=forward_step,
+                  create_dataset_function=lambda path, a: dataset, init_function=init_function,
+                  collate_fn=batch_of)
+    steps.finish(model)
+    checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
+    summary = steps.log.close(checkpoint)
+    if rank == 0:
+        print_summary(summary, args)
+    return 0
+
+
+def _training_device(args, say) -> str:
+    """The device this worker trains on; the CPU trains in fp32 whatever --fp16/--bf16 asked."""
+    from porter.runtime import device
+
+    device_name = device.current().name
+    if device_name == "cpu" and (args.fp16 or args.bf16):
+        say("note: training on the CPU in fp32 (--fp16/--bf16 are for accelerators)")
+        args.fp16 = args.bf16 = False
+    return device_name
+
+
+def _dataset(args, tokenizer, config, say):
+    """(dataset, sample lengths, the format the data was read as); bad records skipped with a word, or none left
+    refused."""
+    from .data import VisualGLMDataset, load_records
+
     loaded = load_records(args.data or default_data(), args.data_format, prompt=args.prompt, skip_bad=args.skip_bad)
     lengths = sample_lengths(args, config)  # what preflight checked, the default cut to the model the same way
     dataset = VisualGLMDataset(loaded.records, tokenizer, config.vision.image_size, config.image_length,
@@ -491,9 +566,15 @@ def run(args) -> int:
         say(f"skipped {len(skipped)} bad record(s) (--skip-bad), first: {skipped[0]}")
     if not len(dataset):
         raise PorterError(f"{args.data or default_data()}: no usable records")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"data: {len(dataset)} samples ({loaded.format}); finetune: {args.finetune}, {trainable:,} trainable "
-        f"parameters; {world} worker(s) on {device_name}")
+    return dataset, lengths, loaded.format
+
+
+def _sat_args(args, config, run_dir: Path, rank: int, tokenizer_type: str, resume_from: Path | None,
+              device_name: str) -> argparse.Namespace:
+    """SAT's arguments for this run, parsed by SAT itself, with the DeepSpeed config file they name written."""
+    from sat import get_args
+
+    from .model import classes
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = run_dir / f"deepspeed_config.rank{rank}.json"
@@ -504,9 +585,14 @@ def run(args) -> int:
         sat_args = get_args(sat_argv(args, config, run_dir, ds_path, tokenizer_type, resume_from, device_name), parser)
     if args.mode == "performance":
         sat_args.save = None
+    return sat_args
 
-    steps = StepMeter(RunLog(run_dir, args.iters, rank, args.log_interval), args.grad_accum, world, args.lr)
-    batch_of = functools.partial(collate, label_pad=-100 if lengths.ignore_pad_token_for_loss else tok.PAD)
+
+def _step_functions(args, dataset, batch_of, steps: StepMeter, run_dir: Path, rank: int, world: int):
+    """(forward_step, init_function) for SAT's training_main: porter's batches, answer-only loss, step metrics."""
+    from .model import answer_loss
+    from .sampling import EpochBatches, resume_position
+
     epochs = EpochBatches(dataset, args.batch_size, batch_of, rank=rank, world=world,
                           seed=args.seed) if args.sampling == "epochs" else None
 
@@ -529,17 +615,7 @@ def run(args) -> int:
             epochs.position = resume_position(run_dir, steps.step, args.batch_size * world * args.grad_accum,
                                               seed=args.seed, samples=len(dataset), write=rank == 0)
 
-    training_main(sat_args, model_cls=model, forward_step_function=forward_step,
-                  create_dataset_function=lambda path, a: dataset, init_function=init_function,
-                  collate_fn=batch_of)
-    steps.finish(model)
-    checkpoint = sat_args.save if args.mode == "full" and sat_args.save else None
-    summary = steps.log.close(checkpoint)
-    if rank == 0:
-        print_summary(summary, args)
-    return 0
-
-
+    return forward_step, init_function
 class StepMeter:
     """What one optimizer step did: the mean loss of its micro-batches (averaged over the workers), its samples
     and tokens, its learning rate and time; logged once the step's last micro-batch is done."""

@@ -51,6 +51,8 @@ class Job:
 
     def emit(self, kind: str, value) -> None:
         self.ended = self.ended or kind in ("end", "error")
+        # the loop defaults to None only so the field can follow ``stop``; every Job is made with the one that reads it
+        assert self.loop is not None, "a Job needs the event loop that reads its events"
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the event loop has closed: the server is shutting down

@@ -22,7 +22,9 @@ import asyncio
 import ipaddress
 import socket
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 from urllib.parse import urljoin, urlsplit
 
 from ..images import ImageError, decode_image
@@ -31,6 +33,7 @@ from .protocol import APIError, ImageRef, Limits, bad, image_too_large
 FETCH_FAILED = "image_url could not be fetched as an image"
 MAX_REDIRECTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)
+T = TypeVar("T")
 
 
 class Unfetchable(Exception):
@@ -93,7 +96,9 @@ async def resolve(host: str, port: int) -> list[str]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise Unfetchable(f"cannot resolve {host} ({exc})") from None
-    addresses = list(dict.fromkeys(info[4][0].split("%", 1)[0] for info in infos))
+    # an IP family's sockaddr starts with the address as a str; typeshed also allows the (int, bytes) of a
+    # Python built without IPv6, which getaddrinfo never returns on a machine that can reach a URL
+    addresses = list(dict.fromkeys(cast(str, info[4][0]).split("%", 1)[0] for info in infos))
     if not addresses:
         raise Unfetchable(f"{host} resolves to no address")
     return addresses
@@ -159,14 +164,23 @@ async def _download(url: str, limits: Limits) -> bytes:
     raise Unfetchable(f"more than {MAX_REDIRECTS} redirects")
 
 
+async def _within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, or a timeout error after ``seconds``: asyncio.timeout exists from Python 3.11 only."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await work
+    return await asyncio.wait_for(work, seconds)
+
+
 async def fetch(ref: ImageRef, limits: Limits, timeout: float) -> bytes:
     """The bytes at ``ref.url``, within ``timeout`` seconds in all (a trickle must not hold a slot)."""
     import httpx
 
+    if ref.url is None:  # image_tensor sends here only the refs that hold a URL instead of bytes
+        raise ValueError(f"'{ref.param}' holds no URL to fetch")
     try:
-        async with asyncio.timeout(timeout):
-            return await _download(ref.url, limits)
-    except TimeoutError:
+        return await _within(timeout, _download(ref.url, limits))
+    except (TimeoutError, asyncio.TimeoutError):  # one class from 3.11 on; 3.10's wait_for raises asyncio's
         reason = f"took longer than {timeout:g} s (--image-timeout)"
     except Unfetchable as exc:
         reason = str(exc)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from typing import IO
 
 
 class LocalServer:
@@ -18,16 +19,17 @@ class LocalServer:
         self.args, self.timeout = [str(a) for a in args], timeout
         self.env = {**os.environ, "PORTER_DEVICE": "cpu", **(env or {})}
         self.url: str | None = None
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[str] | None = None
         self.stderr: list[str] = []
 
     def __enter__(self) -> LocalServer:
-        self.proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "run", "visualglm", "serve", "--port", "0",
-                                      *self.args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=self.env)
-        threading.Thread(target=self._drain, daemon=True).start()
+        command = [sys.executable, "-m", "porter.cli", "run", "visualglm", "serve", "--port", "0", *self.args]
+        proc = self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            env=self.env)
+        assert proc.stdout is not None and proc.stderr is not None  # both were asked for as pipes just above
+        threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True).start()
         deadline = time.monotonic() + self.timeout
-        line = self.proc.stdout.readline()  # "serving NAME on http://HOST:PORT ..." once the model is loaded
+        line = proc.stdout.readline()  # "serving NAME on http://HOST:PORT ..." once the model is loaded
         found = re.search(r"http://\S+:\d+", line)
         if not found:
             self.__exit__(None, None, None)
@@ -42,8 +44,8 @@ class LocalServer:
         self.__exit__(None, None, None)
         raise RuntimeError(f"the server at {self.url} did not answer /health within {self.timeout:g} s")
 
-    def _drain(self) -> None:
-        for line in self.proc.stderr:
+    def _drain(self, stream: IO[str]) -> None:
+        for line in stream:
             self.stderr.append(line)
 
     def health(self) -> dict:
@@ -52,6 +54,8 @@ class LocalServer:
 
     def rss_bytes(self) -> int:
         """The server process's resident memory (Linux)."""
+        if self.proc is None:
+            raise RuntimeError("the server is not started: use LocalServer as a context manager")
         with open(f"/proc/{self.proc.pid}/status") as f:
             return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) * 1024
 

@@ -27,9 +27,20 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
-UPSTREAM = {"temperature": 0.8, "top_p": 0.4, "top_k": 100, "repetition_penalty": 1.2}
+
+class _Sampling(TypedDict):
+    """Upstream's sampling defaults, each with its own type: top_k counts tokens, the others are real numbers."""
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+
+
+UPSTREAM: _Sampling = {"temperature": 0.8, "top_p": 0.4, "top_k": 100, "repetition_penalty": 1.2}
 _CHINESE = re.compile("[\u4e00-\u9fa5]")  # upstream's is_chinese
 _DATA_URI = re.compile(r"data:(image/[\w.+-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
@@ -61,7 +72,7 @@ class APIError(Exception):
     """A request the server refuses: HTTP status, one message naming the field, OpenAI's error body."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 retry_after: int | None = None, headers: dict | None = None):
+                 retry_after: int | None = None, headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
         self.headers = dict(headers or {})
@@ -197,6 +208,8 @@ def _number(body: dict, name: str, hi: int | None = None):
         return None
     lo, top, integer, lo_open = RANGES[name]
     hi = top if top is not None else hi
+    if hi is None:  # a caller's mistake, not the client's: a field without a bound of its own needs one passed
+        raise TypeError(f"_number({name!r}) needs hi: RANGES gives it no upper bound")
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise bad(f"'{name}' must be {'an integer' if integer else 'a number'}, not {shown(value)}", name)
@@ -277,7 +290,8 @@ def _user_content(content, param: str, limits: Limits) -> tuple[str, list[ImageR
 def _turns(messages, limits: Limits) -> tuple[str, list[tuple[str, str]], ImageRef | None]:
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list", "messages")
-    turns, images = [], []
+    turns: list[tuple[str, str, str]] = []  # (role, text, where it came from)
+    images: list[ImageRef] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
