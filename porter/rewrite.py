@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+import functools
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -125,9 +127,10 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
 
     1. the file is cut down to the statements holding the rules' trigger words (``porter.skeleton``), so libcst
        parses and walks only those;
-    2. each rule runs over it alone, on the original, which gives its matches for the conflict check (and, for
-       the first rule that changes anything, its result);
-    3. the rules apply in ``after`` order, each over the previous one's output;
+    2. every rule reads the original in one shared walk (``read_matches``): what each matches alone, for the
+       conflict check;
+    3. the rules that matched something (and those building on another's output) apply in ``after`` order, each
+       its own walk over the previous one's output;
     4. the placeholders are put back and every match is reported at the lines of the file as it is.
 
     The one fallback: where the file is not cut (a data file, a rule without triggers or asking for metadata the
@@ -180,18 +183,17 @@ def _rewrite(path: str, text: str, rules: Iterable[Rule], *, enforce_required: b
     another rule produces must say so). A required rule that matches nothing is an error naming rule and file."""
     ordered = order_rules(list(rules))
     parsed = _parse(path, text, ordered[0].id, skeleton) if ordered and path.endswith(".py") else None
-    # every rule alone on the original (one parse, shared: CST nodes are immutable, so no walk disturbs another)
-    alone = {rule.id: apply_rule(rule, path, text, parsed) for rule in ordered}
-    _check_conflicts(path, ordered, {rid: found for rid, (_, found) in alone.items()})
-    current, found_by_rule = text, {}
+    alone = read_matches(ordered, path, text, parsed, skeleton)  # every rule reading the original, one walk
+    _check_conflicts(path, ordered, alone)
+    current = text
+    found_by_rule: dict[str, list[Match]] = {}
     for rule in ordered:
+        if not alone[rule.id] and not rule.after:
+            found_by_rule[rule.id] = []  # matched nothing in the original and builds on no other rule: nothing
+            continue
         rule_input = current
-        if current == text:
-            current, found = alone[rule.id]  # nothing changed yet: its run on the original is the real one
-        elif not alone[rule.id][1] and not rule.after:
-            found = []  # independent of the others and matched nothing in the original: still nothing
-        else:
-            current, found = apply_rule(rule, path, current, skeleton=skeleton)
+        # the original's parse serves every rule until one changes the text (CST nodes are immutable)
+        current, found = apply_rule(rule, path, current, parsed if current == text else None, skeleton)
         found_by_rule[rule.id] = _to_original_lines(found, text, rule_input)
     matches: list[Match] = []
     for rule in ordered:
@@ -222,6 +224,129 @@ def _check_conflicts(path: str, ordered: list[Rule], alone: dict[str, list[Match
                             hint=f"declare one rule `after` the other, or narrow one of them "
                                  f"(lines {ma.start_line}-{ma.end_line} and {mb.start_line}-{mb.end_line})",
                         )
+
+
+def read_matches(rules: Sequence[Rule], path: str, text: str, parsed: MetadataWrapper | None = None,
+                 skeleton: Skeleton | None = None) -> dict[str, list[Match]]:
+    """What each of ``rules`` matches in ``text`` alone, rewriting nothing: the Python rules share one walk of the
+    original tree (``_Reading``); a rule that asks for metadata the walk does not compute walks alone."""
+    found = {rule.id: rule.rewrite.rewrite(text, rule.id, path)[1] for rule in rules
+             if isinstance(rule.rewrite, TextRewrite)}
+    python = [rule for rule in rules if not isinstance(rule.rewrite, TextRewrite)]
+    if python:
+        parsed = parsed or _parse(path, text, python[0].id, skeleton)
+        shared = _dependencies(_Reading)
+        parts = [_transformer(rule, path) for rule in python]
+        together = [part for part in parts if _dependencies(type(part)) <= shared]
+        if together:
+            parsed.visit(_Reading(together))
+        for part in parts:
+            if part not in together:
+                parsed.visit(part)
+        found.update({rule.id: part.matches for rule, part in zip(python, parts)})
+    return found
+
+
+def _transformer(rule: Rule, path: str) -> RuleTransformer:
+    """The rule's transformer for one file (a rule with a TextRewrite has none: callers filter those out)."""
+    assert not isinstance(rule.rewrite, TextRewrite)
+    return rule.rewrite(rule.id, path)
+
+
+class _Reading(cst.CSTVisitor):
+    """Several rules' transformers in one walk of one tree, each only reading it: at each node every rule's
+    ``visit_``/``leave_`` runs, each ``leave_`` given the original node as both the original and the updated one,
+    and what it returns is dropped, so no rule sees another's change and each records exactly what it matches
+    alone. (A rule whose rewrite nests in its own earlier one sees that when it runs for real; no rule reads its
+    own output, each being a fixpoint, so the matches are the same.) A rule that asked not to visit a subtree is
+    left out below it."""
+
+    METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
+
+    def __init__(self, parts: list[RuleTransformer]):
+        super().__init__()
+        self.parts = parts
+        self.calls = [_Calls(part) for part in parts]
+        self.attributes = [(i, c.part) for i, c in enumerate(self.calls) if c.attributes]
+        self.skipping: list[cst.CSTNode | None] = [None] * len(parts)  # the subtree a part asked to skip
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Module):
+            for part in self.parts:
+                part.metadata = self.metadata
+        for i, calls in enumerate(self.calls):
+            if self.skipping[i] is None and not calls.visit(node):
+                self.skipping[i] = node
+        return not all(self.skipping)
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        for i, calls in enumerate(self.calls):
+            if self.skipping[i] is None or self.skipping[i] is original_node:
+                self.skipping[i] = None
+                calls.leave(original_node, original_node)
+
+    def on_visit_attribute(self, node, attribute):
+        for i, part in self.attributes:
+            if self.skipping[i] is None:
+                part.on_visit_attribute(node, attribute)
+
+    def on_leave_attribute(self, original_node, attribute):
+        for i, part in self.attributes:
+            if self.skipping[i] is None:
+                part.on_leave_attribute(original_node, attribute)
+
+
+class _Calls:
+    """One rule transformer's ``visit_X``/``leave_X`` methods, looked up once per node type.
+
+    libcst finds them by name (``getattr(self, f"visit_{type}")``) at every node, and the attribute hooks
+    (``visit_X_attr``) at every child of every node; with several rules in one walk that lookup was a third of
+    planning. Calls go through the transformer's own ``on_visit``/``on_leave`` when it overrides them.
+    """
+
+    __slots__ = ("part", "visits", "leaves", "custom_visit", "custom_leave", "attributes")
+
+    def __init__(self, part: cst.CSTTransformer):
+        cls = type(part)
+        self.part = part
+        self.visits: dict[type, Callable | None] = {}
+        self.leaves: dict[type, Callable | None] = {}
+        self.custom_visit = cls.on_visit is not cst.CSTTransformer.on_visit
+        self.custom_leave = cls.on_leave is not cst.CSTTransformer.on_leave
+        self.attributes = _uses_attribute_hooks(cls)
+
+    def visit(self, node: cst.CSTNode) -> bool:
+        if self.custom_visit:
+            return self.part.on_visit(node)
+        kind = type(node)
+        try:
+            method = self.visits[kind]
+        except KeyError:
+            method = self.visits[kind] = getattr(self.part, f"visit_{kind.__name__}", None)
+        return method is None or method(node) is not False
+
+    def leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):
+        if self.custom_leave:
+            return self.part.on_leave(original_node, updated_node)
+        kind = type(original_node)
+        try:
+            method = self.leaves[kind]
+        except KeyError:
+            method = self.leaves[kind] = getattr(self.part, f"leave_{kind.__name__}", None)
+        return updated_node if method is None else method(original_node, updated_node)
+
+
+@functools.cache
+def _uses_attribute_hooks(cls: type) -> bool:
+    """Whether a transformer class has ``visit_Node_attribute``/``leave_Node_attribute`` methods (or its own
+    attribute dispatch)."""
+    if getattr(cls, "on_visit_attribute", None) is not cst.CSTTransformer.on_visit_attribute or \
+            getattr(cls, "on_leave_attribute", None) is not cst.CSTTransformer.on_leave_attribute:
+        return True
+    # libcst's own base classes declare every visit_Node_attribute/leave_Node_attribute as a no-op stub: only
+    # methods a rule's own classes define count
+    return any(re.fullmatch(r"(visit|leave)_[A-Z]\w*?_\w+", name)
+               for klass in cls.__mro__ if klass.__module__.split(".")[0] != "libcst" for name in vars(klass))
 
 
 def _to_original_lines(matches: list[Match], original: str, seen: str) -> list[Match]:
