@@ -47,13 +47,19 @@ def rows() -> list[tuple[str, str, str]]:
                     "(one sample each)", "bench_patch.py"))
     engine = _load("plan_engine.json")
     if engine:
-        s = engine["seconds"]
-        out.append(("plan the SAT rules in-process: cut files / whole files / cut files, one rule at a time "
-                    "(identical output)",
-                    f"{_spread(s['cut files, shared walk'])} s / {_spread(s['whole files, shared walk'])} s / "
-                    f"{_spread(s['cut files, one at a time'])} s; cut / whole {engine['ratio_cut_to_whole']:.2f}, "
-                    f"shared walk / one at a time {engine['ratio_shared_to_one_at_a_time']:.2f}",
-                    "bench_plan_engine.py"))
+        for key in ("sat", "large"):
+            part = engine.get(key)
+            if not part:
+                continue
+            s, r = part["seconds"], part["ratio_to_porter"]
+            old = "cut, shared walk (before #25)"
+            out.append((f"plan {part['target']} in-process ({part['rules']} rules, {part['files_planned']} files): "
+                        "porter's path / whole files / the shared walk removed in #25 (identical plans)",
+                        f"{_spread(s['cut, one rule at a time'])} s / {_spread(s['whole, one rule at a time'])} s"
+                        + (f" / {_spread(s[old])} s" if old in s else "")
+                        + f"; whole / porter {r['whole, one rule at a time']:.2f}"
+                        + (f", shared walk / porter {r[old]:.2f}" if old in r else ""),
+                        "bench_plan_engine.py"))
     runtime = _load("runtime_overhead.json")
     if runtime:
         for size, r in runtime["sizes"].items():

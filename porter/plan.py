@@ -92,12 +92,17 @@ class Plan:
 CHANGE_LIST_COLUMNS = ("File", "Start Line", "End Line", "Operation Type", "Message")
 
 
+def rules_of(installed: InstalledTarget, rules: Sequence[Rule]) -> list[Rule]:
+    """The rules for this target: its own, and for a target no plugin registered, the rules for any code."""
+    return [r for r in rules if r.target == installed.name or (installed.target.generic and r.any_code)]
+
+
 def expand_selection(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = (),
                      skip: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """``--only`` and ``--skip`` entries (a rule id, or a dotted prefix: ``sat.device`` is every ``sat.device.*``
     rule, as TorchFix selects by code prefix) as the exact ids to apply ([] means all), and a line per prefix saying
     what it selected. An entry that selects nothing is a ``NotFoundError`` naming it."""
-    mine = sorted(r.id for r in rules if r.target == installed.name or (installed.target.generic and r.any_code))
+    mine = sorted(r.id for r in rules_of(installed, rules))
 
     def expand(entries: Sequence[str], option: str) -> tuple[set[str], list[str]]:
         chosen, said = set(), []
@@ -123,8 +128,10 @@ def expand_selection(installed: InstalledTarget, rules: Sequence[Rule], only: Se
 
 
 def select_rules(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[str] = ()) -> tuple[list[Rule], list[tuple[str, str]]]:
-    """The target's rules that apply to the installed version (and to ``--only``), and why others don't."""
-    mine = [r for r in rules if r.target == installed.name or (installed.target.generic and r.any_code)]
+    """The target's rules that apply to the installed version (and to ``--only``: exact ids, as
+    ``expand_selection`` gives them; an unknown one, such as a journal's rule no plugin has now, is an error), and why
+    others don't."""
+    mine = rules_of(installed, rules)
     known = {r.id for r in mine}
     unknown = [r for r in only if r not in known]
     if unknown:
@@ -161,7 +168,11 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
     plan = Plan(installed=installed, rules=chosen, skipped=skipped)
     texts: dict[str, str] = {}
     if installed.target.generic:
-        texts = _any_code_files(installed, [r for r in chosen if r.any_code], read, by_file, plan)
+        found = _any_code_files(installed, [r for r in chosen if r.any_code], read)
+        texts = found.texts
+        for rel, wanted in found.rules.items():
+            by_file.setdefault(rel, []).extend(wanted)
+        plan.files_read, plan.files_opted_out, plan.files_not_read = found.read, found.opted_out, found.not_read
     cached = plancache.enabled()
     rules_fingerprint = fingerprint(chosen) if cached else ""
     done: dict[str, FileRewrite] = {}
@@ -182,10 +193,20 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
     return plan
 
 
-def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callable[[str], str],
-                    by_file: dict[str, list[Rule]], plan: Plan) -> dict[str, str]:
+@dataclass
+class _Found:
+    """What reading a folder's or distribution's Python files found for the rules for any code."""
+
+    texts: dict[str, str]  # the files holding a rule's trigger, by path
+    rules: dict[str, list[Rule]]  # for each of those files, the rules whose triggers (and requires) it holds
+    read: int  # Python files read
+    opted_out: list[str]  # `# porter: skip-file`
+    not_read: list[tuple[str, str]]  # (file, why): a FIFO, a link, too big, not UTF-8
+
+
+def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callable[[str], str]) -> _Found:
     """Rules for any code over a distribution's or folder's Python files: each file is read, and only one holding a
-    rule's trigger word (a whole word) goes to that rule; the rest are never parsed. Returns the texts read."""
+    rule's trigger word (a whole word) goes to that rule; the rest are never parsed."""
     import re
 
     from .generic import files_of, skips_file
@@ -195,11 +216,9 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
              if rule.requires}
     anything = re.compile(r"\b(?:" + "|".join(sorted({re.escape(w) for r in rules for w in r.triggers})) + r")\b") \
         if rules else None
-    texts = {}
-    files, plan.files_not_read = files_of(installed)
+    files, not_read = files_of(installed)
+    found = _Found({}, {}, 0, [], not_read)
     if not files:
-        from .errors import NotFoundError
-
         raise NotFoundError(f"{installed.root}: holds no Python file to port"
                             + (f" (--exclude / [tool.porter] exclude: {', '.join(installed.target.exclude)})"
                                if installed.target.exclude else ""),
@@ -209,20 +228,20 @@ def _any_code_files(installed: InstalledTarget, rules: list[Rule], read: Callabl
         try:
             text = read(rel)
         except PlanError as exc:  # not UTF-8: named, and left as it is (porter writes source back as UTF-8 only)
-            plan.files_not_read.append((rel, exc.message.removeprefix(f"{installed.path(rel)}: ")))
+            found.not_read.append((rel, exc.message.removeprefix(f"{installed.path(rel)}: ")))
             continue
-        plan.files_read += 1
+        found.read += 1
         if anything is None or not anything.search(text):
             continue
         if skips_file(text):
-            plan.files_opted_out.append(rel)
+            found.opted_out.append(rel)
             continue
         wanted = [rule for rule in rules if words[rule.id].search(text)
                   and (rule.id not in needs or needs[rule.id].search(text))]
         if wanted:
-            by_file.setdefault(rel, []).extend(wanted)
-            texts[rel] = text
-    return texts
+            found.rules[rel] = wanted
+            found.texts[rel] = text
+    return found
 
 
 def plan_files(jobs: list[tuple[str, str, list[Rule]]], workers: int | None = None) -> list[FileRewrite]:

@@ -52,3 +52,20 @@ def test_types_are_checked_everywhere_without_blanket_ignores():
                for n, line in enumerate(p.read_text().splitlines(), 1)
                if re.search(r"#\s*type:\s*ignore(?!\[)", line) or "mypy: ignore-errors" in line]
     assert not blanket, f"a type: ignore names its error code: {', '.join(blanket)}"
+
+
+def test_bundled_plugins_use_only_the_documented_api():
+    """docs/writing-plugins.md lists the modules a plugin may import; the plugins and the model here are held to it,
+    so the list stays true (a third-party plugin has no other promise)."""
+    guide = (ROOT / "docs" / "writing-plugins.md").read_text()
+    paragraph = guide.split("The public API a plugin may use:", 1)[1].split("\n\n", 1)[0]
+    public = set(re.findall(r"`(porter(?:\.\w+)?)`", paragraph))
+    used: dict[str, str] = {}
+    for package in ("plugins", "models"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "__pycache__" in path.parts:
+                continue
+            for module in re.findall(r"^\s*(?:from|import) (porter(?:\.\w+)?)", path.read_text(), flags=re.M):
+                used.setdefault(module, str(path.relative_to(ROOT)))
+    outside = {m: p for m, p in used.items() if m not in public and m != "porter"}
+    assert not outside, f"not in docs/writing-plugins.md's public API: {outside}"

@@ -1,9 +1,10 @@
 """The abstract :class:`Device`: what porter asks of every device, and what it answers by default.
 
 Its own module, below the device files and the registry: ``cpu.py``, ``cuda.py`` and ``npu.py`` import the base
-class from here and ``device.py`` (the registry and the functions rewritten code calls) imports them all, so imports
-run one way, base -> devices -> registry, and no module needs another that is still half-imported. Keeping the
-base class in ``device.py`` would make each device file import the module that imports it.
+class from here and ``device.py`` (the registry and the functions rewritten code calls) imports them all, so
+module-level imports run one way, base -> devices -> registry, and no module needs another that is still
+half-imported (``CPU.as_device`` asks the registry at call time, when it is complete). Keeping the base class in
+``device.py`` would make each device file import the module that imports it.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-# Imports run one way, base -> cpu/cuda/npu -> here, so no module is imported while half-done (base.py says why the
+# Module-level imports run one way, base -> cpu/cuda/npu -> here, so no module is imported while half-done (base.py says why the
 # base class is not in this file). Re-exported, with the redundant "as" saying so: the names rewritten code,
 # plugins and tests import from porter.runtime.device.
 from .base import Device as Device
