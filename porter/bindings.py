@@ -285,7 +285,6 @@ class _LazyBindings(Bindings):
 
 
 SKIP_COMMENT = re.compile(r"#\s*porter:\s*skip(?![-\w])")
-SKIP_FILE_COMMENT = re.compile(r"#\s*porter:\s*skip-file(?![-\w])")
 
 
 def skip_ranges(code: str) -> list[tuple[int, int]]:

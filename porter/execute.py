@@ -27,18 +27,17 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import diskio
-from .errors import InputError, PorterError, StateError
+from .errors import EXIT_COMMAND_NOT_FOUND, InputError, PorterError, StateError
 from .target import InstalledTarget
 
 MANIFEST_ENV = "PORTER_EXEC_MANIFEST"
 BOOT_SOURCE = Path(__file__).parent / "boot" / "sitecustomize.py"
 MAX_FOLDER_FILES = 20000  # a script's folder bigger than this is not a project: name the target instead
-EXIT_NOT_FOUND = 127  # as a shell says a command was not found
 
 
 @dataclass
@@ -200,16 +199,23 @@ def boot_folder() -> Path:
     return folder
 
 
+def require_command(program: str, env: Mapping[str, str] | None = None) -> None:
+    """Refuse (exit 127, as a shell) a program that is neither a file nor found on the ``PATH`` of ``env``, the
+    environment it runs with (default: this process's, whose ``PATH`` :func:`prepare` passes on unchanged)."""
+    path = (os.environ if env is None else env).get("PATH")
+    if shutil.which(program, path=path) is None and not Path(program).is_file():
+        raise PorterError(f"{program}: command not found; nothing was run", exit_code=EXIT_COMMAND_NOT_FOUND)
+
+
 def run(command: Sequence[str], prepared: Prepared) -> int:
     """Run the command with the port in the environment; its exit status (128 + N for a signal, as a shell)."""
     program = command[0]
-    if shutil.which(program, path=prepared.env.get("PATH")) is None and not Path(program).is_file():
-        raise PorterError(f"{program}: command not found; nothing was run", exit_code=EXIT_NOT_FOUND)
+    require_command(program, prepared.env)
     try:
         proc = subprocess.Popen(list(command), env=prepared.env)
     except OSError as exc:
         raise PorterError(f"{program}: cannot be run ({exc.strerror or exc}); nothing was run",
-                          exit_code=EXIT_NOT_FOUND) from None
+                          exit_code=EXIT_COMMAND_NOT_FOUND) from None
     while True:
         try:
             code = proc.wait()

@@ -24,7 +24,8 @@ from .diskio import engine_digest
 from .target import InstalledTarget
 
 
-def cache_dir() -> Path:
+def memory_patch_dir() -> Path:
+    """The folder in porter's cache for patching in memory: planned sources and their bytecode."""
     return diskio.cache_dir("memory-patch")
 
 
@@ -63,7 +64,7 @@ def prepare(installed: InstalledTarget, rules: Callable[[], list], plugin_digest
     from .target import module_name
 
     key = _source_key(installed, plugin_digest)
-    path = cache_dir() / f"{installed.name}-{key}.json"
+    path = memory_patch_dir() / f"{installed.name}-{key}.json"
     if path.exists():
         try:
             data = json.loads(path.read_text())
@@ -109,7 +110,7 @@ class _Loader(importlib.abc.SourceLoader):
         source = self.get_data(self.path)  # also shows tracebacks the code that runs
         key = hashlib.sha256(source + f"\0{self.path}\0{sys.version}\0{sys.flags.optimize}\0".encode()
                              + importlib.util.MAGIC_NUMBER).hexdigest()
-        cached = cache_dir() / "bytecode" / f"{key}.bin"
+        cached = memory_patch_dir() / "bytecode" / f"{key}.bin"
         try:
             return marshal.loads(cached.read_bytes())
         except (OSError, ValueError, EOFError, TypeError):

@@ -136,11 +136,6 @@ def port(text: str) -> int:
     return _number(text, int, lambda v: 1 <= v <= 65535, "a TCP port, 1 to 65535")
 
 
-def finite_float(text: str) -> float:
-    """argparse type: any finite number."""
-    return _number(text, float, lambda v: True, "a finite number")
-
-
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: v > 0, "more than 0")
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 PLACEHOLDER = "pass  # porter-skeleton:{}"
 _PLACEHOLDER_LINE = re.compile(r"([ \t]*)pass  # porter-skeleton:(\d+)\n?")
 
-_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _COMPOUND = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.If, ast.For, ast.AsyncFor, ast.While,
              ast.With, ast.AsyncWith, ast.Try, ast.Match) + ((ast.TryStar,) if hasattr(ast, "TryStar") else ())
 

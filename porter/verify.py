@@ -19,17 +19,17 @@ from .rewrite import rewrite_file
 from .rules import Rule
 from .target import InstalledTarget, module_name  # noqa: F401  (module_name: verify's import probe)
 
-Outcome = Literal["ok", "fail", "skip"]
-OK: Outcome = "ok"
-FAIL: Outcome = "fail"
-SKIP: Outcome = "skip"
+StageResult = Literal["ok", "fail", "skip"]
+OK: StageResult = "ok"
+FAIL: StageResult = "fail"
+SKIP: StageResult = "skip"
 
 
 @dataclass
 class CheckResult:
     stage: str
     item: str
-    status: Outcome
+    status: StageResult
     detail: str = ""
 
     def to_json(self) -> dict:
@@ -120,7 +120,7 @@ _IMPORT_PROBE = textwrap.dedent("""
 
 
 def import_in_subprocess(site_packages: Path, modules: Sequence[str], timeout: float = 600,
-                         env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, tuple[Outcome, str]]:
+                         env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, tuple[StageResult, str]]:
     """Import ``modules`` in a fresh interpreter with ``site_packages`` first on sys.path (``env``: its
     environment, e.g. porter exec's, which serves the originals in memory)."""
     try:

@@ -3,11 +3,9 @@ changes."""
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import PorterError, UsageError
+from ..errors import UsageError
 from ._common import EXIT_CODES, Command, rules_for, site_packages_arg
 
 if TYPE_CHECKING:
@@ -39,9 +37,7 @@ def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
     if flag:
         raise UsageError(f"python {flag} ignores PYTHONPATH, through which porter exec reaches the program; nothing "
                          "was run", hint=f"drop {flag}")
-    program = command[0]
-    if shutil.which(program) is None and not Path(program).is_file():
-        raise PorterError(f"{program}: command not found; nothing was run", exit_code=execute.EXIT_NOT_FOUND)
+    execute.require_command(command[0])  # before any planning; run() checks again with the program's environment
     targets = _targets(args, command, registry)
     prepared = execute.prepare(command, targets, lambda: rules_for(registry, targets[0]), registry.source_digest(),
                                progress=con.note)
