@@ -1,5 +1,6 @@
-"""The `porter` executable: builds the parser from the commands (``porter.commands``, then plugins'), runs the one
-named, and prints what it raises as a message and an exit code. Each command's own work lives in its module."""
+"""The `porter` executable: builds the parser from the commands (``porter.commands``, then plugins', each wrapped
+in the same ``Command``), runs the one named, and prints what it raises as a message and an exit code. Each
+command's own work lives in its module."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 from . import __version__, plugins
 from .commands import BUILTIN
-from .commands._common import EXIT_CODES, Formatter, global_args
+from .commands._common import EXIT_CODES, Command, Formatter, global_args
 from .errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, NotFoundError, PorterError
 from .render import Console
 
@@ -35,16 +36,34 @@ examples:
 COMMANDS = {command.name: command for command in BUILTIN}
 
 
-def build_parser(registry: plugins.Registry) -> argparse.ArgumentParser:
+def plugin_command(extra: plugins.Command) -> Command:
+    """A plugin's command as a built-in's record: no description or epilog, needs the rules (it may use any),
+    never exits quickly, changes no files `porter status` tracks."""
+
+    def handle(args: argparse.Namespace, registry: plugins.Registry, con: Console) -> int:
+        if registry.commands.get(extra.name) is not extra:  # its plugin failed registering rules or checks: dropped
+            raise NotFoundError(f"command {extra.name!r} is not available: its plugin was not loaded (see the "
+                                "warning above)")
+        return extra.run(args, registry)
+
+    return Command(extra.name, help=extra.help, add_arguments=extra.add_arguments, handle=handle)
+
+
+def commands(registry: plugins.Registry) -> dict[str, Command]:
+    """Every command by name: the built-ins (``BUILTIN``'s order), then the plugins'. ``plugins.load`` rejects a
+    plugin's command named like a built-in (``builtin_commands``), so none replaces one here."""
+    return {**COMMANDS, **{name: plugin_command(extra) for name, extra in registry.commands.items()
+                           if name not in COMMANDS}}
+
+
+def build_parser(registry: plugins.Registry,
+                 known: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="porter", description=MAIN_HELP, epilog=EXIT_CODES, formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"porter {__version__}")
     global_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in BUILTIN:
+    for command in (commands(registry) if known is None else known).values():
         command.add_to(sub, registry)
-    for extra in registry.commands.values():  # a plugin's: a built-in's name is not taken over
-        if extra.name not in sub.choices:
-            extra.add_arguments(sub.add_parser(extra.name, help=extra.help, formatter_class=Formatter))
     return parser
 
 
@@ -98,25 +117,21 @@ def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = No
     global_args(pre)
     early, _ = pre.parse_known_args(argv)
     try:
-        registry = plugins.load(extra=early.plugin, strict=early.strict, lazy=True)
-        parser = build_parser(registry)
+        registry = plugins.load(extra=early.plugin, strict=early.strict, lazy=True, builtin_commands=COMMANDS)
+        known = commands(registry)
+        parser = build_parser(registry, known)
         args = parser.parse_args(argv)
-        command = COMMANDS.get(args.command)
+        command = known.get(args.command)
         if outcome is not None:
             outcome["quick"] = command is not None and command.exits_quickly(args)
-        if args.command and (command is None or command.needs_rules):  # a plugin's command may need any of them
+        if command is not None and command.needs_rules:
             registry.load_lazy(early.strict)
         for info in registry.errors:
             con.note(con.paint("warning:", "yellow") + f" plugin {info.name!r} was not loaded: {info.error}")
-        if not args.command:
+        if command is None:
             parser.print_help()
             return EXIT_OK
-        if command is not None:
-            return command.handle(args, registry, con)
-        if args.command not in registry.commands:  # its plugin failed registering rules or checks: dropped
-            raise NotFoundError(f"command {args.command!r} is not available: its plugin was not loaded (see the "
-                                "warning above)")
-        return registry.commands[args.command].run(args, registry)
+        return command.handle(args, registry, con)
     except PorterError as exc:
         con.note(con.paint("error:", "red") + f" {exc.message}")
         if exc.hint:

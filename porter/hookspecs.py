@@ -133,5 +133,7 @@ def porter_register_commands(register: Callable[[str, str, Callable, Callable], 
 
     ``register(name, help, add_arguments, run)``: ``add_arguments(parser)`` fills an argparse
     sub-parser, ``run(args, registry) -> int`` does the work and returns the exit code. A name that a
-    built-in command already uses is rejected.
+    built-in command already uses fails the plugin, as a key another plugin owns does: its error (the
+    warning, `porter plugins`, fatal with ``--strict``) names the command it clashes with, and the
+    built-in is kept.
     """

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ KINDS = {
 
 @dataclass(frozen=True)
 class Command:
+    """A plugin's command, as ``porter_register_commands`` registers it; `porter` runs it as it runs its built-in
+    ones (``porter.commands._common.Command``)."""
+
     name: str
     help: str
     add_arguments: Callable
@@ -183,13 +186,14 @@ class _PluginManager(pluggy.PluginManager):
 
 
 def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str] | None = None,
-         lazy: bool = False) -> Registry:
+         lazy: bool = False, builtin_commands: Collection[str] = ()) -> Registry:
     """Load plugins from entry points and ``extra`` and fill a registry.
 
-    A plugin that fails to import, has a misspelt hook, raises in a hook or registers a key another plugin
-    owns is recorded with its error and dropped; with ``strict`` the first such failure raises. With ``lazy``
-    the rules' and checks' hooks run only when those are first asked for (``Registry.load_lazy``), so a
-    command that needs neither never imports what they pull in.
+    A plugin that fails to import, has a misspelt hook, raises in a hook, registers a key another plugin owns
+    or a command named like one of ``builtin_commands`` (the `porter` executable's own) is recorded with its
+    error and dropped; with ``strict`` the first such failure raises. With ``lazy`` the rules' and checks' hooks
+    run only when those are first asked for (``Registry.load_lazy``), so a command that needs neither never
+    imports what they pull in.
     """
     pm = _PluginManager("porter")
     pm.add_hookspecs(hookspecs)
@@ -207,7 +211,7 @@ def load(extra: Sequence[str] = (), strict: bool = False, disable: Sequence[str]
 
     loaded = _import_plugins(_candidates(extra, disable), pm, fail)
     for info, module in loaded:
-        error = _register(registry, info, module, pm, [k for k in KINDS if k not in LAZY_KINDS])
+        error = _register(registry, info, module, pm, [k for k in KINDS if k not in LAZY_KINDS], builtin_commands)
         if error is not None:
             fail(info, error)
             pm.unregister(module)
@@ -267,7 +271,8 @@ def _import_plugins(candidates, pm: pluggy.PluginManager, fail: Callable[[Plugin
     return loaded
 
 
-def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.PluginManager, kinds) -> str | None:
+def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.PluginManager, kinds,
+              builtin_commands: Collection[str] = ()) -> str | None:
     """Call ``module``'s hooks for ``kinds`` and add what they register, all or nothing; the error, if any."""
     staged: dict[str, dict[str, Any]] = {k: {} for k in kinds}
     try:
@@ -282,6 +287,8 @@ def _register(registry: Registry, info: PluginInfo, module: Any, pm: pluggy.Plug
                 owner = registry.owners.get((kind, key))
                 if owner is not None or key in staged[kind]:
                     raise PluginError(f"{kind[:-1]} {key!r} is already registered by {owner or info.name!r}")
+                if kind == "commands" and key in builtin_commands:  # the built-in wins
+                    raise PluginError(f"command {key!r} clashes with the built-in `porter {key}`")
                 if kind == "targets" and (key == "any" or "/" in key):  # `any` names the rules for any code
                     raise PluginError(f"target {key!r}: 'any' and names holding '/' (paths) are porter's own")
                 if kind == "devices":  # checked here, so an incomplete device fails its plugin, not its first use

@@ -121,6 +121,35 @@ def test_plugin_commands_are_added_to_the_cli(tmp_path):
     assert r.returncode == 0 and re.fullmatch(r"hello npu, \d+ targets", r.stdout.strip())
 
 
+def test_a_plugin_command_named_like_a_built_in_fails_its_plugin_and_the_built_in_runs(tmp_path):
+    plugin = write_plugin(tmp_path, "clash", """
+        @porter.hookimpl
+        def porter_register_commands(register):
+            register("status", "not porter's status", lambda parser: None, lambda args, registry: 42)
+    """)
+    line = "plugin 'clash' was not loaded: command 'status' clashes with the built-in `porter status`"
+    r = run_porter("--plugin", plugin, "status")
+    assert r.returncode == 0 and line in r.stderr.splitlines()[0]
+    r = run_porter("--plugin", plugin, "plugins", "--json")
+    clash = next(p for p in json.loads(r.stdout) if p["name"] == "clash")
+    assert clash["registered"] == {} and clash["error"] == "command 'status' clashes with the built-in `porter status`"
+    r = run_porter("--strict", "--plugin", plugin, "status")
+    assert r.returncode == 5 and "plugin 'clash' failed: command 'status' clashes with the built-in" in r.stderr
+
+
+def test_a_plugin_command_whose_plugin_fails_later_is_not_run(tmp_path):
+    plugin = write_plugin(tmp_path, "halfway", """
+        @porter.hookimpl
+        def porter_register_commands(register):
+            register("halfway", "parsed, then dropped", lambda parser: None, lambda args, registry: 0)
+        @porter.hookimpl
+        def porter_register_rules(register):
+            raise RuntimeError('rule table is corrupt')
+    """)
+    r = run_porter("--plugin", plugin, "halfway")
+    assert r.returncode == 6 and "command 'halfway' is not available: its plugin was not loaded" in r.stderr
+
+
 def test_plugin_devices_reach_the_runtime(tmp_path, monkeypatch):
     from porter.runtime import device
 

@@ -27,8 +27,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 @dataclass(frozen=True)
 class Command:
-    """A built-in command, registered as a plugin registers its commands (``porter.plugins.Command``) and its
-    recipes (``porter.recipes.Recipe``): everything `porter` needs to know of it, in one record."""
+    """A `porter` command: everything the executable needs to know of it, in one record. Each built-in command's
+    module fills one (its ``COMMAND``); a plugin registers the smaller ``porter.plugins.Command``, which `porter`
+    wraps in one of these (``porter.cli.plugin_command``), so both are parsed and run the same way."""
 
     name: str  # what users type: `porter status`
     help: str  # its line in `porter --help`
