@@ -54,18 +54,27 @@ def resolve(spec: str, registry, site_packages: Path | None = None, check_versio
     """What TARGET means on the command line: a registered target by name, a folder by path, else an installed
     distribution by its pip name (one a plugin registers means that plugin's target)."""
     targets = registry.items["targets"]
-    if spec in targets:
-        return locate(targets[spec], site_packages, check_version=check_version)
+    target = plugin_target(spec, registry)
+    if target is not None:
+        return locate(target, site_packages, check_version=check_version)
     if is_path(spec):
         if site_packages is not None:
             raise InputError(f"{spec}: --site-packages picks an installed distribution; a folder is patched where it is",
                              hint="drop --site-packages")
         return folder_target(Path(spec).expanduser(), exclude)
-    wanted = _normalise(spec)
-    for target in targets.values():
-        if target.distribution and _normalise(target.distribution) == wanted:
-            return locate(target, site_packages, check_version=check_version)
     return distribution_target(spec, site_packages, exclude, known=tuple(sorted(targets)))
+
+
+def plugin_target(spec: str, registry) -> Target | None:
+    """The registered target TARGET means, as ``resolve`` reads it: by its name, or (unless it is a path) by the
+    pip name of the distribution a plugin registers; None for a folder or any other distribution."""
+    targets = registry.items["targets"]
+    if spec in targets:
+        return targets[spec]
+    if is_path(spec):
+        return None
+    wanted = _normalise(spec)
+    return next((t for t in targets.values() if t.distribution and _normalise(t.distribution) == wanted), None)
 
 
 def folder_target(folder: Path, exclude: tuple[str, ...] = ()) -> InstalledTarget:
@@ -214,7 +223,7 @@ def _own_top(path: str, info_name: str) -> bool:
         (".dist-info", ".egg-info", ".data")) and not path.startswith("/")
 
 
-MAX_SOURCE_BYTES = 16 * 2 ** 20  # as porter scan: bigger is data, not code
+MAX_SOURCE_BYTES = 16 * 2 ** 20  # bigger is data, not code (porter scan's bound too)
 
 
 def source_files(installed: InstalledTarget) -> list[str]:
@@ -225,20 +234,24 @@ def source_files(installed: InstalledTarget) -> list[str]:
 def files_of(installed: InstalledTarget) -> tuple[list[str], list[tuple[str, str]]]:
     """The target's Python files porter reads (a distribution's from RECORD, those on disk; a folder's by walking
     it), and those it leaves out with why: not a regular file (a FIFO would hang the read, a device never end), a
-    link (porter never writes through one), or over MAX_SOURCE_BYTES."""
+    link (porter never writes through one: ``LINK_INSIDE`` when it leads to a file inside the root), over
+    MAX_SOURCE_BYTES; and a folder's subfolders that cannot be listed (``DIR/``) or are links leading outside it.
+    `porter scan FOLDER` reads the same files."""
     if installed.target.kind == DISTRIBUTION:
         info = find_dist_info(installed.root, installed.target.distribution, installed.version)
         record = read_record(info) if info is not None else None
         rows = [] if record is None else [r.path for r in record.rows]
         candidates = sorted({rel for rel in rows if installed.owns(rel) and rel.endswith(".py")
                              and "__pycache__" not in rel.split("/")})
+        folders: list[tuple[str, str]] = []
     else:
-        candidates = _walk(installed.root)
-    found, skipped = [], []
+        candidates, folders = _walk(installed.root)
+    found: list[str] = []
+    skipped = [(rel, why) for rel, why in folders if not excluded(rel, installed.target.exclude)]
     for rel in candidates:
         if excluded(rel, installed.target.exclude):
             continue
-        why = _unreadable(installed.root / rel)
+        why = _unreadable(installed.root / rel, installed.root)
         if why is None:
             found.append(rel)
         elif why != "missing":
@@ -246,7 +259,10 @@ def files_of(installed: InstalledTarget) -> tuple[list[str], list[tuple[str, str
     return found, skipped
 
 
-def _unreadable(path: Path) -> str | None:
+LINK_INSIDE = "a link (porter neither reads nor writes through one)"
+
+
+def _unreadable(path: Path, root: Path) -> str | None:
     import stat
 
     try:
@@ -256,9 +272,17 @@ def _unreadable(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if stat.S_ISLNK(st.st_mode):
-        return "a link (porter neither reads nor writes through one)"
+        try:
+            os.stat(path)
+        except OSError as exc:
+            return f"a broken link ({exc.strerror or exc})"
+        if not _inside(path, root):
+            return f"a link to {os.path.realpath(path)}, outside {root}: never followed"
+        return LINK_INSIDE
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file (a FIFO, device or socket): never opened"
+        from .target import file_kind
+
+        return f"not a regular file but {file_kind(st.st_mode)}: never opened"
     if st.st_size > MAX_SOURCE_BYTES:
         return f"{st.st_size / 2 ** 20:.1f} MiB, over the {MAX_SOURCE_BYTES // 2 ** 20} MiB porter reads as source"
     return None
@@ -278,17 +302,43 @@ def _normal_glob(pattern: str) -> str:
     return pattern.lstrip("/").rstrip("/")
 
 
-def _walk(root: Path) -> list[str]:
-    found = []
-    for folder, dirs, files in os.walk(root):
-        rel_dir = os.path.relpath(folder, root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_FOLDERS
-                         and not os.path.islink(os.path.join(folder, d))
-                         and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg")))
+def _inside(path: Path | str, root: Path) -> bool:
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """A folder's *.py files (relative paths), and its subfolders left out with why: one that cannot be listed
+    (``DIR/``), a link leading outside ``root`` (a link to a folder inside is not followed either: its files are
+    read under their own names)."""
+    found: list[str] = []
+    skipped: list[tuple[str, str]] = []
+
+    def rel_of(folder: str) -> str:
+        rel = os.path.relpath(folder, root)
+        return "" if rel == "." else rel.replace(os.sep, "/")
+
+    def unlisted(exc: OSError) -> None:
+        skipped.append(((rel_of(exc.filename) or ".") + "/", f"folder not read: {exc.strerror or exc}"))
+
+    for folder, dirs, files in os.walk(root, onerror=unlisted):
+        rel_dir = rel_of(folder)
+        kept = []
+        for d in sorted(dirs):
+            path = os.path.join(folder, d)
+            if d.startswith(".") or d in SKIPPED_FOLDERS or os.path.exists(os.path.join(path, "pyvenv.cfg")):
+                continue
+            if os.path.islink(path):
+                if not _inside(path, root):
+                    skipped.append((f"{rel_dir}/{d}" if rel_dir else d,
+                                    f"a link to {os.path.realpath(path)}, outside {root}: never followed"))
+                continue
+            kept.append(d)
+        dirs[:] = kept
         for name in files:
             if name.endswith(".py"):  # links and non-regular files are reported by files_of
-                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
-    return sorted(found)
+                found.append(f"{rel_dir}/{name}" if rel_dir else name)
+    return sorted(found), sorted(skipped)
 
 
 def skips_file(text: str) -> bool:

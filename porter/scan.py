@@ -11,7 +11,7 @@ Every file is read as CPython reads source (its coding, a BOM, any newlines) and
 only files whose text holds a trigger word then go through libcst (a site always names one of them). A file that
 cannot be read or parsed is never "0 sites": it is a ``NotScanned`` with its line. Which files are read at all
 (regular files only, at most MAX_SOURCE_BYTES; links) and the exit status are in `porter scan --help`, and in
-``walk_python_files`` and ``scan_source`` here.
+``scan_source`` here; a folder's files are those `porter patch` reads (``generic.files_of``).
 """
 from __future__ import annotations
 
@@ -32,10 +32,11 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from .errors import InputError, NotFoundError
+from .generic import LINK_INSIDE, MAX_SOURCE_BYTES, excluded, files_of, folder_target
 from .journal import read_original
 from .names import ResolvesNames
 from .plan import make_plan
-from .target import STATE_DIR_NAME, InstalledTarget, NotRegular, file_kind, find_dist_info, read_record, read_regular
+from .target import InstalledTarget, NotRegular, file_kind, find_dist_info, read_record, read_regular
 
 CUDA_STRINGS = {"nccl", "cuda"}
 CUDA_ONLY_IMPORTS = {"triton", "xformers", "apex", "cpm_kernels", "bitsandbytes", "flash_attn"}
@@ -206,7 +207,6 @@ def find_sites(path: str, source: str) -> list[Site]:
     return finder.sites
 
 
-MAX_SOURCE_BYTES = 16 * 2 ** 20  # bigger is data, not code: reported as not scanned, never read
 MAX_NESTING = 500  # libcst's native parser crashes the process (no exception) on a few thousand levels
 
 
@@ -400,73 +400,13 @@ def _shown(name: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name)
 
 
-def walk_python_files(root: Path) -> tuple[list[tuple[str, str, bool]], list[NotScanned]]:
-    """The *.py files under ``root`` as (name to show, path, whether reading may follow a link), and what was left
-    out: folders that cannot be listed, links that lead out of ``root`` or nowhere. ``OSError`` when ``root``
-    itself cannot be listed.
-
-    Links to folders are not followed (a loop, or a walk out of the folder); a link to a file inside ``root`` is
-    read under its own name only when the file it leads to is not scanned under its name already."""
-    root = Path(root)
-    real_root = os.path.realpath(root)
-    files: dict[str, str] = {}  # real path -> name shown
-    links: list[tuple[str, str]] = []
-    skipped: list[NotScanned] = []
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        folder = os.path.join(root, rel_dir)
-        try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
-        except OSError as exc:
-            if not rel_dir:
-                raise
-            skipped.append(NotScanned(_shown(rel_dir) + "/", f"folder not read: {_oserror(exc)}"))
-            continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                if entry.is_symlink():
-                    links.append((rel, entry.path))
-                elif entry.is_dir(follow_symlinks=False):
-                    # porter's own state (a patched folder's saved originals) is not the folder's code
-                    if entry.name not in ("__pycache__", STATE_DIR_NAME):
-                        stack.append(rel)
-                elif entry.name.endswith(".py"):
-                    files[os.path.realpath(entry.path)] = rel
-            except OSError as exc:
-                skipped.append(NotScanned(_shown(rel), f"not read: {_oserror(exc)}"))
-    found = [(_shown(rel), os.path.join(root, rel), False) for rel in files.values()]
-    for rel, path in sorted(links):
-        target = os.path.realpath(path)
-        inside = target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
-        is_dir = os.path.isdir(path)
-        if is_dir and inside:
-            continue  # its files are scanned under their own names
-        if not (is_dir or rel.endswith(".py")):
-            continue
-        if not inside:
-            skipped.append(NotScanned(_shown(rel), f"not read: a link to {_shown(target)}, outside {root}"))
-        elif error := _stat_error(path):
-            skipped.append(NotScanned(_shown(rel), f"not read: a broken link ({error})"))
-        elif target not in files:
-            files[target] = rel
-            found.append((_shown(rel), path, True))
-    return sorted(found), sorted(skipped, key=lambda s: s.path)
-
-
-def _stat_error(path: str) -> str | None:
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return _oserror(exc)
-    return None
-
-
 def python_files(root: Path) -> list[Path]:
-    """The *.py files under ``root`` that ``walk_python_files`` would read."""
-    return [Path(path) for _rel, path, _follow in walk_python_files(root)[0]]
+    """The *.py files under ``root`` porter reads, by the rules `porter patch` and `porter scan FOLDER` read a
+    folder with (``generic.files_of``): no hidden folder, virtual environment or __pycache__, no link, only regular
+    files of at most MAX_SOURCE_BYTES."""
+    from .generic import _unreadable, _walk
+
+    return [root / rel for rel in _walk(root)[0] if _unreadable(root / rel, root) is None]
 
 
 def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = lambda _m: None
@@ -517,11 +457,12 @@ class SourceScan:
 
 
 def scan_source(spec: str, site_packages: Path | None = None,
-                progress: Callable[[str], None] = lambda _m: None) -> SourceScan:
-    """Scan a folder, a file or an installed distribution (in ``site_packages`` when given). ``NotFoundError``
+                progress: Callable[[str], None] = lambda _m: None, exclude: tuple[str, ...] = ()) -> SourceScan:
+    """Scan a folder, a file or an installed distribution (in ``site_packages`` when given), leaving out a folder's
+    or distribution's files matching ``exclude`` (and a folder's ``[tool.porter] exclude``). ``NotFoundError``
     (exit 6) when ``spec`` is none of them or holds no Python file; ``InputError`` (exit 7), naming the file and
     line, when not one file could be scanned."""
-    label, _root, candidates, skipped, single = _inputs(spec, site_packages)
+    label, _root, candidates, skipped, single = _inputs(spec, site_packages, exclude)
     results = _run(_scan_file_item, candidates, progress) if candidates else []
     failed = [why for _sites, why in results if why is not None]
     scanned = len(results) - len(failed)
@@ -539,7 +480,7 @@ def scan_source(spec: str, site_packages: Path | None = None,
                       sorted(skipped + failed, key=lambda n: n.path))
 
 
-def _inputs(spec: str, site_packages: Path | None
+def _inputs(spec: str, site_packages: Path | None, exclude: tuple[str, ...] = ()
             ) -> tuple[str, Path, list[tuple[str, str, bool]], list[NotScanned], bool]:
     """(label, the folder paths are shown relative to, files to read as (name shown, path, follow a link), what
     was left out already, whether ``spec`` named one file)."""
@@ -551,7 +492,7 @@ def _inputs(spec: str, site_packages: Path | None
         if os.sep in spec or spec.startswith("."):  # a path: no distribution's name looks like this
             raise NotFoundError(f"{spec}: no such file or folder") from None
         try:
-            return _distribution_inputs(spec, site_packages)
+            return _distribution_inputs(spec, site_packages, exclude)
         except NotFoundError:
             if spec.endswith(".py"):
                 raise NotFoundError(f"{spec}: no such file or folder") from None
@@ -560,18 +501,27 @@ def _inputs(spec: str, site_packages: Path | None
         raise NotFoundError(f"{spec}: no such file or folder (a part of the path is a file)") from None
     except OSError as exc:
         raise InputError(f"{spec}: cannot be read ({_oserror(exc)})") from None
-    if stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(st.st_mode):  # the files `porter patch` reads: one walker, one set of rules
         try:
-            files, skipped = walk_python_files(Path(spec))
+            with os.scandir(spec):
+                pass
         except OSError as exc:
             raise InputError(f"{spec}: the folder cannot be read ({_oserror(exc)})") from None
+        installed = folder_target(Path(spec), tuple(exclude))
+        rels, left_out = files_of(installed)
+        files = [(_shown(rel), str(installed.root / rel), False) for rel in rels]
+        if any(why == LINK_INSIDE for _rel, why in left_out):  # one to a file scanned under its own name: passed over
+            real = {os.path.realpath(path) for _rel, path, _follow in files}
+            left_out = [(rel, why) for rel, why in left_out
+                        if why != LINK_INSIDE or os.path.realpath(installed.root / rel) not in real]
+        skipped = [NotScanned(_shown(rel), why if rel.endswith("/") else f"not read: {why}") for rel, why in left_out]
         return spec, Path(spec), files, skipped, False
     if not stat.S_ISREG(st.st_mode):  # before any open: a FIFO's would wait for a writer
         raise InputError(f"{spec}: not read: not a regular file but {file_kind(st.st_mode)}")
     return spec, Path(spec).parent, [(Path(spec).name, spec, True)], [], True
 
 
-def _distribution_inputs(spec: str, site_packages: Path | None
+def _distribution_inputs(spec: str, site_packages: Path | None, exclude: tuple[str, ...] = ()
                          ) -> tuple[str, Path, list[tuple[str, str, bool]], list[NotScanned], bool]:
     """An installed distribution's *.py files, from its RECORD: each row that is not sound, and each file it
     names outside site-packages, is left out and reported."""
@@ -609,7 +559,7 @@ def _distribution_inputs(spec: str, site_packages: Path | None
     files = []
     for rel in sorted(set(rels)):
         parts = rel.split("/")
-        if not rel.endswith(".py") or "__pycache__" in parts:
+        if not rel.endswith(".py") or "__pycache__" in parts or excluded(rel, exclude):
             continue
         path = os.path.join(root, rel)
         target = os.path.realpath(path)

@@ -170,10 +170,10 @@ def test_text_that_cannot_be_parsed_is_unscannable_never_zero_sites(text, line, 
     assert (exc.value.line, why in exc.value.why) == (line, True), exc.value.why
 
 
-def test_a_folder_walk_reads_regular_files_and_follows_no_link_out(tmp_path):
+def test_a_folder_scan_reads_regular_files_and_follows_no_link(tmp_path):
     import os
 
-    from porter.scan import walk_python_files
+    from porter.scan import _inputs
 
     root = tmp_path / "src"
     (root / "pkg" / "__pycache__").mkdir(parents=True)
@@ -182,15 +182,83 @@ def test_a_folder_walk_reads_regular_files_and_follows_no_link_out(tmp_path):
     (root / "pkg" / "b.py").write_text("")
     (root / "data.txt").write_text("")
     (tmp_path / "out.py").write_text("")
-    (root / "alias.py").symlink_to("a.py")  # scanned under a.py only
-    (root / "text.py").symlink_to("data.txt")  # inside, and not scanned otherwise: read under its own name
+    (tmp_path / "outdir").mkdir()
+    (root / "alias.py").symlink_to("a.py")  # a.py is read under its own name; the link passed over
+    (root / "text.py").symlink_to("data.txt")  # inside, to a file not read: named, never read
     (root / "out.py").symlink_to(tmp_path / "out.py")
+    (root / "outdir").symlink_to(tmp_path / "outdir")
     (root / "loop").symlink_to(".")
-    os.mkfifo(root / "pipe.py")  # listed: the read refuses it without opening it
-    files, skipped = walk_python_files(root)
-    assert [(rel, follow) for rel, _path, follow in files] == [
-        ("a.py", False), ("pipe.py", False), ("pkg/b.py", False), ("text.py", True)]
-    assert [(s.path, "outside" in s.why) for s in skipped] == [("out.py", True)]
+    os.mkfifo(root / "pipe.py")  # named, never opened
+    _label, _root, files, skipped, _single = _inputs(str(root), None)
+    assert [(rel, follow) for rel, _path, follow in files] == [("a.py", False), ("pkg/b.py", False)]
+    why = {s.path: s.why for s in skipped}
+    assert sorted(why) == ["out.py", "outdir", "pipe.py", "text.py"]
+    assert "outside" in why["out.py"] and "outside" in why["outdir"] and "a link" in why["text.py"]
+    assert "not a regular file but a FIFO" in why["pipe.py"]
+
+
+SUPPORT_TREE = {
+    ".venv/pyvenv.cfg": "home = /usr/bin\n",
+    ".venv/lib/x.py": "import torch\ntorch.cuda.synchronize()\n",
+    "node_modules/y.py": "import torch\ntorch.cuda.synchronize()\n",
+    "src/z.py": "import torch\ntorch.cuda.synchronize()\n",
+    "legacy/old.py": "import torch\ntorch.cuda.synchronize()\n",
+}
+
+
+def _supported_tree(tmp_path, pyproject: str | None = None):
+    root = tmp_path / "proj"
+    for rel, text in SUPPORT_TREE.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject)
+    return root
+
+
+def _patch_dry_run(root):
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "porter.cli", "patch", str(root), "--dry-run", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("pyproject, read", [
+    (None, {"src/z.py", "legacy/old.py"}),
+    ('[tool.porter]\nexclude = ["legacy"]\n', {"src/z.py"}),
+])
+def test_scan_and_patch_read_the_same_files_of_a_folder(tmp_path, pyproject, read):
+    import json
+
+    root = _supported_tree(tmp_path, pyproject)
+    r = _porter(f"{root}/", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert {s["path"] for s in report["sites"]} == read  # never .venv/ or node_modules/
+    assert report["files_scanned"] == len(read) and report["not_scanned"] == []
+    plan = _patch_dry_run(root)
+    assert {f["path"] for f in plan["files"]} == read and plan["files_read"] == len(read)
+
+
+def test_scan_exclude_leaves_out_a_folders_files(tmp_path):
+    import json
+
+    root = _supported_tree(tmp_path)
+    report = json.loads(_porter(root, "--json", "--exclude", "legacy").stdout)
+    assert {s["path"] for s in report["sites"]} == {"src/z.py"}
+
+
+def test_scan_of_a_plugins_distribution_name_is_its_target():
+    import json
+
+    by_name = _porter("sat", "--json")
+    by_distribution = _porter("SwissArmyTransformer", "--json")
+    assert by_name.returncode == by_distribution.returncode == 0, by_distribution.stderr
+    assert json.loads(by_distribution.stdout) == json.loads(by_name.stdout)
 
 
 BAD_ROWS = [

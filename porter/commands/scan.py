@@ -15,10 +15,13 @@ if TYPE_CHECKING:
 
 SCAN_INPUTS = """\
 what is read (a folder, a file or a distribution):
-  A folder: every *.py file under it (not in __pycache__ or porter's own .porter-state). Only regular files are read: a FIFO, a
-  device or a socket named *.py is reported and never opened, and so is a file over 16 MiB. Links to
-  folders are not followed. A link to a file inside the folder is scanned once (under the file's own
-  name when that is scanned too); a link that leads outside the folder is reported, not followed.
+  A folder: the *.py files `porter patch` reads in it: none in hidden folders (.git, .venv,
+  .porter-state), virtual environments (a folder holding pyvenv.cfg), site-packages, node_modules or
+  __pycache__, nor matching --exclude or its pyproject.toml's [tool.porter] exclude. Only regular
+  files are read: a FIFO, a device or a socket named *.py is reported and never opened, and so is a
+  file over 16 MiB. Links are never followed: a link to a file read under its own name is passed
+  over; any other link (leading outside the folder, to a file not read, or to nothing) is reported,
+  not read; so is a subfolder that cannot be listed.
   A file: read even when it is a link (you named it), if it leads to a regular file.
   A distribution: the *.py files its RECORD lists under its site-packages (--site-packages DIR picks
   the environment); a damaged RECORD row, or a file outside site-packages, is reported, not read.
@@ -33,28 +36,34 @@ what is read (a folder, a file or a distribution):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", help="a registered target, an installed distribution, a folder of Python source, or a "
-                                  "file")
+    p.add_argument("target", help="a registered target (by its name, or its distribution's pip name), an installed "
+                                  "distribution, a folder of Python source, or a file")
     p.add_argument("--all", action="store_true", help="also list the sites the plugin leaves on purpose (a target), "
                                                       "or every site (a distribution or folder)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="every site and the summary as JSON")
     fmt.add_argument("--csv", action="store_true", help="every site as CSV rows")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="a folder or distribution: leave out files matching GLOB (a path relative to its root, or one "
+                        "of its folders); repeatable; a folder's pyproject.toml adds [tool.porter] exclude")
     site_packages_arg(p, 'scan')
 
 
 def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
     from .. import scan
+    from ..generic import plugin_target
 
     found = None
-    target = args.target in registry.items["targets"]
-    if target:  # scanned with its rules run in memory
-        installed = locate(registry.target(args.target), args.site_packages)
+    # TARGET as every command reads it (generic.resolve): a plugin's target by its name or its distribution's pip
+    # name; anything else (a folder, a file, any distribution) is scanned as it is
+    target = plugin_target(args.target, registry)
+    installed = locate(target, args.site_packages) if target is not None else None
+    if installed is not None and not installed.target.generic:  # scanned with its rules run in memory
         rules = registry.rules_for(installed.name)
         label = f"{installed.name} {installed.version}"
         sites, as_installed = scan.scan(installed, rules, progress=con.note)
     else:  # scanned as it is
-        found = scan.scan_source(args.target, args.site_packages, progress=con.note)
+        found = scan.scan_source(args.target, args.site_packages, progress=con.note, exclude=tuple(args.exclude))
         label, sites, as_installed = found.label, [], found.sites
         for left_out in found.not_scanned:
             con.note(con.paint("warning:", "yellow") + f" {left_out}")

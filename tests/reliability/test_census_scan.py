@@ -308,9 +308,9 @@ SCAN_CASES = [
     (Case("scan/link-inside-folder", "scan", "a link to a file of the folder, and a folder link back into it: the "
                                              "file scanned once, no loop"),
      _link_inside, scanned(1, 1, lines=(("a.py", 2),))),
-    (Case("scan/link-to-non-py-inside", "scan", "code.py -> data/code.txt inside the folder: scanned under the "
-                                                "link's name"),
-     _link_to_data_inside, scanned(1, 1, lines=(("code.py", 2),))),
+    (Case("scan/link-to-non-py-inside", "scan", "code.py -> data/code.txt inside the folder: not read, as patch "
+                                                "never reads or writes through a link; no other file, so exit 7"),
+     _link_to_data_inside, refused(7, "code.py: not read: a link")),
     (Case("scan/link-outside-folder", "scan", "links to a file and a folder outside the scanned folder: not "
                                               "followed, each a warning"),
      _link_outside, scanned(1, 1, "secret.py: not read: a link to", "vendored: not read: a link to")),
