@@ -4,12 +4,14 @@ the installed transformers (the rules for any code): results/plan_engine.json.
     .venv/bin/python benchmarks/bench_plan_engine.py [--rounds 5] [--large-rounds 1] [--large transformers]
 
 The ways:
-- "cut, one rule at a time": porter's planner (porter.rewrite): files cut to the statements holding their rules'
-  trigger words, each rule its own walk.
-- "whole, one rule at a time": the same with cutting turned off (every file parsed and walked whole).
-- "cut, shared walk": the planner before issue #25 (commit SHARED_WALK_COMMIT, read from git): the rules of a layer
-  in one shared walk, with a fallback to one rule at a time where they were entangled. Skipped outside a git
-  checkout holding that commit.
+- "porter": porter's planner (porter.rewrite.rewrite_file): files cut to the statements holding their rules'
+  trigger words, every rule reading the original in one walk, the rules that matched rewriting in one walk per
+  ``after`` layer.
+- "whole files, shared walks": the same with cutting turned off.
+- "reference, one rule at a time": the planner's fallback (porter.rewrite._one_at_a_time): the whole file, each
+  rule its own walk over the previous one's output.
+- "before #25": the planner at commit SHARED_WALK_COMMIT, read from git (cut files, shared walks with a second
+  fallback). Skipped outside a git checkout holding that commit.
 All ways must give the same files and matches (the run fails otherwise). The plan cache is off and planning runs
 in this process (no workers), so this measures the engine alone.
 """
@@ -84,17 +86,22 @@ def _imports_of_all(module, parts):
     return add_module_imports(module, wanted) if wanted else module
 
 
-def never_cut(path, text, rules):
+def never_cut(text, rules):
     return None  # porter.rewrite._cut answering None: every file planned whole
+
+
+def reference(path, text, rules):
+    return engine._one_at_a_time(path, text, list(rules))
 
 
 def ways() -> dict:
     """label -> (rewrite_file to plan with, porter.rewrite._cut to use)."""
-    out = {"cut, one rule at a time": (engine.rewrite_file, engine._cut),
-           "whole, one rule at a time": (engine.rewrite_file, never_cut)}
+    out = {"porter": (engine.rewrite_file, engine._cut),
+           "whole files, shared walks": (engine.rewrite_file, never_cut),
+           "reference, one rule at a time": (reference, engine._cut)}
     old = shared_walk_engine()
     if old is not None:
-        out["cut, shared walk (before #25)"] = (old.rewrite_file, engine._cut)
+        out["before #25"] = (old.rewrite_file, engine._cut)
     return out
 
 
@@ -120,9 +127,9 @@ def measure(installed, rules, rounds: int) -> dict:
     finally:
         planning.rewrite_file, engine._cut = real_rewrite, real_cut
     assert len({json.dumps(o, sort_keys=True) for o in outputs.values()}) == 1, "the ways gave different plans"
-    base = samples["cut, one rule at a time"]
+    base = samples["porter"]
     return {"target": f"{installed.target.distribution} {installed.version}", "rules": len(rules),
-            "files_planned": len(outputs["cut, one rule at a time"]), "rounds": rounds,
+            "files_planned": len(outputs["porter"]), "rounds": rounds,
             "seconds": {k: summary(v) for k, v in samples.items()},
             "ratio_to_porter": {k: statistics.median(a / b for a, b in zip(v, base)) for k, v in samples.items()},
             "plans_identical": True}

@@ -52,13 +52,12 @@ def rows() -> list[tuple[str, str, str]]:
             if not part:
                 continue
             s, r = part["seconds"], part["ratio_to_porter"]
-            old = "cut, shared walk (before #25)"
+            ways = ["porter", "whole files, shared walks", "reference, one rule at a time", "before #25"]
+            shown = [w for w in ways if w in s]
             out.append((f"plan {part['target']} in-process ({part['rules']} rules, {part['files_planned']} files): "
-                        "porter's path / whole files / the shared walk removed in #25 (identical plans)",
-                        f"{_spread(s['cut, one rule at a time'])} s / {_spread(s['whole, one rule at a time'])} s"
-                        + (f" / {_spread(s[old])} s" if old in s else "")
-                        + f"; whole / porter {r['whole, one rule at a time']:.2f}"
-                        + (f", shared walk / porter {r[old]:.2f}" if old in r else ""),
+                        + " / ".join(shown) + " (identical plans)",
+                        " / ".join(f"{_spread(s[w])} s" for w in shown) + "; "
+                        + ", ".join(f"{w} / porter {r[w]:.2f}" for w in shown[1:]),
                         "bench_plan_engine.py"))
     runtime = _load("runtime_overhead.json")
     if runtime:

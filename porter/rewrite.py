@@ -5,7 +5,7 @@ import dataclasses
 import difflib
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -13,7 +13,7 @@ from libcst.metadata import MetadataWrapper
 
 from .bindings import Bindings, BindingsProvider
 from .errors import PlanError
-from .rules import Match, Rule, RuleTransformer, TextRewrite
+from .rules import Match, Rule, RuleTransformer, TextRewrite, add_needed_imports
 from .skeleton import Lost, Skeleton, cut
 
 
@@ -123,36 +123,39 @@ def _dependencies(cls: type) -> set:
 
 
 def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True) -> FileRewrite:
-    """Run ``rules`` over one file. This is the planner's one path:
+    """Run ``rules`` over one file. The planner's path (``plan_cut``):
 
     1. the file is cut down to the statements holding the rules' trigger words (``porter.skeleton``), so libcst
        parses and walks only those;
-    2. every rule reads the original in one shared walk (``read_matches``): what each matches alone, for the
-       conflict check;
-    3. the rules that matched something (and those building on another's output) apply in ``after`` order, each
-       its own walk over the previous one's output;
+    2. every rule reads that original tree in one shared walk (``read_matches``): what each matches alone, for
+       the conflict check;
+    3. the rules that matched something (or build on another's output) rewrite it, those of one ``after`` layer
+       together in one walk (``_Together``), each later layer over the previous one's output;
     4. the placeholders are put back and every match is reported at the lines of the file as it is.
 
-    The one fallback: where the file is not cut (a data file, a rule without triggers or asking for metadata the
-    cut tree cannot give) or anything fails on the cut file (a rewrite lost a placeholder, a rule tripped over
-    one, a plan error whose lines would be the cut file's), the same steps run over the whole file.
+    The one fallback (``_one_at_a_time``): the whole file, each rule in turn over the previous one's output, the
+    reference the fast path must equal. It runs where the fast path does not apply (a data file, a rule asking for
+    metadata a shared walk cannot give, two rules meeting in one subtree) or anything fails in it (a rewrite lost a
+    placeholder, a rule tripped over one, a plan error, whose lines are then the whole file's).
     """
     rules = list(rules)
     try:
         planned = plan_cut(path, text, rules, enforce_required=enforce_required)
-    except Exception:  # noqa: BLE001  planned again whole: the plan, or the error with the file's own lines
+    except Exception:  # noqa: BLE001  planned again by the reference path: the plan, or the error with its lines
         planned = None
-    return planned or _rewrite(path, text, rules, enforce_required=enforce_required)
+    return planned or _one_at_a_time(path, text, rules, enforce_required=enforce_required)
 
 
 def plan_cut(path: str, text: str, rules: list[Rule], *, enforce_required: bool = True) -> FileRewrite | None:
-    """``rules`` over the file cut down to what they can match, reported against the file as it is; None where
-    the file is not cut (see ``_cut``). Raises ``Lost`` where a rewrite lost a placeholder, and whatever the
-    rules raise; ``rewrite_file`` then plans the whole file."""
-    skeleton = _cut(path, text, rules)
-    if skeleton is None:
+    """Steps 1 to 4 of ``rewrite_file`` (the whole text where nothing is cut or a rule names no triggers),
+    reported against the file as it is; None where this path does not apply. Raises ``Lost`` where a rewrite lost
+    a placeholder, and whatever the rules raise; ``rewrite_file`` then takes the reference path."""
+    if not path.endswith(".py") or not rules or not all(_shareable(rule) for rule in rules):
         return None
-    planned = _rewrite(path, skeleton.text, rules, enforce_required=enforce_required, skeleton=skeleton)
+    skeleton = _cut(text, rules)
+    planned = _in_layers(path, skeleton.text if skeleton else text, rules, enforce_required, skeleton)
+    if planned is None or skeleton is None:
+        return planned
     after, _ = skeleton.expand(planned.after)
     lines, ends = skeleton.original
     matches = [dataclasses.replace(m, start_line=lines[m.start_line - 1][0],
@@ -162,39 +165,64 @@ def plan_cut(path: str, text: str, rules: list[Rule], *, enforce_required: bool 
     return FileRewrite(path=path, before=text, after=after, matches=matches)
 
 
-def _cut(path: str, text: str, rules: list[Rule]) -> Skeleton | None:
-    """The file cut down for ``rules``; None where it must be planned whole: a data file, a rule without
-    triggers, a rule over its text (TextRewrite) or one that asks for metadata beyond positions and bindings (which
-    would be computed on the cut tree)."""
-    if not path.endswith(".py") or not rules:
+def _shareable(rule: Rule) -> bool:
+    """A Python rule asking for no metadata beyond positions and bindings: it can share a walk, and read a cut
+    tree (bindings come from the whole file; others would be computed on the cut one)."""
+    return isinstance(rule.rewrite, type) and _dependencies(rule.rewrite) <= _dependencies(RuleTransformer)
+
+
+def _cut(text: str, rules: list[Rule]) -> Skeleton | None:
+    """The file cut down for ``rules``; None where nothing is cut or a rule names no triggers (it is shown the
+    whole file)."""
+    if not all(rule.triggers for rule in rules):
         return None
-    shared = _dependencies(RuleTransformer)
-    for rule in rules:
-        if not rule.triggers or not isinstance(rule.rewrite, type) or not _dependencies(rule.rewrite) <= shared:
-            return None
     return cut(text, [w for r in rules if r.reads == "statement" for w in r.triggers],
                [w for r in rules if r.reads == "function" for w in r.triggers])
 
 
-def _rewrite(path: str, text: str, rules: Iterable[Rule], *, enforce_required: bool = True,
-             skeleton: Skeleton | None = None) -> FileRewrite:
-    """Steps 2 and 3 of ``rewrite_file`` over one text (a cut file's, with ``skeleton``). Two rules whose matches
-    on the original overlap are a conflict, unless one is declared ``after`` the other (a rule that rewrites code
-    another rule produces must say so). A required rule that matches nothing is an error naming rule and file."""
-    ordered = order_rules(list(rules))
-    parsed = _parse(path, text, ordered[0].id, skeleton) if ordered and path.endswith(".py") else None
-    alone = read_matches(ordered, path, text, parsed, skeleton)  # every rule reading the original, one walk
+def _in_layers(path: str, text: str, rules: list[Rule], enforce_required: bool, skeleton: Skeleton | None
+               ) -> FileRewrite | None:
+    """Steps 2 and 3 over one text (a cut file's, with ``skeleton``); None where two rules met in one subtree, or a
+    rule of the first layer matched in the shared walk what it does not match alone (it saw another's change)."""
+    ordered = order_rules(rules)
+    parsed = _parse(path, text, ordered[0].id, skeleton)
+    alone = read_matches(ordered, path, text, parsed, skeleton)
     _check_conflicts(path, ordered, alone)
+    depth = _depths(ordered)
+    current = text
+    found_by_rule: dict[str, list[Match]] = {rule.id: [] for rule in ordered}
+    for level in range(max(depth.values(), default=-1) + 1):
+        layer = [r for r in ordered if depth[r.id] == level and (alone[r.id] or r.after)]
+        if not layer:
+            continue  # none matched the original, none builds on another: they change nothing
+        # the original's parse serves the first layer (CST nodes are immutable: reading it never changed it)
+        walked = _together(layer, path, parsed if current == text else _parse(path, current, layer[0].id, skeleton))
+        if walked is None or (level == 0 and any(walked.matches[r.id] != alone[r.id] for r in layer)):
+            return None
+        rule_input, current = current, walked.text
+        for rule in layer:
+            found_by_rule[rule.id] = _to_original_lines(walked.matches[rule.id], text, rule_input)
+    return _finished(path, text, current, ordered, found_by_rule, enforce_required)
+
+
+def _one_at_a_time(path: str, text: str, rules: list[Rule], *, enforce_required: bool = True) -> FileRewrite:
+    """The reference: the whole file, every rule in ``after`` order over the previous one's output, with the same
+    conflict check (the rules' matches on the original, ``read_matches``)."""
+    ordered = order_rules(rules)
+    parsed = _parse(path, text, ordered[0].id) if ordered and path.endswith(".py") else None
+    _check_conflicts(path, ordered, read_matches(ordered, path, text, parsed))
     current = text
     found_by_rule: dict[str, list[Match]] = {}
     for rule in ordered:
-        if not alone[rule.id] and not rule.after:
-            found_by_rule[rule.id] = []  # matched nothing in the original and builds on no other rule: nothing
-            continue
         rule_input = current
-        # the original's parse serves every rule until one changes the text (CST nodes are immutable)
-        current, found = apply_rule(rule, path, current, parsed if current == text else None, skeleton)
+        current, found = apply_rule(rule, path, current, parsed if current == text else None)
         found_by_rule[rule.id] = _to_original_lines(found, text, rule_input)
+    return _finished(path, text, current, ordered, found_by_rule, enforce_required)
+
+
+def _finished(path: str, text: str, after: str, ordered: list[Rule], found_by_rule: dict[str, list[Match]],
+              enforce_required: bool) -> FileRewrite:
+    """The file's rewrite, once every required rule is known to have matched (else an error naming rule and file)."""
     matches: list[Match] = []
     for rule in ordered:
         found = found_by_rule[rule.id]
@@ -206,7 +234,23 @@ def _rewrite(path: str, text: str, rules: Iterable[Rule], *, enforce_required: b
             )
         matches.extend(found)
     matches.sort(key=lambda m: (m.start_line, m.start_col, m.rule_id))
-    return FileRewrite(path=path, before=text, after=current, matches=matches)
+    return FileRewrite(path=path, before=text, after=after, matches=matches)
+
+
+def _depths(rules: Sequence[Rule]) -> dict[str, int]:
+    """Each rule's layer: 0 for a rule that rewrites the installed code, 1 + the deepest of its ``after`` rules
+    otherwise."""
+    by_id = {r.id: r for r in rules}
+    depth: dict[str, int] = {}
+
+    def of(rid: str) -> int:
+        if rid not in depth:
+            depth[rid] = 1 + max((of(d) for d in by_id[rid].after if d in by_id), default=-1)
+        return depth[rid]
+
+    for rule in rules:
+        of(rule.id)
+    return depth
 
 
 def _check_conflicts(path: str, ordered: list[Rule], alone: dict[str, list[Match]]) -> None:
@@ -253,24 +297,38 @@ def _transformer(rule: Rule, path: str) -> RuleTransformer:
     return rule.rewrite(rule.id, path)
 
 
-class _Reading(cst.CSTVisitor):
-    """Several rules' transformers in one walk of one tree, each only reading it: at each node every rule's
-    ``visit_``/``leave_`` runs, each ``leave_`` given the original node as both the original and the updated one,
-    and what it returns is dropped, so no rule sees another's change and each records exactly what it matches
-    alone. (A rule whose rewrite nests in its own earlier one sees that when it runs for real; no rule reads its
-    own output, each being a fixpoint, so the matches are the same.) A rule that asked not to visit a subtree is
-    left out below it."""
+@dataclass
+class _Walked:
+    """One shared rewriting walk's outcome: the new text and each rule's matches."""
 
-    METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
+    text: str
+    matches: dict[str, list[Match]]
 
-    def __init__(self, parts: list[RuleTransformer]):
-        super().__init__()
+
+def _together(rules: Sequence[Rule], path: str, wrapper: MetadataWrapper) -> _Walked | None:
+    """Every rule of ``rules`` rewriting one parsed file in a single walk; None where one rule rewrote code another
+    had changed (``_Together.entangled``)."""
+    parts = [_transformer(rule, path) for rule in rules]
+    walk = _Together(parts)
+    module = wrapper.visit(walk)
+    if walk.entangled:
+        return None
+    return _Walked(add_needed_imports(module, parts).code, {rule.id: part.matches for rule, part in zip(rules, parts)})
+
+
+class _Parts:
+    """What the shared walks have in common: each rule's transformer with its method lookups, which rules are
+    inside a subtree they asked to skip, and the attribute hooks passed on to the rules that have them."""
+
+    metadata: Mapping  # set by libcst on the walking visitor (a MetadataDependent) before the walk
+
+    def _take(self, parts: list[RuleTransformer]) -> None:
         self.parts = parts
         self.calls = [_Calls(part) for part in parts]
         self.attributes = [(i, c.part) for i, c in enumerate(self.calls) if c.attributes]
         self.skipping: list[cst.CSTNode | None] = [None] * len(parts)  # the subtree a part asked to skip
 
-    def on_visit(self, node: cst.CSTNode) -> bool:
+    def _visit_parts(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.Module):
             for part in self.parts:
                 part.metadata = self.metadata
@@ -278,12 +336,6 @@ class _Reading(cst.CSTVisitor):
             if self.skipping[i] is None and not calls.visit(node):
                 self.skipping[i] = node
         return not all(self.skipping)
-
-    def on_leave(self, original_node: cst.CSTNode) -> None:
-        for i, calls in enumerate(self.calls):
-            if self.skipping[i] is None or self.skipping[i] is original_node:
-                self.skipping[i] = None
-                calls.leave(original_node, original_node)
 
     def on_visit_attribute(self, node, attribute):
         for i, part in self.attributes:
@@ -294,6 +346,79 @@ class _Reading(cst.CSTVisitor):
         for i, part in self.attributes:
             if self.skipping[i] is None:
                 part.on_leave_attribute(original_node, attribute)
+
+
+class _Reading(_Parts, cst.CSTVisitor):
+    """Several rules' transformers in one walk of one tree, each only reading it: every ``leave_`` is given the
+    original node as both the original and the updated one, and what it returns is dropped, so no rule sees another's
+    change and each records exactly what it matches alone. (A rule whose rewrite nests in its own earlier one sees
+    that when it runs for real; no rule reads its own output, each being a fixpoint, so the matches are the same.)"""
+
+    METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
+
+    def __init__(self, parts: list[RuleTransformer]):
+        super().__init__()
+        self._take(parts)
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return self._visit_parts(node)
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        for i, calls in enumerate(self.calls):
+            if self.skipping[i] is None or self.skipping[i] is original_node:
+                self.skipping[i] = None
+                calls.leave(original_node, original_node)
+
+
+class _Together(_Parts, cst.CSTTransformer):
+    """Several rules' transformers in one walk of one tree, sharing its metadata.
+
+    At each node every rule's ``visit_``/``leave_`` runs in order; a rule that asked not to visit a subtree is
+    left out below it. A rule's ``leave_`` may then see, below the node, what the other rules changed, which it
+    never does when it runs alone. So the walk notes which rules changed something under each node, and when a
+    rule rewrites a node under which another rule changed something, the walk is marked ``entangled`` and its
+    result is not used (the file takes the reference path, one rule at a time). Without that, the result is the
+    one the rules give one after another; a rule whose own matches still differ from what it matches alone (its
+    ``leave_`` read another's change) is caught by ``_in_layers``.
+    """
+
+    METADATA_DEPENDENCIES = RuleTransformer.METADATA_DEPENDENCIES
+
+    def __init__(self, parts: list[RuleTransformer]):
+        super().__init__()
+        self._take(parts)
+        self.changed_below: list[set[int]] = [set()]  # per open node: the parts that changed something in it
+        self.entangled = False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self.changed_below.append(set())
+        return self._visit_parts(node)
+
+    def on_leave(self, original_node, updated_node):
+        below = self.changed_below.pop()
+        result = same_type = updated_node
+        changed_here = set()
+        for i, calls in enumerate(self.calls):
+            if self.skipping[i] is not None and self.skipping[i] is not original_node:
+                continue  # inside a subtree this part skips
+            self.skipping[i] = None
+            if type(result) is not type(original_node):
+                # an earlier part replaced this node: this part still leaves it (its own bookkeeping stays in
+                # step), on the node as it was before the replacement; if it would rewrite it too, the two
+                # rules meet here and the walk's result is not used
+                if calls.leave(original_node, same_type) is not same_type:
+                    self.entangled = True
+                continue
+            new = calls.leave(original_node, result)
+            if new is not result:
+                changed_here.add(i)
+                if below - {i}:
+                    self.entangled = True
+            result = new
+            if type(result) is type(original_node):
+                same_type = result
+        self.changed_below[-1] |= below | changed_here
+        return result
 
 
 class _Calls:

@@ -102,32 +102,41 @@ class RuleTransformer(ResolvesNames, cst.CSTTransformer):
         the name to use.
 
         It is added once, after the module's leading imports, and not at all when they already have it (as
-        libcst's AddImportsVisitor does: see ``finish``), so a rule that uses it stays a fixpoint.
+        libcst's AddImportsVisitor does: see ``add_needed_imports``), so a rule that uses it stays a fixpoint.
         """
         self.imports.append((module, alias))
         return cst.Name(alias or module)
 
     def finish(self, module: cst.Module) -> cst.Module:
-        """The rewritten module with the imports the rewrite asked for, each added once.
+        """The rewritten module with the imports the rewrite asked for."""
+        return add_needed_imports(module, [self])
 
-        ``require_import``'s ``import m`` / ``import m as a`` are placed as libcst's AddImportsVisitor places them
-        (tests/test_head_imports.py holds the two side by side), by ``add_module_imports``: that touches the
-        module's head only, where the visitor (a matcher transformer) costs 20 ms to build for every walk. Imports
-        a rule scheduled through ``self.context`` itself go through the visitor.
-        """
-        if self._context is not None:
-            from libcst.codemod import CodemodContext
-            from libcst.codemod.visitors import AddImportsVisitor
 
-            scheduled = self._context.scratch.get(AddImportsVisitor.CONTEXT_KEY, [])
-            if scheduled:
-                merged = CodemodContext()
-                for module_name, alias in self.imports:
-                    AddImportsVisitor.add_needed_import(merged, module_name, asname=alias)
-                merged.scratch[AddImportsVisitor.CONTEXT_KEY] = [
-                    *merged.scratch.get(AddImportsVisitor.CONTEXT_KEY, []), *scheduled]
-                return AddImportsVisitor(merged).transform_module(module)
-        return add_module_imports(module, self.imports) if self.imports else module
+def add_needed_imports(module: cst.Module, parts: Iterable[RuleTransformer]) -> cst.Module:
+    """``module`` with the imports ``parts`` (rule transformers, one or several that shared a walk) asked for, each
+    added once.
+
+    ``require_import``'s ``import m`` / ``import m as a`` are placed as libcst's AddImportsVisitor places them
+    (tests/test_head_imports.py holds the two side by side), by ``add_module_imports``: that touches the module's
+    head only, where the visitor (a matcher transformer) costs 20 ms to build for every walk. Imports a rule
+    scheduled through ``self.context`` itself go through the visitor.
+    """
+    parts = list(parts)
+    wanted = [pair for part in parts for pair in part.imports]
+    contexts = [part._context for part in parts if part._context is not None]
+    if contexts:
+        from libcst.codemod import CodemodContext
+        from libcst.codemod.visitors import AddImportsVisitor
+
+        scheduled = [item for context in contexts for item in context.scratch.get(AddImportsVisitor.CONTEXT_KEY, [])]
+        if scheduled:
+            merged = CodemodContext()
+            for module_name, alias in wanted:
+                AddImportsVisitor.add_needed_import(merged, module_name, asname=alias)
+            merged.scratch[AddImportsVisitor.CONTEXT_KEY] = [*merged.scratch.get(AddImportsVisitor.CONTEXT_KEY, []),
+                                                             *scheduled]
+            return AddImportsVisitor(merged).transform_module(module)
+    return add_module_imports(module, wanted) if wanted else module
 
 
 def add_module_imports(module: cst.Module, wanted: Iterable[tuple[str, str | None]]) -> cst.Module:
