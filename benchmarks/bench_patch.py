@@ -16,7 +16,7 @@ from _shared import save
 
 os.environ["PORTER_PLAN_CACHE"] = "0"  # every plan computed: this measures planning, not the plan cache
 
-from porter import memory, patcher, plugins
+from porter import memory, patcher, plugins, state
 from porter.plan import make_plan
 from porter.target import locate
 from porter.testing import copy_distribution
@@ -39,7 +39,7 @@ def main() -> dict:
         out["files_changed"] = len(plan.changed)
         out["patch_s"], _ = timed(lambda: patcher.apply_patch(installed, rules))
         out["repatch_noop_s"], _ = timed(lambda: patcher.apply_patch(installed, rules))
-        out["status_s"], _ = timed(lambda: patcher.status(installed))
+        out["status_s"], _ = timed(lambda: state.status(installed))
         out["revert_s"], _ = timed(lambda: patcher.revert(installed))
         cache = Path(tmp) / "cache"
         os.environ["PORTER_CACHE"] = str(cache)

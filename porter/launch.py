@@ -106,7 +106,7 @@ def device_count(cls) -> int | None:
 
 
 def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str], dry_run: bool = False) -> str:
-    from .patcher import PATCHED, status
+    from .state import PATCHED, status
     from .target import locate
 
     if not recipe.targets or requested == "off":

@@ -39,7 +39,7 @@ def download_wheel(installed: InstalledTarget, dest: Path, progress: Progress) -
 def restore_original(installed: InstalledTarget, wheel: Path | None = None, dry_run: bool = False,
                      progress: Progress = lambda _msg: None) -> dict[str, str]:
     """Restore every changed or missing file of ``installed`` from the release's wheel; returns what it restored."""
-    from .patcher import CLEAN, status
+    from .state import CLEAN, status
 
     with dir_lock(installed.package_dir, on_wait=progress):
         state = status(installed).state

@@ -414,7 +414,7 @@ def scan(installed: InstalledTarget, rules, progress: Callable[[str], None] = la
     """A target's CUDA-only sites, from one plan of its rules: (those the patch would leave, each with the
     plugin's reason where it leaves it on purpose; those in the files as installed, each with the rule whose
     change covers its lines, or None). A file that cannot be scanned is a warning through ``progress``."""
-    from .patcher import load_journal
+    from .state import load_journal
 
     # the journal alone says where the installed sources are (the saved originals when patched); status() would
     # also check RECORD, which a scan does not need

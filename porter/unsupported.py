@@ -73,8 +73,8 @@ def find_unsupported(plan, progress=lambda _m: None) -> list[Unsupported]:
     """The sites a plan leaves: every CUDA-only site in the planned sources of the target's Python files, and its
     CUDA source files."""
     from .journal import read_original
-    from .patcher import load_journal
     from .scan import python_files, sites_in
+    from .state import load_journal
 
     installed = plan.installed
     read = read_original(installed, load_journal(installed))

@@ -139,7 +139,7 @@ def verify(installed: InstalledTarget, rules: Sequence[Rule], checks: Sequence[C
            progress: Callable[[str], None] = lambda _m: None, test_cmd: str | None = None,
            timeout: float = 1800) -> Report:
     """Every stage in order: the journal, compile, import, fixpoint, ``--test-cmd``, then the plugin's checks."""
-    from .patcher import load_journal
+    from .state import load_journal
 
     report = Report()
     journal = load_journal(installed)  # paths inside the package, like every reader of a journal

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import patcher
+from .. import patcher, state
 from ..errors import EXIT_OK, UsageError
 from ..journal import read_original
 from ._common import EXIT_CODES, TARGET_HELP, Command, label, resolve, rules_for, site_packages_arg
@@ -95,7 +95,7 @@ def _selection(args: argparse.Namespace, installed: InstalledTarget, rules: list
 def _dry_run(args: argparse.Namespace, installed: InstalledTarget, rules: list, only, con: Console) -> int:
     from ..plan import make_plan
 
-    current = patcher.status(installed)
+    current = state.status(installed)
     plan = make_plan(installed, rules, only, read=read_original(installed, current.journal))
     if args.report:
         plan.write_report(args.report)

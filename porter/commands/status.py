@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from .. import patcher
+from .. import state
 from ..errors import EXIT_OK
 from ._common import EXIT_CODES, Command, json_arg, site_packages_arg
 
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
     from ..generic import status_targets, unknown_journals
 
-    statuses = [patcher.status(i) for i in status_targets(args.target, registry, args.site_packages)]
+    statuses = [state.status(i) for i in status_targets(args.target, registry, args.site_packages)]
     unknown = [] if args.target else unknown_journals(registry, args.site_packages)
     if args.json:
         con.print(json.dumps([s.to_json() for s in statuses] +

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from porter import patcher, plugins
+from porter import patcher, plugins, state
 from porter.errors import StateError
 from porter.target import locate
 from porter.testing import run_porter, tree_digest
@@ -72,7 +72,7 @@ def test_a_failing_roll_back_leaves_an_interrupted_patch_that_revert_repairs(toy
     with pytest.raises(StateError, match="the patch is interrupted"):
         patcher.apply_patch(installed, rules)
     monkeypatch.setattr(patcher, "atomic_write", real)
-    assert patcher.status(installed).state == "interrupted"
+    assert state.status(installed).state == "interrupted"
     patcher.revert(installed)
     assert tree_digest(installed.package_dir) == pristine
 
