@@ -63,6 +63,7 @@ class Plan:
             "files_parsed": len(self.files),
             "files_opted_out": self.files_opted_out,
             "files_not_read": [{"path": rel, "why": why} for rel, why in self.files_not_read],
+            "files_planned_by_reference": [f.path for f in self.files if f.by_reference],
             "matches": [m.to_json() for m in self.matches()],
             "diff": self.diff(),
         }
@@ -182,13 +183,13 @@ def make_plan(installed: InstalledTarget, rules: Sequence[Rule], only: Sequence[
         entry = plancache.key(rules_fingerprint, [r.id for r in by_file[rel]], rel, text) if cached else ""
         hit = plancache.load(entry) if cached else None
         if hit is not None:
-            done[rel] = FileRewrite(path=rel, before=text, after=hit[0], matches=hit[1])
+            done[rel] = FileRewrite(path=rel, before=text, after=hit[0], matches=hit[1], by_reference=hit[2])
         else:
             todo.append((rel, text, entry))
     for (rel, _, entry), rewritten in zip(todo, plan_files([(rel, text, by_file[rel]) for rel, text, _ in todo])):
         done[rel] = rewritten
         if cached:
-            plancache.store(entry, rewritten.after, rewritten.matches)
+            plancache.store(entry, rewritten.after, rewritten.matches, rewritten.by_reference)
     plan.files = [done[rel] for rel in sorted(by_file)]
     return plan
 

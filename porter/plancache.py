@@ -34,22 +34,30 @@ def key(rules_fingerprint: str, rule_ids: list[str], path: str, text: str) -> st
     return h.hexdigest()
 
 
-def load(entry: str) -> tuple[str, list[Match]] | None:
-    """The rewritten text and matches stored under ``entry``, or None (missing or unreadable: plan again)."""
+def load(entry: str) -> tuple[str, list[Match], bool] | None:
+    """The rewritten text, matches and whether the fallback planned it, stored under ``entry``; None when missing or
+    unreadable (plan again)."""
     try:
         data = json.loads((root() / entry[:2] / f"{entry}.json").read_text())
-        return data["after"], [Match(**m) for m in data["matches"]]
+        after, matches = data["after"], [Match(**m) for m in data["matches"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # a cache entry is read as untrusted as any file: only what porter writes is used
+    if not isinstance(after, str) or not all(isinstance(m.path, str) and isinstance(m.rule_id, str)
+                                             and isinstance(m.start_line, int) and isinstance(m.end_line, int)
+                                             for m in matches):
+        return None
+    return after, matches, data.get("by_reference") is True
 
 
-def store(entry: str, after: str, matches: list[Match]) -> None:
+def store(entry: str, after: str, matches: list[Match], by_reference: bool = False) -> None:
     """Keep a result; a cache that cannot be written (read-only home, full disk) is simply not used."""
     folder = root() / entry[:2]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{entry}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"after": after, "matches": [dataclasses.asdict(m) for m in matches]}))
+        tmp.write_text(json.dumps({"after": after, "matches": [dataclasses.asdict(m) for m in matches],
+                                   "by_reference": by_reference}))
         os.replace(tmp, folder / f"{entry}.json")  # readers see the old entry or the new one, never half
     except OSError:
         pass

@@ -25,6 +25,9 @@ class FileRewrite:
     before: str
     after: str
     matches: list[Match] = field(default_factory=list)
+    # planned by the fallback (the whole file, one rule at a time) because the planner's path did not apply or failed:
+    # the plan is the same, but a Python file here often is a sign the path needs a look (`--json` lists them)
+    by_reference: bool = False
 
     @property
     def changed(self) -> bool:
@@ -143,7 +146,9 @@ def rewrite_file(path: str, text: str, rules: Iterable[Rule], *, enforce_require
         planned = plan_cut(path, text, rules, enforce_required=enforce_required)
     except Exception:  # noqa: BLE001  planned again by the reference path: the plan, or the error with its lines
         planned = None
-    return planned or _one_at_a_time(path, text, rules, enforce_required=enforce_required)
+    if planned is not None:
+        return planned
+    return dataclasses.replace(_one_at_a_time(path, text, rules, enforce_required=enforce_required), by_reference=True)
 
 
 def plan_cut(path: str, text: str, rules: list[Rule], *, enforce_required: bool = True) -> FileRewrite | None:

@@ -76,3 +76,18 @@ def test_off_switch(cache, planned_files, toylib_site, monkeypatch):
     make_plan(installed, RULES)
     make_plan(installed, RULES)
     assert len(planned_files) == 2 * len(set(planned_files)) and not cache.exists()
+
+
+@pytest.mark.parametrize("entry", [{"after": 7, "matches": []}, {"after": "x = 1\n", "matches": [{"rule_id": 1}]},
+                                   {"after": "x = 1\n", "matches": [{"rule_id": "r", "path": "p", "start_line": "9",
+                                                                     "end_line": 1, "message": "m"}]}])
+def test_an_entry_of_the_wrong_shape_is_planned_again(cache, planned_files, toylib_site, entry):
+    """A cache entry is read as untrusted: valid JSON that is not what porter writes is never served as a plan."""
+    installed = locate(TOYLIB, toylib_site)
+    first = make_plan(installed, RULES)
+    for path in cache.rglob("*.json"):
+        path.write_text(json.dumps(entry))
+    planned_files.clear()
+    again = make_plan(installed, RULES)
+    assert sorted(planned_files) == sorted(f.path for f in first.files)
+    assert [(f.after, f.matches) for f in again.files] == [(f.after, f.matches) for f in first.files]
