@@ -41,10 +41,10 @@ class PortFinder(importlib.abc.MetaPathFinder):
         return self.spec_for(fullname, spec.origin, source, spec.submodule_search_locations)
 
     def spec_for(self, fullname, origin, source, locations=None):
-        from .memory import _Loader  # bytecode cached in porter's cache, tracebacks show the code that runs
+        from .memory import PortedLoader  # bytecode cached in porter's cache, tracebacks show the code that runs
 
         self.served.append(fullname)
-        return importlib.util.spec_from_file_location(fullname, origin, loader=_Loader(source, origin),
+        return importlib.util.spec_from_file_location(fullname, origin, loader=PortedLoader(source, origin),
                                                       submodule_search_locations=locations)
 
     def source_of(self, path: str) -> str | None:

@@ -21,6 +21,7 @@ are porter exec's own.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -123,21 +124,13 @@ def prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: C
 
 def _prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: Callable[[], list],
              plugin_digest: str, progress: Callable[[str], None]) -> Prepared:
-    from .plan import make_plan
+    from .memory import ported_sources
 
     served: dict[str, str] = {}
     names = []
     for installed in targets:
-        key = _key(installed, plugin_digest)
-        cached = diskio.cache_dir("exec") / f"plan-{key}.json"
-        try:
-            sources = _cached_plan(cached, installed)
-        except (OSError, ValueError):  # none, unreadable, or not what porter writes: planned again
-            progress(f"planning {installed.name} in memory")
-            plan = make_plan(installed, rules())
-            sources = {str(installed.path(f.path)): f.after for f in plan.changed}
-            _write_json(cached, sources)
-        served.update(sources)
+        served.update(ported_sources(installed, rules, plugin_digest, progress,
+                                     check_files=functools.partial(_not_too_many, installed.root)).sources)
         names.append(installed.name)
     manifest = write_manifest(served)
     boot = boot_folder()
@@ -147,30 +140,11 @@ def _prepare(command: Sequence[str], targets: Sequence[InstalledTarget], rules: 
     return Prepared(manifest, env, len(served), names)
 
 
-def _cached_plan(path: Path, installed: InstalledTarget) -> dict[str, str]:
-    """A cached plan, only as porter writes one (file -> source, every file inside the target): a damaged or foreign
-    cache entry must not make the hook serve code for some other file. ``ValueError`` otherwise."""
-    sources = json.loads(path.read_text())
-    root = str(installed.root) + os.sep
-    if not isinstance(sources, dict) or not all(isinstance(k, str) and k.startswith(root) and isinstance(v, str)
-                                                 for k, v in sources.items()):
-        raise ValueError(f"{path}: not a plan of {installed.root}")
-    return sources
-
-
-def _key(installed: InstalledTarget, plugin_digest: str) -> str:
-    """What the plan depends on: porter's engine, the rules' sources, and every file of the target, by its bytes."""
-    from .generic import source_files
-
-    h = hashlib.sha256(f"{diskio.engine_digest()}\0{plugin_digest}\0{installed.root}\0{installed.target.exclude}"
-                       .encode())
-    files = source_files(installed)
+def _not_too_many(root: Path, files: list[str]) -> None:
     if len(files) > MAX_FOLDER_FILES:
-        raise InputError(f"{installed.root} holds {len(files)} Python files: too many for a program's own folder",
+        raise InputError(f"{root} holds {len(files)} Python files: too many for a program's own folder",
                          hint="name what to port with --target, and leave the script's folder out with "
                               "--no-script-folder")
-    diskio.hash_files(h, [installed.path(rel) for rel in files], installed.root)
-    return h.hexdigest()[:32]
 
 
 def write_manifest(files: dict[str, str]) -> Path:
@@ -180,10 +154,6 @@ def write_manifest(files: dict[str, str]) -> Path:
     if not manifest.is_file():
         diskio.atomic_write(manifest, text)
     return manifest
-
-
-def _write_json(path: Path, data) -> None:
-    diskio.atomic_write(path, json.dumps(data).encode())
 
 
 def boot_folder() -> Path:

@@ -13,8 +13,8 @@ import importlib.util
 import json
 import marshal
 import os
+import re
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +29,67 @@ def memory_patch_dir() -> Path:
     return diskio.cache_dir("memory-patch")
 
 
-def _source_key(installed: InstalledTarget, plugin_digest: str) -> str:
-    """Every file of the installed package and the plugins' own sources: what any rule could read or be made
-    of, known without importing the rules (a worker that finds the plan cached never loads libcst)."""
-    h = hashlib.sha256(f"{engine_digest()}\0{installed.name}\0{installed.version}\0{installed.site_packages}\0"
-                       f"{plugin_digest}".encode())
-    diskio.hash_files(h, (p for p in installed.package_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts),
-                      installed.site_packages)
-    return "src-" + h.hexdigest()[:24]
+@dataclass
+class Ported:
+    """A target's port held in memory: each file the rules change, by its absolute path, and its ported text."""
+
+    sources: dict[str, str]  # installed file (absolute path) -> its ported source
+    cached: bool  # read from porter's cache, not planned now
+
+
+def ported_sources(installed: InstalledTarget, rules: Callable[[], list], plugin_digest: str,
+                   progress: Callable[[str], None] = lambda _m: None,
+                   check_files: Callable[[list[str]], None] | None = None) -> Ported:
+    """The port of ``installed`` in memory, planned once: the in-memory port of `porter run` (``prepare``) and
+    `porter exec` both read it. It is cached by what it depends on (``_key``), so N workers started together plan
+    once and a cached port never loads the rules or libcst (``rules()`` is called only when it must be planned). A
+    cache entry is read as untrusted (``_read``). ``check_files`` sees the target's files before anything is
+    hashed (exec refuses a folder too big to be a project)."""
+    # named by its key; the target's name (a folder's is its path) only as a readable, harmless label
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(installed.name).name)[-40:] or "target"
+    path = memory_patch_dir() / f"{label}-{_key(installed, plugin_digest, check_files)}.json"
+    try:
+        return Ported(_read(path, installed), True)
+    except (OSError, ValueError):  # none, unreadable, or not what porter writes: planned again
+        pass
+    progress(f"planning {installed.name} in memory")
+    from .plan import make_plan  # only now: planning loads libcst, a cached port does not need it
+
+    plan = make_plan(installed, rules())
+    sources = {str(installed.path(f.path)): f.after for f in plan.changed}
+    diskio.atomic_write(path, json.dumps({"sources": sources}).encode())
+    return Ported(sources, False)
+
+
+def _key(installed: InstalledTarget, plugin_digest: str, check_files: Callable[[list[str]], None] | None) -> str:
+    """What a port depends on: porter's engine, the plugins' sources, and every file the rules could read, by its
+    bytes: a registered target's whole package (its plugin's rules may rewrite data files too), else the Python
+    files porter reads (the rules for any code read nothing else)."""
+    h = hashlib.sha256(f"{engine_digest()}\0{plugin_digest}\0{installed.name}\0{installed.version}\0"
+                       f"{installed.root}\0{installed.target.exclude}".encode())
+    if installed.target.kind == "plugin":
+        files = [p for p in installed.package_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    else:
+        from .generic import source_files
+
+        names = source_files(installed)
+        if check_files is not None:
+            check_files(names)
+        files = [installed.path(rel) for rel in names]
+    diskio.hash_files(h, files, installed.root)
+    return "port-" + h.hexdigest()[:32]
+
+
+def _read(path: Path, installed: InstalledTarget) -> dict[str, str]:
+    """A cached port, only as porter writes one (file -> source, every file inside the target): a damaged or foreign
+    entry must never make the import hook serve code for some other file. ``ValueError`` otherwise."""
+    data = json.loads(path.read_text())
+    sources = data.get("sources") if isinstance(data, dict) else None
+    root = str(installed.root) + os.sep
+    if not isinstance(sources, dict) or not all(isinstance(k, str) and k.startswith(root) and isinstance(v, str)
+                                                 for k, v in sources.items()):
+        raise ValueError(f"{path}: not a port of {installed.root}")
+    return sources
 
 
 @dataclass
@@ -56,41 +109,27 @@ def prepare_for(registry, name: str) -> MemoryPatch:
 
 
 def prepare(installed: InstalledTarget, rules: Callable[[], list], plugin_digest: str) -> MemoryPatch:
-    """Plan (or read the cached plan of) the rewrite of ``installed``'s modules.
-
-    The cache is looked up by every installed file of the package, porter's engine and ``plugin_digest`` (the
-    registry's ``source_digest()``); ``rules()`` is called only when the plan must be made.
-    """
+    """The port of ``installed``'s modules for the import hook (``install``): each changed file under its module
+    name; a file that is no module (a data file) cannot be served this way and is listed as skipped."""
     from .target import module_name
 
-    key = _source_key(installed, plugin_digest)
-    path = memory_patch_dir() / f"{installed.name}-{key}.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-            return MemoryPatch(data["sources"], data["files"], data["skipped"], True)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: plan again and replace it
-    from .plan import make_plan  # only now: planning loads libcst, a cached plan does not need it
-
-    plan = make_plan(installed, rules())
+    ported = ported_sources(installed, rules, plugin_digest)
     sources, files, skipped = {}, {}, []
-    for f in plan.changed:
-        name = module_name(f.path)
+    for file, source in sorted(ported.sources.items()):
+        rel = Path(file).relative_to(installed.site_packages).as_posix()
+        name = module_name(rel)
         if name is None:
-            skipped.append(f.path)
+            skipped.append(rel)
             continue
-        sources[name] = f.after
-        files[name] = str(installed.path(f.path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"sources": sources, "files": files, "skipped": skipped}, fh)
-    os.replace(tmp, path)
-    return MemoryPatch(sources, files, skipped, False)
+        sources[name] = source
+        files[name] = file
+    return MemoryPatch(sources, files, skipped, ported.cached)
 
 
-class _Loader(importlib.abc.SourceLoader):
+class PortedLoader(importlib.abc.SourceLoader):
+    """Serves a ported source for an installed file: tracebacks name the installed file and show the code that
+    runs; the bytecode is kept in porter's cache, never in the package's __pycache__."""
+
     def __init__(self, source: str, path: str):
         self.source, self.path = source, path
 
@@ -135,7 +174,7 @@ class PatchFinder(importlib.abc.MetaPathFinder):
         if fullname not in self.patch.sources:
             return None
         origin = self.patch.files[fullname]
-        loader = _Loader(self.patch.sources[fullname], origin)
+        loader = PortedLoader(self.patch.sources[fullname], origin)
         is_package = origin.endswith("__init__.py")
         spec = importlib.util.spec_from_file_location(fullname, origin, loader=loader,
                                                       submodule_search_locations=[str(Path(origin).parent)]

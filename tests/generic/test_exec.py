@@ -182,8 +182,11 @@ def test_a_damaged_cached_plan_is_planned_again(program, tmp_path):
     cache = tmp_path / "cache"
     env = {"PYTHONPATH": str(lib), "PORTER_CACHE": str(cache)}
     assert porter_exec("--", sys.executable, "main.py", cwd=project, env=env).returncode == 5
-    for plan in (cache / "exec").glob("plan-*.json"):
-        plan.write_text('{"/etc/elsewhere.py": "print(1)"}')
+    entries = list((cache / "memory-patch").glob("*-port-*.json"))
+    assert entries
+    assert not list(project.parent.glob("*-port-*.json")), "the port was cached outside porter's cache"
+    for plan in entries:
+        plan.write_text('{"sources": {"/etc/elsewhere.py": "print(1)"}}')
     r = porter_exec("--", sys.executable, "main.py", cwd=project, env=env)
     assert r.returncode == 5 and "total 3.0" in r.stdout, r.stderr[-1000:]
     assert "planning" in r.stderr
