@@ -385,6 +385,15 @@ def _temporaries_below(installed: InstalledTarget) -> list[Path]:
     return sorted(found)
 
 
+def gitignore_to_make(installed: InstalledTarget) -> list[str]:
+    """What a patch of ``installed`` makes beside its state, for its journal's ``made``: a folder's
+    ``.porter-state/.gitignore`` where there is none (one already there, a user's or a leftover, is left alone)."""
+    from .journal import GITIGNORE_MADE
+
+    path = installed.root / STATE_DIR_NAME / ".gitignore"
+    return [GITIGNORE_MADE] if installed.target.kind == FOLDER and not path.exists() and not path.is_symlink() else []
+
+
 def write_gitignore(installed: InstalledTarget) -> None:
     """A folder target's ``.porter-state/.gitignore``: git never shows porter's journal and originals as changes."""
     from .diskio import atomic_write

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,8 +49,10 @@ _ENTRY_FIELDS = {"path": (str, False), "original_sha256": (str, False), "patched
 _JOURNAL_FIELDS = {"target": (str, False), "distribution": (str, False), "version": (str, False),
                    "status": (str, False), "rules": (list, False), "files": (list, False),
                    "rules_fingerprint": (str, True), "porter_version": (str, True), "created": (str, True),
-                   "format": (int, False), "kind": (str, True)}
+                   "format": (int, False), "kind": (str, True), "made": (list, True)}
 KINDS = ("plugin", "distribution", "folder")  # porter.target's kinds: who made the patch
+GITIGNORE_MADE = ".porter-state/.gitignore"  # relative to the target's root (porter.target.STATE_DIR_NAME)
+MADE = (GITIGNORE_MADE,)  # all a journal's `made` may name
 
 
 def _check_fields(obj, fields: dict, where: str) -> None:
@@ -93,6 +95,10 @@ def validate(raw) -> None:
     if raw["status"] not in (PENDING, APPLIED):
         raise ValueError(f"journal.status is {raw['status']!r}, not {PENDING!r} or {APPLIED!r}")
     _check_list_of_str(raw["rules"], "journal.rules")
+    _check_list_of_str(raw.get("made", []), "journal.made")
+    strange = [m for m in raw.get("made", []) if m not in MADE]
+    if strange:
+        raise ValueError(f"journal.made names {strange[0]!r}: porter makes nothing there")
     seen = set()
     for n, entry in enumerate(raw["files"]):
         where = f"journal.files[{n}]"
@@ -126,6 +132,9 @@ class Journal:
     # what made the patch: a plugin's target (journals written before this field are plugins'), a distribution by
     # its pip name, or a folder; `porter status` reads a distribution's journal as one only when it says so
     kind: str = "plugin"
+    # what this patch made beside its state, under the target's root (a folder's `.porter-state/.gitignore`): revert
+    # removes these and nothing else of the kind, so a user's own file of the same name and text stays
+    made: list[str] = field(default_factory=list)
 
     # -- storage -------------------------------------------------------------------------------------
 
@@ -245,13 +254,14 @@ def unequal_originals(state_dir: Path, site_packages: Path) -> list[str]:
             if (Path(site_packages) / rel).is_dir() or sha256_file(Path(site_packages) / rel) != sha256_file(root / rel)]
 
 
-def remove_state(state_dir: Path, site_packages: Path) -> None:
+def remove_state(state_dir: Path, site_packages: Path, made: Sequence[str] = ()) -> None:
     """Delete what porter wrote in the state folder: the journal first (a crash half-way leaves 'clean', not a
     broken journal), then the saved originals and porter's temporary files, then the folders they emptied.
 
     Refuses while any saved original on disk differs from the installed file: those are the only copies, and the
     set on disk is what counts, not the journal's list (a shortened list must not take the rest with it). A file
-    porter did not write is left where it is, with its folders."""
+    porter did not write is left where it is, with its folders; of what sits beside the state, only what the journal
+    says this patch ``made``."""
     state_dir = Path(state_dir)
     check_real_folders(state_dir)
     left = unequal_originals(state_dir, site_packages)
@@ -277,7 +287,8 @@ def remove_state(state_dir: Path, site_packages: Path) -> None:
             folder.rmdir()  # only once empty: anything porter did not write keeps its folder
         except OSError:
             pass
-    _remove_gitignore(state_dir.parent)
+    if GITIGNORE_MADE in made:
+        _remove_gitignore(state_dir.parent)
     try:
         state_dir.parent.rmdir()
     except OSError:
@@ -285,8 +296,8 @@ def remove_state(state_dir: Path, site_packages: Path) -> None:
 
 
 def _remove_gitignore(folder: Path) -> None:
-    """The .gitignore a folder target's state sits beside (porter.generic.write_gitignore), once it is all that is
-    left there, and only when it is porter's text, byte for byte."""
+    """The .gitignore a folder target's state sits beside (porter.generic.write_gitignore), which the journal says
+    porter made: once it is all that is left there, and only while it is porter's text, byte for byte."""
     from .generic import GITIGNORE
 
     ignore = folder / ".gitignore"

@@ -198,23 +198,26 @@ def _write(installed: InstalledTarget, plan: Plan, progress: Progress) -> None:
     check_writable([installed.path(f.path) for f in plan.changed] + [originals_dir(state_dir) / "x"])
     # 1. originals: until the journal exists nothing refers to them; a failure here removes them again
     #    (a crash leaves them unreferenced copies of the installed files, which the next patch or revert clears).
-    try:
-        from .generic import write_gitignore
+    from .generic import gitignore_to_make, write_gitignore
 
-        write_gitignore(installed)  # a folder's state: kept out of git
+    try:
         for rel, data in originals.items():
             check_real_folders(state_dir, originals_dir(state_dir) / rel)  # never written through a planted link
             atomic_write(originals_dir(state_dir) / rel, data)
         step_hook("originals-saved")
-        # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file.
+        # 2. the journal, marked pending: from here on a crash is "interrupted" and revert knows every file, and
+        #    what it will make beside the state (a folder's .gitignore, written now), which revert alone removes
+        journal.made = gitignore_to_make(installed)
         journal.save(state_dir)
         step_hook("journal-pending")
+        if journal.made:
+            write_gitignore(installed)  # a folder's state: kept out of git
     except OSError as exc:
-        remove_state(state_dir, installed.site_packages)
+        remove_state(state_dir, installed.site_packages, journal.made)
         raise StateError(f"could not save the originals ({exc.strerror or exc}: {exc.filename}); nothing was changed",
                          hint="free the space or fix the permissions, then run it again") from None
     except BaseException:
-        remove_state(state_dir, installed.site_packages)
+        remove_state(state_dir, installed.site_packages, journal.made)
         raise
     _replace_files(installed, plan, journal, originals, progress)
 
@@ -314,7 +317,7 @@ def _roll_back(installed: InstalledTarget, journal: Journal, originals: dict[str
         raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}), and putting back the "
                          f"files already written failed too ({', '.join(wrong)}): the patch is interrupted",
                          hint=f"free the space or fix the permissions, then `porter revert {installed.name}`") from None
-    remove_state(installed.state_dir, installed.site_packages)
+    remove_state(installed.state_dir, installed.site_packages, journal.made)
     raise StateError(f"could not write {installed.path(failed)} ({exc.strerror or exc}); the files already written "
                      f"were put back, so nothing is changed",
                      hint="free the space or fix the permissions, then run it again") from None
@@ -393,7 +396,7 @@ def _restore(installed: InstalledTarget, journal: Journal, force: bool, progress
         raise StateError(f"after restoring, these files still differ from their originals: {', '.join(wrong)}",
                          hint=f"the journal and originals are kept in {installed.state_dir}")
     step_hook("restored-all")
-    remove_state(installed.state_dir, installed.site_packages)
+    remove_state(installed.state_dir, installed.site_packages, journal.made)
     return restored
 
 

@@ -194,3 +194,33 @@ def test_a_pyproject_whose_tool_is_not_a_table(tmp_path):
     (project / "pyproject.toml").write_text("tool = 3\n")
     r = run_porter("patch", str(project), "--dry-run")
     assert r.returncode == 7 and "tool is not a table" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_revert_removes_the_gitignore_porter_made_and_never_a_users(project):
+    """The journal records what the patch made beside its state; a `.porter-state/.gitignore` the user already had,
+    even with porter's very text, is theirs and outlives patch and revert."""
+    from porter.generic import GITIGNORE
+
+    assert run_porter("patch", str(project)).returncode == 0
+    journal = json.loads((project / ".porter-state" / "_folder" / "journal.json").read_text())
+    assert journal["made"] == [".porter-state/.gitignore"]
+    assert run_porter("revert", str(project)).returncode == 0
+    assert not (project / ".porter-state").exists()
+    (project / ".porter-state").mkdir()
+    (project / ".porter-state" / ".gitignore").write_text(GITIGNORE)
+    before = tree_digest(project)
+    assert run_porter("patch", str(project)).returncode == 0
+    assert json.loads((project / ".porter-state" / "_folder" / "journal.json").read_text())["made"] == []
+    assert run_porter("revert", str(project)).returncode == 0
+    assert (project / ".porter-state" / ".gitignore").read_text() == GITIGNORE
+    assert tree_digest(project) == before
+
+
+def test_a_journal_naming_something_porter_never_makes_is_refused(project):
+    assert run_porter("patch", str(project)).returncode == 0
+    path = project / ".porter-state" / "_folder" / "journal.json"
+    journal = json.loads(path.read_text())
+    path.write_text(json.dumps({**journal, "made": ["train.py"]}))
+    r = run_porter("revert", str(project))
+    assert r.returncode != 0 and "journal.made names 'train.py'" in r.stderr
+    assert "porter_device" in (project / "train.py").read_text()  # nothing was touched
