@@ -45,10 +45,6 @@ class Command:
     add_arguments: Callable
     run: Callable
 
-    @property
-    def key(self) -> str:
-        return self.name
-
 
 @dataclass
 class PluginInfo:

@@ -48,10 +48,6 @@ class Model:
     description: str
     presets: tuple[str, ...] = ()
 
-    @property
-    def key(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True)
 class DatasetFormat:

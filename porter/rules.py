@@ -310,10 +310,6 @@ class Rule:
             raise TypeError(f"rule {self.id}: a rule over data files needs a TextRewrite instance")
 
     @property
-    def key(self) -> str:
-        return self.id
-
-    @property
     def any_code(self) -> bool:
         """A rule for any code: its files are the target's Python files that hold its triggers."""
         return self.target == ANY_TARGET

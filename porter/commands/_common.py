@@ -44,10 +44,6 @@ class Command:
     quick_exit: bool | Callable[[argparse.Namespace], bool] = False
     changes_files: bool = False  # an interruption leaves something for `porter status` and `porter revert`
 
-    @property
-    def key(self) -> str:
-        return self.name
-
     def add_to(self, sub: Any, registry: Registry) -> argparse.ArgumentParser:
         """Its sub-parser, under `porter`'s ``add_subparsers()``."""
         epilog = self.epilog(registry) if callable(self.epilog) else self.epilog
@@ -76,7 +72,7 @@ def json_arg(p: Any, help: str | None = None) -> None:
     p.add_argument("--json", action="store_true", help=help)
 
 
-def resolve(args: argparse.Namespace, registry: Registry, check_version: bool = True) -> InstalledTarget:
+def target_of(args: argparse.Namespace, registry: Registry, check_version: bool = True) -> InstalledTarget:
     """The TARGET argument as an installed target (``--site-packages`` and ``--exclude`` where given)."""
     from ..generic import resolve
 

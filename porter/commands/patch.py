@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .. import patcher, state
 from ..errors import EXIT_OK, UsageError
 from ..journal import read_original
-from ._common import EXIT_CODES, TARGET_HELP, Command, label, resolve, rules_for, site_packages_arg
+from ._common import EXIT_CODES, TARGET_HELP, Command, label, rules_for, site_packages_arg, target_of
 from .verify import report_verify
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
-    installed = resolve(args, registry)
+    installed = target_of(args, registry)
     rules = rules_for(registry, installed)
     only = _selection(args, installed, rules, con)
     if args.verify and args.dry_run:

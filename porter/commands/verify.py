@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
-from ._common import EXIT_CODES, TARGET_HELP, Command, json_arg, resolve, rules_for, site_packages_arg
+from ._common import EXIT_CODES, TARGET_HELP, Command, json_arg, rules_for, site_packages_arg, target_of
 
 if TYPE_CHECKING:
     from ..plugins import Registry
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
     if args.timeout <= 0 or args.timeout != args.timeout:
         raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
-    return report_verify(resolve(args, registry), registry, con, args.json, args.test_cmd, args.timeout)
+    return report_verify(target_of(args, registry), registry, con, args.json, args.test_cmd, args.timeout)
 
 
 def report_verify(installed: InstalledTarget, registry: Registry, con: Console, as_json: bool,
