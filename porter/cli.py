@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, plugins
-from .commands import BUILTIN
+from .commands import BUILTIN, BY_NAME, every
 from .commands._common import EXIT_CODES, Command, Formatter, global_args
-from .errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, NotFoundError, PorterError
+from .errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, PorterError
 from .render import Console
 
 MAIN_HELP = """\
@@ -33,36 +33,13 @@ examples:
   porter new-plugin mylib --kind target   a plugin package that installs and passes its tests at once
 """
 
-COMMANDS = {command.name: command for command in BUILTIN}
-
-
-def plugin_command(extra: plugins.Command) -> Command:
-    """A plugin's command as a built-in's record: no description or epilog, needs the rules (it may use any),
-    never exits quickly, changes no files `porter status` tracks."""
-
-    def handle(args: argparse.Namespace, registry: plugins.Registry, con: Console) -> int:
-        if registry.commands.get(extra.name) is not extra:  # its plugin failed registering rules or checks: dropped
-            raise NotFoundError(f"command {extra.name!r} is not available: its plugin was not loaded (see the "
-                                "warning above)")
-        return extra.run(args, registry)
-
-    return Command(extra.name, help=extra.help, add_arguments=extra.add_arguments, handle=handle)
-
-
-def commands(registry: plugins.Registry) -> dict[str, Command]:
-    """Every command by name: the built-ins (``BUILTIN``'s order), then the plugins'. ``plugins.load`` rejects a
-    plugin's command named like a built-in (``builtin_commands``), so none replaces one here."""
-    return {**COMMANDS, **{name: plugin_command(extra) for name, extra in registry.commands.items()
-                           if name not in COMMANDS}}
-
-
 def build_parser(registry: plugins.Registry,
                  known: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="porter", description=MAIN_HELP, epilog=EXIT_CODES, formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"porter {__version__}")
     global_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (commands(registry) if known is None else known).values():
+    for command in (every(registry) if known is None else known).values():
         command.add_to(sub, registry)
     return parser
 
@@ -117,8 +94,8 @@ def main(argv: Sequence[str] | None = None, outcome: dict[str, bool] | None = No
     global_args(pre)
     early, _ = pre.parse_known_args(argv)
     try:
-        registry = plugins.load(extra=early.plugin, strict=early.strict, lazy=True, builtin_commands=COMMANDS)
-        known = commands(registry)
+        registry = plugins.load(extra=early.plugin, strict=early.strict, lazy=True, builtin_commands=BY_NAME)
+        known = every(registry)
         parser = build_parser(registry, known)
         args = parser.parse_args(argv)
         command = known.get(args.command)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import exit_code_help
 
 if TYPE_CHECKING:  # annotations only: the command modules load before any rule, and stay light
+    from ..plugins import Command as PluginCommand
     from ..plugins import Registry
     from ..render import Console
     from ..target import InstalledTarget
@@ -29,7 +30,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 class Command:
     """A `porter` command: everything the executable needs to know of it, in one record. Each built-in command's
     module fills one (its ``COMMAND``); a plugin registers the smaller ``porter.plugins.Command``, which `porter`
-    wraps in one of these (``porter.cli.plugin_command``), so both are parsed and run the same way."""
+    wraps in one of these (``Command.of_plugin``), so both are parsed and run the same way."""
 
     name: str  # what users type: `porter status`
     help: str  # its line in `porter --help`
@@ -54,6 +55,21 @@ class Command:
 
     def exits_quickly(self, args: argparse.Namespace) -> bool:
         return self.quick_exit(args) if callable(self.quick_exit) else self.quick_exit
+
+    @classmethod
+    def of_plugin(cls, extra: PluginCommand) -> Command:
+        """A plugin's command as this record: no description or epilog, needs the rules (it may use any), never
+        exits quickly, changes no files `porter status` tracks."""
+
+        def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
+            if registry.commands.get(extra.name) is not extra:  # its plugin failed registering rules or checks
+                from ..errors import NotFoundError
+
+                raise NotFoundError(f"command {extra.name!r} is not available: its plugin was not loaded (see the "
+                                    "warning above)")
+            return extra.run(args, registry)
+
+        return cls(extra.name, help=extra.help, add_arguments=extra.add_arguments, handle=handle)
 
 
 def global_args(parser: argparse.ArgumentParser) -> None:
