@@ -69,3 +69,20 @@ def test_bundled_plugins_use_only_the_documented_api():
                 used.setdefault(module, str(path.relative_to(ROOT)))
     outside = {m: p for m, p in used.items() if m not in public and m != "porter"}
     assert not outside, f"not in docs/writing-plugins.md's public API: {outside}"
+
+
+def test_no_function_runs_over_60_lines_and_the_executable_stays_small():
+    """Functions a reader would want split are split (issue #25 allows three with a reason; there are none), and the
+    `porter` executable builds and dispatches only: each command is a module of porter/commands/."""
+    import ast
+
+    long = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if "__pycache__" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long, f"over 60 lines: {', '.join(long)}"
+    assert len((ROOT / "porter" / "cli.py").read_text().splitlines()) < 150
