@@ -204,6 +204,9 @@ def check_nodes(args: argparse.Namespace) -> int:
 
 def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str], registry) -> LaunchPlan:
     cls, notes = resolve_device(args.device)
+    # the recipe's checks here may import SAT and with it DeepSpeed: it is told the device, not left to guess (and
+    # warn that it found no GPU)
+    os.environ.setdefault("DS_ACCELERATOR", cls.deepspeed_accelerator)
     present = device_count(cls)
     if present is None:
         if not args.dry_run:
