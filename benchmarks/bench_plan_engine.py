@@ -45,45 +45,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def shared_walk_engine():
     """porter/rewrite.py as it was at SHARED_WALK_COMMIT, loaded as a module of today's porter package (it needs
-    only porter.bindings, porter.errors, porter.rules and porter.skeleton, unchanged since), or None."""
+    only names of porter.bindings, porter.errors, porter.rules and porter.skeleton that still exist), or None."""
     try:
         source = subprocess.run(["git", "-C", str(ROOT), "show", f"{SHARED_WALK_COMMIT}:porter/rewrite.py"],
                                 capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    import porter.rules
-
-    # the old engine added the imports of all rules of a shared walk at once, through a helper since folded into
-    # RuleTransformer.finish: given back here for it alone, as it was
-    porter.rules.add_needed_imports = _imports_of_all  # type: ignore[attr-defined]
     spec = importlib.util.spec_from_loader("porter._rewrite_shared_walk", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "porter"
     sys.modules[spec.name] = module
     exec(compile(source, f"{SHARED_WALK_COMMIT[:8]}:porter/rewrite.py", "exec"), module.__dict__)
     return module
-
-
-def _imports_of_all(module, parts):
-    """The imports every one of ``parts`` asked for, added once (a rule's own context's through libcst's visitor),
-    as porter.rules.add_needed_imports did at SHARED_WALK_COMMIT."""
-    from libcst.codemod import CodemodContext
-    from libcst.codemod.visitors import AddImportsVisitor
-
-    from porter.rules import add_module_imports
-
-    parts = list(parts)
-    wanted = [pair for part in parts for pair in part.imports]
-    scheduled = [item for part in parts if part._context is not None
-                 for item in part._context.scratch.get(AddImportsVisitor.CONTEXT_KEY, [])]
-    if scheduled:
-        merged = CodemodContext()
-        for name, alias in wanted:
-            AddImportsVisitor.add_needed_import(merged, name, asname=alias)
-        merged.scratch[AddImportsVisitor.CONTEXT_KEY] = [*merged.scratch.get(AddImportsVisitor.CONTEXT_KEY, []),
-                                                         *scheduled]
-        return AddImportsVisitor(merged).transform_module(module)
-    return add_module_imports(module, wanted) if wanted else module
 
 
 def never_cut(text, rules):
