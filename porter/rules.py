@@ -14,7 +14,7 @@ from libcst.metadata import PositionProvider
 from .names import NOT_A_LITERAL, ResolvesNames, literal, same  # noqa: F401  (what rule authors use)
 from .target import version_in
 
-CATEGORIES = ("device", "imports", "rotary", "fused-op", "compat", "test", "unsupported")
+CATEGORIES = ("device", "imports", "rotary", "fused-op", "quantization", "compat", "test", "unsupported")
 
 # The target name of rules for any code: they run over every Python file of a target no plugin registered (a
 # project folder, or an installed distribution by its pip name) that holds one of their trigger words

@@ -19,8 +19,6 @@ SAT = Target(
         "sat/ops/memory_efficient_attention.py::*": "xformers attention, loaded lazily for MemoryEfficientAttentionMixin "
                                                     "only; " + NOT_VISUALGLM,
         "sat/ops/ops_builder/*": "builds SAT's CUDA extensions (FusedEmaAdam); " + NOT_VISUALGLM,
-        "sat/quantization/kernels.py::*": "--quant only: cpm_kernels has no NPU or CPU build, so quantisation stays "
-                                          "CUDA-only",
         "sat/tokenization/__init__.py::get_tokenizer": "CogView image tokenizer branch only; " + NOT_VISUALGLM,
         "sat/tokenization/cogview/*": "CogView image tokenizer; " + NOT_VISUALGLM,
     },

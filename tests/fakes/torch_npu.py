@@ -109,6 +109,65 @@ def npu_fusion_attention(query, key, value, head_num, input_layout, pse=None, pa
     return out, None, None, None
 
 
+# W8A16 / W4A16: limits as the Ascend docs' torch_npu API list gives them for npu_weight_quant_batchmatmul and
+# npu_convert_weight_to_int4pack (not in shared/reference/torch_npu-ops.md).
+# The chip ``torch.npu.get_device_name()`` reports; tests monkeypatch it (e.g. "Ascend310P3", an Atlas inference chip).
+chip = "Ascend910B2"
+
+A2_A3 = ("Ascend910B", "Ascend910_93")  # Atlas A2 / A3 training chips: int4 weights and bf16
+
+
+def _int4_chip() -> bool:
+    return chip.startswith(A2_A3)
+
+
+def npu_convert_weight_to_int4pack(weight, inner_k_tiles=0):
+    """int32 (k, n) holding int4 values -> int32 (k, n/8). The fake packs column 8j+i into nibble i of word j (its own
+    order, read back only by its own npu_weight_quant_batchmatmul)."""
+    _require(_int4_chip(), f"npu_convert_weight_to_int4pack: int4 needs an Atlas A2/A3 chip, not {chip}")
+    _require(weight.dtype == torch.int32 and weight.dim() == 2,
+             f"npu_convert_weight_to_int4pack: int32 (k, n) weight, not {weight.dtype} {tuple(weight.shape)}")
+    k, n = weight.shape
+    _require(n % 8 == 0, f"npu_convert_weight_to_int4pack: n={n} is not a multiple of 8")
+    _require(bool(((weight >= -8) & (weight <= 7)).all()), "npu_convert_weight_to_int4pack: values outside [-8, 7]")
+    _record("npu_convert_weight_to_int4pack", weight=tuple(weight.shape), strides=weight.stride())
+    nibbles = (weight.to(torch.int64) & 0xF).reshape(k, n // 8, 8)
+    words = (nibbles << (4 * torch.arange(8))).sum(-1)  # 0 .. 2**32 - 1
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def _int4_unpack(packed):
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    nibbles = (words[..., None] >> (4 * torch.arange(8))) & 0xF
+    return (nibbles - ((nibbles & 8) << 1)).reshape(packed.shape[0], -1)
+
+
+def npu_weight_quant_batchmatmul(x, weight, antiquant_scale, antiquant_offset=None, quant_scale=None,
+                                 quant_offset=None, bias=None, antiquant_group_size=0):
+    _require(x.dim() == 2, f"npu_weight_quant_batchmatmul: x must be 2-D (m, k), not {tuple(x.shape)}")
+    _require(x.dtype in (torch.float16, torch.bfloat16), f"npu_weight_quant_batchmatmul: x dtype {x.dtype}")
+    _require(x.dtype == torch.float16 or not chip.startswith("Ascend310P"),
+             f"npu_weight_quant_batchmatmul: {chip} (Atlas inference) takes float16 x only")
+    k = x.shape[1]
+    _require(weight.dim() == 2 and weight.shape[0] == k,
+             f"npu_weight_quant_batchmatmul: weight must be (k={k}, n), not {tuple(weight.shape)}")
+    if weight.dtype == torch.int8:
+        n, w = weight.shape[1], weight.to(torch.int64)
+    else:
+        _require(weight.dtype == torch.int32, f"npu_weight_quant_batchmatmul: weight dtype {weight.dtype}")
+        _require(_int4_chip(), f"npu_weight_quant_batchmatmul: int4 weights need an Atlas A2/A3 chip, not {chip}")
+        n, w = weight.shape[1] * 8, _int4_unpack(weight)
+    _require(antiquant_scale.dtype == x.dtype,
+             f"npu_weight_quant_batchmatmul: antiquant_scale {antiquant_scale.dtype}, x {x.dtype}")
+    _require(tuple(antiquant_scale.shape) in ((n,), (1, n)),
+             f"npu_weight_quant_batchmatmul: antiquant_scale {tuple(antiquant_scale.shape)}, per channel is ({n},)")
+    _require(antiquant_offset is None and quant_scale is None and quant_offset is None and bias is None
+             and antiquant_group_size == 0, "fake computes per-channel antiquant_scale only")
+    _record("npu_weight_quant_batchmatmul", x=tuple(x.shape), dtype=x.dtype, weight=tuple(weight.shape),
+            weight_dtype=weight.dtype, weight_strides=weight.stride(), scale=tuple(antiquant_scale.shape))
+    return (x.float() @ (w.float() * antiquant_scale.float().reshape(1, n))).to(x.dtype)
+
+
 def torch_npu_module() -> types.SimpleNamespace:
     """The fake ``torch.npu``: one device, index 0, generators backed by the CPU's."""
     state = {"device": 0}
@@ -117,7 +176,7 @@ def torch_npu_module() -> types.SimpleNamespace:
         set_device=lambda d: state.__setitem__("device", getattr(d, "index", d) or 0), synchronize=lambda: None,
         manual_seed=lambda s: None, manual_seed_all=lambda s: None, get_rng_state=torch.get_rng_state,
         set_rng_state=torch.set_rng_state, memory_allocated=lambda: 0, max_memory_allocated=lambda: 0,
-        memory_reserved=lambda: 0, max_memory_reserved=lambda: 0)
+        memory_reserved=lambda: 0, max_memory_reserved=lambda: 0, get_device_name=lambda device_=None: chip)
 
 
 def install(monkeypatch=None):
@@ -193,8 +252,8 @@ def torch_npu_module_for_rules() -> types.SimpleNamespace:
         stream=lambda s: contextlib.nullcontext(s), device=lambda d: contextlib.nullcontext(),
         empty_cache=lambda: None, reset_peak_memory_stats=lambda device_=None: None,
         memory_stats=lambda device_=None: {"allocated_bytes.all.current": 0}, mem_get_info=lambda device_=None: (1, 2),
-        get_device_name=lambda device_=None: "Ascend910B (fake)", is_bf16_supported=lambda: True,
-        get_device_properties=lambda device_: types.SimpleNamespace(name="Ascend910B (fake)", total_memory=2**36),
+        get_device_name=lambda device_=None: chip, is_bf16_supported=lambda: True,
+        get_device_properties=lambda device_: types.SimpleNamespace(name=chip, total_memory=2**36),
         get_rng_state_all=lambda: [torch.get_rng_state()], set_rng_state_all=lambda states: None,
         seed=lambda: None, seed_all=lambda: None, initial_seed=lambda: 0,
         FloatTensor=torch.FloatTensor, HalfTensor=torch.HalfTensor, LongTensor=torch.LongTensor,

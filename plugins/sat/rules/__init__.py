@@ -1,4 +1,4 @@
 """The SAT rule catalogue, one module per category."""
-from . import compat, device, fused, imports, rotary
+from . import compat, device, fused, imports, quant, rotary
 
-ALL_RULES = [*device.RULES, *imports.RULES, *rotary.RULES, *fused.RULES, *compat.RULES]
+ALL_RULES = [*device.RULES, *imports.RULES, *rotary.RULES, *fused.RULES, *quant.RULES, *compat.RULES]

@@ -88,12 +88,14 @@ SYNCHRONIZE = device_rule(
 
 CURRENT_DEVICE = device_rule(
     "sat.device.current-device",
-    ["sat/model/base_model.py", "sat/model/official/glm130B_model.py", "sat/mpu/data.py"],
+    ["sat/model/base_model.py", "sat/model/official/glm130B_model.py", "sat/mpu/data.py", "sat/quantization/kernels.py"],
     "Tensors created on the selected device, not on 'the current CUDA device'",
     CurrentDevice,
-    why="broadcast_data, get_model and GLM-130B create tensors with device=torch.cuda.current_device(), which "
-        "fails without CUDA and puts tensors on the wrong device on an NPU.",
-    upstream="sat/mpu/data.py broadcast_data; sat/model/base_model.py get_model; glm130B_model.py")
+    why="broadcast_data, get_model and GLM-130B create tensors with device=torch.cuda.current_device(), and "
+        "quantize() moves weights there before quantizing them, which fails without CUDA and puts tensors on the "
+        "wrong device on an NPU.",
+    upstream="sat/mpu/data.py broadcast_data; sat/model/base_model.py get_model; glm130B_model.py; "
+             "sat/quantization/kernels.py quantize")
 
 SET_DEVICE = device_rule(
     "sat.device.set-device", ["sat/arguments.py"], "Bind the process to its device on any device",

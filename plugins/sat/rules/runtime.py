@@ -6,6 +6,7 @@ import libcst as cst
 DEVICE = ("porter.runtime.device", "porter_device")
 OPS = ("porter.runtime.ops", "porter_ops")
 OPTIONAL = ("porter.runtime.optional", "porter_optional")
+QUANT = ("porter.runtime.quant", "porter_quant")
 
 
 def keyword(name: str, value: cst.BaseExpression) -> cst.Arg:
