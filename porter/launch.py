@@ -136,6 +136,21 @@ def decide_patch_mode(requested: str, recipe: Recipe, registry, notes: list[str]
     return requested
 
 
+def port_here(recipe: Recipe, registry) -> str:
+    """A recipe that runs in this process (no launcher) gets its targets' port as workers do: the files as patched
+    on disk, or the import hook serving the port from memory, installed before the recipe imports a target."""
+    mode = decide_patch_mode("auto", recipe, registry, [])
+    if mode == "memory":
+        from . import memory
+
+        for name in recipe.targets:
+            try:
+                memory.install(memory.prepare_for(registry, name))
+            except RuntimeError as exc:  # the target was imported before: this process cannot port it any more
+                raise PorterError(f"{name}: {exc}", hint=f"run `porter patch {name}` to port it on disk") from None
+    return mode
+
+
 # DeepSpeed's runner reads a hostfile line with this pattern (re.search, so anything after the count is ignored),
 # after skipping empty lines and lines starting with "#" (deepspeed/launcher/runner.py, _parse_hostfile)
 HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")

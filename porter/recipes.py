@@ -70,7 +70,8 @@ class Recipe:
     run: Callable[[argparse.Namespace], int] = field(compare=False)
     epilog: str = ""  # examples for --help
     launch: bool = False  # started on N devices through DeepSpeed's launcher (porter's --npus, --device, ...)
-    targets: tuple[str, ...] = ()  # targets whose port the workers need (patched on disk or in memory)
+    # targets whose port the recipe needs: its workers', or (not launched) this process's (on disk or in memory)
+    targets: tuple[str, ...] = ()
     # Runs in the parent with the parsed arguments before anything is launched or written: raise a PorterError
     # for input that cannot work (data, checkpoint, tokenizer), so it is one line here and not one per worker.
     preflight: Callable[[argparse.Namespace], None] | None = field(default=None, compare=False)

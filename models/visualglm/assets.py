@@ -19,7 +19,11 @@ def add_weight_arguments(p, dtype: bool = True) -> None:
     if dtype:
         p.add_argument("--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto",
                        help="weights in this dtype (auto: fp16 on NPU/CUDA, bf16 where fp16 is unsupported, fp32 on "
-                            "CPU)")
+                            "CPU; bf16 on CPU with --quant)")
+    p.add_argument("--quant", type=int, choices=(4, 8), default=None, metavar="{4,8}",
+                   help="the language model's linear layers in 8 or 4 bits (SAT's weight-only scheme, quantized as "
+                        "the 16-bit checkpoint is read, or loaded as a quantized checkpoint stores them); the image "
+                        "encoder, embeddings and lm_head stay 16-bit")
 
 
 def tokenizer_type_of(ckpt) -> str:
@@ -34,7 +38,7 @@ def model_source(args):
     from .config import preset
 
     if args.from_pretrained and not getattr(args, "resume", False):
-        ckpt = check_checkpoint(args.from_pretrained)[0]
+        ckpt = check_checkpoint(args.from_pretrained, getattr(args, "quant", None))[0]
         return ckpt.config, tokenizer_type_of(ckpt), ckpt
     return preset(args.preset), STANDIN if args.preset == "tiny" else CHATGLM_TOKENIZER, None
 

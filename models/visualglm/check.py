@@ -69,7 +69,7 @@ def run(args) -> int:
     found = _Findings()
     ckpt = inspect_checkpoint(args.from_pretrained)  # a folder that cannot be read at all is one error
     found.ok(_describe(ckpt))
-    weights, expected = _check_keys(ckpt, found)
+    weights, expected = _check_keys(args, ckpt, found)
     _check_memory(args, ckpt, weights, expected, found)
     _check_tokenizer(args, ckpt, found)
     if found.problems:
@@ -87,15 +87,28 @@ def _describe(ckpt) -> str:
             + (f"; fine-tuned with {ckpt.finetune}" if ckpt.finetune else ""))
 
 
-def _check_keys(ckpt, found: _Findings):
+def _check_keys(args, ckpt, found: _Findings):
     """(weights, the model's own state dict): the file's keys and shapes against what model_config.json builds."""
     from .checkpoint import compare_keys, meta_model, read_states, scan_states
 
     # An unreadable or crafted weights file is one error, as a missing one is: nothing below can be checked without
     # its keys. Scanned before unpickling, so the refusal names every global the pickle would have called.
+    from .quantized import quantized_state, stored_bits
+
     scan_states(ckpt.states_file)
     weights = read_states(ckpt.states_file)
-    expected = meta_model(ckpt).state_dict()
+    model = meta_model(ckpt)
+    stored = stored_bits(weights, {k: v.shape for k, v in model.state_dict().items()})
+    ckpt.stored_bits = stored
+    quant = getattr(args, "quant", None)
+    expected = model.state_dict()
+    if stored is not None:
+        expected = quantized_state(expected, stored)
+        if quant != stored:
+            found.problem(f"{ckpt.states_file.name}: the language model is stored in {stored} bits (SAT's quantized "
+                          f"layout): load it with --quant {stored}")
+        else:
+            found.ok(f"{ckpt.states_file.name}: the language model is stored in {stored} bits, as --quant asks")
     report = compare_keys(weights, expected)
     for p in report.problems:
         found.problem(f"{ckpt.states_file.name}: {p}")
@@ -114,7 +127,8 @@ def _check_memory(args, ckpt, weights, expected, found: _Findings) -> None:
 
     from .checkpoint import resolve_dtype
 
-    dtype = resolve_dtype(args.dtype)
+    quant = getattr(args, "quant", None)
+    dtype = resolve_dtype(args.dtype, quant)
     file_bytes = ckpt.states_file.stat().st_size
     by_dtype: dict[torch.dtype, int] = {}
     changing = 0
@@ -133,6 +147,8 @@ def _check_memory(args, ckpt, weights, expected, found: _Findings) -> None:
 
     # The file is memory-mapped, so its pages count once; tensors that change dtype are copied once more.
     host_needed = file_bytes + changing
+    if quant:
+        host_needed = params = _quant_plan(weights, expected, quant, dtype, found)
     free = host_available()
     if free is None:
         found.ok(f"host memory: about {gib(host_needed)} needed (cannot read what is free here)")
@@ -141,13 +157,27 @@ def _check_memory(args, ckpt, weights, expected, found: _Findings) -> None:
     else:
         found.ok(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
     if dev.is_accelerator:
-        device_needed = int(params * dtype.itemsize * 1.1)  # the weights and about 10% for activations and cache
+        # the weights and about 10% for activations and cache
+        device_needed = int((params if quant else params * dtype.itemsize) * 1.1)
         device_free = dev.memory_free()
         if device_free is not None and device_needed > device_free:
             found.problem(f"{dev.name} memory: about {gib(device_needed)} needed, {gib(device_free)} free")
         else:
             found.ok(f"{dev.name} memory: about {gib(device_needed)} needed"
                      + (f", {gib(device_free)} free" if device_free is not None else ""))
+
+
+def _quant_plan(weights, expected, quant: int, dtype, found: _Findings) -> int:
+    """Bytes the model holds with --quant: the language model's linears in ``quant`` bits, the rest in ``dtype``.
+    The file's mapped pages are page cache, read once and evictable, so they are not added."""
+    from .checkpoint import STALE
+    from .quantized import LM_LINEAR, memory_plan
+
+    names = sorted({k.rsplit(".", 1)[0] for k in expected if LM_LINEAR.match(k.rsplit(".", 1)[0])})
+    plan = memory_plan({k: t for k, t in weights.items() if k not in STALE}, names, quant, dtype)
+    found.ok(f"--quant {quant}: language model's linears {gib(plan['quantized'])} in {quant} bits, the rest "
+             f"{gib(plan['16-bit'])} in {str(dtype).removeprefix('torch.')} (image encoder, embeddings, lm_head)")
+    return plan["quantized"] + plan["16-bit"]
 
 
 def _check_tokenizer(args, ckpt, found: _Findings) -> None:

@@ -56,6 +56,7 @@ class Checkpoint:
     config: VisualGLMConfig
     sat_args: dict  # model_config.json as written
     states_name: str = STATES
+    stored_bits: int | None = None  # the language model's bits where the file is quantized (check_checkpoint)
 
     @property
     def finetune(self) -> str | None:
@@ -64,6 +65,11 @@ class Checkpoint:
         if self.sat_args.get("use_ptuning"):
             return "ptuning"
         return None
+
+    @property
+    def quant_base(self) -> str | None:
+        """The base checkpoint a run fine-tuned on a quantized base names (its own file holds adapters alone)."""
+        return self.sat_args.get("quant_base")
 
     @property
     def states_file(self) -> Path:
@@ -271,12 +277,14 @@ def compare_keys(weights: dict[str, torch.Tensor], expected: dict[str, torch.Ten
     return report
 
 
-def resolve_dtype(name: str | None) -> torch.dtype:
-    """--dtype fp16|bf16|fp32, or the current device's default (fp16 on accelerators, fp32 on the CPU)."""
+def resolve_dtype(name: str | None, quant: int | None = None) -> torch.dtype:
+    """--dtype fp16|bf16|fp32, or the current device's default (fp16 on accelerators, fp32 on the CPU; bf16 on the
+    CPU with --quant, the dtype torch's CPU int8 weight-only kernel is fast in)."""
     if name in (None, "auto"):
         from porter.runtime import device
 
-        return device.current().default_dtype
+        dev = device.current()
+        return torch.bfloat16 if quant and dev.name == "cpu" else dev.default_dtype
     try:
         return DTYPES[name]
     except KeyError:
@@ -296,13 +304,32 @@ def meta_model(ckpt: Checkpoint):
                               f"({_first_line(exc)})") from None
 
 
-def check_checkpoint(folder: str | Path):
+def check_checkpoint(folder: str | Path, quant: int | None = None):
     """(checkpoint, the model built on the meta device, the file's weights memory-mapped, key report); raises a
-    CheckpointError listing every key or shape that does not match. Reads no tensor data."""
+    CheckpointError listing every key or shape that does not match. Reads no tensor data.
+
+    A file whose language model SAT's ``quantize()`` left in 8 or 4 bits (int8 weights and ``weight_scale``) loads
+    with that ``--quant`` only, its keys compared with the quantized layers'; ``ckpt.stored_bits`` says so. The
+    model returned is the unquantized one: ``load_model`` puts the quantized layers in, which needs the ported SAT,
+    while checking needs no port (the launching process checks before its workers start)."""
+    from .model import is_adapter
+    from .quantized import quantized_state, stored_bits
+
     ckpt = inspect_checkpoint(folder)
     model = meta_model(ckpt)
     weights = read_states(ckpt.states_file)
-    report = compare_keys(weights, model.state_dict())
+    expected = model.state_dict()
+    stored = stored_bits(weights, {k: v.shape for k, v in expected.items()})
+    if stored is not None and quant != stored:
+        raise CheckpointError(
+            f"{ckpt.states_file}: its language model is stored in {stored} bits (SAT's quantized layout)"
+            + (f", not {quant}: porter does not re-quantize quantized weights" if quant else ""),
+            hint=f"load it with --quant {stored}" + ("" if quant is None else ", or use the 16-bit checkpoint"))
+    ckpt.stored_bits = stored
+    if ckpt.quant_base is not None:  # adapters alone, for a quantized base named in model_config.json
+        _check_adapters_only(ckpt, quant)
+        expected = {k: v for k, v in expected.items() if is_adapter(k, ckpt.finetune)}
+    report = compare_keys(weights, quantized_state(expected, stored) if stored else expected)
     if report.problems:
         raise CheckpointError(
             f"{ckpt.states_file}: weights do not match {ckpt.folder / 'model_config.json'} "
@@ -310,6 +337,46 @@ def check_checkpoint(folder: str | Path):
             hint="the weights and model_config.json come from different models, or the file is not a VisualGLM "
                  "checkpoint")
     return ckpt, model, weights, report
+
+
+def _check_adapters_only(ckpt: Checkpoint, quant: int | None) -> None:
+    """A checkpoint of a run fine-tuned on a quantized base holds its adapters alone: it loads with the base it
+    names, quantized to the bits it was trained on."""
+    bits, base = ckpt.sat_args.get("quant_bits"), ckpt.quant_base
+    config_file = ckpt.folder / "model_config.json"
+    if bits not in (4, 8) or not isinstance(base, str) or ckpt.finetune is None:
+        raise CheckpointError(f"{config_file}: 'quant_base' {base!r} needs 'quant_bits' 4 or 8 (not {bits!r}) and "
+                              f"LoRA or P-tuning adapters")
+    if quant != bits:
+        raise CheckpointError(f"{ckpt.folder}: adapters trained on a base quantized to {bits} bits ({base}): load "
+                              f"them with --quant {bits}", hint=f"add --quant {bits}")
+    if Path(base).resolve() == ckpt.folder.resolve():
+        raise CheckpointError(f"{config_file}: 'quant_base' names this folder itself")
+
+
+def _load_adapters_only(ckpt: Checkpoint, weights, dtype: torch.dtype, say):
+    """The base ``ckpt`` names, quantized, with ``ckpt``'s adapters added and their trained values put in."""
+    from .model import add_finetuning
+
+    base = Path(str(ckpt.quant_base))
+    finetune = str(ckpt.finetune)  # _check_adapters_only: LoRA or P-tuning
+    if say:
+        say(f"base: {base} ({ckpt.sat_args['quant_bits']} bits), adapters: {ckpt.folder}")
+    try:
+        model, base_ckpt = load_model(base, dtype=dtype, say=say, quant=ckpt.sat_args["quant_bits"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ckpt.folder}: its base {base}: {exc.message}", hint=exc.hint) from None
+    if base_ckpt.quant_base is not None or base_ckpt.finetune is not None:
+        raise CheckpointError(f"{ckpt.folder}: its base {base} is itself fine-tuned with adapters; porter stacks "
+                              f"one set", hint="name the checkpoint the adapters were trained on")
+    add_finetuning(model, finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
+                   lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8))
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            own[name].copy_(tensor)
+    model.porter_config = ckpt.config
+    return model, ckpt
 
 
 IMAGE_ENCODER_PARTS = tuple(ENCODER_PARTS.values())  # what an image-encoder file holds
@@ -337,22 +404,38 @@ def read_image_encoder(path: str | Path, config: VisualGLMConfig) -> dict[str, t
     return weights
 
 
-def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype = torch.float32, say=None):
-    """Build the model ``model_config.json`` describes and assign it the file's weights in ``dtype``."""
+def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype = torch.float32, say=None,
+               quant: int | None = None):
+    """Build the model ``model_config.json`` describes and assign it the file's weights in ``dtype``; with
+    ``quant``, the language model's linears in that many bits (quantized while read, or as stored)."""
     from .model import assign_weights, materialise_derived
+    from .quantized import SCALE, quantize_meta, quantize_weights, quantized_names
 
-    ckpt, model, weights, report = check_checkpoint(folder)
+    ckpt, model, weights, report = check_checkpoint(folder, quant)
+    if ckpt.quant_base is not None:
+        return _load_adapters_only(ckpt, {n: t for n, t in weights.items() if not DERIVED.search(n)}, dtype, say)
+    if quant:
+        quantize_meta(model, quant)
     for name in report.stale:
         if say:
             say(f"note: dropped {name} from {ckpt.states_file.name}: {STALE[name]}")
-    keep = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in weights.items()
-            if n not in report.stale and not DERIVED.search(n)}
+    # to quantize as read: the language model's linear weights (their scales stay fp16, as SAT keeps them)
+    names = quantized_names(model) if quant and ckpt.stored_bits is None else []
+    todo = {n + ".weight" for n in names}
+    keep = {n: (t.to(dtype) if t.is_floating_point() and not n.endswith("." + SCALE) else t)
+            for n, t in weights.items() if n not in report.stale and not DERIVED.search(n) and n not in todo}
+    if quant and names:
+        keep.update(quantize_weights(weights, names, quant, say))
     del weights
     assign_weights(model, keep)
     del keep
     materialise_derived(model, dtype)
     model.porter_config = ckpt.config
-    if merge_lora and ckpt.finetune == "lora":
+    model.porter_quant = quant
+    if merge_lora and ckpt.finetune == "lora" and quant:
+        if say:  # folding LoRA into int weights would re-quantize them: the adapters run beside the frozen base
+            say(f"note: LoRA kept beside the {quant}-bit base (not merged into quantized weights)")
+    elif merge_lora and ckpt.finetune == "lora":
         model.get_mixin("lora").merge_lora()
         model.del_mixin("lora")
     return model, ckpt

@@ -85,11 +85,15 @@ def load(args, say=print, tokenizer=None):
     from .config import preset
     from .model import build_model
 
-    dtype = resolve_dtype(args.dtype)
+    quant = getattr(args, "quant", None)
+    dtype = resolve_dtype(args.dtype, quant)
     if args.from_pretrained:
-        model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say)
+        model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say, quant=quant)
         config, tokenizer_type = ckpt.config, tokenizer_type_of(ckpt)
-        say(f"model: {args.from_pretrained} (iteration {ckpt.iteration}, {str(dtype).removeprefix('torch.')})")
+        say(f"model: {args.from_pretrained} (iteration {ckpt.iteration}, {str(dtype).removeprefix('torch.')}"
+            + (f", language model in {quant} bits)" if quant else ")"))
+    elif quant:
+        raise UsageError(f"--quant {quant} needs --from_pretrained DIR: it quantizes a checkpoint's weights")
     else:
         if args.preset != "tiny":
             raise UsageError(f"--preset {args.preset} with random weights is not worth running",

@@ -109,7 +109,9 @@ def add_finetuning(model, finetune: str, *, lora_rank: int = 10, lora_layers: li
                    pre_seq_len: int = 8):
     """Add the adapters ``finetune`` needs to a built (possibly loaded) model; only they stay trainable."""
     config = model.porter_config
-    if finetune == "lora":
+    if finetune == "lora" and getattr(model, "porter_quant", None):
+        _lora_on_quantized(model, config, lora_rank, lora_layers)
+    elif finetune == "lora":
         from sat.model.finetune.lora2 import LoraMixin
 
         model.add_mixin("lora", LoraMixin(config.lm.layers, lora_rank, layer_range=lora_layers), reinit=True)
@@ -122,12 +124,66 @@ def add_finetuning(model, finetune: str, *, lora_rank: int = 10, lora_layers: li
     return model
 
 
+def _lora_on_quantized(model, config, rank: int, layers: list[int] | None) -> None:
+    """SAT's LoRA mixin on a model whose language model is quantized: SAT's LoraLinear copies its original's float
+    weight, which a quantized layer does not have. So the mixin is built on the meta device around float
+    stand-ins of the same shapes, each LoraLinear then gets the quantized layer back as its frozen ``original``,
+    and the adapters are initialised as SAT initialises them (A Kaiming-uniform, B zero) on the model's device."""
+    import math
+
+    from sat.model.finetune.lora2 import LoraMixin
+    from sat.mpu import ColumnParallelLinear, RowParallelLinear
+
+    from .quantized import sat_kernels
+
+    kernels = sat_kernels()
+    quantized = {}
+    for i in layers if layers is not None else range(config.lm.layers):
+        attention = model.transformer.layers[i].attention
+        for attr in ("query_key_value", "dense"):
+            layer = getattr(attention, attr)
+            quantized[(i, attr)] = layer
+            cls = ColumnParallelLinear if isinstance(layer, kernels.QuantizedColumnParallelLinear) else RowParallelLinear
+            with _OnMeta():
+                stand_in = cls(layer.input_size, layer.output_size, bias=layer.bias is not None, skip_init=True,
+                               device=torch.device("meta"))
+            setattr(attention, attr, stand_in)
+    with _OnMeta():
+        model.add_mixin("lora", LoraMixin(config.lm.layers, rank, layer_range=layers), reinit=True)
+    anchor = next(p for p in model.parameters() if not p.is_meta and p.is_floating_point())
+    for (i, attr), layer in quantized.items():
+        lora = getattr(model.transformer.layers[i].attention, attr)
+        lora.original = layer
+        for j, (a, b) in enumerate(zip(lora.matrix_A, lora.matrix_B)):
+            lora.matrix_A[j] = nn.Parameter(torch.empty(a.shape, dtype=anchor.dtype, device=anchor.device))
+            nn.init.kaiming_uniform_(lora.matrix_A[j], a=math.sqrt(5))
+            lora.matrix_B[j] = nn.Parameter(torch.zeros(b.shape, dtype=anchor.dtype, device=anchor.device))
+            lora.matrix_B[j].model_parallel = True  # as SAT marks it
+
+
+ADAPTER_KEYS = {"lora": ("matrix_A", "matrix_B"), "ptuning": ("ptuning",)}
+
+
+def is_adapter(name: str, finetune: str | None) -> bool:
+    return finetune in ADAPTER_KEYS and any(k in name for k in ADAPTER_KEYS[finetune])
+
+
+def save_adapters_only(model, finetune: str) -> None:
+    """From now on ``model.state_dict()`` (what SAT's and DeepSpeed's checkpoints save) holds the adapters alone:
+    a run on a frozen quantized base saves a small fraction of it, and its model_config.json names the base."""
+    def drop_base(module, state_dict, prefix, local_metadata):
+        for key in [k for k in state_dict if not is_adapter(k, finetune)]:
+            del state_dict[key]
+
+    model.register_state_dict_post_hook(drop_base)
+
+
 def set_trainable(model, finetune: str) -> list[str]:
     """Only the fine-tuned parameters keep requires_grad; returns their names."""
-    keys = {"lora": ("matrix_A", "matrix_B"), "ptuning": ("ptuning",), "full": ("",)}[finetune]
+    keys = {**ADAPTER_KEYS, "full": ("",)}[finetune]
     trainable = []
     for name, param in model.named_parameters():
-        on = any(k in name for k in keys)
+        on = any(k in name for k in keys) and param.is_floating_point()  # a quantized weight never trains
         param.requires_grad_(on)
         if on:
             trainable.append(name)

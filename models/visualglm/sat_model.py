@@ -132,6 +132,9 @@ class VisualGLMModel(ChatGLMModel):
         group.add_argument("--layer_range", nargs="+", type=int, default=None)
         group.add_argument("--use_ptuning", action="store_true")
         group.add_argument("--pre_seq_len", type=int, default=8)
+        # a run fine-tuned on a quantized base saves its adapters alone and names the base they go with
+        group.add_argument("--quant_bits", type=int, default=None)
+        group.add_argument("--quant_base", default=None)
         return super().add_model_specific_args(parser)
 
 

@@ -183,16 +183,22 @@ def build(args, say):
 
     from .assets import model_source, tokenizer_for, tokenizer_type_of
     from .checkpoint import load_model, read_image_encoder
-    from .model import add_finetuning, build_model, scale_lr
+    from .model import add_finetuning, build_model, save_adapters_only, scale_lr
 
-    if args.from_pretrained and not args.resume:
+    base = quant_base(args)
+    if (args.from_pretrained and not args.resume) or base is not None:
         # the precision training runs in (SAT's --fp16 halves the model anyway): no fp32 copy of fp16 weights
         dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
-        model, ckpt = load_model(args.from_pretrained, merge_lora=True, dtype=dtype, say=say)
+        quant = getattr(args, "quant", None)
+        source = base or args.from_pretrained
+        model, ckpt = load_model(source, merge_lora=True, dtype=dtype, say=say, quant=quant)
         config, tokenizer_type = ckpt.config, tokenizer_type_of(ckpt)
-        say(f"weights: {args.from_pretrained} (iteration {ckpt.iteration})")
+        say(f"weights: {source} (iteration {ckpt.iteration}"
+            + (f", language model frozen in {quant} bits)" if quant else ")"))
         add_finetuning(model, args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
                        pre_seq_len=args.pre_seq_len)
+        if base is not None:  # checkpoints hold the adapters; model_config.json names the base (sat_argv)
+            save_adapters_only(model, args.finetune)
     else:
         config, tokenizer_type, _ = model_source(args)
         model = build_model(config, finetune=args.finetune, lora_rank=args.lora_rank, lora_layers=args.lora_layers,
@@ -340,6 +346,14 @@ def check_model_options(args, config) -> None:
     after the launch."""
     from porter.errors import EXIT_USAGE, PorterError
 
+    from .quantized import check_options
+
+    quant = getattr(args, "quant", None)
+    finetune = args.finetune if args.finetune != "auto" else ("lora" if args.from_pretrained else "full")
+    check_options(quant, finetune)
+    if quant and not args.from_pretrained and not args.resume:
+        raise PorterError(f"--quant {quant} needs --from_pretrained DIR: it quantizes a checkpoint's weights",
+                          exit_code=EXIT_USAGE)
     layers = config.lm.layers
     beyond = sorted({i for i in args.lora_layers or () if i >= layers})
     if beyond:
@@ -483,9 +497,42 @@ def sat_argv(args, config, run_dir: Path, ds_config: Path, tokenizer_type: str, 
         argv.append("--fp16")
     if args.bf16:
         argv.append("--bf16")
+    base = quant_base(args)
+    if base is not None:  # adapters on a frozen quantized base: model_config.json names the base (see build)
+        argv += ["--quant_bits", str(args.quant), "--quant_base", str(base)]
     if resume_from:
         argv += ["--load", str(resume_from), "--no-load-rng"]  # SAT 0.4.12 saves no RNG tracker state to load
+        if base is not None:  # the checkpoint holds the adapters alone; the base is loaded already
+            argv.append("--force-train")
     return argv
+
+
+def quant_base(args) -> Path | None:
+    """The quantized base a run's adapters train on: --from_pretrained, or on --resume the base the run's newest
+    checkpoint names (its --quant taken from there too; a different one is an error)."""
+    from porter.errors import EXIT_USAGE, PorterError
+
+    if not args.resume:
+        return args.from_pretrained.resolve() if getattr(args, "quant", None) and args.from_pretrained else None
+    latest = latest_checkpoint(args.save.resolve())
+    if latest is None:
+        return None
+    from .checkpoint import inspect_checkpoint
+
+    recorded = inspect_checkpoint(latest)
+    if recorded.quant_base is None:
+        return None
+    bits = recorded.sat_args.get("quant_bits")
+    if getattr(args, "quant", None) not in (None, bits):
+        raise PorterError(f"--resume: the run trained on a base quantized to {bits} bits, not --quant {args.quant}",
+                          hint=f"drop --quant or pass --quant {bits}", exit_code=EXIT_USAGE)
+    args.quant = bits
+    # the run goes on training the adapters it saved, shaped as they were
+    args.finetune = recorded.finetune
+    args.lora_rank = recorded.sat_args.get("lora_rank", args.lora_rank)
+    args.lora_layers = recorded.sat_args.get("layer_range", args.lora_layers)
+    args.pre_seq_len = recorded.sat_args.get("pre_seq_len", args.pre_seq_len)
+    return Path(recorded.quant_base)
 
 
 def run(args) -> int:

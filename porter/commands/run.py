@@ -38,7 +38,11 @@ def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
             con.print("\n" + con.table(("data format", "description"), formats))
         return EXIT_OK
     if not recipe.launch:
+        from ..launch import port_here
+
         parsed = recipe_parser(recipe).parse_args(args.recipe_args)
+        if recipe.targets:
+            port_here(recipe, registry)
         if recipe.preflight:
             recipe.preflight(parsed)
         return recipe.run(parsed)

@@ -1,0 +1,218 @@
+"""--quant 8|4 on a real checkpoint: SAT's quantized layers as porter ports them, quantized while the checkpoint is
+read, against the unquantized model; quantized checkpoints saved and loaded; the errors a user can cause.
+
+The in-process tests load SAT's ``sat.quantization.kernels`` as porter's SAT rules rewrite it (planned in memory,
+as `porter run`'s workers get it), under its own name for the test's duration only: the rest of the session keeps
+the installed SAT as it is.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+KERNELS = "sat.quantization.kernels"
+
+
+@pytest.fixture(scope="module")
+def ported_kernels_source() -> tuple[str, str]:
+    from porter import memory, plugins
+
+    patch = memory.prepare_for(plugins.load(lazy=True), "sat")
+    assert KERNELS in patch.sources, "porter's SAT rules no longer rewrite sat/quantization/kernels.py"
+    return patch.sources[KERNELS], patch.files[KERNELS]
+
+
+@pytest.fixture
+def ported_kernels(ported_kernels_source, monkeypatch) -> types.ModuleType:
+    """The ported module in sys.modules (and as ``sat.quantization.kernels``) for this test only."""
+    import importlib.util
+
+    import sat.quantization
+
+    from porter.memory import PortedLoader
+
+    source, origin = ported_kernels_source
+    spec = importlib.util.spec_from_file_location(KERNELS, origin, loader=PortedLoader(source, origin))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, KERNELS, module)
+    monkeypatch.setattr(sat.quantization, "kernels", module, raising=False)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _logits(model, tokenizer, config, image_path, question="What colour is the shape?"):
+    from porter_visualglm.chat import build_prompt
+    from porter_visualglm.images import load_image
+
+    prompt = build_prompt(tokenizer, question, [], image_length=config.image_length, has_image=True, english=True)
+    image = load_image(image_path, config.vision.image_size).unsqueeze(0)
+    ids = torch.tensor([prompt.ids])
+    with torch.no_grad():
+        return model(input_ids=ids, image=image.to(torch.float32), pre_image=prompt.pre_image)[0][0, -1].float()
+
+
+def test_a_checkpoint_quantized_while_read_holds_sats_layout_and_computes_close_to_the_original(
+        taught_checkpoint, ported_kernels):
+    from porter_visualglm.checkpoint import load_model, read_states
+    from porter_visualglm.quantized import quantized_names
+
+    from porter.runtime import quant
+
+    fp, _ = load_model(taught_checkpoint, dtype=torch.float32)
+    q8, ckpt = load_model(taught_checkpoint, dtype=torch.float32, quant=8)
+    names = quantized_names(q8)
+    assert names and all(".layers." in n for n in names) and ckpt.stored_bits is None
+    file = read_states(ckpt.states_file)
+    for name in names:  # what SAT's quantize() would store, from the file's own 16/32-bit rows
+        layer = q8.get_submodule(name)
+        assert isinstance(layer, (ported_kernels.QuantizedColumnParallelLinear,
+                                  ported_kernels.QuantizedRowParallelLinear))
+        q, scale = quant.quantize_rows(file[name + ".weight"], 8)
+        assert torch.equal(layer.weight, q) and torch.equal(layer.weight_scale, scale)
+        assert layer.weight.dtype == torch.int8 and layer.weight_scale.dtype == torch.float16
+    assert not any(".vit." in n or "qformer" in n for n in names)  # the image encoder stays unquantized
+    sd = q8.state_dict()
+    assert all(sd[n + ".weight"].dtype == torch.int8 for n in names) and all(n + ".weight_scale" in sd for n in names)
+
+
+def test_int8_logits_match_the_unquantized_model_and_int4_is_reported(taught_checkpoint, ported_kernels, capsys):
+    from porter_visualglm.assets import STANDIN, tokenizer_for
+    from porter_visualglm.checkpoint import load_model
+    from porter_visualglm.infer import default_image
+
+    tokenizer = tokenizer_for(STANDIN, None)
+    fp, ckpt = load_model(taught_checkpoint, dtype=torch.float32)
+    image = default_image()
+    base = _logits(fp.eval(), tokenizer, ckpt.config, image)
+    for bits, floor in ((8, 0.999), (4, 0.9)):
+        model, _ = load_model(taught_checkpoint, dtype=torch.float32, quant=bits)
+        got = _logits(model.eval(), tokenizer, ckpt.config, image)
+        cosine = float(torch.nn.functional.cosine_similarity(base, got, dim=0))
+        with capsys.disabled():
+            print(f"\nint{bits} logits cosine vs fp32 on the taught model: {cosine:.5f}")
+        assert cosine >= floor, (bits, cosine)
+
+
+def test_a_saved_quantized_checkpoint_loads_with_its_bits_and_is_refused_without(taught_checkpoint, ported_kernels,
+                                                                                   tmp_path):
+    from porter_visualglm.checkpoint import CheckpointError, load_model, save_model
+
+    for bits in (8, 4):
+        model, ckpt = load_model(taught_checkpoint, dtype=torch.float32, quant=bits)
+        out = save_model(model, ckpt.config, tmp_path / f"q{bits}")
+        again, ckpt2 = load_model(out, dtype=torch.float32, quant=bits)
+        assert ckpt2.stored_bits == bits
+        a, b = model.state_dict(), again.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        with pytest.raises(CheckpointError, match=f"stored in {bits} bits.*") as err:
+            load_model(out, dtype=torch.float32)
+        assert f"--quant {bits}" in err.value.hint
+        other = 4 if bits == 8 else 8
+        with pytest.raises(CheckpointError, match="does not re-quantize"):
+            load_model(out, dtype=torch.float32, quant=other)
+
+
+def test_lora_checkpoints_keep_their_adapters_beside_a_quantized_base(taught_checkpoint, ported_kernels, tmp_path):
+    from porter_visualglm.checkpoint import load_model, save_model
+    from porter_visualglm.model import add_finetuning
+
+    model, ckpt = load_model(taught_checkpoint, dtype=torch.float32)
+    add_finetuning(model, "lora", lora_rank=4)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)  # B starts at zero: make the adapters matter
+    lora = save_model(model, ckpt.config, tmp_path / "lora", finetune="lora", lora_rank=4)
+    merged, _ = load_model(lora, merge_lora=True, dtype=torch.float32)
+    said = []
+    q8, _ = load_model(lora, merge_lora=True, dtype=torch.float32, quant=8, say=said.append)
+    assert any("LoRA kept beside the 8-bit base" in s for s in said)
+    layer = q8.transformer.layers[0].attention.query_key_value
+    assert isinstance(layer.original, ported_kernels.QuantizedColumnParallelLinear)
+    x = torch.randn(3, merged.transformer.layers[0].attention.query_key_value.weight.shape[1])
+    want = merged.transformer.layers[0].attention.query_key_value(x)
+    got = layer(x)
+    assert torch.nn.functional.cosine_similarity(want.flatten(), got.flatten(), dim=0) > 0.999
+
+
+def _porter(*args, timeout=600):
+    env = {**os.environ, "PORTER_DEVICE": "cpu"}
+    return subprocess.run([sys.executable, "-m", "porter.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_bad_quant_options_are_one_line_before_anything_is_read(taught_checkpoint):
+    r = _porter("run", "visualglm", "infer", "--quant", "3", "--from_pretrained", str(taught_checkpoint))
+    assert r.returncode == 2 and "--quant" in r.stderr and "4, 8" in r.stderr, r.stderr
+    r = _porter("run", "visualglm", "train", "--quant", "8", "--finetune", "full", "--from_pretrained",
+                str(taught_checkpoint), "--device", "cpu", "--dry-run")
+    assert r.returncode == 2 and "--finetune full" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _porter("run", "visualglm", "infer", "--quant", "8", "--device", "cpu")
+    assert r.returncode == 2 and "needs --from_pretrained" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_check_prints_the_memory_quant_needs(taught_checkpoint):
+    r = _porter("run", "visualglm", "check", "--from_pretrained", str(taught_checkpoint), "--quant", "8",
+                "--device", "cpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "--quant 8: language model's linears" in r.stdout and "bfloat16" in r.stdout, r.stdout
+
+
+def test_infer_answers_with_quant_8_through_porter_run(taught_checkpoint):
+    r = _porter("run", "visualglm", "infer", "--from_pretrained", str(taught_checkpoint), "--quant", "8",
+                "--english", "--prompt", "What colour is the shape?", "--seed", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "language model in 8 bits" in r.stderr and r.stdout.strip(), (r.stdout, r.stderr[-2000:])
+
+
+@pytest.fixture(scope="module")
+def half_taught(tmp_path_factory):
+    """A tiny VisualGLM taught the shapes captions for 40 steps only: LoRA on top of it still has something to learn
+    (the fully taught model's loss is near its floor)."""
+    from taught import teach
+
+    return teach(tmp_path_factory.mktemp("half") / "checkpoint", steps=40)
+
+
+def test_lora_on_a_frozen_int8_base_learns_saves_adapters_alone_resumes_and_infers(half_taught, tmp_path):
+    import json
+
+    from porter.testing import run_porter
+
+    save = tmp_path / "run"
+    common = ("run", "visualglm", "train", "--npus", "2", "--device", "cpu", "--save", str(save),
+              "--master_port", "29547")
+    r = run_porter(*common, "--from_pretrained", str(half_taught), "--quant", "8", "--finetune", "lora",
+                   "--lora_rank", "8", "--iters", "24", "--lr", "2", timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "language model frozen in 8 bits" in r.stderr
+    losses = [json.loads(line)["loss"] for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 24 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses  # the adapters learn
+    (ckpt,) = (save / "checkpoints").iterdir()
+    config = json.loads((ckpt / "model_config.json").read_text())
+    assert config["quant_bits"] == 8 and config["quant_base"] == str(half_taught.resolve()) and config["use_lora"]
+    states = ckpt / "24" / "mp_rank_00_model_states.pt"
+    base = half_taught / "40" / "mp_rank_00_model_states.pt"
+    assert states.stat().st_size < base.stat().st_size / 20, (states.stat().st_size, base.stat().st_size)
+    from porter.runtime.checkpoints import load
+
+    module = load(states, map_location="cpu")["module"]
+    assert module and all("matrix_A" in k or "matrix_B" in k for k in module)  # the adapters, nothing of the base
+
+    r = run_porter(*common, "--iters", "27", "--resume", timeout=900)  # --quant and the adapters' shape from there
+    assert r.returncode == 0, r.stderr[-4000:]
+    steps = [json.loads(line)["step"] for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 28))
+
+    env = {**os.environ, "PORTER_DEVICE": "cpu"}
+    ask = ("run", "visualglm", "infer", "--from_pretrained", str(ckpt), "--english", "--seed", "1",
+           "--prompt", "What colour is the shape?")
+    r = run_porter(*ask, "--quant", "8", env=env)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-3000:]
+    assert f"base: {half_taught.resolve()} (8 bits)" in r.stderr
+    r = run_porter(*ask, env=env)
+    assert r.returncode == 7 and "load them with --quant 8" in r.stderr and "Traceback" not in r.stderr, r.stderr
