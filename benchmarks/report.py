@@ -115,6 +115,18 @@ def rows() -> list[tuple[str, str, str]]:
                     "per file byte: porter / usual",
                     f"{memory['porter_over_baseline_per_file_byte']:.2f} / {memory['usual_over_baseline_per_file_byte']:.2f} "
                     f"(n={memory['runs']}, alternating)", "bench_load_memory.py"))
+    accuracy = _load("quant_accuracy.json")
+    if accuracy:
+        demo, heavy = accuracy["demo"], accuracy["heavy_tailed"]
+        for way in ("bf16 int8", "bf16 int4"):
+            d, h = demo["ways"][way], heavy["ways"][way]
+            out.append((f"`--quant {way[-1]}` ({way[:4]}) against fp32: the demo model's {demo['questions']} held-out "
+                        "answers; last-position logits cosine (demo; heavy-tailed 1024-wide model)",
+                        f"{d['answers_equal']}/{demo['questions']} equal; cosine min {d['logits_cosine_min']:.4f}; "
+                        f"{h['logits_cosine_min']:.4f}" + ("; goals >= 34/36, >= 0.999: " + (
+                            "met" if d["answers_equal"] >= 34 and min(d["logits_cosine_min"], h["logits_cosine_min"])
+                            >= 0.999 else "**not met**") if way == "bf16 int8" else "") + " (one run)",
+                        "bench_quant_accuracy.py"))
     load = _load("serve_load.json")
     if load:
         by = load["by_max_batch"]
@@ -147,6 +159,39 @@ def rows() -> list[tuple[str, str, str]]:
     return out
 
 
+QUANT_START, QUANT_END = "<!-- quant:start -->", "<!-- quant:end -->"
+
+
+def quant_table() -> str | None:
+    """The README's --quant table: one row per bit width, from results/quant_6b.json (bench_quant_6b.py)."""
+    q = _load("quant_6b.json")
+    if not q:
+        return None
+    best = max(b["bytes_per_s"] for b in q["bandwidth"])
+    lines = [QUANT_START, "| `--quant` | peak host memory (RssAnon) | held: quantized + 16-bit | load, cold / warm cache "
+             "| first token (image + prompt) | decode, batch 1 | share of bandwidth |", "|---|---|---|---|---|---|---|"]
+    for bits, run in q["runs"].items():
+        cold, warm = run["cold"], run["warm"]
+        rate = max(r["decode_tokens_per_s"] or 0 for r in (cold, warm))
+        goal = {"8": (14e9, 0.5), "4": (10e9, None)}.get(bits, (None, None))
+        memory_ok = "" if goal[0] is None else (" (goal <= %d GB: %s)" % (goal[0] / 1e9, "met" if
+                                                cold["peak_anon_bytes"] <= goal[0] else "**not met**"))
+        share_ok = "" if goal[1] is None else (" (goal >= 50%: " + ("met" if run["bandwidth_share"] >= goal[1]
+                                                                     else "**not met**") + ")")
+        lines.append(f"| {bits} | {cold['peak_anon_bytes'] / 1e9:.1f} GB{memory_ok} | "
+                     f"{cold['held_bytes']['quantized'] / 1e9:.1f} + {cold['held_bytes']['16-bit'] / 1e9:.1f} GB | "
+                     f"{cold['load_s']:.0f} / {warm['load_s']:.0f} s | {cold['first_token_s']:.1f} s | "
+                     f"{rate:.2f} tokens/s ({cold['bytes_per_token'] / 1e9:.2f} GB read per token) | "
+                     f"{run['bandwidth_share']:.0%} of {best / 1e9:.1f} GB/s{share_ok} |")
+    return "\n".join(lines + [QUANT_END])
+
+
+def _fill(text: str, start: str, end: str, block: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + block + tail
+
+
 def table() -> str:
     lines = [START, "| what | result: median (min-max, samples) | `benchmarks/` |", "|---|---|---|"]
     lines += [f"| {what} | {result} | `{source}` |" for what, result, source in rows()]
@@ -158,9 +203,11 @@ def main() -> int:
     if START not in text or END not in text:
         print(f"{README}: no {START} ... {END} block to fill", file=sys.stderr)
         return 1
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(head + table() + tail)
+    text = _fill(text, START, END, table())
+    quant = quant_table()
+    if quant and QUANT_START in text and QUANT_END in text:
+        text = _fill(text, QUANT_START, QUANT_END, quant)
+    README.write_text(text)
     print(f"wrote the benchmark table in {README}")
     return 0
 

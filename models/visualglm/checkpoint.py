@@ -180,6 +180,9 @@ def scan_states(path: Path) -> None:
         raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a damaged zip raises RuntimeError, KeyError, ValueError...
         raise CheckpointError(f"checkpoint file corrupt: {path} ({_first_line(exc)})") from None
+    bnb = [n for n in names or () if n.startswith("bitsandbytes.")]
+    if bnb:
+        raise _qlora(path, "its pickle names " + ", ".join(bnb))
     if names:
         raise CheckpointError(str(safe_load.refusal(path, names)), hint=UNSAFE_HINT)
 
@@ -204,6 +207,15 @@ def check_resume_states(folder: Path) -> Path:
     return states
 
 
+QLORA_HINT = ("merge the adapters into the base and save it in fp16 where bitsandbytes runs (upstream's tools, on "
+              "CUDA), then fine-tune here with --quant 4 --finetune lora")
+
+
+def _qlora(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: an upstream QLoRA checkpoint ({what}): its base is bitsandbytes' NF4, which "
+                           f"porter does not read (it reads SAT's own int8/int4 layout)", hint=QLORA_HINT)
+
+
 UNSAFE_HINT = ("porter reads only tensors and SAT's own training state; if you trust the file, load it in Python and "
                "save its state dict again with torch.save, or as .safetensors")
 
@@ -218,6 +230,8 @@ def read_states(path: Path) -> dict[str, torch.Tensor]:
     except RuntimeError:  # _load lets only torch's "mmap can only be used with" zip files through
         state = _load(path, mmap=False)  # the legacy (pre-zip) serialization cannot be memory-mapped
     weights = state.get("module", state) if isinstance(state, dict) else None
+    if isinstance(weights, dict) and any(str(k).endswith("quant_state") for k in weights):
+        raise _qlora(path, "bitsandbytes 'quant_state' keys")
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: no 'module' state dict of tensors inside")
     return weights
@@ -229,6 +243,8 @@ def _load(path: Path, mmap: bool):
     try:
         return safe_load.load(path, map_location="cpu", mmap=mmap)
     except safe_load.RefusedCheckpoint as exc:
+        if any(n.startswith("bitsandbytes.") for n in exc.globals):
+            raise _qlora(path, "its pickle names " + ", ".join(exc.globals)) from None
         raise CheckpointError(str(exc), hint=UNSAFE_HINT if exc.globals else None) from None
     except RuntimeError as exc:
         if mmap and "mmap" in str(exc):
@@ -379,6 +395,12 @@ def _load_adapters_only(ckpt: Checkpoint, weights, dtype: torch.dtype, say):
     return model, ckpt
 
 
+def _on_cpu() -> bool:
+    from porter.runtime import device
+
+    return device.current().name == "cpu"
+
+
 IMAGE_ENCODER_PARTS = tuple(ENCODER_PARTS.values())  # what an image-encoder file holds
 
 
@@ -409,7 +431,7 @@ def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype 
     """Build the model ``model_config.json`` describes and assign it the file's weights in ``dtype``; with
     ``quant``, the language model's linears in that many bits (quantized while read, or as stored)."""
     from .model import assign_weights, materialise_derived
-    from .quantized import SCALE, quantize_meta, quantize_weights, quantized_names
+    from .quantized import SCALE, quantize_meta, quantize_weights, quantized_names, repack_for_cpu, require_memory
 
     ckpt, model, weights, report = check_checkpoint(folder, quant)
     if ckpt.quant_base is not None:
@@ -421,6 +443,9 @@ def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype 
             say(f"note: dropped {name} from {ckpt.states_file.name}: {STALE[name]}")
     # to quantize as read: the language model's linear weights (their scales stay fp16, as SAT keeps them)
     names = quantized_names(model) if quant and ckpt.stored_bits is None else []
+    if quant:
+        require_memory({k: t for k, t in weights.items() if k not in report.stale}, names, quant, dtype,
+                       str(ckpt.folder))
     todo = {n + ".weight" for n in names}
     keep = {n: (t.to(dtype) if t.is_floating_point() and not n.endswith("." + SCALE) else t)
             for n, t in weights.items() if n not in report.stale and not DERIVED.search(n) and n not in todo}
@@ -432,6 +457,10 @@ def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype 
     materialise_derived(model, dtype)
     model.porter_config = ckpt.config
     model.porter_quant = quant
+    if quant == 4 and _on_cpu():
+        n = repack_for_cpu(model)
+        if say and n:
+            say(f"int4 weights of {n} layers laid out for torch's CPU int4 kernel (once; checkpoints keep SAT's layout)")
     if merge_lora and ckpt.finetune == "lora" and quant:
         if say:  # folding LoRA into int weights would re-quantize them: the adapters run beside the frozen base
             say(f"note: LoRA kept beside the {quant}-bit base (not merged into quantized weights)")

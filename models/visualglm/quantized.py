@@ -100,6 +100,14 @@ def quantized_state(state: dict[str, torch.Tensor], bits: int) -> dict[str, torc
     return out
 
 
+def repack_for_cpu(model) -> int:
+    """Where the model runs on the CPU: each 4-bit layer's weight rewritten once into torch's CPU int4 layout for
+    its int4 kernel (``porter.runtime.quant.pack_for_cpu``; ``state_dict()`` still gives SAT's). Returns how many."""
+    from porter.runtime import quant
+
+    return sum(quant.pack_for_cpu(model.get_submodule(name)) for name in quantized_names(model))
+
+
 def stored_bits(weights: dict[str, torch.Tensor], fp_shapes: dict[str, torch.Size]) -> int | None:
     """The bits a checkpoint's language model is stored in (SAT's quantized layout: an int8 ``weight`` and a
     ``weight_scale`` per layer, as ``quantize()`` leaves them and ``state_dict()`` saves them), or None for 16/32-bit
@@ -148,6 +156,26 @@ def memory_plan(weights: dict[str, torch.Tensor], names: list[str], bits: int, d
     return plan
 
 
+def require_memory(weights: dict[str, torch.Tensor], names: list[str], bits: int, dtype: torch.dtype,
+                   what: str) -> int:
+    """Before a weight is read: the quantized model's plan against the host's available memory; an InputError
+    (exit 7) naming both where it does not fit. Returns the bytes planned."""
+    from porter.errors import InputError
+
+    from .check import gib, host_available
+
+    plan = memory_plan(weights, names, bits, dtype)
+    need = plan["quantized"] + plan["16-bit"]
+    free = host_available()
+    if free is not None and need > free:
+        raise InputError(f"{what}: with --quant {bits} the model needs about {gib(need)} of host memory "
+                         f"({gib(plan['quantized'])} in {bits} bits + {gib(plan['16-bit'])} in "
+                         f"{str(dtype).removeprefix('torch.')}), {gib(free)} is available",
+                         hint="close what holds memory, or try --quant 4" if bits == 8 else
+                         "close what holds memory, or use a machine with more")
+    return need
+
+
 __all__ = ["BITS", "LM_LINEAR", "check_options", "sat_kernels", "quantized_names", "quantize_meta", "quantized_state",
            "stored_bits",
-           "quantize_weights", "memory_plan"]
+           "quantize_weights", "memory_plan", "require_memory", "repack_for_cpu"]

@@ -101,9 +101,99 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torc
     """SAT's extract_weight_to_half: ``q * scale[:, None]`` (q unpacked for 4 bits), in scale's dtype (SAT's
     float16) unless ``dtype`` is given. The product of an int8 and a float16 rounds once, as the kernel's does."""
     bits = check_bits(bits)
-    q = unpack_int4(weight) if bits == 4 else weight
+    q = unpack_int4(sat_layout(weight)) if bits == 4 else weight
     # int8 * float promotes to the float dtype without a converted copy of q: the same numbers as q.to(dtype) * ...
     return q * scale.to(dtype or scale.dtype)[:, None]
+
+
+# --- int4 on the CPU: torch's own kernel, on its own layout ---------------------------------------------------
+# torch's _weight_int4pack_mm_for_cpu reads its own packing: blocks of 64 output rows, and for each input column
+# 32 bytes, byte j holding row 64b + j in its low nibble and row 64b + 32 + j in its high one, each value + 8
+# (unsigned). It is the same size as SAT's packing, so a layer's weight can be rewritten in place, once, at load
+# (pack_for_cpu): one copy, as the 6B's int4 memory budget needs. A weight so rewritten carries CPU_INT4; every
+# reader of SAT's layout goes through sat_layout(), and the layer's hooks give state_dict() SAT's bytes and turn
+# SAT's bytes into torch's on load_state_dict(). (The layout is torch's, checked against
+# _convert_weight_to_int4pack_for_cpu by the tests: derived here because that function allocates int32 values.)
+CPU_INT4 = "porter_cpu_int4"
+CPU_INT4_BLOCK = 64
+CPU_INT4_GROUPS = (256, 128, 64, 32)  # the group sizes torch's int4 kernel takes; SAT has one scale per row
+
+
+def _to_cpu_int4(sat: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(sat)
+    for start in range(0, sat.shape[0], CHUNK_ROWS):  # CHUNK_ROWS is a multiple of the 64-row blocks
+        q = (unpack_int4(sat[start:start + CHUNK_ROWS]).to(torch.int16) + 8).to(torch.uint8)
+        n, k = q.shape
+        v = q.view(n // CPU_INT4_BLOCK, 2, CPU_INT4_BLOCK // 2, k).permute(0, 3, 2, 1)  # [blocks, K, 32, 2]
+        out[start:start + CHUNK_ROWS] = (v[..., 0] | (v[..., 1] << 4)).contiguous().view(n, k // 2).view(torch.int8)
+    return out
+
+
+def _from_cpu_int4(packed: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(packed)
+    for start in range(0, packed.shape[0], CHUNK_ROWS):
+        b = packed[start:start + CHUNK_ROWS].view(torch.uint8)
+        n, k = b.shape[0], b.shape[1] * 2
+        v = b.reshape(n // CPU_INT4_BLOCK, k, CPU_INT4_BLOCK // 2)
+        q = torch.stack((v & 0xF, v >> 4), dim=-1).permute(0, 3, 2, 1).reshape(n, k)  # [blocks, 2, 32, K]
+        out[start:start + CHUNK_ROWS] = pack_int4((q.to(torch.int16) - 8).to(torch.int8))
+    return out
+
+
+def sat_layout(weight: torch.Tensor) -> torch.Tensor:
+    """A 4-bit weight in SAT's layout: as it is, or converted back where pack_for_cpu rewrote it."""
+    return _from_cpu_int4(weight) if getattr(weight, CPU_INT4, False) else weight
+
+
+def _cpu_int4_group(k: int) -> int | None:
+    return next((g for g in CPU_INT4_GROUPS if k % g == 0), None)
+
+
+def pack_for_cpu(layer) -> bool:
+    """Rewrite a 4-bit SAT quantized layer's weight (``weight``, ``weight_scale``, ``weight_bit_width``) into
+    torch's CPU int4 layout in place, once, for torch's int4 kernel; False (nothing done) where it does not apply:
+    8 bits, not on the CPU, rows not in 64-row blocks, or no group size dividing the input width."""
+    weight = layer.weight
+    if (getattr(layer, "weight_bit_width", None) != 4 or weight.device.type != "cpu" or getattr(weight, CPU_INT4, False)
+            or weight.shape[0] % CPU_INT4_BLOCK or _cpu_int4_group(weight.shape[1] * 2) is None):
+        return False
+    with torch.no_grad():
+        weight.copy_(_to_cpu_int4(weight))
+    setattr(weight, CPU_INT4, True)
+    if not getattr(layer, "_porter_cpu_int4_hooks", False):
+        layer.register_state_dict_post_hook(_state_in_sat_layout)
+        layer.register_load_state_dict_pre_hook(_load_from_sat_layout)
+        layer._porter_cpu_int4_hooks = True
+    return True
+
+
+def _state_in_sat_layout(layer, state_dict, prefix, local_metadata) -> None:
+    key = prefix + "weight"
+    if key in state_dict and getattr(layer.weight, CPU_INT4, False):
+        state_dict[key] = _from_cpu_int4(state_dict[key].detach())
+
+
+def _load_from_sat_layout(layer, state_dict, prefix, *rest) -> None:
+    key = prefix + "weight"
+    if key in state_dict and getattr(layer.weight, CPU_INT4, False):
+        state_dict[key] = _to_cpu_int4(state_dict[key])
+
+
+# torch's int4 kernel takes (scale, zero) per group of input columns: SAT's row scale, repeated, zero 0; kept per
+# scale tensor (a few MB for the 6B), remade when the scale changes
+_cpu_scales: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _cpu_int4_scales(scale: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    stamp = (scale._version, scale.data_ptr(), dtype)
+    cached = _cpu_scales.get(scale)
+    if cached is None or cached[0] != stamp:
+        groups = k // int(_cpu_int4_group(k) or 1)
+        row = scale.detach().to(dtype)
+        cached = (stamp, torch.stack((row.expand(groups, -1), torch.zeros_like(row).expand(groups, -1)), -1)
+                  .contiguous())
+        _cpu_scales[scale] = cached
+    return cached[1]
 
 
 # --- the dispatched matmul ----------------------------------------------------------------------------------
@@ -164,6 +254,10 @@ def _cpu_guard(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bits:
 @weight_quant_matmul.kernel("cpu")
 @guarded(_cpu_guard)
 def cpu_int8pack_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    if getattr(weight, CPU_INT4, False):  # rewritten for torch's int4 kernel at load (pack_for_cpu)
+        k = x.shape[1]
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), weight.view(torch.uint8), _cpu_int4_group(k),
+                                                           _cpu_int4_scales(scale, k, x.dtype))
     scale = scale.to(x.dtype).contiguous()
     if bits == 8:
         return torch.ops.aten._weight_int8pack_mm(x, weight, scale)
@@ -216,7 +310,7 @@ def _npu_int4_weight(npu, weight: torch.Tensor) -> torch.Tensor:
     stamp = (weight._version, weight.data_ptr())
     cached = _int4_packs.get(weight)
     if cached is None or cached[0] != stamp:
-        k_by_n = unpack_int4(weight).t().to(torch.int32).contiguous()  # transient: 4 bytes per element, once
+        k_by_n = unpack_int4(sat_layout(weight)).t().to(torch.int32).contiguous()  # transient, 4 bytes an element
         cached = (stamp, npu.npu_convert_weight_to_int4pack(k_by_n))
         _int4_packs[weight] = cached
     return cached[1]

@@ -279,6 +279,58 @@ def test_grad_only_where_needed(cpu_device):
     assert y.dtype == torch.float32  # a bias of another dtype does not promote the output
 
 
+class Layer(torch.nn.Module):
+    """What a ported SAT Quantized*Linear holds: weight, weight_scale (frozen Parameters), weight_bit_width."""
+
+    def __init__(self, n=128, k=96, bits=4, seed=3):
+        super().__init__()
+        q, scale = quantized(n, k, bits, seed)
+        self.weight = torch.nn.Parameter(q, requires_grad=False)
+        self.weight_scale = torch.nn.Parameter(scale, requires_grad=False)
+        self.weight_bit_width = bits
+
+
+@pytest.mark.parametrize("n, k", [(64, 32), (128, 512), (192, 96), (1088, 64)])
+def test_the_cpu_int4_layout_is_torchs_own_and_converts_back(n, k):
+    q = torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(n))
+    sat = quant.pack_int4(q)
+    ours = quant._to_cpu_int4(sat)
+    torchs = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32) + 8, 2)
+    assert torch.equal(ours.view(torch.uint8), torchs)
+    assert torch.equal(quant._from_cpu_int4(ours), sat)
+
+
+def test_int4_layers_rewritten_for_the_cpu_use_torchs_int4_kernel_and_keep_sats_state_dict(cpu_device):
+    layer = Layer()
+    sat = layer.weight.detach().clone()
+    x = torch.randn(3, 96).bfloat16()
+    before = quant.weight_quant_linear(x, layer.weight, layer.weight_scale, 4)
+    assert quant.pack_for_cpu(layer) and not quant.pack_for_cpu(layer)  # once
+    assert not torch.equal(layer.weight, sat) and layer.weight.shape == sat.shape  # in place, the same size
+    ops.reset_counts()
+    after = quant.weight_quant_linear(x, layer.weight, layer.weight_scale, 4)
+    assert ops.counts == {INT8PACK: 1}
+    assert_near(after, sat, layer.weight_scale, 4, x)
+    assert ((after.double() - before.double()).abs().max() / before.double().abs().max()) < 2e-2
+    state = layer.state_dict()
+    assert torch.equal(state["weight"], sat)  # SAT's layout, as a checkpoint must hold it
+    again = Layer(seed=4)
+    assert quant.pack_for_cpu(again)
+    again.load_state_dict(state)  # SAT's bytes in, torch's layout kept
+    assert torch.equal(again.weight, layer.weight) and torch.equal(again.state_dict()["weight"], sat)
+    ops.reset_counts()
+    y32 = quant.weight_quant_linear(x.float(), layer.weight, layer.weight_scale, 4)  # the reference reads it back
+    assert ops.counts == {REFERENCE: 1}
+    assert_near(y32, sat, layer.weight_scale, 4, x.float())
+
+
+@pytest.mark.parametrize("n, k, bits", [(96, 96, 4), (128, 96, 8), (128, 20, 4)])
+def test_pack_for_cpu_leaves_layers_it_cannot_serve(n, k, bits):
+    layer = Layer(n, k, bits)
+    sat = layer.weight.detach().clone()
+    assert not quant.pack_for_cpu(layer) and torch.equal(layer.weight, sat)
+
+
 # --- the FAKE NPU: npu_weight_quant_batchmatmul within its documented limits ----------------------------------
 
 def npu_kernels(fake):

@@ -216,3 +216,73 @@ def test_lora_on_a_frozen_int8_base_learns_saves_adapters_alone_resumes_and_infe
     assert f"base: {half_taught.resolve()} (8 bits)" in r.stderr
     r = run_porter(*ask, env=env)
     assert r.returncode == 7 and "load them with --quant 8" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_upstream_qlora_checkpoints_are_refused_in_one_line(taught_checkpoint, tmp_path, monkeypatch):
+    """SAT's qlora LoRA saves bitsandbytes' NF4 weights with their quant_state: as a list of tensors (older
+    bitsandbytes) or a bitsandbytes.functional.QuantState object (a stand-in class of that name here)."""
+    import shutil
+
+    from porter_visualglm.checkpoint import CheckpointError, check_checkpoint, read_states
+
+    def qlora_folder(name, quant_state):
+        folder = tmp_path / name
+        shutil.copytree(taught_checkpoint, folder)
+        states = next(folder.glob("*/mp_rank_00_model_states.pt"))
+        weights = dict(read_states(states))
+        key = "transformer.layers.0.attention.query_key_value.original."
+        weights[key + "weight"] = torch.zeros(64 * 192 // 2, 1, dtype=torch.uint8)
+        weights[key + "quant_state"] = quant_state
+        torch.save({"module": weights}, states)
+        return folder
+
+    plain = qlora_folder("list", [torch.zeros(3), torch.zeros(2)])
+    with pytest.raises(CheckpointError, match="upstream QLoRA checkpoint.*quant_state.*NF4") as err:
+        check_checkpoint(plain, 4)
+    assert "--quant 4 --finetune lora" in err.value.hint
+
+    bnb = types.ModuleType("bitsandbytes.functional")
+
+    class QuantState:
+        pass
+
+    QuantState.__module__ = "bitsandbytes.functional"
+    bnb.QuantState = QuantState
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", bnb)
+    pickled = qlora_folder("object", QuantState())
+    monkeypatch.delitem(sys.modules, "bitsandbytes.functional")
+    with pytest.raises(CheckpointError, match="upstream QLoRA checkpoint.*bitsandbytes.functional.QuantState"):
+        check_checkpoint(pickled, 4)
+
+
+def test_not_enough_memory_for_the_quantized_plan_is_one_line_before_any_weight_is_read(taught_checkpoint,
+                                                                                         ported_kernels, monkeypatch):
+    from porter_visualglm import check, quantized
+    from porter_visualglm.checkpoint import load_model
+
+    from porter.errors import InputError
+
+    read = []
+    monkeypatch.setattr(check, "host_available", lambda: 1000)
+    monkeypatch.setattr(quantized, "quantize_weights", lambda *a, **k: read.append(a) or iter(()))
+    with pytest.raises(InputError, match=r"with --quant 8 the model needs about .* GiB of host memory .* available"):
+        load_model(taught_checkpoint, dtype=torch.float32, quant=8)
+    assert read == []  # refused before the first weight was quantized
+
+
+def test_eval_under_quant_8_answers_the_held_out_questions_as_the_unquantized_model(taught_checkpoint, tmp_path):
+    """The acceptance's demo comparison (>= 34 of 36 held-out answers equal) on the tests' taught model; the
+    demo's own model is measured by benchmarks/bench_quant_accuracy.py."""
+    import json
+
+    env = {**os.environ, "PORTER_DEVICE": "cpu"}
+    answers = {}
+    for name, extra in (("fp32", ()), ("int8", ("--quant", "8"))):
+        r = subprocess.run([sys.executable, "-m", "porter.cli", "run", "visualglm", "eval", "--from_pretrained",
+                            str(taught_checkpoint), "--out", str(tmp_path / name), *extra], capture_output=True,
+                           text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        answers[name] = [row["answer"] for row in rows]
+    same = sum(a == b for a, b in zip(answers["fp32"], answers["int8"]))
+    assert len(answers["fp32"]) == 36 and same >= 34, (same, list(zip(answers["fp32"], answers["int8"])))
