@@ -233,7 +233,8 @@ def test_upstream_qlora_checkpoints_are_refused_in_one_line(taught_checkpoint, t
         key = "transformer.layers.0.attention.query_key_value.original."
         weights[key + "weight"] = torch.zeros(64 * 192 // 2, 1, dtype=torch.uint8)
         weights[key + "quant_state"] = quant_state
-        torch.save({"module": weights}, states)
+        torch.save({"module": weights}, states.with_suffix(".new"))  # not over the file its tensors map
+        os.replace(states.with_suffix(".new"), states)
         return folder
 
     plain = qlora_folder("list", [torch.zeros(3), torch.zeros(2)])
@@ -246,11 +247,15 @@ def test_upstream_qlora_checkpoints_are_refused_in_one_line(taught_checkpoint, t
     class QuantState:
         pass
 
-    QuantState.__module__ = "bitsandbytes.functional"
+    QuantState.__module__, QuantState.__qualname__ = "bitsandbytes.functional", "QuantState"
     bnb.QuantState = QuantState
+    package = types.ModuleType("bitsandbytes")
+    package.functional = bnb
+    monkeypatch.setitem(sys.modules, "bitsandbytes", package)
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", bnb)
     pickled = qlora_folder("object", QuantState())
     monkeypatch.delitem(sys.modules, "bitsandbytes.functional")
+    monkeypatch.delitem(sys.modules, "bitsandbytes")
     with pytest.raises(CheckpointError, match="upstream QLoRA checkpoint.*bitsandbytes.functional.QuantState"):
         check_checkpoint(pickled, 4)
 
@@ -271,13 +276,15 @@ def test_not_enough_memory_for_the_quantized_plan_is_one_line_before_any_weight_
 
 
 def test_eval_under_quant_8_answers_the_held_out_questions_as_the_unquantized_model(taught_checkpoint, tmp_path):
-    """The acceptance's demo comparison (>= 34 of 36 held-out answers equal) on the tests' taught model; the
-    demo's own model is measured by benchmarks/bench_quant_accuracy.py."""
+    """The acceptance's demo comparison (>= 34 of 36 held-out answers equal) on the tests' taught model, both in
+    fp32 so the comparison is of quantization alone: this barely trained model's answers move with bf16 itself (28
+    of 36 stay), which --quant's CPU default computes in. The demo's own model, at the defaults, is measured by
+    benchmarks/bench_quant_accuracy.py."""
     import json
 
     env = {**os.environ, "PORTER_DEVICE": "cpu"}
     answers = {}
-    for name, extra in (("fp32", ()), ("int8", ("--quant", "8"))):
+    for name, extra in (("fp32", ("--dtype", "fp32")), ("int8", ("--quant", "8", "--dtype", "fp32"))):
         r = subprocess.run([sys.executable, "-m", "porter.cli", "run", "visualglm", "eval", "--from_pretrained",
                             str(taught_checkpoint), "--out", str(tmp_path / name), *extra], capture_output=True,
                            text=True, timeout=600, env=env)
