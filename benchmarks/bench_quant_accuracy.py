@@ -39,7 +39,6 @@ def port_sat() -> None:
 def last_logits(model, tokenizer, items, image_size):
     """Each question's next-token logits after its prompt (float32)."""
     import torch
-
     from porter_visualglm.chat import build_prompt
     from porter_visualglm.images import load_image
 
@@ -62,7 +61,6 @@ def cosines(a, b) -> list[float]:
 
 def load(folder: Path, dtype_name: str, bits):
     import torch
-
     from porter_visualglm.checkpoint import load_model
 
     model, ckpt = load_model(folder, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name], quant=bits)
@@ -100,7 +98,6 @@ def demo_model(folder: Path) -> dict:
 
 def heavy_tailed_model() -> dict:
     from make_6b_standin import make_standin
-
     from porter_visualglm.assets import STANDIN, tokenizer_for
     from porter_visualglm.evaluate import held_out
     from porter_visualglm.release import tiny_release_config

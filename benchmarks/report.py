@@ -174,8 +174,8 @@ def quant_table() -> str | None:
         cold, warm = run["cold"], run["warm"]
         rate = max(r["decode_tokens_per_s"] or 0 for r in (cold, warm))
         goal = {"8": (14e9, 0.5), "4": (10e9, None)}.get(bits, (None, None))
-        memory_ok = "" if goal[0] is None else (" (goal <= %d GB: %s)" % (goal[0] / 1e9, "met" if
-                                                cold["peak_anon_bytes"] <= goal[0] else "**not met**"))
+        met = goal[0] is not None and cold["peak_anon_bytes"] <= goal[0]
+        memory_ok = "" if goal[0] is None else f" (goal <= {goal[0] / 1e9:.0f} GB: {'met' if met else '**not met**'})"
         share_ok = "" if goal[1] is None else (" (goal >= 50%: " + ("met" if run["bandwidth_share"] >= goal[1]
                                                                      else "**not met**") + ")")
         lines.append(f"| {bits} | {cold['peak_anon_bytes'] / 1e9:.1f} GB{memory_ok} | "
