@@ -23,7 +23,7 @@ def add_weight_arguments(p, dtype: bool = True) -> None:
     p.add_argument("--quant", type=int, choices=(4, 8), default=None, metavar="{4,8}",
                    help="the language model's linear layers in 8 or 4 bits (SAT's weight-only scheme, quantized as "
                         "the 16-bit checkpoint is read, or loaded as a quantized checkpoint stores them); the image "
-                        "encoder, embeddings and lm_head stay 16-bit")
+                        "encoder, embeddings and lm_head stay in --dtype")
 
 
 def tokenizer_type_of(ckpt) -> str:

@@ -98,6 +98,8 @@ def _check_keys(args, ckpt, found: _Findings):
     scan_states(ckpt.states_file)
     weights = read_states(ckpt.states_file)
     model = meta_model(ckpt)
+    if ckpt.quant_base is not None:
+        return _check_adapters(args, ckpt, weights, model, found)
     stored = stored_bits(weights, {k: v.shape for k, v in model.state_dict().items()})
     ckpt.stored_bits = stored
     quant = getattr(args, "quant", None)
@@ -117,6 +119,31 @@ def _check_keys(args, ckpt, found: _Findings):
     for name in report.stale:
         found.ok(f"{name}: left by an older SAT, will be dropped")
     return weights, expected
+
+
+def _check_adapters(args, ckpt, weights, model, found: _Findings):
+    """A run's adapters trained on a quantized base: the fields naming the base, the adapters' keys, the base's own
+    keys; (the base's weights, its model's state dict) for the memory check, which is the base's."""
+    from .checkpoint import CheckpointError, check_checkpoint, check_quant_fields, compare_keys
+    from .model import is_adapter
+
+    try:
+        bits = check_quant_fields(ckpt)
+        base, base_model, base_weights, _ = check_checkpoint(ckpt.quant_base)
+    except CheckpointError as exc:
+        found.problem(exc.message)
+        return {}, {}
+    if getattr(args, "quant", None) != bits:
+        found.problem(f"{ckpt.folder.name}: adapters trained on a base quantized to {bits} bits: load them with "
+                      f"--quant {bits}")
+    adapters = {k: v for k, v in model.state_dict().items() if is_adapter(k, ckpt.finetune)}
+    report = compare_keys(weights, adapters)
+    for p in report.problems:
+        found.problem(f"{ckpt.states_file.name}: {p}")
+    if not report.problems:
+        found.ok(f"{ckpt.states_file.name}: the {len(adapters)} {ckpt.finetune} adapter tensors, for the base "
+                 f"{base.folder} in {bits} bits (its keys and shapes checked too)")
+    return base_weights, base_model.state_dict()
 
 
 def _check_memory(args, ckpt, weights, expected, found: _Findings) -> None:
@@ -157,8 +184,12 @@ def _check_memory(args, ckpt, weights, expected, found: _Findings) -> None:
     else:
         found.ok(f"host memory: about {gib(host_needed)} needed, {gib(free)} available")
     if dev.is_accelerator:
-        # the weights and about 10% for activations and cache
-        device_needed = int((params if quant else params * dtype.itemsize) * 1.1)
+        # the weights and about 10% for activations and cache; an NPU keeps int4 weights a second time, repacked
+        # for its kernel (porter.runtime.quant)
+        held = params if quant else params * dtype.itemsize
+        if quant == 4 and dev.name == "npu":
+            held += _quant_plan_linear(weights, expected)
+        device_needed = int(held * 1.1)
         device_free = dev.memory_free()
         if device_free is not None and device_needed > device_free:
             found.problem(f"{dev.name} memory: about {gib(device_needed)} needed, {gib(device_free)} free")
@@ -178,6 +209,14 @@ def _quant_plan(weights, expected, quant: int, dtype, found: _Findings) -> int:
     found.ok(f"--quant {quant}: language model's linears {gib(plan['quantized'])} in {quant} bits, the rest "
              f"{gib(plan['16-bit'])} in {str(dtype).removeprefix('torch.')} (image encoder, embeddings, lm_head)")
     return plan["quantized"] + plan["16-bit"]
+
+
+def _quant_plan_linear(weights, expected) -> int:
+    """Bytes of the language model's linears in 4 bits (what an NPU holds twice)."""
+    from .quantized import LM_LINEAR
+
+    return sum(t.numel() // 2 for k, t in weights.items()
+               if k.endswith(".weight") and LM_LINEAR.match(k.rsplit(".", 1)[0]) and k in expected)
 
 
 def _check_tokenizer(args, ckpt, found: _Findings) -> None:

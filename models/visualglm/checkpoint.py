@@ -355,19 +355,35 @@ def check_checkpoint(folder: str | Path, quant: int | None = None):
     return ckpt, model, weights, report
 
 
+def check_quant_fields(ckpt: Checkpoint) -> int:
+    """The bits of a checkpoint of adapters trained on a quantized base (model_config.json's ``quant_bits`` and
+    ``quant_base``, untrusted): a whole 4 or 8, a base path, adapters; and the base it names exists and is a plain
+    checkpoint (no adapters, no base of its own: no chains, no cycles), checked before any weight is read."""
+    bits, base = ckpt.sat_args.get("quant_bits"), ckpt.quant_base
+    config_file = ckpt.folder / "model_config.json"
+    if type(bits) is not int or bits not in (4, 8) or not isinstance(base, str) or not base or ckpt.finetune is None:
+        raise CheckpointError(f"{config_file}: 'quant_base' {base!r} needs 'quant_bits' 4 or 8 (not {bits!r}) and "
+                              f"LoRA or P-tuning adapters")
+    if Path(base).resolve() == ckpt.folder.resolve():
+        raise CheckpointError(f"{config_file}: 'quant_base' names this folder itself")
+    try:
+        based_on = inspect_checkpoint(base)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ckpt.folder}: the base its adapters were trained on: {exc.message}",
+                              hint="put the base back where model_config.json's 'quant_base' says") from None
+    if based_on.quant_base is not None or based_on.finetune is not None:
+        raise CheckpointError(f"{ckpt.folder}: its base {base} is itself fine-tuned with adapters; porter stacks "
+                              f"one set", hint="name the checkpoint the adapters were trained on")
+    return bits
+
+
 def _check_adapters_only(ckpt: Checkpoint, quant: int | None) -> None:
     """A checkpoint of a run fine-tuned on a quantized base holds its adapters alone: it loads with the base it
     names, quantized to the bits it was trained on."""
-    bits, base = ckpt.sat_args.get("quant_bits"), ckpt.quant_base
-    config_file = ckpt.folder / "model_config.json"
-    if bits not in (4, 8) or not isinstance(base, str) or ckpt.finetune is None:
-        raise CheckpointError(f"{config_file}: 'quant_base' {base!r} needs 'quant_bits' 4 or 8 (not {bits!r}) and "
-                              f"LoRA or P-tuning adapters")
+    bits = check_quant_fields(ckpt)
     if quant != bits:
-        raise CheckpointError(f"{ckpt.folder}: adapters trained on a base quantized to {bits} bits ({base}): load "
-                              f"them with --quant {bits}", hint=f"add --quant {bits}")
-    if Path(base).resolve() == ckpt.folder.resolve():
-        raise CheckpointError(f"{config_file}: 'quant_base' names this folder itself")
+        raise CheckpointError(f"{ckpt.folder}: adapters trained on a base quantized to {bits} bits "
+                              f"({ckpt.quant_base}): load them with --quant {bits}", hint=f"add --quant {bits}")
 
 
 def _load_adapters_only(ckpt: Checkpoint, weights, dtype: torch.dtype, say):
@@ -378,13 +394,10 @@ def _load_adapters_only(ckpt: Checkpoint, weights, dtype: torch.dtype, say):
     finetune = str(ckpt.finetune)  # _check_adapters_only: LoRA or P-tuning
     if say:
         say(f"base: {base} ({ckpt.sat_args['quant_bits']} bits), adapters: {ckpt.folder}")
-    try:
-        model, base_ckpt = load_model(base, dtype=dtype, say=say, quant=ckpt.sat_args["quant_bits"])
+    try:  # a plain checkpoint (check_quant_fields): no recursion beyond this one
+        model, _ = load_model(base, dtype=dtype, say=say, quant=ckpt.sat_args["quant_bits"])
     except CheckpointError as exc:
         raise CheckpointError(f"{ckpt.folder}: its base {base}: {exc.message}", hint=exc.hint) from None
-    if base_ckpt.quant_base is not None or base_ckpt.finetune is not None:
-        raise CheckpointError(f"{ckpt.folder}: its base {base} is itself fine-tuned with adapters; porter stacks "
-                              f"one set", hint="name the checkpoint the adapters were trained on")
     add_finetuning(model, finetune, lora_rank=ckpt.sat_args.get("lora_rank", 10),
                    lora_layers=ckpt.sat_args.get("layer_range"), pre_seq_len=ckpt.sat_args.get("pre_seq_len", 8))
     own = dict(model.named_parameters())
@@ -457,7 +470,7 @@ def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype 
     materialise_derived(model, dtype)
     model.porter_config = ckpt.config
     model.porter_quant = quant
-    if quant == 4 and _on_cpu():
+    if quant == 4 and dtype == torch.bfloat16 and _on_cpu():  # the dtype torch's int4 kernel is used in
         n = repack_for_cpu(model)
         if say and n:
             say(f"int4 weights of {n} layers laid out for torch's CPU int4 kernel (once; checkpoints keep SAT's layout)")

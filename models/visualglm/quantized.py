@@ -44,7 +44,9 @@ def sat_kernels():
 
     if "porter_quant" not in vars(kernels):
         raise PorterError("SAT's quantization is not ported in this process: its int8/int4 kernels are CUDA binaries "
-                          "loaded through cpm_kernels", hint="run with --patch memory or --patch disk, not --patch off")
+                          "loaded through cpm_kernels",
+                          hint="if SAT is patched on disk by an older porter, `porter patch sat` brings it up to date; "
+                               "a launched recipe also needs --patch memory or disk, not --patch off")
     return kernels
 
 
@@ -130,7 +132,9 @@ def quantize_weights(weights: dict[str, torch.Tensor], names: list[str], bits: i
     from porter.runtime import quant
 
     for i, name in enumerate(names):
-        q, scale = quant.quantize_rows(weights[name + ".weight"], bits)
+        # in fp16, whatever the file holds: upstream quantizes its fp16 model (an fp32 or bf16 file is loaded into
+        # it first), so the ints and scales are upstream's for any checkpoint
+        q, scale = quant.quantize_rows(weights[name + ".weight"], bits, dtype=torch.float16)
         yield name + ".weight", q
         yield name + "." + SCALE, scale
         if say and (i + 1) % 16 == 0 or say and i + 1 == len(names):

@@ -264,7 +264,14 @@ def _check_model(args):
     # a checkpoint's check builds its model on the meta device, importing SAT: its loggers must not take stdout
     # (where a dry run prints the command)
     with contextlib.redirect_stdout(sys.stderr):
-        config, tokenizer_type, _ = model_source(args)
+        config, tokenizer_type, ckpt = model_source(args)
+    if getattr(args, "quant", None) and ckpt is not None and (ckpt.finetune or ckpt.quant_base):
+        raise InputError(f"--quant {args.quant} --from_pretrained {args.from_pretrained}: a checkpoint fine-tuned "
+                         f"with {ckpt.finetune}; training on a quantized base starts from weights without adapters",
+                         hint="start from the checkpoint its adapters were trained on, or drop --quant",
+                         exit_code=EXIT_USAGE)
+    if args.resume:
+        quant_base(args)  # a run's recorded base, bits and adapters, checked before any worker starts
     lengths = sample_lengths(args, config)
     check_model_options(args, config)
     if args.image_encoder:
@@ -425,10 +432,14 @@ def memory_lower_bound(args, config, lengths, device: str) -> tuple[int, int]:
     """(bytes for the model, bytes per sample) that one worker needs at the least; see :func:`check_memory`."""
     lm, vit, qf = config.lm, config.vision, config.qformer
     width = 4 if device == "cpu" or not (args.fp16 or args.bf16) else 2  # the CPU trains in fp32
-    params = {"lm": lm.vocab * lm.hidden + lm.layers * (4 * lm.hidden ** 2 + 2 * lm.hidden * lm.inner),
+    linears = lm.layers * (4 * lm.hidden ** 2 + 2 * lm.hidden * lm.inner)  # what --quant quantizes
+    params = {"lm": lm.vocab * lm.hidden + linears,
               "vit": vit.layers * (4 * vit.hidden ** 2 + 2 * vit.hidden * vit.mlp),
               "qformer": qf.layers * 4 * qf.hidden ** 2}
     fixed = sum(params.values()) * width
+    quant = getattr(args, "quant", None)
+    if quant:  # the language model's linears held in `quant` bits, frozen
+        fixed -= linears * width - linears * quant // 8
     finetune = args.finetune if args.finetune != "auto" else ("lora" if args.from_pretrained else "full")
     if finetune == "full":  # adapters are a few million weights at most: left out
         trained = params["lm"] + (params["vit"] if args.vision_lr_scale else 0) + (
@@ -517,12 +528,15 @@ def quant_base(args) -> Path | None:
     latest = latest_checkpoint(args.save.resolve())
     if latest is None:
         return None
-    from .checkpoint import inspect_checkpoint
+    from .checkpoint import check_quant_fields, inspect_checkpoint
 
     recorded = inspect_checkpoint(latest)
     if recorded.quant_base is None:
+        if getattr(args, "quant", None):
+            raise PorterError(f"--resume with --quant {args.quant}: the run in {args.save} did not train on a "
+                              f"quantized base", hint="drop --quant", exit_code=EXIT_USAGE)
         return None
-    bits = recorded.sat_args.get("quant_bits")
+    bits = check_quant_fields(recorded)
     if getattr(args, "quant", None) not in (None, bits):
         raise PorterError(f"--resume: the run trained on a base quantized to {bits} bits, not --quant {args.quant}",
                           hint=f"drop --quant or pass --quant {bits}", exit_code=EXIT_USAGE)

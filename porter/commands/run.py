@@ -38,11 +38,16 @@ def handle(args: argparse.Namespace, registry: Registry, con: Console) -> int:
             con.print("\n" + con.table(("data format", "description"), formats))
         return EXIT_OK
     if not recipe.launch:
+        from ..errors import PorterError
         from ..launch import port_here
 
         parsed = recipe_parser(recipe).parse_args(args.recipe_args)
         if recipe.targets:
-            port_here(recipe, registry)
+            try:
+                port_here(recipe, registry)
+            except PorterError as exc:  # an unsupported release, a patch in another state: run what is installed
+                con.note(f"porter: {', '.join(recipe.targets)} not ported in this process ({exc.message}); running "
+                         "it as installed")
         if recipe.preflight:
             recipe.preflight(parsed)
         return recipe.run(parsed)

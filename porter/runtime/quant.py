@@ -37,10 +37,12 @@ def _in_features(weight: torch.Tensor, bits: int) -> int:
 
 # --- SAT's layout: quantize, pack, unpack, dequantize ------------------------------------------------------
 
-def quantize_rows(weight: torch.Tensor, bits: int, *, rows_per_chunk: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(weight: torch.Tensor, bits: int, *, rows_per_chunk: int = CHUNK_ROWS,
+                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SAT's QuantizedLinear constructor math: (int8 ``[N, K]``, or for 4 bits packed int8 ``[N, K/2]``; float16
     scale ``[N]``). Every step is per row, so doing it ``rows_per_chunk`` rows at a time gives the whole-matrix
-    result while the temporaries (abs, the quotient, its rounding) stay the size of one chunk, not of the weight."""
+    result while the temporaries (abs, the quotient, its rounding) stay the size of one chunk, not of the weight.
+    ``dtype``: each chunk converted to it first (the model's dtype when SAT's quantize() runs), never the whole."""
     bits = check_bits(bits)
     if weight.dim() != 2:
         raise ValueError(f"quantize_rows takes a 2-D weight, not {tuple(weight.shape)}")
@@ -53,6 +55,7 @@ def quantize_rows(weight: torch.Tensor, bits: int, *, rows_per_chunk: int = CHUN
     scale = torch.empty(n, dtype=torch.float16, device=weight.device)
     for start in range(0, n, rows_per_chunk):
         w = weight[start:start + rows_per_chunk]
+        w = w if dtype is None else w.to(dtype)
         # exactly SAT's expressions, dtype flow included: the division by the integer runs in w's dtype before
         # .half(); w / scale promotes (fp16 stays fp16, bf16 with fp16 and fp32 become fp32)
         s = (w.abs().max(dim=-1).values / ((2 ** (bits - 1)) - 1)).half()
@@ -261,10 +264,9 @@ def cpu_int8pack_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     scale = scale.to(x.dtype).contiguous()
     if bits == 8:
         return torch.ops.aten._weight_int8pack_mm(x, weight, scale)
-    # int4: torch's own int4 CPU kernel (_weight_int4pack_mm_for_cpu) takes its own packed layout, i.e. a second,
-    # repacked copy of every weight, which breaks the 6B int4 memory budget (SAT's layout must stay the only copy,
-    # and state_dict() must stay SAT's). So unpack a bounded chunk of rows at a time to int8 and run the int8
-    # kernel on it; the chunks' outputs are the output's columns.
+    # int4 in SAT's layout (a weight pack_for_cpu did not rewrite, e.g. after SAT's own quantize()): torch's int4
+    # kernel would need a second, repacked copy, so unpack a bounded chunk of rows at a time to int8 and run the
+    # int8 kernel on it (9x slower on the 6B than the int4 kernel); the chunks' outputs are the output's columns.
     rows = CHUNK_ROWS
     return torch.cat([torch.ops.aten._weight_int8pack_mm(x, unpack_int4(weight[i:i + rows]), scale[i:i + rows])
                       for i in range(0, weight.shape[0], rows)], dim=1)
@@ -344,7 +346,7 @@ class _WeightQuantLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         weight, scale = ctx.saved_tensors
-        return grad @ dequantize(weight, scale, ctx.bits, dtype=grad.dtype), None, None, None
+        return grad @ dequantize(weight, scale.detach(), ctx.bits, dtype=grad.dtype), None, None, None
 
 
 def weight_quant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bits: int,
@@ -354,9 +356,8 @@ def weight_quant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     bits = check_bits(bits)
     if x.shape[-1] != _in_features(weight, bits):
         raise ValueError(f"input has {x.shape[-1]} features, the {bits}-bit weight {_in_features(weight, bits)}")
-    # constants (an int8 weight cannot require grad); the weight itself is passed on, not a detached alias: the NPU
-    # kernel keys its int4 repack cache by the weight tensor
-    scale = scale.detach()
+    # weight and scale are constants (SAT stores them with requires_grad=False; the Function gives them no gradient)
+    # and are passed on as they are, not as detached aliases: the kernels key their caches by these tensors
     if torch.is_grad_enabled() and x.requires_grad:
         y = _WeightQuantLinear.apply(x, weight, scale, bits)
     else:

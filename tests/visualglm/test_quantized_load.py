@@ -68,11 +68,11 @@ def test_a_checkpoint_quantized_while_read_holds_sats_layout_and_computes_close_
     names = quantized_names(q8)
     assert names and all(".layers." in n for n in names) and ckpt.stored_bits is None
     file = read_states(ckpt.states_file)
-    for name in names:  # what SAT's quantize() would store, from the file's own 16/32-bit rows
+    for name in names:  # what upstream's quantize() stores: its model is fp16 when it runs (this file is fp32)
         layer = q8.get_submodule(name)
         assert isinstance(layer, (ported_kernels.QuantizedColumnParallelLinear,
                                   ported_kernels.QuantizedRowParallelLinear))
-        q, scale = quant.quantize_rows(file[name + ".weight"], 8)
+        q, scale = quant.quantize_rows(file[name + ".weight"].half(), 8)
         assert torch.equal(layer.weight, q) and torch.equal(layer.weight_scale, scale)
         assert layer.weight.dtype == torch.int8 and layer.weight_scale.dtype == torch.float16
     assert not any(".vit." in n or "qformer" in n for n in names)  # the image encoder stays unquantized
@@ -216,6 +216,10 @@ def test_lora_on_a_frozen_int8_base_learns_saves_adapters_alone_resumes_and_infe
     assert f"base: {half_taught.resolve()} (8 bits)" in r.stderr
     r = run_porter(*ask, env=env)
     assert r.returncode == 7 and "load them with --quant 8" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_porter("run", "visualglm", "check", "--from_pretrained", str(ckpt), "--quant", "8", env=env)
+    assert r.returncode == 0 and "lora adapter tensors, for the base" in r.stdout, r.stdout + r.stderr[-2000:]
+    r = run_porter(*common, "--iters", "28", "--resume", "--quant", "4", timeout=900)
+    assert r.returncode == 2 and "trained on a base quantized to 8 bits" in r.stderr, r.stderr[-2000:]
 
 
 def test_upstream_qlora_checkpoints_are_refused_in_one_line(taught_checkpoint, tmp_path, monkeypatch):
@@ -293,3 +297,44 @@ def test_eval_under_quant_8_answers_the_held_out_questions_as_the_unquantized_mo
         answers[name] = [row["answer"] for row in rows]
     same = sum(a == b for a, b in zip(answers["fp32"], answers["int8"]))
     assert len(answers["fp32"]) == 36 and same >= 34, (same, list(zip(answers["fp32"], answers["int8"])))
+
+
+def test_the_fields_naming_a_quantized_base_are_checked_before_any_weight_is_read(taught_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from porter_visualglm.checkpoint import CheckpointError, check_quant_fields, inspect_checkpoint
+
+    def adapters(name, **fields):
+        folder = tmp_path / name
+        shutil.copytree(taught_checkpoint, folder)
+        config = json.loads((folder / "model_config.json").read_text())
+        config.update({"use_lora": True, "quant_bits": 8, "quant_base": str(taught_checkpoint), **fields})
+        (folder / "model_config.json").write_text(json.dumps(config))
+        return inspect_checkpoint(folder)
+
+    assert check_quant_fields(adapters("good")) == 8
+    for bad in (8.0, "8", True, 3, None):
+        with pytest.raises(CheckpointError, match="'quant_bits' 4 or 8"):
+            check_quant_fields(adapters(f"bits-{bad}", quant_bits=bad))
+    with pytest.raises(CheckpointError, match="the base its adapters were trained on: .*no such checkpoint folder"):
+        check_quant_fields(adapters("moved", quant_base=str(tmp_path / "gone")))
+    with pytest.raises(CheckpointError, match="names this folder itself"):
+        check_quant_fields(adapters("itself", quant_base=str(tmp_path / "itself")))
+    first = adapters("first")
+    # a chain (and so a cycle): the base must be a plain checkpoint, found from its model_config.json alone
+    with pytest.raises(CheckpointError, match="is itself fine-tuned with adapters"):
+        check_quant_fields(adapters("second", quant_base=str(first.folder)))
+
+
+def test_train_quant_refuses_a_fine_tuned_base_before_launching(taught_checkpoint, tmp_path):
+    from porter_visualglm.checkpoint import load_model, save_model
+    from porter_visualglm.model import add_finetuning
+
+    model, ckpt = load_model(taught_checkpoint, dtype=torch.float32)
+    add_finetuning(model, "lora", lora_rank=4)
+    lora = save_model(model, ckpt.config, tmp_path / "lora", finetune="lora", lora_rank=4)
+    r = _porter("run", "visualglm", "train", "--quant", "8", "--from_pretrained", str(lora), "--device", "cpu",
+                "--dry-run")
+    assert r.returncode == 2 and "a checkpoint fine-tuned with lora" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-2000:]
