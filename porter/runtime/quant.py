@@ -166,20 +166,29 @@ def pack_for_cpu(layer) -> bool:
     if not getattr(layer, "_porter_cpu_int4_hooks", False):
         layer.register_state_dict_post_hook(_state_in_sat_layout)
         layer.register_load_state_dict_pre_hook(_load_from_sat_layout)
+        # the mark lives on the Parameter object, which copy.deepcopy, load_state_dict(assign=True) or a .to() that
+        # swaps parameters replace without it; the layer (whose hooks survive those) marks its weight again before
+        # each forward, so torch's layout is never read as SAT's
+        layer.register_forward_pre_hook(_mark_weight)
         layer._porter_cpu_int4_hooks = True
     return True
 
 
+def _mark_weight(layer, args) -> None:
+    setattr(layer.weight, CPU_INT4, True)
+
+
 def _state_in_sat_layout(layer, state_dict, prefix, local_metadata) -> None:
     key = prefix + "weight"
-    if key in state_dict and getattr(layer.weight, CPU_INT4, False):
+    if key in state_dict:  # the hooks are only on layers pack_for_cpu rewrote
         state_dict[key] = _from_cpu_int4(state_dict[key].detach())
 
 
 def _load_from_sat_layout(layer, state_dict, prefix, *rest) -> None:
     key = prefix + "weight"
-    if key in state_dict and getattr(layer.weight, CPU_INT4, False):
+    if key in state_dict:
         state_dict[key] = _to_cpu_int4(state_dict[key])
+        _mark_weight(layer, ())
 
 
 # torch's int4 kernel takes (scale, zero) per group of input columns: SAT's row scale, repeated, zero 0; kept per

@@ -289,6 +289,9 @@ class Layer(torch.nn.Module):
         self.weight_scale = torch.nn.Parameter(scale, requires_grad=False)
         self.weight_bit_width = bits
 
+    def forward(self, x):  # as SAT's ported QuantizedLinear.forward calls the runtime
+        return quant.weight_quant_linear(x, self.weight, self.weight_scale, self.weight_bit_width)
+
 
 @pytest.mark.parametrize("n, k", [(64, 32), (128, 512), (192, 96), (1088, 64)])
 def test_the_cpu_int4_layout_is_torchs_own_and_converts_back(n, k):
@@ -318,6 +321,11 @@ def test_int4_layers_rewritten_for_the_cpu_use_torchs_int4_kernel_and_keep_sats_
     assert quant.pack_for_cpu(again)
     again.load_state_dict(state)  # SAT's bytes in, torch's layout kept
     assert torch.equal(again.weight, layer.weight) and torch.equal(again.state_dict()["weight"], sat)
+    import copy
+
+    twin = copy.deepcopy(layer)  # loses the Parameter's mark; the layer marks it again before its forward
+    assert torch.equal(twin.state_dict()["weight"], sat)
+    assert torch.equal(twin(x), after)
     ops.reset_counts()
     y32 = quant.weight_quant_linear(x.float(), layer.weight, layer.weight_scale, 4)  # the reference reads it back
     assert ops.counts == {REFERENCE: 1}
