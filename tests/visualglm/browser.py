@@ -28,6 +28,15 @@ def converse(url: str, image: str, questions: list[str], screenshot: str | None 
         page = browser.new_page(viewport={"width": 1000, "height": 640})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # every text the page gives an element, as it gives it: a fast server's deltas can all land between two
+        # polls (the page applies each delta of a network chunk in one task), but each is still a separate write
+        page.add_init_script("""(() => {
+            const text = Object.getOwnPropertyDescriptor(Node.prototype, 'textContent');
+            Object.defineProperty(Node.prototype, 'textContent', {
+              get() { return text.get.call(this); },
+              set(value) { (this.__written = this.__written || []).push(String(value).length); text.set.call(this, value); },
+            });
+        })()""")
         page.goto(url)
         page.wait_for_function("document.getElementById('model').textContent !== 'connecting…'")
         seen["model"] = page.text_content("#model")
@@ -38,13 +47,14 @@ def converse(url: str, image: str, questions: list[str], screenshot: str | None 
             page.press("#question", "Enter")
             answer = f"#log li.assistant >> nth={n - 1}"
             page.wait_for_selector(answer)
-            # lengths of the answer's text while it streams in, then the final text
+            # lengths of the answer's text while it streams in (polled, and as each delta was written), then the final
             lengths = page.evaluate("""(n) => new Promise(resolve => {
                 const seen = [];
                 const poll = () => {
                   const item = document.querySelectorAll('#log li.assistant')[n - 1];
                   seen.push(item.textContent.length);
-                  if (!item.classList.contains('pending')) resolve(seen); else setTimeout(poll, 5);
+                  if (!item.classList.contains('pending')) resolve(seen.concat(item.__written || []));
+                  else setTimeout(poll, 5);
                 };
                 poll();
             })""", n)
