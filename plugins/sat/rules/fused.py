@@ -7,25 +7,16 @@ import libcst.matchers as m
 
 from porter.rules import Rule, RuleDocs, RuleTransformer, literal, same
 
-from .runtime import DEVICE, OPS, call
+from .runtime import DEVICE, OPS, call, calls_runtime
 
 GLM130B_FILE = "sat/model/official/glm130B_model.py"
-
-
-def _calls_runtime(transformer: RuleTransformer, node: cst.CSTNode, *modules: str) -> bool:
-    """Whether ``node`` contains a call into one of porter's runtime modules (however it was imported)."""
-    for found in m.findall(node, m.Call(func=m.Attribute())):
-        name = transformer.qualified_name(cst.ensure_type(found, cst.Call).func)
-        if name is not None and name.rsplit(".", 1)[0] in modules:
-            return True
-    return False
 
 
 class GeluImpl(RuleTransformer):
     """The body of ChatGLM's ``gelu_impl(x)`` -> ``return porter_ops.gelu(x)``."""
 
     def leave_FunctionDef(self, original_node, updated_node):
-        if updated_node.name.value != "gelu_impl" or _calls_runtime(self, original_node, OPS[0]):
+        if updated_node.name.value != "gelu_impl" or calls_runtime(self, original_node, OPS[0]):
             return updated_node
         params = updated_node.params.params
         if len(params) != 1:
@@ -57,7 +48,7 @@ class Unscript(RuleTransformer):
                 if not self.refers_to(o.decorator, "torch.jit.script")]
         if len(kept) == len(updated_node.decorators):
             return updated_node  # not scripted (asked first: the search of the body below is the costly part)
-        if not _calls_runtime(self, original_node.body, OPS[0], DEVICE[0]):
+        if not calls_runtime(self, original_node.body, OPS[0], DEVICE[0]):
             return updated_node
         self.record(original_node, f"@torch.jit.script dropped from {updated_node.name.value} (it calls the runtime)")
         return updated_node.with_changes(decorators=kept)

@@ -9,7 +9,7 @@ import libcst.matchers as m
 
 from porter.rules import Rule, RuleDocs, RuleTransformer
 
-from .runtime import QUANT, call
+from .runtime import QUANT, call, calls_runtime
 
 KERNELS_FILE = "sat/quantization/kernels.py"
 REMOVAL = "When SAT's quantization stops depending on cpm_kernels' CUDA binary (or dispatches per device)."
@@ -101,7 +101,7 @@ class BodyToRuntime(RuleTransformer):
         params = updated_node.params
         if updated_node.name.value != self.FUNCTION or len(params.params) != self.ARITY or params.posonly_params \
                 or params.kwonly_params or not isinstance(params.star_arg, cst.MaybeSentinel) \
-                or params.star_kwarg is not None or self._ported(original_node):
+                or params.star_kwarg is not None or calls_runtime(self, original_node.body, QUANT[0]):
             return updated_node
         body = updated_node.body.body
         docstring = [s for s in body[:1] if m.matches(s, m.SimpleStatementLine(body=[m.Expr(m.SimpleString())]))]
@@ -109,13 +109,6 @@ class BodyToRuntime(RuleTransformer):
         ret = cst.SimpleStatementLine([cst.Return(call(self, QUANT, self.RUNTIME, [p.name for p in params.params]))])
         return updated_node.with_changes(body=updated_node.body.with_changes(body=[*docstring, ret]))
 
-    def _ported(self, node: cst.FunctionDef) -> bool:
-        """Whether the body already calls porter.runtime.quant (however it was imported): a second patch."""
-        for found in m.findall(node.body, m.Call(func=m.Attribute())):
-            name = self.qualified_name(cst.ensure_type(found, cst.Call).func)
-            if name is not None and name.rsplit(".", 1)[0] == QUANT[0]:
-                return True
-        return False
 
 
 class PackInt4(BodyToRuntime):
