@@ -163,6 +163,9 @@ def make_standin(out: Path, config: dict, seed: int = 0, force: bool = False) ->
         if not force and is_complete(out, config, seed):
             _say(f"reusing {out} (complete, version {VERSION}, seed {seed}); --force writes it again")
             return out
+        if out.exists() and not (out / "standin.json").is_file():  # replaced below: only if this generator made it
+            raise SystemExit(f"make_6b_standin: {out} exists and is not a stand-in this generator wrote (no "
+                             f"standin.json): it is left alone; name another --out")
         partial = out.parent / f".{out.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)  # an interrupted run's leftovers
         need = 2 * sum(math.prod(s) * 2 for s in release_keys(config).values()) + (1 << 30)  # scratch + file + 1 GiB
