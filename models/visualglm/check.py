@@ -100,12 +100,11 @@ def _check_keys(args, ckpt, found: _Findings):
     model = meta_model(ckpt)
     if ckpt.quant_base is not None:
         return _check_adapters(args, ckpt, weights, model, found)
-    stored = stored_bits(weights, {k: v.shape for k, v in model.state_dict().items()})
-    ckpt.stored_bits = stored
-    quant = getattr(args, "quant", None)
     expected = model.state_dict()
+    stored = ckpt.stored_bits = stored_bits(weights, expected)
+    expected = quantized_state(expected, stored)
+    quant = getattr(args, "quant", None)
     if stored is not None:
-        expected = quantized_state(expected, stored)
         if quant != stored:
             found.problem(f"{ckpt.states_file.name}: the language model is stored in {stored} bits (SAT's quantized "
                           f"layout): load it with --quant {stored}")

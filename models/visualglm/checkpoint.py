@@ -335,7 +335,7 @@ def check_checkpoint(folder: str | Path, quant: int | None = None):
     model = meta_model(ckpt)
     weights = read_states(ckpt.states_file)
     expected = model.state_dict()
-    stored = stored_bits(weights, {k: v.shape for k, v in expected.items()})
+    stored = stored_bits(weights, expected)
     if stored is not None and quant != stored:
         raise CheckpointError(
             f"{ckpt.states_file}: its language model is stored in {stored} bits (SAT's quantized layout)"
@@ -345,7 +345,7 @@ def check_checkpoint(folder: str | Path, quant: int | None = None):
     if ckpt.quant_base is not None:  # adapters alone, for a quantized base named in model_config.json
         _check_adapters_only(ckpt, quant)
         expected = {k: v for k, v in expected.items() if is_adapter(k, ckpt.finetune)}
-    report = compare_keys(weights, quantized_state(expected, stored) if stored else expected)
+    report = compare_keys(weights, quantized_state(expected, stored))
     if report.problems:
         raise CheckpointError(
             f"{ckpt.states_file}: weights do not match {ckpt.folder / 'model_config.json'} "

@@ -87,10 +87,12 @@ def quantize_meta(model, bits: int) -> list[str]:
     return replaced
 
 
-def quantized_state(state: dict[str, torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
+def quantized_state(state: dict[str, torch.Tensor], bits: int | None) -> dict[str, torch.Tensor]:
     """``state`` (a meta model's state dict) as SAT's quantized layers of ``bits`` hold it: each language-model
     linear's weight int8 [N, K * bits / 8] and a fp16 ``weight_scale`` [N]; on the meta device, for comparing a
-    file's keys and shapes without building the layers (that needs the ported SAT)."""
+    file's keys and shapes without building the layers (that needs the ported SAT). ``bits`` None: ``state``."""
+    if bits is None:
+        return state
     out = {}
     for key, t in state.items():
         module, _, attr = key.rpartition(".")
@@ -110,19 +112,19 @@ def repack_for_cpu(model) -> int:
     return sum(quant.pack_for_cpu(model.get_submodule(name)) for name in quantized_names(model))
 
 
-def stored_bits(weights: dict[str, torch.Tensor], fp_shapes: dict[str, torch.Size]) -> int | None:
+def stored_bits(weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> int | None:
     """The bits a checkpoint's language model is stored in (SAT's quantized layout: an int8 ``weight`` and a
     ``weight_scale`` per layer, as ``quantize()`` leaves them and ``state_dict()`` saves them), or None for 16/32-bit
-    weights. ``fp_shapes``: the unquantized model's weight shapes, to tell int4 (half the columns) from int8."""
+    weights. ``state``: the unquantized (meta) model's state dict, to tell int4 (half the columns) from int8."""
     bits = set()
     for key in weights:
         if not key.endswith("." + SCALE):
             continue
         weight = key[: -len(SCALE)] + "weight"
-        stored, full = weights.get(weight), fp_shapes.get(weight)
+        stored, full = weights.get(weight), state.get(weight)
         if stored is None or full is None or stored.dtype != torch.int8:
             continue
-        bits.add(8 if stored.shape[-1] == full[-1] else 4)
+        bits.add(8 if stored.shape[-1] == full.shape[-1] else 4)
     return bits.pop() if len(bits) == 1 else (min(bits) if bits else None)
 
 
