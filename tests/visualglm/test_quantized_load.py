@@ -338,3 +338,35 @@ def test_train_quant_refuses_a_fine_tuned_base_before_launching(taught_checkpoin
                 "--dry-run")
     assert r.returncode == 2 and "a checkpoint fine-tuned with lora" in r.stderr and "Traceback" not in r.stderr, \
         r.stderr[-2000:]
+
+
+def test_a_checkpoint_quantized_and_saved_by_upstream_sat_loads_with_quant(taught_checkpoint, ported_kernels,
+                                                                           tmp_path, monkeypatch):
+    """Upstream's --quant path, run on the CPU: the model in fp16, the installed (unported) SAT's own
+    ``quantize(model.transformer, 8)``, its state dict saved; porter loads that file with --quant 8 as it is."""
+    import importlib.util
+
+    import sat.quantization
+    from porter_visualglm.checkpoint import CheckpointError, load_model, save_model
+    from porter_visualglm.quantized import quantized_names
+
+    origin = os.path.join(os.path.dirname(sat.quantization.__file__), "kernels.py")
+    spec = importlib.util.spec_from_file_location("upstream_sat_kernels", origin)
+    upstream = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(upstream)  # SAT's file as installed: cpm_kernels absent, so kernels is None
+    assert "porter_quant" not in vars(upstream)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # its math on the CPU (it moves weights there)
+    model, ckpt = load_model(taught_checkpoint, dtype=torch.float16)
+    upstream.quantize(model.transformer, 8)
+    saved = save_model(model, ckpt.config, tmp_path / "upstream-int8")
+    with pytest.raises(CheckpointError, match="stored in 8 bits"):
+        load_model(saved, dtype=torch.float32)
+    ours, loaded = load_model(saved, dtype=torch.float32, quant=8)
+    assert loaded.stored_bits == 8
+    names = quantized_names(ours)
+    assert names == [n for n, m in model.named_modules() if isinstance(m, upstream.QuantizedColumnParallelLinear)
+                     or isinstance(m, upstream.QuantizedRowParallelLinear)]
+    for name in names:
+        theirs, mine = model.get_submodule(name), ours.get_submodule(name)
+        assert isinstance(mine, (ported_kernels.QuantizedColumnParallelLinear, ported_kernels.QuantizedRowParallelLinear))
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.weight_scale, theirs.weight_scale)
