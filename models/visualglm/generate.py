@@ -35,26 +35,63 @@ class Sampling:
 def pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None, generated: Sequence[int] = (),
          allowed: torch.Tensor | None = None) -> int:
     """One token from one row of logits."""
-    logits = logits.float().clone()
-    if generated and s.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
-        logits[seen] = logits[seen] / s.repetition_penalty
-    logits = logits / max(s.temperature, 1e-5)
-    for banned in s.invalid_slices:
-        logits[banned] = float("-inf")
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
-    if s.top_k > 0:
-        kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    token = pick_rows(logits.unsqueeze(0), [s], [generator], [generated], allowed)[0]
+    if isinstance(token, Exception):
+        raise token
+    return token
+
+
+def pick_rows(logits: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator | None],
+              generated: Sequence[Sequence[int]], allowed: torch.Tensor | None = None) -> list[int | Exception]:
+    """One token per row of ``logits`` [rows, vocab], each row with its own sampling; a row whose draw raised
+    gets its exception instead of a token (the caller decides whether that fails the others).
+
+    The work over the whole vocabulary (130,528 ids) is done once for all rows: the bans, then one ``topk`` of
+    the largest ``top_k``. Top-p and the draw then look at each row's ``top_k`` candidates only, which is the
+    distribution SAT's ``BaseStrategy`` draws from (everything outside the top k has probability 0 there), at a
+    fraction of the cost of sorting and drawing over the whole vocabulary per row.
+    """
+    logits = logits.detach().to(device="cpu", dtype=torch.float32)
+    # a new tensor either way (the rows below are changed in place); where() keeps a transposed input's layout
+    # instead of copying it (``sat_model.few_rows_logits`` gives one)
+    scores = (torch.where(allowed, logits, float("-inf")) if allowed is not None
+              else logits.clone(memory_format=torch.preserve_format))
+    for row, (s, seen) in enumerate(zip(samplings, generated)):
+        line = scores[row]
+        if seen and s.repetition_penalty != 1.0:
+            ids = torch.tensor(sorted(set(seen)), dtype=torch.long)
+            line[ids] = line[ids] / s.repetition_penalty  # SAT divides, whatever the logit's sign
+        if s.temperature != 1.0:
+            line.div_(max(s.temperature, 1e-5))
+        for banned in s.invalid_slices:
+            line[banned] = float("-inf")
+    vocab = scores.shape[1]
+    wanted = [s.top_k if 0 < s.top_k < vocab else vocab for s in samplings]
+    out: list[int | Exception] = [0] * len(samplings)
+    sampled = [row for row, s in enumerate(samplings) if s.top_k != 1]
+    greedy = [row for row, s in enumerate(samplings) if s.top_k == 1]
+    if greedy:
+        for row, token in zip(greedy, scores[greedy].argmax(dim=1).tolist()):
+            out[row] = token
+    if sampled:
+        values, ids = torch.topk(scores[sampled], max(wanted[row] for row in sampled), dim=1)  # sorted, largest first
+        for i, row in enumerate(sampled):
+            k = wanted[row]
+            try:
+                out[row] = draw(values[i, :k], ids[i, :k], samplings[row], generators[row])
+            except Exception as exc:
+                out[row] = exc
+    return out
+
+
+def draw(values: torch.Tensor, ids: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
+    """A draw among one row's top-k candidates (``values`` sorted, largest first, ``ids`` their token ids):
+    nucleus filtering at ``top_p`` (the most likely always stays), then a draw by probability."""
+    probs = torch.softmax(values, dim=-1)
     if 0.0 < s.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < s.top_p  # always keeps the most likely
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    if s.top_k == 1:
-        return int(torch.argmax(probs))
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        keep = torch.cumsum(probs, dim=-1) - probs < s.top_p
+        probs, ids = probs[keep], ids[keep]
+    return int(ids[torch.multinomial(probs / probs.sum(), 1, generator=generator)])
 
 
 class _Extra(TypedDict, total=False):
@@ -73,17 +110,23 @@ class Request:
 
 
 class Decoder:
-    """Several answers generated together, one token per live answer per ``step()``.
+    """Several answers generated together, one token per live answer per ``step()``; more can ``join`` between
+    steps (continuous batching).
 
     Prompts are padded on the left with ChatGLM's pad id, which SAT's ChatGLM masks out as keys and starts the
     positions after, so each answer sees exactly what it would see alone: a greedy answer is the same batched
     or not. An answer leaves the batch when it ends (``<eop>``, its ``max_length``) or is ``drop``-ped; the
     padding every remaining answer shares is then cut from the ids and the key/value cache (SAT's one-row path
     attends to every cached position).
+
+    The prompt goes through SAT's own ``get_inputs`` (its mask and 2-D positions). After it, each step passes
+    the one new position's mask and positions itself: SAT would rebuild a rows x length x length mask and walk
+    every row's ids in Python per token, to keep one row of it. The values are SAT's (``step_inputs``); a test
+    compares the logits of both paths at every step of a padded batch.
     """
 
     def __init__(self, model, requests: list[Request], allowed: torch.Tensor | None = None,
-                 isolate_rows: bool = False):
+                 isolate_rows: bool = False, sat_inputs: bool = False):
         kinds = {r.prompt.has_image and r.image is not None for r in requests}
         if len(kinds) > 1:
             raise ValueError("a batch is all image prompts or all text-only prompts")
@@ -93,12 +136,13 @@ class Decoder:
                                  f"{r.sampling.max_length}: no room for an answer")
         param = next(model.parameters())
         self.model, self.allowed, self.requests = model, allowed, list(requests)
-        self.isolate_rows = isolate_rows
+        self.isolate_rows, self.sat_inputs = isolate_rows, sat_inputs
         self.failed: dict[int, Exception] = {}  # request index -> why its token was not drawn
         self.live = list(range(len(requests)))  # request index of each batch row
         self.generated: list[list[int]] = [[] for _ in requests]
         self.generators = [torch.Generator().manual_seed(r.sampling.seed) if r.sampling.seed is not None else None
                            for r in requests]
+        self.anchors = [_anchors(r.prompt.ids) for r in requests]  # (mask position, context length) per request
         width = max(len(r.prompt.ids) for r in requests)
         pads = [width - len(r.prompt.ids) for r in requests]
         self.seq = torch.tensor([[tok.PAD] * p + r.prompt.ids for p, r in zip(pads, requests)], device=param.device)
@@ -127,13 +171,21 @@ class Decoder:
         out: dict[int, int | None] = {}
         ended: list[int] = []
         picked: list[int] = []
-        for row, index in enumerate(self.live):
-            token = self._pick(row, index, last)
-            picked.append(tok.PAD if token is None else token)  # a failed row's column is dropped below
-            if token is None or token == tok.EOS:
+        drawn = pick_rows(last, [self.requests[i].sampling for i in self.live],
+                          [self.generators[i] for i in self.live], [self.generated[i] for i in self.live],
+                          self.allowed)
+        for index, token in zip(self.live, drawn):
+            if isinstance(token, Exception):
+                if not self.isolate_rows:
+                    raise token
+                self.failed[index] = token
+                picked.append(tok.PAD)  # a failed row's column is dropped below
                 ended.append(index)
-                if token is not None:
-                    out[index] = None
+                continue
+            picked.append(token)
+            if token == tok.EOS:
+                ended.append(index)
+                out[index] = None
                 continue
             self.generated[index].append(token)
             out[index] = token
@@ -147,27 +199,81 @@ class Decoder:
 
     def _logits(self) -> torch.Tensor:
         """The next position's logits for every live row, [rows, vocab]; the key/value cache moves on."""
-        extra = self.extra.copy()
+        extra: dict = dict(self.extra)
         if self.past is None:  # the whole prompt goes in: the vocabulary's logits only at its last position
             mask = torch.zeros_like(self.seq, dtype=torch.bool)
             mask[:, -1] = True
             extra["logit_mask"] = mask
-        else:
+        elif self.sat_inputs:
             extra = {}
+        else:
+            extra = self.step_inputs()
         logits, *layers = self.model(input_ids=self.seq, past_key_values=self.past, **extra)
         self.past = [layer["past_key_values"] for layer in layers]
+        self.extra = {}  # the images went in with the prompt; later steps only read the key/value cache
         return logits[:, -1] if logits.dim() == 3 else logits  # [rows, vocab] either way
 
-    def _pick(self, row: int, index: int, last: torch.Tensor) -> int | None:
-        request = self.requests[index]
-        try:
-            return pick(last[row].cpu(), request.sampling, self.generators[index], self.generated[index],
-                        self.allowed)
-        except Exception as exc:
-            if not self.isolate_rows:
-                raise
-            self.failed[index] = exc
-            return None
+    def step_inputs(self) -> dict[str, torch.Tensor]:
+        """The last position's attention mask and positions for every live row, as SAT's ``get_inputs`` computes
+        them over the whole padded batch and then keeps (``ChatGLMModel.forward`` cuts them to the last position):
+
+        - the mask, [rows, 1, 1, length], 1 where a key is the row's own (its leading pads are 0); one row has
+          no pads and SAT gives it a mask of ones;
+        - positions, [rows, 2, 1]: ChatGLM's first coordinate is the ``[gMASK]``'s index in the row's own ids for
+          every generated position, the second counts from 1 at ``<sop>`` (the context's end). Both are counted
+          from the row's first real id, so they do not depend on the padding.
+        """
+        device, width = self.seq.device, self.seq.shape[1]
+        lengths = [len(self.requests[i].prompt.ids) + len(self.generated[i]) for i in self.live]
+        first = torch.tensor([width - n for n in lengths], device=device)
+        dtype = next(self.model.parameters()).dtype
+        mask = (torch.arange(width, device=device).unsqueeze(0) >= first.unsqueeze(1)).to(dtype)
+        positions = torch.tensor([[self.anchors[i][0], n - self.anchors[i][1]] for i, n in zip(self.live, lengths)],
+                                 device=device).unsqueeze(2)
+        return {"attention_mask": mask[:, None, None, :], "position_ids": positions}
+
+    def join(self, requests: list[Request]) -> dict[int, int | None]:
+        """Add answers to a running batch: their prompts go through the model on their own (as they would
+        alone), then their rows, ids and key/value cache join the others, left-padded to a common length, and
+        the next ``step`` moves all of them. Returns their first tokens as ``step`` does, by their new request
+        indices (``len(requests)`` before the call, and on)."""
+        newcomer = Decoder(self.model, requests, self.allowed, self.isolate_rows, self.sat_inputs)
+        first = newcomer.step()
+        base = len(self.requests)
+        self.requests += newcomer.requests
+        self.generated += newcomer.generated
+        self.generators += newcomer.generators
+        self.anchors += newcomer.anchors
+        self.failed.update({base + i: exc for i, exc in newcomer.failed.items()})
+        out = {base + i: token for i, token in first.items()}
+        if newcomer.done:
+            return out
+        if not self.live or self.past is None:
+            if self.live:  # joined before this batch's own prompt ran: not a state ``join`` is built for
+                raise RuntimeError("join() needs a batch that has run its first step")
+            self.seq, self.past, self.extra = newcomer.seq, newcomer.past, {}
+            self.live = [base + i for i in newcomer.live]
+            return out
+        assert newcomer.past is not None
+        width = max(self.seq.shape[1], newcomer.seq.shape[1])
+        self.seq = torch.cat([_pad_left(self.seq, width, tok.PAD, 1), _pad_left(newcomer.seq, width, tok.PAD, 1)])
+        self.past = [tuple(torch.cat([_pad_left(mine, width - 1, 0, 0), _pad_left(theirs, width - 1, 0, 0)], dim=1)
+                           for mine, theirs in zip(ours, new))
+                     for ours, new in zip(self.past, newcomer.past)]
+        self.live += [base + i for i in newcomer.live]
+        return out
+
+    def compact(self) -> list[int]:
+        """Forget the answers that left the batch (a server's decoder runs as long as chats keep coming): the live
+        ones are renumbered 0, 1, ... in their order. Returns their old request indices, in the new order."""
+        kept = list(self.live)
+        self.requests = [self.requests[i] for i in kept]
+        self.generated = [self.generated[i] for i in kept]
+        self.generators = [self.generators[i] for i in kept]
+        self.anchors = [self.anchors[i] for i in kept]
+        self.failed = {kept.index(i): exc for i, exc in self.failed.items() if i in kept}
+        self.live = list(range(len(kept)))
+        return kept
 
     def drop(self, indices) -> None:
         """Stop generating for these request indices (ended, stopped by a stop string, or cancelled)."""
@@ -188,6 +294,24 @@ class Decoder:
             offsets = (pre if torch.is_tensor(pre) else torch.tensor([pre])).index_select(0, rows.cpu()) - shared_pad
             self.extra = {"image": self.extra["image"].index_select(0, rows),
                           "pre_image": int(offsets[0]) if len(keep) == 1 else offsets}
+
+
+def _anchors(ids: list[int]) -> tuple[int, int]:
+    """(the index of the ``[gMASK]``, or of ``[MASK]`` where there is none; the index of ``<sop>``) in a prompt:
+    what ChatGLM's positions count from (SAT's ``get_position_ids``); -1 where absent (SAT's own prompt path
+    then refuses it)."""
+    mask = tok.GMASK if tok.GMASK in ids else tok.MASK
+    return (ids.index(mask) if mask in ids else -1, ids.index(tok.BOS) if tok.BOS in ids else -1)
+
+
+def _pad_left(t: torch.Tensor, width: int, value: int, dim: int) -> torch.Tensor:
+    """``t`` with ``value`` put before it along ``dim`` up to ``width``."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_full(shape, value), t], dim=dim)
 
 
 @torch.no_grad()

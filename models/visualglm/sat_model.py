@@ -109,7 +109,41 @@ class SelectiveFinal(ChatGLMFinalMixin):
         mask = kw_args.get("logit_mask")
         if mask is not None:
             logits = logits[mask]
-        return self.lm_head(logits)
+        return few_rows_logits(self.lm_head, logits)
+
+
+FEW_ROWS = range(2, 65)
+
+
+def few_rows_logits(head, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)``; for a decode step's few rows on the CPU, computed as ``weight @ hidden.T``.
+
+    Why: at 2 to 64 rows CPU GEMM kernels treat [rows, hidden] x [hidden, 130,528] as a short, wide product and
+    run several times slower than one row (measured on the tiny preset: 1 row 1.1 ms, 8 rows 5.4 ms), while the
+    same product as [130,528, hidden] x [hidden, rows] reads the weight once like the one-row kernel (8 rows
+    2.7 ms). Same values up to the order of the sums. Only where nothing else is in the way: no autograd, one
+    model-parallel rank, a plain weight without bias.
+    """
+    rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
+    weight = getattr(head, "weight", None)
+    if (rows not in FEW_ROWS or hidden.device.type != "cpu" or torch.is_grad_enabled() or weight is None
+            or getattr(head, "bias", None) is not None or type(weight) not in (torch.Tensor, torch.nn.Parameter)
+            or weight.dim() != 2 or weight.dtype != hidden.dtype or weight.shape[1] != hidden.shape[-1]
+            or _model_parallel() != 1):
+        return head(hidden)
+    flat = hidden.reshape(rows, hidden.shape[-1])
+    return torch.mm(weight, flat.t()).t().reshape(*hidden.shape[:-1], weight.shape[0])
+
+
+def _model_parallel() -> int:
+    from sat.mpu import get_model_parallel_world_size
+
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return 1
+    try:
+        return get_model_parallel_world_size()
+    except Exception:  # no model-parallel group: one process
+        return 1
 
 
 class VisualGLMModel(ChatGLMModel):

@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", help="the id clients send as 'model' (default: visualglm-6b for a checkpoint, "
                                         "visualglm-tiny for the tiny preset)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="chats generated together (default 8)")
+    p.add_argument("--batching", choices=("continuous", "static"), default="continuous",
+                   help="continuous (default): a new chat joins the running batch at the next step and a finished "
+                        "one leaves it at once; static: chats that arrive while a batch runs wait for all of it "
+                        "to end (kept to measure the difference)")
     p.add_argument("--queue", type=positive_int, default=32,
                    help="chats that may wait; more are answered 503 with Retry-After (default 32)")
     p.add_argument("--max-image-bytes", type=positive_int, default=10 * 2 ** 20,
@@ -139,7 +143,8 @@ def run(args) -> int:
     name = args.model_name or ("visualglm-6b" if args.from_pretrained else "visualglm-tiny")
     limits = Limits(name, min(2048, config.lm.max_sequence_length), args.max_image_bytes, args.url_images,
                     args.allow_private_urls)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.queue).start()
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.queue,
+                    continuous=args.batching == "continuous").start()
     app = create_app(Served(engine, tokenizer, limits, config.vision.image_size, model.image_length,
                             args.image_timeout, args.api_key.strip() if args.api_key else None))
     host, port = sock.getsockname()[:2]

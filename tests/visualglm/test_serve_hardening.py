@@ -186,14 +186,13 @@ def chat(seed, max_tokens=8):
 
 def test_a_chat_that_fails_in_the_model_fails_alone_and_its_batch_goes_on(tiny, monkeypatch):
     model, tokenizer, config = tiny
-    real_pick = generate.pick
+    real_pick_rows = generate.pick_rows
 
-    def pick(logits, sampling, *args):  # the chat with seed 13 cannot draw a token
-        if sampling.seed == 13:
-            raise RuntimeError("row 13 broke")
-        return real_pick(logits, sampling, *args)
+    def pick_rows(logits, samplings, *args):  # the chat with seed 13 cannot draw a token
+        drawn = real_pick_rows(logits, samplings, *args)
+        return [RuntimeError("row 13 broke") if s.seed == 13 else t for s, t in zip(samplings, drawn)]
 
-    monkeypatch.setattr(generate, "pick", pick)
+    monkeypatch.setattr(generate, "pick_rows", pick_rows)
     engine = Engine(model, tokenizer, max_batch=4, max_waiting=8)
     app = create_app(Served(engine, tokenizer, LIMITS, config.vision.image_size, model.image_length))
 

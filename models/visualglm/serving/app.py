@@ -67,8 +67,8 @@ def create_app(served: Served) -> FastAPI:
     async def health():
         e = served.engine
         return {"status": "ok", "model": served.limits.model_id, "waiting": e.waiting, "running": e.running,
-                "max_batch": e.max_batch, "max_waiting": e.max_waiting, "batches": e.batches, "tokens": e.tokens,
-                "cancelled": e.cancelled}
+                "max_batch": e.max_batch, "max_waiting": e.max_waiting, "batches": e.batches, "steps": e.steps,
+                "tokens": e.tokens, "cancelled": e.cancelled, "batching": "continuous" if e.continuous else "static"}
 
     @app.get("/v1/models", dependencies=[authorized])
     async def models():

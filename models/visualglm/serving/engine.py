@@ -2,10 +2,12 @@
 event loop that asked.
 
 Chats wait in a bounded queue (``submit`` refuses when it is full, so the server answers 503 instead of
-hanging). The thread takes up to ``max_batch`` waiting chats of one kind (with an image, or text only) and
-generates them together with ``generate.Decoder``; chats that arrive meanwhile wait for the next batch (the
-key/value caches of a running batch are not merged with new prompts). A chat whose client went away is
-``cancel``-led and leaves the batch at the next step.
+hanging). Continuous batching (the default): between two steps of the running batch the thread takes the chats
+that arrived, up to ``max_batch`` rows in all, runs their prompts (one forward per kind: with an image, or text
+only) and they ``join`` the running rows (``generate.Decoder.join``); a row leaves the moment its answer ends.
+Static batching (``continuous=False``, kept to measure what the other buys): up to ``max_batch`` waiting chats of
+one kind are generated together and chats that arrive meanwhile wait for the whole batch to end. Either way a chat
+whose client went away is ``cancel``-led and leaves the batch at the next step.
 
 A failure that belongs to one chat (its prompt, its sampling, its text) fails that chat alone: it leaves the
 batch with an ``error`` event and the others go on. Only a failure of the shared forward pass fails the whole
@@ -60,15 +62,18 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, *, max_batch: int = 8, max_waiting: int = 32):
+    def __init__(self, model, tokenizer, *, max_batch: int = 8, max_waiting: int = 32, continuous: bool = True):
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.max_batch, self.max_waiting, self.continuous = max_batch, max_waiting, continuous
         self.allowed = tokenizer.sampleable(model.transformer.word_embeddings.weight.shape[0])
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self.running = 0
-        self.batches = 0  # counters for /health: batches run, tokens generated, chats stopped for a gone client
+        # counters for /health: prompt batches run (a static batch, or the chats that joined at one step),
+        # decode steps, tokens generated, chats stopped for a gone client
+        self.batches = 0
+        self.steps = 0
         self.tokens = 0
         self.cancelled = 0
         self._thread = threading.Thread(target=self._serve, name="porter-engine", daemon=True)
@@ -95,6 +100,116 @@ class Engine:
             self._cond.notify()
         return job
 
+    def _serve(self) -> None:
+        (self._serve_continuous if self.continuous else self._serve_static)()
+
+    # -- continuous batching -------------------------------------------------------------------------------------
+
+    def _serve_continuous(self) -> None:
+        run = _Running()
+        while True:
+            with self._cond:
+                while not self._closed and not run.live and not any(not j.cancelled.is_set() for j in self._waiting):
+                    self._waiting.clear()  # only cancelled ones, if any
+                    self._cond.wait()
+                if self._closed:
+                    for job in run.jobs:
+                        _fail(job, RuntimeError("the server is shutting down"), log=False)
+                    return
+                fresh = self._pop(self.max_batch - len(run.live), kind=None)
+                self.running = len(run.live) + len(fresh)
+            if fresh:
+                self._admit(run, fresh)
+            if run.live:
+                self._advance(run)
+            with self._cond:
+                self.running = len(run.live)
+
+    def _admit(self, run: _Running, jobs: list[Job]) -> None:
+        """Run the new chats' prompts, one forward per kind, and add their rows to the running batch."""
+        for kind in (True, False):
+            group = [j for j in jobs if j.has_image == kind]
+            if not group:
+                continue
+            try:
+                self._join(run, group)
+            except ValueError as exc:  # the decoder refused a prompt: find which, the others still join
+                if len(group) == 1:
+                    _fail(group[0], exc)
+                    continue
+                for job in group:
+                    try:
+                        self._join(run, [job])
+                    except Exception as exc:
+                        _fail(job, exc)
+            except Exception as exc:  # their prompts' forward pass: it was theirs alone
+                traceback.print_exc(file=sys.stderr)
+                for job in group:
+                    _fail(job, exc, log=False)
+
+    def _join(self, run: _Running, group: list[Job]) -> None:
+        requests = [job.request for job in group]
+        if run.decoder is None or run.decoder.done:  # a fresh batch: nothing of the last one is kept
+            decoder = Decoder(self.model, requests, self.allowed, isolate_rows=True)
+            first = decoder.step()
+            run.decoder, run.jobs, run.texts = decoder, [], []
+        else:
+            first = run.decoder.join(requests)
+        run.jobs += group
+        run.texts += [AnswerText(self.tokenizer, job.stop) for job in group]
+        with self._cond:
+            self.batches += 1
+        self._handle(run, first)
+
+    def _advance(self, run: _Running) -> None:
+        """One step of every running row; a failed forward pass fails every chat in it (no row can be blamed)."""
+        decoder = run.decoder
+        assert decoder is not None
+        gone = [i for i in decoder.live if run.jobs[i].cancelled.is_set()]
+        if gone:
+            self.cancelled += len(gone)
+            decoder.drop(gone)
+            if decoder.done:
+                return
+        try:
+            tokens = decoder.step()
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            for i in decoder.live:
+                _fail(run.jobs[i], exc, log=False)
+            run.decoder, run.jobs, run.texts = None, [], []
+            return
+        self.steps += 1
+        self._handle(run, tokens)
+        if len(decoder.requests) > 4 * self.max_batch:  # forget the chats that ended, now and then
+            kept = decoder.compact()
+            run.jobs = [run.jobs[i] for i in kept]
+            run.texts = [run.texts[i] for i in kept]
+
+    def _handle(self, run: _Running, tokens: dict[int, int | None]) -> None:
+        decoder = run.decoder
+        assert decoder is not None
+        for i, exc in decoder.failed.items():
+            _fail(run.jobs[i], exc)
+        decoder.failed.clear()
+        for i, token in tokens.items():
+            try:
+                self._take_token(run.jobs[i], run.texts[i], token, decoder, i)
+            except Exception as exc:  # this chat's text (the tokenizer): it alone fails
+                decoder.drop([i])
+                _fail(run.jobs[i], exc)
+
+    # -- static batching -----------------------------------------------------------------------------------------
+
+    def _pop(self, room: int, kind: bool | None) -> list[Job]:
+        """Up to ``room`` waiting chats that are not cancelled, oldest first (of ``kind`` where one is given); the
+        cancelled ones are forgotten. Called with the lock held."""
+        live = [j for j in self._waiting if not j.cancelled.is_set()]
+        taken = [j for j in live if kind is None or j.has_image == kind][:max(room, 0)]
+        ids = {id(j) for j in taken}
+        self._waiting = collections.deque(j for j in live if id(j) not in ids)
+        return taken
+
     def _take(self) -> list[Job]:
         with self._cond:
             while not self._closed and not any(not j.cancelled.is_set() for j in self._waiting):
@@ -102,15 +217,12 @@ class Engine:
                 self._cond.wait()
             if self._closed:
                 return []
-            live = [j for j in self._waiting if not j.cancelled.is_set()]
-            kind = live[0].has_image
-            batch = [j for j in live if j.has_image == kind][: self.max_batch]
-            taken = {id(j) for j in batch}
-            self._waiting = collections.deque(j for j in live if id(j) not in taken)
+            first = next(j for j in self._waiting if not j.cancelled.is_set())
+            batch = self._pop(self.max_batch, kind=first.has_image)
             self.running = len(batch)
             return batch
 
-    def _serve(self) -> None:
+    def _serve_static(self) -> None:
         while True:
             batch = self._take()
             if not batch:
@@ -144,8 +256,10 @@ class Engine:
 
     def _run(self, batch: list[Job]) -> None:
         batch, decoder = self._decoder(batch)
-        texts = [AnswerText(self.tokenizer, job.stop) for job in batch]
-        while decoder is not None and not decoder.done:
+        if decoder is None:
+            return
+        run = _Running(decoder, batch, [AnswerText(self.tokenizer, job.stop) for job in batch])
+        while not decoder.done:
             gone = [i for i in decoder.live if batch[i].cancelled.is_set()]
             if gone:
                 self.cancelled += len(gone)
@@ -153,15 +267,10 @@ class Engine:
                 if decoder.done:
                     return
             tokens = decoder.step()
-            for i, exc in decoder.failed.items():
-                _fail(batch[i], exc)
-            decoder.failed.clear()
-            for i, token in tokens.items():
-                try:
-                    self._take_token(batch[i], texts[i], token, decoder, i)
-                except Exception as exc:  # this chat's text (the tokenizer): it alone fails
-                    decoder.drop([i])
-                    _fail(batch[i], exc)
+            self.steps += 1
+            self._handle(run, tokens)
+
+    # -- both ----------------------------------------------------------------------------------------------------
 
     def _take_token(self, job: Job, text: AnswerText, token: int | None, decoder: Decoder, i: int) -> None:
         if token is None:  # <eop>
@@ -184,6 +293,18 @@ class Engine:
         if tail:
             job.emit("text", tail)
         job.emit("end", reason)
+
+
+@dataclass
+class _Running:
+    """The running batch of the continuous engine: its decoder, and by request index its chat and text."""
+    decoder: Decoder | None = None
+    jobs: list[Job] = field(default_factory=list)
+    texts: list[AnswerText] = field(default_factory=list)
+
+    @property
+    def live(self) -> list[int]:
+        return self.decoder.live if self.decoder is not None else []
 
 
 def _fail(job: Job, exc: Exception, log: bool = True) -> None:
