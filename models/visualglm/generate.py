@@ -85,13 +85,19 @@ def pick_rows(logits: torch.Tensor, samplings: Sequence[Sampling], generators: S
 
 
 def draw(values: torch.Tensor, ids: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
-    """A draw among one row's top-k candidates (``values`` sorted, largest first, ``ids`` their token ids):
-    nucleus filtering at ``top_p`` (the most likely always stays), then a draw by probability."""
+    """A draw among one row's top-k candidates (``values`` sorted, largest first, ``ids`` their token ids)."""
+    ids, probs = nucleus(values, ids, s)
+    return int(ids[torch.multinomial(probs, 1, generator=generator)])
+
+
+def nucleus(values: torch.Tensor, ids: torch.Tensor, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates a draw chooses among and their probabilities (summing to 1): the softmax of the top-k
+    ``values``, cut to the smallest head whose probabilities reach ``top_p`` (the most likely always stays)."""
     probs = torch.softmax(values, dim=-1)
     if 0.0 < s.top_p < 1.0:
         keep = torch.cumsum(probs, dim=-1) - probs < s.top_p
         probs, ids = probs[keep], ids[keep]
-    return int(ids[torch.multinomial(probs / probs.sum(), 1, generator=generator)])
+    return ids, probs / probs.sum()
 
 
 class _Extra(TypedDict, total=False):
