@@ -47,9 +47,10 @@ def pick_rows(logits: torch.Tensor, samplings: Sequence[Sampling], generators: S
     gets its exception instead of a token (the caller decides whether that fails the others).
 
     The work over the whole vocabulary (130,528 ids) is done once for all rows: the bans, then one ``topk`` of
-    the largest ``top_k``. Top-p and the draw then look at each row's ``top_k`` candidates only, which is the
-    distribution SAT's ``BaseStrategy`` draws from (everything outside the top k has probability 0 there), at a
-    fraction of the cost of sorting and drawing over the whole vocabulary per row.
+    the largest ``top_k``. The temperature, top-p and the draw then look at each row's ``top_k`` candidates only,
+    which is the distribution SAT's ``BaseStrategy`` draws from (everything outside the top k has probability 0
+    there; dividing by the temperature does not change which ids are the top k), at a fraction of the cost of
+    dividing, sorting and drawing over the whole vocabulary per row.
     """
     logits = logits.detach().to(device="cpu", dtype=torch.float32)
     # a new tensor either way (the rows below are changed in place); where() keeps a transposed input's layout
@@ -61,8 +62,6 @@ def pick_rows(logits: torch.Tensor, samplings: Sequence[Sampling], generators: S
         if seen and s.repetition_penalty != 1.0:
             ids = torch.tensor(sorted(set(seen)), dtype=torch.long)
             line[ids] = line[ids] / s.repetition_penalty  # SAT divides, whatever the logit's sign
-        if s.temperature != 1.0:
-            line.div_(max(s.temperature, 1e-5))
         for banned in s.invalid_slices:
             line[banned] = float("-inf")
     vocab = scores.shape[1]
@@ -92,8 +91,9 @@ def draw(values: torch.Tensor, ids: torch.Tensor, s: Sampling, generator: torch.
 
 def nucleus(values: torch.Tensor, ids: torch.Tensor, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """The candidates a draw chooses among and their probabilities (summing to 1): the softmax of the top-k
-    ``values``, cut to the smallest head whose probabilities reach ``top_p`` (the most likely always stays)."""
-    probs = torch.softmax(values, dim=-1)
+    ``values`` over the temperature, cut to the smallest head whose probabilities reach ``top_p`` (the most likely
+    always stays)."""
+    probs = torch.softmax(values / max(s.temperature, 1e-5), dim=-1)
     if 0.0 < s.top_p < 1.0:
         keep = torch.cumsum(probs, dim=-1) - probs < s.top_p
         probs, ids = probs[keep], ids[keep]

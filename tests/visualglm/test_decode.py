@@ -161,7 +161,7 @@ def test_the_draw_keeps_sats_candidates_with_sats_probabilities(top_k, top_p, te
     scaled = logits / temperature
     theirs = torch.softmax(top_k_logits(scaled.clone().unsqueeze(0), top_k=top_k, top_p=top_p)[0], dim=-1)
     s = Sampling(top_k=top_k, top_p=top_p, temperature=temperature)
-    values, ids = torch.topk(scaled, top_k if top_k > 0 else scaled.numel())
+    values, ids = torch.topk(logits, top_k)  # before the temperature, as pick_rows hands them over
     kept, probs = nucleus(values, ids, s)
     ours = torch.zeros_like(theirs).index_put_((kept,), probs)
     assert torch.allclose(ours, theirs, atol=1e-6)
