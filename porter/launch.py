@@ -39,6 +39,11 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> dict[str, bool]:
         g.add_argument("--patch", choices=PATCH_MODES, default="auto", dest="patch_mode",
                        help="how workers get the port: disk (the installed files are patched), memory (an import "
                             "hook rewrites on import, no file touched), off; auto: disk if patched, else memory"),
+        g.add_argument("--bind-cores", action="store_true",
+                       help="CPU workers: pin each worker to its own cores on its node, as many as its threads "
+                            "(OMP_NUM_THREADS if set, else the cores porter may use // N), worker i on the i-th "
+                            "such slice; OMP_NUM_THREADS=1 --bind-cores gives one core and one thread per worker. "
+                            "Default: the workers share every core, each with cores // N threads"),
         g.add_argument("--dry-run", action="store_true", help="print the launch command and environment, run nothing"),
     ]
     return {flag: action.nargs != 0 for action in actions for flag in action.option_strings}
@@ -252,8 +257,10 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
                               f"{len(chosen)} device(s)")
         worker_env[cls.visible_devices_env] = ",".join(chosen[: args.npus] or [str(i) for i in range(args.npus)])
     if _host(cls):
-        worker_env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
-                                                       str(max(1, (os.cpu_count() or 1) // args.npus)))
+        worker_env.update(cpu_worker_env(args.npus, getattr(args, "bind_cores", False)))
+    elif getattr(args, "bind_cores", False):
+        raise PorterError(f"--bind-cores pins CPU workers, but the workers run on {cls.name}",
+                          hint="leave --bind-cores out, or use --device cpu", exit_code=EXIT_USAGE)
     command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.npus),
                "--master_port", str(args.master_port), "--no_local_rank", *_quiet_launcher()]
     if args.hostfile:
@@ -264,15 +271,104 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
             command += ["--master_addr", args.master_addr]
     else:
         command += ["--num_nodes", "1"]
-    worker = ["--module", "porter.worker"]
+    # a bound worker starts in this module's __main__, which pins it to its cores before it runs porter.worker
+    worker = ["--module", "porter.launch" if worker_env.get(BIND_ENV) else "porter.worker"]
     for key, value in sorted(worker_env.items()):
         worker += ["--porter-env", f"{key}={value}"]
     command += worker + [recipe.model, recipe.name, *recipe_argv]
     # the launcher itself must pick the same accelerator to count and bind devices
     env = {"DS_ACCELERATOR": cls.deepspeed_accelerator, **({cls.visible_devices_env: worker_env[cls.visible_devices_env]}
                                                             if cls.visible_devices_env else {})}
+    if _host(cls):
+        env.update(malloc_env())
     notes.append(f"{args.npus} {cls.name} worker(s) per node, process group {cls.backend}, port applied: {patch_mode}")
     return LaunchPlan(command, env, cls.name, args.npus, patch_mode, notes)
+
+
+BIND_ENV = "PORTER_BIND_CORES"  # set for bound CPU workers: how many workers share the node's cores
+
+# glibc malloc's settings for CPU training workers (environment variables glibc reads at start-up). By default
+# glibc serves every block above its mmap threshold (128 KiB, rising to at most 32 MiB as blocks are freed) with
+# its own mmap and gives it back at free(), and returns the heap's free top to the kernel past 128 KiB. A training
+# step allocates and frees the same activation, gradient and communication buffers every step, so each step maps
+# fresh pages and the kernel faults every one of them in again: on the tiny preset, one worker with one thread
+# took 2.3 million minor faults in a 20-step run (0.4 million with these settings, none in steady steps) and its
+# steps ran about 2x slower. The two thresholds serve those blocks from the heap and keep freed memory for the
+# next step. The arena limit puts every thread on that one heap: another thread's arena is made of 64 MiB heaps,
+# and a bigger block there (gloo's threads receive whole gradient buckets) is mmapped and faulted in afresh each
+# step whatever the thresholds say. Measured in benchmarks/bench_train_syscpu.py. The cost: up to 1 GiB of freed
+# memory per worker stays with it instead of going back to the system, and threads share one arena's lock (a
+# worker's threads allocate little: torch's intra-op threads work in buffers the main thread allocated). A value
+# the user set wins.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_ARENA_MAX": "1"}
+
+
+def malloc_env() -> dict[str, str]:
+    """:data:`MALLOC_ENV`, less what the user already decided (either variable, or glibc's malloc tunables). It goes
+    into the launcher's own environment, not a worker's --porter-env: glibc reads it when a process starts, so
+    only a process started with it is affected (DeepSpeed's launcher passes its environment to the workers it
+    starts on this node; workers on other nodes of a hostfile keep glibc's defaults)."""
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(k in os.environ for k in MALLOC_ENV):
+        return {}
+    return dict(MALLOC_ENV)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: taskset, a cgroup cpuset), not all the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def cpu_worker_env(workers: int, bind: bool) -> dict[str, str]:
+    """What each of ``workers`` CPU workers per node is told: its thread count (an OMP_NUM_THREADS the user set,
+    else an even share of the usable cores, so N workers do not oversubscribe them), and with ``bind`` the number
+    of workers that split the cores (:func:`bind_this_worker`)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not threads.isdigit() or int(threads) < 1:
+        threads = str(max(1, usable_cores() // workers))
+    env = {"OMP_NUM_THREADS": threads}
+    if bind:
+        if workers * int(threads) > usable_cores():
+            raise PorterError(f"--bind-cores: {workers} worker(s) x {threads} thread(s) need "
+                              f"{workers * int(threads)} cores, but porter may use {usable_cores()} here",
+                              hint="lower --npus or OMP_NUM_THREADS", exit_code=EXIT_USAGE)
+        env[BIND_ENV] = str(workers)
+    return env
+
+
+def bind_this_worker(env: dict[str, str]) -> list[int] | None:
+    """Pin this process (and every thread it starts later) to its own cores: the sorted cores it may use, cut into
+    slices of OMP_NUM_THREADS, the slice numbered by DeepSpeed's LOCAL_RANK. ``env`` is what the parent decided
+    (porter.worker's --porter-env); None where it asked for no binding. Checked here as well as in the parent,
+    since on another node of a hostfile the cores are that node's."""
+    workers = int(env.get(BIND_ENV) or 0)
+    if not workers:
+        return None
+    threads = int(env.get("OMP_NUM_THREADS") or 1)
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cores = sorted(os.sched_getaffinity(0))
+    if workers * threads > len(cores):
+        raise PorterError(f"--bind-cores: {workers} worker(s) x {threads} thread(s) need {workers * threads} "
+                          f"cores, but this node lets porter use {len(cores)}", exit_code=EXIT_USAGE)
+    mine = cores[rank * threads:(rank + 1) * threads]
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
+def _bound_worker() -> int:
+    """``python -m porter.launch ARGS``: a worker pinned by :func:`bind_this_worker`, then porter.worker with the
+    same arguments. The pinning happens here, before torch starts its threads, so every one of them inherits it."""
+    from .worker import _split, main
+
+    env, _ = _split(sys.argv[1:])
+    try:
+        bind_this_worker(env)
+    except PorterError as exc:
+        sys.stderr.write(f"error (rank {os.environ.get('RANK', '0')}): {exc.message}\n")
+        return exc.exit_code
+    return main()
 
 
 def _quiet_launcher() -> list[str]:
@@ -491,3 +587,7 @@ def _write_log(output: _Output) -> str | None:
         return name
     except OSError:
         return None
+
+
+if __name__ == "__main__":
+    sys.exit(_bound_worker())
