@@ -460,7 +460,9 @@ def load_model(folder: str | Path, merge_lora: bool = False, dtype: torch.dtype 
         require_memory({k: t for k, t in weights.items() if k not in report.stale}, names, quant, dtype,
                        str(ckpt.folder))
     todo = {n + ".weight" for n in names}
-    keep = {n: (t.to(dtype) if t.is_floating_point() and not n.endswith("." + SCALE) else t)
+    # contiguous: a file may hold strided or overlapping views (torch.save keeps a view's storage and strides); as
+    # parameters they would alias each other and make every matmul walk memory the slow way
+    keep = {n: (t.to(dtype) if t.is_floating_point() and not n.endswith("." + SCALE) else t).contiguous()
             for n, t in weights.items() if n not in report.stale and not DERIVED.search(n) and n not in todo}
     if quant and names:
         keep.update(quantize_weights(weights, names, quant, say))

@@ -49,6 +49,26 @@ def test_save_load_gives_identical_logits_and_merging_lora_keeps_them(saved, sta
     torch.testing.assert_close(logits_of(merged, standin_tokenizer, tiny_config), before, atol=1e-5, rtol=1e-5)
 
 
+def test_strided_and_overlapping_tensors_in_a_file_load_as_parameters_of_their_own(saved, tmp_path):
+    """torch.save keeps a view's storage and strides: a file can hand over a transposed tensor, or an as_strided view
+    whose rows overlap. The model gets dense copies with the same values, not views into the file's storage."""
+    _, folder = saved
+    dest = broken_copy(saved, tmp_path)
+    states = dest / "1" / "mp_rank_00_model_states.pt"
+    ckpt = torch.load(states)
+    head = "mixins.chatglm-final.lm_head.weight"
+    rows, cols = ckpt["module"][head].shape
+    ckpt["module"][head] = torch.randn(rows + cols).as_strided((rows, cols), (1, 1))  # row i starts at element i
+    dense = "transformer.word_embeddings.weight"
+    ckpt["module"][dense] = ckpt["module"][dense].t().contiguous().t()
+    torch.save(ckpt, states)
+    model, _ = load_model(dest)
+    for name in (head, dense):
+        p = model.get_parameter(name)
+        assert p.is_contiguous() and torch.equal(p, ckpt["module"][name]), name
+    assert model.get_parameter(head).untyped_storage().nbytes() == rows * cols * 4
+
+
 def broken_copy(saved, tmp_path):
     _, folder = saved
     dest = tmp_path / "ckpt"
