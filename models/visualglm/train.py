@@ -112,7 +112,10 @@ def _add_training_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=positive_float, default=1e-4)
     g.add_argument("--warmup", type=fraction, default=0.02, help="fraction of --iters spent warming up (cosine after)")
-    g.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=1, help="DeepSpeed ZeRO stage (default 1)")
+    g.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=None,
+                   help="DeepSpeed ZeRO stage (default: 1 with several workers; 0 with one, where ZeRO partitions "
+                        "nothing and its flattening and norms cost a quarter of a tiny step; a resumed run keeps "
+                        "the stage it started with)")
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="fp16 with loss scaling (accelerators only)")
     precision.add_argument("--bf16", action="store_true", help="bf16 (accelerators only; the CPU trains in fp32)")
@@ -167,6 +170,30 @@ def deepspeed_config(args, device_name: str) -> dict:
         config["zero_optimization"] = {"stage": args.zero_stage, "contiguous_gradients": False,
                                        "overlap_comm": False, "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
     return config
+
+
+def zero_stage(args, world: int, resumed: Path | None = None) -> int:
+    """The ZeRO stage of a run: ``--zero-stage`` where given; else the stage the resumed run in ``resumed`` was
+    started with (its optimizer states are saved in that stage's layout); else 1 with several workers and 0 with
+    one. With one worker ZeRO partitions nothing, and its gradient flattening, per-tensor norms and copy back cost
+    about a quarter of a tiny step (benchmarks/bench_train_overhead.py)."""
+    if args.zero_stage is not None:
+        return args.zero_stage
+    if resumed is not None:
+        recorded = _recorded_zero_stage(resumed / "deepspeed_config.rank0.json")
+        if recorded is not None:
+            return recorded
+    return 1 if world > 1 else 0
+
+
+def _recorded_zero_stage(path: Path) -> int | None:
+    """The stage in a DeepSpeed config porter wrote, or None where the file is absent or not one porter writes."""
+    try:
+        config = json.loads(path.read_text())
+        stage = config.get("zero_optimization", {}).get("stage", 0)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage if type(stage) is int and stage in (0, 1, 2) else None
 
 
 def _torch_has_fused_cpu_adamw() -> bool:
@@ -446,7 +473,7 @@ def memory_lower_bound(args, config, lengths, device: str) -> tuple[int, int]:
             params["qformer"] if args.qformer_lr_scale else 0)
         world = args.npus * (getattr(args, "launch_nodes", None) or 1)
         states = 8 + (4 if width == 2 else 0)  # AdamW's two fp32 moments, an fp32 master copy in mixed precision
-        fixed += trained * width + trained * states // (world if args.zero_stage else 1)
+        fixed += trained * width + trained * states // (world if zero_stage(args, world) else 1)
     tokens = lengths.max_source + lengths.max_target if lengths.pad_to == "max" else config.image_length + 3
     per_sample = tokens * lm.layers * (2 * lm.hidden + lm.inner) * width
     return fixed, per_sample
@@ -572,6 +599,8 @@ def run(args) -> int:
     resume_from = latest_checkpoint(run_dir) if args.resume else None
     if args.resume and resume_from is None:
         raise UsageError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+    # resolved once, here: SAT's arguments and the DeepSpeed config below both read it
+    args.zero_stage = zero_stage(args, world, run_dir if resume_from else None)
 
     import_sat()
     import logging

@@ -202,6 +202,29 @@ def test_cpu_workers_get_torchs_fused_adamw_and_accelerators_deepspeeds_own():
     assert "torch_adam" not in npu and "fused" not in npu
 
 
+def test_zero_is_off_for_one_worker_on_for_several_and_a_resumed_run_keeps_its_stage(tmp_path):
+    import argparse
+    import json
+
+    from porter_visualglm.train import add_arguments, deepspeed_config, zero_stage
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    default, chosen = p.parse_args([]), p.parse_args(["--zero-stage", "2"])
+    assert (zero_stage(default, 1), zero_stage(default, 2), zero_stage(chosen, 1)) == (0, 1, 2)
+    for world, stage in ((1, 0), (2, 1)):
+        default.zero_stage = zero_stage(default, world)
+        assert deepspeed_config(default, "cpu").get("zero_optimization", {}).get("stage", 0) == stage
+        default.zero_stage = None
+    (tmp_path / "deepspeed_config.rank0.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert zero_stage(default, 1, tmp_path) == 1  # started with ZeRO 1 (an older porter's default): kept
+    assert zero_stage(chosen, 1, tmp_path) == 2
+    for junk in ('{"zero_optimization": {"stage": "1"}}', '[1]', '{"zero_optimization": {"stage": 9}}', '{'):
+        (tmp_path / "deepspeed_config.rank0.json").write_text(junk)
+        assert zero_stage(default, 1, tmp_path) == 0, junk
+    assert zero_stage(default, 2, tmp_path / "absent") == 1
+
+
 def test_a_plugin_device_is_chosen_with_device_through_the_cli(tmp_path):
     """hookspecs.py promises that a plugin's device is chosen with --device: through `porter run`'s launch (the
     workers are told its name, backend and DeepSpeed accelerator) and through an in-process recipe's own option."""
