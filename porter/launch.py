@@ -271,8 +271,7 @@ def plan_launch(args: argparse.Namespace, recipe: Recipe, recipe_argv: list[str]
             command += ["--master_addr", args.master_addr]
     else:
         command += ["--num_nodes", "1"]
-    # a bound worker starts in this module's __main__, which pins it to its cores before it runs porter.worker
-    worker = ["--module", "porter.launch" if worker_env.get(BIND_ENV) else "porter.worker"]
+    worker = ["--module", "porter.worker"]
     for key, value in sorted(worker_env.items()):
         worker += ["--porter-env", f"{key}={value}"]
     command += worker + [recipe.model, recipe.name, *recipe_argv]
@@ -341,7 +340,7 @@ def cpu_worker_env(workers: int, bind: bool) -> dict[str, str]:
 def bind_this_worker(env: dict[str, str]) -> list[int] | None:
     """Pin this process (and every thread it starts later) to its own cores: the sorted cores it may use, cut into
     slices of OMP_NUM_THREADS, the slice numbered by DeepSpeed's LOCAL_RANK. ``env`` is what the parent decided
-    (porter.worker's --porter-env); None where it asked for no binding. Checked here as well as in the parent,
+    (porter.worker's --porter-env, which calls this first); None where it asked for no binding. Checked here as well as in the parent,
     since on another node of a hostfile the cores are that node's."""
     workers = int(env.get(BIND_ENV) or 0)
     if not workers:
@@ -355,20 +354,6 @@ def bind_this_worker(env: dict[str, str]) -> list[int] | None:
     mine = cores[rank * threads:(rank + 1) * threads]
     os.sched_setaffinity(0, mine)
     return mine
-
-
-def _bound_worker() -> int:
-    """``python -m porter.launch ARGS``: a worker pinned by :func:`bind_this_worker`, then porter.worker with the
-    same arguments. The pinning happens here, before torch starts its threads, so every one of them inherits it."""
-    from .worker import _split, main
-
-    env, _ = _split(sys.argv[1:])
-    try:
-        bind_this_worker(env)
-    except PorterError as exc:
-        sys.stderr.write(f"error (rank {os.environ.get('RANK', '0')}): {exc.message}\n")
-        return exc.exit_code
-    return main()
 
 
 def _quiet_launcher() -> list[str]:
@@ -588,6 +573,3 @@ def _write_log(output: _Output) -> str | None:
     except OSError:
         return None
 
-
-if __name__ == "__main__":
-    sys.exit(_bound_worker())

@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)  # before torch, torch_npu or DeepSpeed are imported: they read these at import
     from . import plugins
     from .errors import PorterError
+    from .launch import bind_this_worker
+
+    try:  # --bind-cores: pinned before torch starts its threads, so every one of them inherits the cores
+        bind_this_worker(env)
+    except PorterError as exc:
+        sys.stderr.write(f"error (rank {os.environ.get('RANK', '0')}): {exc.message}\n")
+        return exc.exit_code
     from .recipes import find_recipe, recipe_parser
 
     registry = plugins.load(lazy=True)  # rules only if the in-memory plan is not already cached

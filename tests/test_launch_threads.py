@@ -68,7 +68,7 @@ def test_bind_cores_through_the_cli(clean_env):
     r = run_porter("run", "visualglm", "train", "--npus", "1", "--device", "cpu", "--bind-cores", "--dry-run",
                    "--patch", "off", env=env)
     assert r.returncode == 0, r.stderr
-    assert "--module porter.launch" in r.stdout and f"{launch.BIND_ENV}=1" in r.stdout
+    assert "--module porter.worker" in r.stdout and f"{launch.BIND_ENV}=1" in r.stdout
     assert "OMP_NUM_THREADS=1" in r.stdout and "MALLOC_TRIM_THRESHOLD_=" in r.stdout
     r = run_porter("run", "visualglm", "train", "--npus", "1", "--device", "cpu", "--dry-run", "--patch", "off",
                    env=env)

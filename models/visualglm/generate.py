@@ -69,11 +69,14 @@ def pick_rows(logits: torch.Tensor, samplings: Sequence[Sampling], generators: S
     out: list[int | Exception] = [0] * len(samplings)
     sampled = [row for row, s in enumerate(samplings) if s.top_k != 1]
     greedy = [row for row, s in enumerate(samplings) if s.top_k == 1]
+    # (rows of one kind are usually all of them: then no gathered copy of [rows, vocab])
     if greedy:
-        for row, token in zip(greedy, scores[greedy].argmax(dim=1).tolist()):
+        rows = scores if len(greedy) == len(samplings) else scores[greedy]
+        for row, token in zip(greedy, rows.argmax(dim=1).tolist()):
             out[row] = token
     if sampled:
-        values, ids = torch.topk(scores[sampled], max(wanted[row] for row in sampled), dim=1)  # sorted, largest first
+        rows = scores if len(sampled) == len(samplings) else scores[sampled]
+        values, ids = torch.topk(rows, max(wanted[row] for row in sampled), dim=1)  # sorted, largest first
         for i, row in enumerate(sampled):
             k = wanted[row]
             try:
