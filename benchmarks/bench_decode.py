@@ -149,6 +149,16 @@ def upstream_checkout() -> tuple[Path | None, str | None]:
 # ---------------------------------------------------------------------------------------------------------------
 # the child: one process per model
 
+DTYPES = {"fp16": "float16", "fp32": "float32"}
+DTYPE_NAME = "fp16"  # the child's, from its spec (--dtype)
+
+
+def _dtype():
+    import torch
+
+    return getattr(torch, DTYPES[DTYPE_NAME])
+
+
 def _child_setup():
     """SAT ported in memory, as porter run's workers get it; must run before anything imports sat."""
     import contextlib
@@ -182,7 +192,6 @@ class Upstream:
     def __init__(self, checkout: Path, folder: Path):
         import contextlib
 
-        import torch
 
         sys.path.insert(0, str(TESTS_UPSTREAM))
         from chat_turn import import_torchvision
@@ -196,12 +205,12 @@ class Upstream:
             from transformers import AutoTokenizer
 
             # model/infer_util.py get_infer_setting(), minus CUDA_VISIBLE_DEVICES and .cuda()
-            args = argparse.Namespace(fp16=True, skip_init=True, device="cpu")
+            args = argparse.Namespace(fp16=DTYPE_NAME == "fp16", skip_init=True, device="cpu")
             self.model, _ = upstream.VisualGLMModel.from_pretrained(str(folder), args)
             self.model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
             self.model.eval()
             self.tokenizer = AutoTokenizer.from_pretrained("THUDM/chatglm-6b", trust_remote_code=True)
-        assert next(self.model.parameters()).dtype == torch.float16
+        assert next(self.model.parameters()).dtype == _dtype()
         self.chat = upstream.chat  # the function (model/__init__.py: from .chat import chat)
         self.chat_module = sys.modules["model.chat"]
         self.starts: list[float] = []
@@ -269,10 +278,9 @@ def porter_run(model, prompt, image, new_tokens: int, settings: dict, seed: int)
 
 
 def load_porter(folder: Path):
-    import torch
     from porter_visualglm.checkpoint import load_model
 
-    model, ckpt = load_model(folder, dtype=torch.float16, say=say)
+    model, ckpt = load_model(folder, dtype=_dtype(), say=say)
     model.eval()
     return model, ckpt.config
 
@@ -302,13 +310,13 @@ def child_compare(folder: Path, checkout: Path | None, new_tokens: int, rounds: 
             if probe["prompt"] != prompt.ids:
                 raise RuntimeError(f"upstream's prompt ids differ from porter's build_prompt:\n{probe['prompt']}\n"
                                    f"{prompt.ids}")
-            image = probe["image"][0].to(torch.float16)
+            image = probe["image"][0].to(_dtype())
             out["same_weights"] = _same_weights(model, upstream.model)
         else:
             from porter_visualglm.images import load_image
             from porter_visualglm.infer import default_image
 
-            image = load_image(default_image(), config.vision.image_size).to(torch.float16)
+            image = load_image(default_image(), config.vision.image_size).to(_dtype())
         out["prompt_tokens"] = len(prompt.ids)
         # porter's weights of an fp16 file loaded in fp16 are the file's memory map: the first pass faults its
         # pages in. One short untimed answer, as upstream's probe above is one for upstream.
@@ -468,7 +476,7 @@ def child_profile(folder: Path, lengths: list[int], steps: int) -> dict:
 
     model, config = load_porter(folder)
     prompt = porter_prompt(config)
-    image = load_image(default_image(), config.vision.image_size).to(torch.float16)
+    image = load_image(default_image(), config.vision.image_size).to(_dtype())
     layers = config.lm.layers
     weight_bytes = step_bytes(model)
     original_pick = generate.pick_rows
@@ -555,7 +563,9 @@ def time_kv_cat(past, repeats: int) -> dict:
 
 
 def child_main(argv: list[str]) -> None:
+    global DTYPE_NAME
     spec = json.loads(argv[0])
+    DTYPE_NAME = spec.get("dtype", "fp16")
     _child_setup()
     if spec["what"] == "compare":
         result = child_compare(Path(spec["folder"]), Path(spec["upstream"]) if spec["upstream"] else None,
@@ -614,6 +624,9 @@ def main() -> dict:
     parser.add_argument("--lengths", type=int, nargs="*", default=[100, 500, 1000],
                         help="cache lengths the profile runs at (none: no profile)")
     parser.add_argument("--profile-steps", type=int, default=6)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp16",
+                        help="both sides' dtype: fp16 (default: upstream's own, fp16=True) or fp32 (porter's CPU "
+                             "default; upstream then loads with fp16=False)")
     args = parser.parse_args()
     if args.child:
         child_main([args.child])
@@ -622,11 +635,13 @@ def main() -> dict:
     from _shared import bandwidth, save
 
     checkout, why = upstream_checkout()
+    if args.dtype != "fp16" and not why:  # upstream's model/chat.py casts the image to torch.float16 itself
+        checkout, why = None, f"upstream's chat() runs in fp16 only (it casts the image to fp16): not at --dtype {args.dtype}"
     if why:
         print(f"upstream comparison skipped: {why}", flush=True)
     threads = torch.get_num_threads()
     result: dict = {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": threads, "dtype": "float16", "tokens": args.tokens, "rounds": args.rounds,
+                    "threads": threads, "dtype": DTYPES[args.dtype], "tokens": args.tokens, "rounds": args.rounds,
                     "upstream": str(checkout) if checkout else None, "upstream_skipped": why,
                     "command": " ".join([sys.executable, *sys.argv]), "models": {}}
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
@@ -643,7 +658,7 @@ def main() -> dict:
             before = bandwidth(threads)
             child = run_child({"what": "compare", "folder": str(folders[name]),
                                "upstream": str(checkout) if checkout else "", "tokens": args.tokens,
-                               "rounds": args.rounds, "modes": args.modes}, env)
+                               "rounds": args.rounds, "modes": args.modes, "dtype": args.dtype}, env)
             after = bandwidth(threads)
             best = max(before["bytes_per_s"], after["bytes_per_s"])
             entry = {"child": child, "summary": summarise(child), "bandwidth": [before, after]}
@@ -657,9 +672,9 @@ def main() -> dict:
             _print_model(name, entry, best)
         if args.lengths:
             result["profile"] = run_child({"what": "profile", "folder": str(folders["mid"]), "lengths": args.lengths,
-                                           "steps": args.profile_steps}, env)
+                                           "steps": args.profile_steps, "dtype": args.dtype}, env)
     result["goals"] = {"porter / upstream decode": ">= 1.5", "mid-size decode": ">= 50% of bandwidth"}
-    path = save("decode", result)
+    path = save("decode" if args.dtype == "fp16" else f"decode_{args.dtype}", result)
     print(f"wrote {path}")
     return result
 

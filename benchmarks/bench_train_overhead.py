@@ -1,5 +1,5 @@
 """The training framework's overhead per step: `porter run visualglm train --mode performance --npus 1` (SAT's
-training_main, DeepSpeed ZeRO 1, gloo) against a plain PyTorch loop over the same model, data, batch, precision
+training_main, DeepSpeed at the recipe's ZeRO stage: 0 for one worker, gloo) against a plain PyTorch loop over the same model, data, batch, precision
 and optimizer, both in a fresh process pinned to the same core with one thread.
 
 The plain loop (`--plain`, in this file) takes from the recipe only what defines the work: its argument parser
@@ -136,7 +136,7 @@ def main() -> dict:
                 "ZeRO 1, gloo) vs a plain PyTorch loop over the same model, data, batch 4, fp32 and fused AdamW; "
                 "both pinned to one core with 1 thread",
         **info, "rounds": args.rounds, "steady_steps": f"{STEADY_FROM}-{args.iters}",
-        "zero_stage": args.zero_stage or "recipe default (1)",
+        "zero_stage": args.zero_stage or "recipe default (0 for one worker)",
         "framework_step_s": summary([f["step_s"] for f in framework]),
         "plain_step_s": summary([p["step_s"] for p in loop]),
         "ratio": ratio, "ratio_per_round": summary([f["step_s"] / p["step_s"] for f, p in zip(framework, loop)]),

@@ -99,11 +99,30 @@ def rows() -> list[tuple[str, str, str]]:
             out.append((f"{label}, {accelerator['device']}", "; ".join(parts) + " (median of 20, alternating)",
                         "bench_accelerator.py"))
     scaling = _load("scaling.json")
-    if scaling:
+    if scaling and "efficiency_2" in scaling:
         one, two = scaling["samples_per_s"]["1"], scaling["samples_per_s"]["2"]
-        out.append(("`porter run visualglm train --mode performance`, samples/s with 1 / 2 CPU processes",
-                    f"{_spread(one)} / {_spread(two)}; 2 over 1: {scaling['speedup_2_over_1']:.2f}x",
-                    "bench_scaling.py"))
+        eff = scaling["efficiency_2"]
+        out.append(("`porter run visualglm train --mode performance`, samples/s with 1 / 2 CPU processes, each pinned "
+                    "to its own core with 1 thread (`--bind-cores`)",
+                    f"{_spread(one)} / {_spread(two)}; data-parallel efficiency {eff:.2f}; goal >= 0.85: "
+                    + ("met" if eff >= 0.85 else "**not met**") + " (alternating)", "bench_scaling.py"))
+    overhead = _load("train_overhead.json")
+    if overhead:
+        out.append(("training step, `porter run visualglm train` (1 process, SAT + DeepSpeed, "
+                    f"ZeRO {overhead['zero_stage']}) / a plain PyTorch loop, same model, data, optimizer, 1 core",
+                    f"{overhead['ratio']:.2f}x ({_spread(overhead['framework_step_s'], '{:.3f}')} s vs "
+                    f"{_spread(overhead['plain_step_s'], '{:.3f}')} s); goal <= {overhead['target']}: "
+                    + ("met" if overhead["met"] else "**not met**") + " (alternating)", "bench_train_overhead.py"))
+    syscpu = _load("train_syscpu.json")
+    if syscpu:
+        cells = []
+        for n in ("1", "2"):
+            base, ours = syscpu["summary"][f"{n}/glibc_defaults"], syscpu["summary"][f"{n}/porter_malloc"]
+            cells.append(f"{n} process(es): {base['step_s']['median']:.3f} -> {ours['step_s']['median']:.3f} s/step, "
+                         f"system {base['system_s']['median']:.1f} -> {ours['system_s']['median']:.1f} s, minor faults "
+                         f"{base['minor_faults']['median'] / 1e6:.2f} M -> {ours['minor_faults']['median'] / 1e6:.2f} M")
+        out.append(("training, glibc malloc defaults -> porter's CPU-worker malloc settings (20 tiny steps, pinned)",
+                    "; ".join(cells) + f" ({syscpu['rounds']} round(s), alternating)", "bench_train_syscpu.py"))
     step = _load("train_step.json")
     if step:
         out.append(("tiny VisualGLM training step, logits only where labels are vs all positions",
@@ -127,15 +146,53 @@ def rows() -> list[tuple[str, str, str]]:
                             "met" if d["answers_equal"] >= 34 and min(d["logits_cosine_min"], h["logits_cosine_min"])
                             >= 0.999 else "**not met**") if way == "bf16 int8" else "") + " (one run)",
                         "bench_quant_accuracy.py"))
+    for decode in filter(None, (_load("decode.json"), _load("decode_fp32.json"))):
+        for name, m in decode["models"].items():
+            child = m["child"]
+            cells = []
+            for mode, r in m["summary"].items():
+                if "upstream" in r:
+                    cells.append(f"{mode}: porter {r['porter']['tokens_per_s_median']:.2f} / upstream "
+                                 f"{r['upstream']['tokens_per_s_median']:.2f} tokens/s, "
+                                 f"{r['ratio_median_of_rounds']:.2f}x")
+                else:
+                    cells.append(f"{mode}: porter {r['porter']['tokens_per_s_median']:.2f} tokens/s")
+            share = m.get("bandwidth_share")
+            if share is not None:
+                cells.append(f"{share:.0%} of the measured bandwidth" + ("; goal >= 50%: " + (
+                    "met" if share >= 0.5 else "**not met**") if name == "mid" else ""))
+            if decode.get("upstream_skipped"):
+                cells.append(f"upstream not run: {decode['upstream_skipped']}")
+            out.append((f"decode at batch 1, {name} stand-in ({child['parameters'] / 1e9:.2f} B parameters, "
+                        f"{decode['dtype']}), {decode['tokens']} tokens: porter's Decoder against upstream "
+                        "VisualGLM-6B's chat()", "; ".join(cells) + "; goal >= 1.5x (ABBA rounds)", "bench_decode.py"))
     load = _load("serve_load.json")
-    if load:
-        by = load["by_max_batch"]
-        per = "; ".join(f"--max-batch {b}: p50 {r['latency_s']['p50']:.2f} s, p95 {r['latency_s']['p95']:.2f} s, "
-                        f"{r['tokens_per_s']:.0f} tokens/s, {r['errors']} errors" for b, r in by.items())
-        out.append((f"`serve` under load: {load['clients']} clients x {load['requests_per_client']} requests, "
-                    f"{load['max_tokens']} tokens each, {load['model']}",
-                    f"{per}; server RSS {load['server_rss_mib']['before']:.0f} -> "
-                    f"{load['server_rss_mib']['after']:.0f} MiB (one run each)", "bench_serve_load.py"))
+    if load and "closed_loop" in load:
+        closed = load["closed_loop"]
+        clients = list(closed["continuous"])
+        cells = "; ".join(
+            f"{n}: {closed['continuous'][n]['tokens_per_s']:.0f} ({closed['static'][n]['tokens_per_s']:.0f}) tokens/s, "
+            f"p95 {closed['continuous'][n]['latency_s']['p95']:.2f} ({closed['static'][n]['latency_s']['p95']:.2f}) s"
+            for n in clients if n in closed["static"])
+        acc = load.get("acceptance")
+        goal = "" if not acc else (
+            f"; 8 clients / 1: {acc['tokens_per_s_8_over_1']:.2f}x tokens/s, {acc['p95_latency_8_over_1']:.2f}x p95 "
+            "latency; goals >= 3x, <= 1.5x: " + ("met" if acc["tokens_per_s_8_over_1"] >= 3
+                                                  and acc["p95_latency_8_over_1"] <= 1.5 else "**not met**"))
+        out.append((f"`serve`, N clients x {load['requests_per_client']} chats in a row, {load['max_tokens']} tokens "
+                    f"each, streamed, {load['model']}, --max-batch {load['max_batch']}: continuous (static) batching",
+                    cells + goal + " (one run, alternating)", "bench_serve_load.py"))
+        opened = load["open_loop"]
+        if "continuous" in opened:
+            cells = "; ".join(
+                f"{mode}: {r['tokens_per_s']:.0f} tokens/s, latency p50 {r['latency_s']['p50']:.2f} / p95 "
+                f"{r['latency_s']['p95']:.2f} s, first token p50 {r['first_token_s']['p50'] * 1e3:.0f} / p95 "
+                f"{r['first_token_s']['p95'] * 1e3:.0f} ms, inter-token p95 {r['inter_token_s']['p95'] * 1e3:.1f} ms "
+                f"({r['inter_token_while_a_chat_joins_s']['p95'] * 1e3:.1f} ms while a chat joins)"
+                for mode, r in ((m, opened[m]) for m in ("continuous", "static") if m in opened))
+            out.append((f"`serve`, Poisson arrivals, {opened['rate_per_s']:g} chats/s for {opened['duration_s']:g} s "
+                        f"({opened['chats']} chats), max_tokens drawn from {opened['lengths']}", cells + " (one run)",
+                        "bench_serve_load.py"))
     any_code = _load("plan_any.json")
     if any_code:
         for r in any_code["results"]:
