@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install encoder browser typecheck test test-releases test-golden demo bench bench-quant clean
+.PHONY: install encoder browser typecheck test test-releases test-golden demo bench bench-quant bench-speed clean
 
 # `make install`: the dependencies, then the demo's pretrained image encoder (as VisualGLM's users fetch
 # EVA-CLIP's and BLIP-2's weights before fine-tuning; the tests need neither it nor its 4 minutes)
@@ -67,8 +67,23 @@ demo: install
 	$(VENV)/bin/porter run visualglm demo
 
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do case "$$b" in *bench_quant_*) continue;; esac; \
+	@for b in benchmarks/bench_*.py; do case "$$b" in *bench_quant_*|*$(SPEED_BENCHES)) continue;; esac; \
 		echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/report.py
+
+# Decode, serving and training speed (about 45 min on 2 cores; 6 GB of stand-ins generated once into porter's
+# cache). Upstream VisualGLM-6B's chat() is compared where PORTER_VISUALGLM_UPSTREAM names a checkout of it; the
+# decode step is compared with SPEED_AGAINST (a commit) in a temporary worktree.
+SPEED_AGAINST ?= c145832
+SPEED_BENCHES := bench_decode.py|*bench_decode_step.py|*bench_serve_load.py|*bench_scaling.py|*bench_train_overhead.py|*bench_train_syscpu.py
+bench-speed: $(STAMP)
+	$(PY) benchmarks/bench_decode_step.py --against $(SPEED_AGAINST)
+	$(PY) benchmarks/bench_serve_load.py
+	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_decode.py --dtype fp32 --modes greedy --rounds 2 --lengths
+	$(PY) benchmarks/bench_train_overhead.py
+	$(PY) benchmarks/bench_scaling.py
+	$(PY) benchmarks/bench_train_syscpu.py
 	$(PY) benchmarks/report.py
 
 # --quant on the released 6B's layout (a 15.6 GB stand-in generated once into porter's cache: ~9 min and 32 GB of
