@@ -148,3 +148,14 @@ def drop_page_cache(path: str | Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def step_bytes(model) -> int:
+    """What one decode step reads, the numerator of a share of bandwidth: the language model's layers, the final
+    norm, lm_head and one row of the input embedding."""
+    total = 0
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name.startswith(("transformer.layers.", "transformer.final_layernorm")) or "lm_head" in name:
+            total += t.numel() * t.element_size()
+    emb = model.transformer.word_embeddings.weight
+    return total + emb.shape[1] * emb.element_size()

@@ -175,17 +175,6 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def step_bytes(model) -> int:
-    """What one decode step reads: the language model's layers, the final norm, lm_head and one embedding row
-    (bench_quant_6b.py's definition)."""
-    total = 0
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if name.startswith(("transformer.layers.", "transformer.final_layernorm")) or "lm_head" in name:
-            total += t.numel() * t.element_size()
-    emb = model.transformer.word_embeddings.weight
-    return total + emb.shape[1] * emb.element_size()
-
-
 class Upstream:
     """Upstream's model and chat(), imported from the checkout, with the timing instrumentation described above."""
 
@@ -295,7 +284,7 @@ def porter_prompt(config):
 
 def child_compare(folder: Path, checkout: Path | None, new_tokens: int, rounds: int, modes: list[str]) -> dict:
     import torch
-    from _shared import PeakAnon
+    from _shared import PeakAnon, step_bytes
 
     out: dict = {"threads": torch.get_num_threads(), "folder": str(folder)}
     with PeakAnon() as mem:
@@ -469,6 +458,7 @@ def classify(events, cache_length: int, steps: int) -> dict:
 
 def child_profile(folder: Path, lengths: list[int], steps: int) -> dict:
     import torch
+    from _shared import step_bytes
     from porter_visualglm import generate
     from porter_visualglm.generate import Decoder, Request, Sampling
     from porter_visualglm.images import load_image

@@ -34,7 +34,7 @@ from porter import memory, plugins
 memory.install(memory.prepare_for(plugins.load(lazy=True), "sat"))   # as porter run's workers get the port
 os.environ["PORTER_DEVICE"] = "cpu"
 import torch
-from _shared import PeakAnon
+from _shared import PeakAnon, step_bytes
 with contextlib.redirect_stdout(sys.stderr):
     import sat  # noqa: F401
 from porter_visualglm.assets import STANDIN, tokenizer_for
@@ -75,15 +75,6 @@ out["decode_tokens_per_s"] = len(times) / sum(times) if times else None
 out["peak_anon_bytes"] = load_mem.peak_above_baseline
 out["baseline_anon_bytes"] = load_mem.baseline
 out["peak_file_bytes"] = load_mem.peak_file
-
-def step_bytes(model):
-    # what one decode step reads: the language model's layers, the final norm, lm_head, one embedding row
-    total = 0
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if name.startswith(("transformer.layers.", "transformer.final_layernorm")) or "lm_head" in name:
-            total += t.numel() * t.element_size()
-    emb = model.transformer.word_embeddings.weight
-    return total + emb.shape[1] * emb.element_size()
 
 out["bytes_per_token"] = step_bytes(model)
 parts = {"quantized": 0, "16-bit": 0}
