@@ -245,32 +245,34 @@ class Decoder:
         """Add answers to a running batch: their prompts go through the model on their own (as they would
         alone), then their rows, ids and key/value cache join the others, left-padded to a common length, and
         the next ``step`` moves all of them. Returns their first tokens as ``step`` does, by their new request
-        indices (``len(requests)`` before the call, and on)."""
+        indices (``len(requests)`` before the call, and on). All or nothing: if it raises, the running batch is
+        as it was."""
+        if self.live and self.past is None:  # joined before this batch's own prompt ran: not a state join is for
+            raise RuntimeError("join() needs a batch that has run its first step")
         newcomer = Decoder(self.model, requests, self.allowed, self.isolate_rows, self.sat_inputs)
         first = newcomer.step()
         base = len(self.requests)
+        seq, past, extra = newcomer.seq, newcomer.past, self.extra
+        if self.live and not newcomer.done:
+            assert self.past is not None and newcomer.past is not None
+            width = max(self.seq.shape[1], newcomer.seq.shape[1])
+            seq = torch.cat([_pad_left(self.seq, width, tok.PAD, 1), _pad_left(newcomer.seq, width, tok.PAD, 1)])
+            past = [tuple(torch.cat([_pad_left(mine, width - 1, 0, 0), _pad_left(theirs, width - 1, 0, 0)], dim=1)
+                          for mine, theirs in zip(ours, new))
+                    for ours, new in zip(self.past, newcomer.past)]
+        elif self.live:  # every newcomer ended on its first token: the running rows stay as they are
+            seq, past = self.seq, self.past
+        else:
+            extra = {}
+        # nothing below can fail: the batch changes all at once
         self.requests += newcomer.requests
         self.generated += newcomer.generated
         self.generators += newcomer.generators
         self.anchors += newcomer.anchors
         self.failed.update({base + i: exc for i, exc in newcomer.failed.items()})
-        out = {base + i: token for i, token in first.items()}
-        if newcomer.done:
-            return out
-        if not self.live or self.past is None:
-            if self.live:  # joined before this batch's own prompt ran: not a state ``join`` is built for
-                raise RuntimeError("join() needs a batch that has run its first step")
-            self.seq, self.past, self.extra = newcomer.seq, newcomer.past, {}
-            self.live = [base + i for i in newcomer.live]
-            return out
-        assert newcomer.past is not None
-        width = max(self.seq.shape[1], newcomer.seq.shape[1])
-        self.seq = torch.cat([_pad_left(self.seq, width, tok.PAD, 1), _pad_left(newcomer.seq, width, tok.PAD, 1)])
-        self.past = [tuple(torch.cat([_pad_left(mine, width - 1, 0, 0), _pad_left(theirs, width - 1, 0, 0)], dim=1)
-                           for mine, theirs in zip(ours, new))
-                     for ours, new in zip(self.past, newcomer.past)]
+        self.seq, self.past, self.extra = seq, past, extra
         self.live += [base + i for i in newcomer.live]
-        return out
+        return {base + i: token for i, token in first.items()}
 
     def compact(self) -> list[int]:
         """Forget the answers that left the batch (a server's decoder runs as long as chats keep coming): the live

@@ -174,9 +174,10 @@ def deepspeed_config(args, device_name: str) -> dict:
 
 def zero_stage(args, world: int, resumed: Path | None = None) -> int:
     """The ZeRO stage of a run: ``--zero-stage`` where given; else the stage the resumed run in ``resumed`` was
-    started with (its optimizer states are saved in that stage's layout); else 1 with several workers and 0 with
-    one. With one worker ZeRO partitions nothing, and its gradient flattening, per-tensor norms and copy back cost
-    about a quarter of a tiny step (benchmarks/bench_train_overhead.py)."""
+    started with (its optimizer states are saved in that stage's layout), read by every rank from rank 0's config
+    (which rank 0 replaces atomically, with the same stage); else 1 with several workers and 0 with one. With one
+    worker ZeRO partitions nothing, and its gradient flattening, per-tensor norms and copy back cost about a
+    quarter of a tiny step (benchmarks/bench_train_overhead.py)."""
     if args.zero_stage is not None:
         return args.zero_stage
     if resumed is not None:
@@ -668,7 +669,10 @@ def _sat_args(args, config, run_dir: Path, rank: int, tokenizer_type: str, resum
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = run_dir / f"deepspeed_config.rank{rank}.json"
-    ds_path.write_text(json.dumps(deepspeed_config(args, device_name), indent=2))
+    # replaced, not rewritten in place: other ranks of a resumed run read rank 0's for its ZeRO stage (zero_stage)
+    partial = ds_path.with_name(ds_path.name + ".tmp")
+    partial.write_text(json.dumps(deepspeed_config(args, device_name), indent=2))
+    os.replace(partial, ds_path)
     parser = argparse.ArgumentParser()
     classes()["VisualGLMModel"].add_model_specific_args(parser)
     with contextlib.redirect_stdout(sys.stderr):

@@ -121,6 +121,32 @@ def test_chats_that_join_a_running_batch_get_the_answers_they_get_alone(taught):
     assert max(sizes) >= 4 and all(len(t) > 2 for t in alone)
 
 
+def test_a_join_that_fails_leaves_the_running_batch_as_it_was(taught, monkeypatch):
+    """The newcomers' prompt ran, then growing the cache failed (out of memory, say): the running rows go on as if
+    nothing had been tried."""
+    from porter_visualglm import generate
+
+    model, _, _, allowed = taught
+    running, joining = requests_of(taught, QUERIES[:2], [16, 8], run_out=True)
+    decoder = Decoder(model, [running], allowed)
+    got = [decoder.step()[0]]
+    real = generate._pad_left
+
+    def out_of_memory(t, width, value, dim):
+        if dim == 0:  # the key/value cache, padded to the joined width
+            raise RuntimeError("out of memory")
+        return real(t, width, value, dim)
+
+    monkeypatch.setattr(generate, "_pad_left", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        decoder.join([joining])
+    monkeypatch.setattr(generate, "_pad_left", real)
+    assert decoder.live == [0] and len(decoder.requests) == 1 and decoder.seq.shape[0] == 1
+    while not decoder.done:
+        got += [t for t in decoder.step().values() if t is not None]
+    assert got == list(tokens(model, running.prompt, running.image, running.sampling, allowed))
+
+
 def test_a_seeded_sampled_chat_draws_the_same_tokens_joined_or_alone(taught):
     model, _, _, allowed = taught
 

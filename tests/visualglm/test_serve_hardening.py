@@ -248,6 +248,37 @@ def test_a_chat_the_decoder_refuses_fails_alone(tiny):
     assert engine.batches == 1
 
 
+def test_closing_the_engine_ends_the_running_chat_and_the_waiting_one_with_an_error(tiny):
+    from porter_visualglm.chat import build_prompt
+    from porter_visualglm.generate import Request, Sampling
+    from porter_visualglm.serving.engine import Job
+
+    model, tokenizer, config = tiny
+    prompt = build_prompt(tokenizer, "tell me a long story", image_length=model.image_length, has_image=False)
+    engine = Engine(model, tokenizer, max_batch=1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        running, waiting = (Job(Request(prompt, None, Sampling.greedy(max_length=len(prompt.ids) + n)), loop=loop)
+                            for n in (200, 5))
+        engine.submit(running)
+        engine.submit(waiting)
+        engine.start()
+        while engine.steps < 2:
+            await asyncio.sleep(0.01)
+        engine.close()
+        return [await asyncio.wait_for(last_event(job), 10) for job in (running, waiting)]
+
+    async def last_event(job):
+        while True:
+            kind, value = await job.events.get()
+            if kind in ("end", "error"):
+                return kind, value
+
+    ends = asyncio.run(main())
+    assert ends == [("error", "generation failed: RuntimeError: the server is shutting down")] * 2
+
+
 # -- the API key, with the official client --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def keyed(image_host):

@@ -85,7 +85,10 @@ class Engine:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
             self._cond.notify_all()
+        for job in waiting:  # their readers would otherwise wait for ever
+            _fail(job, RuntimeError("the server is shutting down"), log=False)
         self._thread.join(timeout=30)
 
     @property
