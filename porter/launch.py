@@ -106,7 +106,7 @@ def device_count(cls) -> int | None:
     if not cls.is_present():
         return None
     if _host(cls):
-        return os.cpu_count() or 1
+        return usable_cores()
     return cls().device_count()
 
 

@@ -92,7 +92,22 @@ def test_a_client_that_goes_away_mid_batch_frees_its_row_and_the_other_goes_on(s
 
 
 def test_static_batching_is_kept_for_comparison():
+    """--batching static: a chat that arrives while a batch runs waits for all of it to end."""
+    import threading
+
     with LocalServer("--max-batch", "2", "--batching", "static") as s:
-        reply = httpx.post(f"{s.url}/v1/chat/completions", json=body("hello", 4), timeout=60)
+        url = f"{s.url}/v1/chat/completions"
+        with httpx.stream("POST", url, json=body("tell me a long story about the sea", 150, streamed=True),
+                          timeout=120) as first:
+            lines = first.iter_lines()
+            next(lines)
+            wait_for(s, lambda h: h["steps"] > 0)
+            replies = []
+            later = threading.Thread(target=lambda: replies.append(httpx.post(url, json=body("hello", 4), timeout=60)))
+            later.start()
+            waiting = wait_for(s, lambda h: h["waiting"] == 1)
+            assert waiting["running"] == 1 and waiting["batches"] == 1
+            list(lines)
+        later.join()
         health = s.health()
-    assert reply.status_code == 200 and health["batching"] == "static" and health["batches"] >= 1
+    assert replies[0].status_code == 200 and health["batching"] == "static" and health["batches"] == 2

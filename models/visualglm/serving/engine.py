@@ -104,11 +104,6 @@ class Engine:
         return job
 
     def _serve(self) -> None:
-        (self._serve_continuous if self.continuous else self._serve_static)()
-
-    # -- continuous batching -------------------------------------------------------------------------------------
-
-    def _serve_continuous(self) -> None:
         run = _Running()
         while True:
             with self._cond:
@@ -119,7 +114,7 @@ class Engine:
                     for job in run.jobs:
                         _fail(job, RuntimeError("the server is shutting down"), log=False)
                     return
-                fresh = self._pop(self.max_batch - len(run.live), kind=None)
+                fresh = self._pop(run)
                 self.running = len(run.live) + len(fresh)
             if fresh:
                 self._admit(run, fresh)
@@ -202,78 +197,20 @@ class Engine:
                 decoder.drop([i])
                 _fail(run.jobs[i], exc)
 
-    # -- static batching -----------------------------------------------------------------------------------------
-
-    def _pop(self, room: int, kind: bool | None) -> list[Job]:
-        """Up to ``room`` waiting chats that are not cancelled, oldest first (of ``kind`` where one is given); the
-        cancelled ones are forgotten. Called with the lock held."""
+    def _pop(self, run: _Running) -> list[Job]:
+        """The waiting chats that start now, oldest first; the cancelled ones are forgotten. Continuous: as many
+        as there is room for beside the running rows. Static: none while a batch runs, then up to ``max_batch``
+        of the oldest chat's kind. Called with the lock held."""
         live = [j for j in self._waiting if not j.cancelled.is_set()]
-        taken = [j for j in live if kind is None or j.has_image == kind][:max(room, 0)]
+        if self.continuous:
+            taken = live[:max(self.max_batch - len(run.live), 0)]
+        elif run.live or not live:
+            taken = []
+        else:
+            taken = [j for j in live if j.has_image == live[0].has_image][:self.max_batch]
         ids = {id(j) for j in taken}
         self._waiting = collections.deque(j for j in live if id(j) not in ids)
         return taken
-
-    def _take(self) -> list[Job]:
-        with self._cond:
-            while not self._closed and not any(not j.cancelled.is_set() for j in self._waiting):
-                self._waiting.clear()  # only cancelled ones, if any
-                self._cond.wait()
-            if self._closed:
-                return []
-            first = next(j for j in self._waiting if not j.cancelled.is_set())
-            batch = self._pop(self.max_batch, kind=first.has_image)
-            self.running = len(batch)
-            return batch
-
-    def _serve_static(self) -> None:
-        while True:
-            batch = self._take()
-            if not batch:
-                return
-            try:
-                self._run(batch)
-            except Exception as exc:  # the shared forward pass failed: every chat still open fails, never the server
-                traceback.print_exc(file=sys.stderr)
-                for job in batch:
-                    _fail(job, exc, log=False)
-            finally:
-                with self._cond:
-                    self.running = 0
-                    self.batches += 1
-
-    def _decoder(self, batch: list[Job]) -> tuple[list[Job], Decoder | None]:
-        """The batch's decoder; a chat the decoder refuses (its prompt, its image) fails alone."""
-        try:
-            return batch, Decoder(self.model, [job.request for job in batch], self.allowed, isolate_rows=True)
-        except Exception:
-            if len(batch) == 1:
-                raise
-        kept = []
-        for job in batch:
-            try:
-                Decoder(self.model, [job.request], self.allowed, isolate_rows=True)
-                kept.append(job)
-            except Exception as exc:
-                _fail(job, exc)
-        return kept, (Decoder(self.model, [job.request for job in kept], self.allowed, isolate_rows=True) if kept else None)
-
-    def _run(self, batch: list[Job]) -> None:
-        batch, decoder = self._decoder(batch)
-        if decoder is None:
-            return
-        run = _Running(decoder, batch, [AnswerText(self.tokenizer, job.stop) for job in batch])
-        while not decoder.done:
-            gone = [i for i in decoder.live if batch[i].cancelled.is_set()]
-            if gone:
-                self.cancelled += len(gone)
-                decoder.drop(gone)
-                if decoder.done:
-                    return
-            tokens = decoder.step()
-            self.steps += 1
-            self._handle(run, tokens)
-
-    # -- both ----------------------------------------------------------------------------------------------------
 
     def _take_token(self, job: Job, text: AnswerText, token: int | None, decoder: Decoder, i: int) -> None:
         if token is None:  # <eop>
