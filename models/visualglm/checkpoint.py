@@ -115,6 +115,9 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
+    if not (folder / "latest").exists() and (folder / "config.json").exists():
+        raise CheckpointError(f"{folder}: a Hugging Face checkpoint (config.json, no `latest`); porter loads SAT's "
+                              f"layout", hint=f"convert it: {convert_command(folder, '-sat')}")
     iteration = read_latest(folder)
     if not (folder / iteration).is_dir():
         raise CheckpointError(f"{folder / iteration}: iteration folder missing (`latest` says {iteration!r})")
@@ -123,8 +126,7 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
     if len({name.split("_model_states")[0] for name in ranks}) > 1:
         raise CheckpointError(
             f"{folder / iteration}: a model-parallel checkpoint in {len(ranks)} parts ({', '.join(ranks)}); porter "
-            f"loads model_parallel_size 1", hint="merge the parts with SAT's model-parallel tools first, or use the "
-                                                 "released single-file checkpoint")
+            f"loads model_parallel_size 1", hint=f"merge the parts: {convert_command(folder, '-mp1', '--mp 1')}")
     names = [n for n in (STATES, STATES_SAFETENSORS) if (folder / iteration / n).exists()
              or (folder / iteration / n).is_symlink()]
     if not names:
@@ -149,13 +151,21 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
     mp = sat_args.get("model_parallel_size", 1)
     if mp not in (1, None, 0) or isinstance(mp, bool):  # 0 and null: SAT's default, one part
         raise CheckpointError(f"{config_file}: model_parallel_size {mp!r}; porter loads 1",
-                              hint="merge the model-parallel parts first")
+                              hint=f"merge the model-parallel parts: {convert_command(folder, '-mp1', '--mp 1')}")
     for key, expected in ADAPTER_FIELDS.items():  # what meta_model passes to the adapters
         value = sat_args.get(key)
         if value is not None and not _is_a(value, expected):
             raise CheckpointError(f"{config_file}: '{key}' is {value!r}: expected {expected}")
     return Checkpoint(folder, iteration, VisualGLMConfig.from_sat_args(sat_args, str(config_file)), sat_args,
                       names[0])
+
+
+def convert_command(folder: Path, suffix: str, *options: str) -> str:
+    """The `convert` command that makes ``folder`` loadable, writing beside it."""
+    import shlex
+
+    dst = folder.parent / (folder.name + suffix)
+    return " ".join(["porter run visualglm convert", shlex.quote(str(folder)), shlex.quote(str(dst)), *options])
 
 
 ADAPTER_FIELDS = {"use_lora": "true or false", "use_ptuning": "true or false", "lora_rank": "a whole number",

@@ -6,7 +6,7 @@ from pathlib import Path
 import porter
 from porter.recipes import DatasetFormat, Model, Recipe
 
-from . import check, demo, evaluate, infer, serve, train
+from . import check, convert, demo, evaluate, infer, serve, train
 
 
 def _detect(fmt: str):
@@ -47,5 +47,8 @@ def porter_register_recipes(register):
     register(Recipe("visualglm", "check", "will a checkpoint folder and tokenizer work here? keys, shapes, tokenizer "
                     "layout, memory; in seconds, loading no weights", check.add_arguments, check.run,
                     epilog=check.EPILOG, targets=("sat",)))
+    register(Recipe("visualglm", "convert", "between checkpoint layouts: SAT <-> Hugging Face, LoRA merged, "
+                    "model-parallel ranks merged or split; streamed, written atomically", convert.add_arguments,
+                    convert.run, epilog=convert.EPILOG, targets=("sat",)))
     register(Recipe("visualglm", "demo", "patch SAT, train the tiny model on 2 CPU processes, answer held-out "
                     "images, revert", demo.add_arguments, demo.run, epilog=demo.EPILOG))
