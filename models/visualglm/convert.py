@@ -13,14 +13,15 @@ is written in a hidden folder beside DST and renamed to DST at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -28,7 +29,7 @@ from porter.errors import InputError, OutputError, UsageError
 from porter.recipes import positive_int
 
 from . import layouts as L
-from .tensorio import ReadError, SafetensorsFile, Spec, TorchFile, write_file
+from .tensorio import ReadError, SafetensorsFile, Spec, TorchFile, give_back_freed_memory, write_file
 
 EPILOG = """\
 the two layouts:
@@ -111,6 +112,7 @@ class Source:
     iteration: str = "1"
     ranks: int = 1
     notes: list[str] = field(default_factory=list)
+    differs: list[str] = field(default_factory=list)  # tensors every rank holds that differed between ranks
 
 
 def detect(folder: Path) -> str:
@@ -178,7 +180,7 @@ def open_hf(folder: Path) -> Source:
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ConvertError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
-        files = {}
+        files: dict[str, list[str]] = {}
         for name, file in weight_map.items():
             files.setdefault(file, []).append(name)
         missing = [f for f in files if not _plain_name(folder, f, index_name).exists()]
@@ -187,7 +189,7 @@ def open_hf(folder: Path) -> Source:
                                + ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
     else:
         single = next(n for _, n in HF_INDEXES if (folder / n).exists())
-        files, weight_map = {single: None}, None
+        files, weight_map = {single: []}, None
     opened, specs, where = {}, {}, {}
     notes = []
     for file in files:
@@ -233,7 +235,7 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
     where = folder / iteration
     if not where.is_dir():
         raise ConvertError(f"{where}: iteration folder missing (`latest` says {iteration!r})")
-    found = {}
+    found: dict[int, Path] = {}
     for p in where.iterdir():
         m = RANK_FILE.match(p.name)
         if m:
@@ -258,6 +260,9 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
                                + ", ".join(odd[:3]) + ")")
     visual = "eva_args" in sat_args or sat_args.get("model_class") == "VisualGLMModel"
     heads = sat_args.get("num_attention_heads")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ConvertError(f"{folder / 'model_config.json'}: 'num_attention_heads' is {heads!r}: expected a whole "
+                           f"number above 0")
     if qkv_order is None and "pad_token_id" not in sat_args:
         raise ConvertError(f"{folder / 'model_config.json'}: no pad_token_id, which SAT writes since 0.4.1: the file "
                            f"may be from SAT 0.4.0 or before, whose query_key_value rows are per head (HF's order)",
@@ -282,20 +287,20 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
         notes.append("dropped the rotary inv_freq buffer: it is computed, never loaded")
     if order == L.PER_HEAD:
         notes.append("query_key_value rows reordered from per-head (SAT 0.4.0) to grouped (SAT 0.4.1 and later)")
-    differs: list[str] = []
+    source = Source("sat", folder, visual, sat_args, specs, lambda name: torch.empty(0), iteration=iteration,
+                    ranks=ranks, notes=notes)
 
     def get(name: str) -> torch.Tensor:
         split = L.mp_split_of(name)
         parts = [f.get(name) for f in files]
         if split.dim is None and ranks > 1 and any(not torch.equal(parts[0], p) for p in parts[1:]):
-            differs.append(name)
+            source.differs.append(name)
         t = L.merge_ranks(parts, split) if ranks > 1 else parts[0]
         if order == L.PER_HEAD and L.LM_QKV.match(name):
             t = L.reorder_qkv(t, heads, L.GROUPED)
         return t
 
-    source = Source("sat", folder, visual, sat_args, specs, get, iteration=iteration, ranks=ranks, notes=notes)
-    source.differs = differs
+    source.get = get
     return source
 
 
@@ -313,6 +318,7 @@ def merged_lora(src: Source) -> int:
     allowed = src.sat_args.get("layer_range")
     config = src.folder / "model_config.json"
     scaling_alpha = src.sat_args.get("lora_alpha", 1)  # SAT's default; VisualGLM's fine-tuning never sets it
+    lora: dict[str, tuple[dict[str, str], list[str], list[str], float, torch.dtype]] = {}
     for layer, parts in groups.items():
         a = sorted((k for k in parts if k.startswith("matrix_A.")), key=lambda k: int(k.split(".")[1]))
         b = sorted((k for k in parts if k.startswith("matrix_B.")), key=lambda k: int(k.split(".")[1]))
@@ -334,14 +340,13 @@ def merged_lora(src: Source) -> int:
         src.specs[layer + ".weight"] = Spec(layer + ".weight", out_dtype, weight.shape)
         if bias is not None:
             src.specs[layer + ".bias"] = Spec(layer + ".bias", bias.dtype, bias.shape)
-        src._lora = getattr(src, "_lora", {})
-        src._lora[layer] = (names, [names[k] for k in a], [names[k] for k in b], scaling_alpha / r, out_dtype)
+        lora[layer] = (names, [names[k] for k in a], [names[k] for k in b], scaling_alpha / r, out_dtype)
     inner = src.get
 
     def get(name: str) -> torch.Tensor:
         layer, _, last = name.rpartition(".")
-        if layer in src._lora:
-            names, a, b, scaling, dtype = src._lora[layer]
+        if layer in lora:
+            names, a, b, scaling, dtype = lora[layer]
             if last == "bias":
                 return inner(names["original.bias"])
             return L.merge_lora(inner(names["original.weight"]), [inner(k) for k in a], [inner(k) for k in b],
@@ -353,7 +358,7 @@ def merged_lora(src: Source) -> int:
     return len(groups)
 
 
-def expected_shapes(src: Source) -> dict[str, tuple] | None:
+def expected_shapes(src: Source) -> dict[str, tuple]:
     """Every tensor the config describes and its shape, from SAT's own classes built on the meta device."""
     if not src.visual:
         return L.lm_shapes(src.sat_args)
@@ -431,8 +436,16 @@ def plan_sat(src: Source, ranks: int, dtype: torch.dtype | None) -> tuple[list[O
             return _cast(L.split_for_rank(src.get(spec.name), L.mp_split_of(spec.name), r, ranks), dtype)
 
         files.append(OutFile(f"{iteration}/mp_rank_{r:02d}_model_states.pt", specs, make, "torch",
-                             lambda sd, it=it: {"module": sd, "iteration": it}))
+                             functools.partial(_sat_states, iteration=it)))
     return files, args, iteration
+
+
+def _sat_states(weights: dict, iteration) -> dict:
+    return {"module": weights, "iteration": iteration}  # what SAT's save_checkpoint writes
+
+
+def _made(makers: dict[str, Callable[[], torch.Tensor]], spec: Spec) -> torch.Tensor:
+    return makers[spec.name]()
 
 
 def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -> tuple[list[OutFile], dict]:
@@ -446,7 +459,7 @@ def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -
         if m:  # HF keeps a rotary table per layer (fp16, as its remote code makes it)
             freq = f"transformer.layers.{m.group(1)}.attention.rotary_emb.inv_freq"
             table = L.inv_freq(hidden, heads, torch.float16)
-            ordered.append((Spec(freq, torch.float16, tuple(table.shape)), lambda table=table: table))
+            ordered.append((Spec(freq, torch.float16, tuple(table.shape)), functools.partial(torch.clone, table)))
 
         def make(name=name) -> torch.Tensor:
             t = src.get(name)
@@ -466,7 +479,7 @@ def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -
     for k, shard in enumerate(shards):
         name = f"{stem}.{suffix}" if len(shards) == 1 else f"{stem}-{k + 1:05d}-of-{len(shards):05d}.{suffix}"
         makers = {s.name: f for s, f in shard}
-        files.append(OutFile(name, [s for s, _ in shard], lambda spec, makers=makers: makers[spec.name](),
+        files.append(OutFile(name, [s for s, _ in shard], functools.partial(_made, makers),
                              "safetensors" if fmt == "safetensors" else "torch"))
     floats = [s.dtype for s, _ in ordered if s.dtype.is_floating_point and not s.name.endswith("inv_freq")]
     main = max(set(floats), key=floats.count) if floats else torch.float16
@@ -515,7 +528,7 @@ def run(args) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else None
     if to == "sat":
         files, config, _ = plan_sat(src, ranks, dtype)
-        config_name, other = "model_config.json", None
+        config_name = "model_config.json"
     else:
         files, config = plan_hf(src, dtype, args.format, args.shard_size)
         config_name = "config.json"
@@ -583,6 +596,7 @@ def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict
     """Everything into a hidden folder beside ``dst``, renamed to ``dst`` when complete; on any failure (or
     Ctrl-C) the hidden folder, which this call made, is removed and ``dst`` never appears."""
     tmp = dst.parent / f".{dst.name}.porter-convert-{os.getpid()}"
+    give_back_freed_memory()
     try:
         tmp.mkdir()
     except OSError as exc:

@@ -114,7 +114,7 @@ def mp_split_of(sat_name: str) -> Split:
 def split_for_rank(t: torch.Tensor, split: Split, rank: int, ranks: int) -> torch.Tensor:
     """Rank ``rank``'s part: for dim 0, the rank's piece of each of the ``stride`` blocks, concatenated (so a
     query_key_value part is [Q;K;V] of its own heads); for dim 1, a contiguous slice of the columns."""
-    if split.dim is None:
+    if split.dim is None or ranks == 1:  # no copy: a converter holds one tensor at a time, not two
         return t
     if split.dim == 1:
         cols = t.shape[1] // ranks

@@ -16,9 +16,9 @@ import json
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -45,7 +45,7 @@ class Spec:
 def _raw(tensor: torch.Tensor) -> memoryview:
     """A contiguous CPU tensor's bytes, without a copy."""
     t = tensor.detach().cpu().contiguous()
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")  # type: ignore[arg-type]
 
 
 class SafetensorsWriter:
@@ -134,14 +134,15 @@ class TorchWriter:
         self.writer = torch._C.PyTorchFileWriter(str(path))  # torch.save's own writer: alignment, zip64
         data = buf.getvalue()
         self.writer.write_record("data.pkl", data, len(data))
-        self.writer.write_record(".format_version", "1", 1)
-        self.writer.write_record("byteorder", "little", len("little"))
+        self.writer.write_record(".format_version", b"1", 1)
+        self.writer.write_record("byteorder", b"little", len(b"little"))
 
     def write(self, tensor: torch.Tensor) -> None:
         spec = self.specs[self._next]
         _check(spec, tensor)
         raw = tensor.detach().cpu().contiguous()
-        self.writer.write_record(f"data/{self._next}", raw.untyped_storage() if raw.numel() else b"", spec.nbytes)
+        data = raw.untyped_storage() if raw.numel() else b""
+        self.writer.write_record(f"data/{self._next}", data, spec.nbytes)  # type: ignore[arg-type]
         self._next += 1
 
     def close(self) -> None:
@@ -169,6 +170,18 @@ def write_file(path: Path, specs: list[Spec], make: Callable[[Spec], torch.Tenso
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     return done
+
+
+def give_back_freed_memory() -> None:
+    """Have glibc serve allocations of 1 MiB and more from their own mappings, returned to the system when freed.
+    A converter frees a tensor of a few MiB after each write; glibc's default (a threshold that grows with what was
+    freed) keeps such blocks in the heap, and a 6B conversion's resident memory climbs layer by layer."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (malloc.h); fixed from now on
+    except (OSError, AttributeError):  # not glibc: its allocator's own rules apply
+        pass
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
