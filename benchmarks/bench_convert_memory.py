@@ -16,7 +16,8 @@ Each conversion runs in a fresh child process that imports everything first (tor
 module), records its RssAnon, then runs ``convert.run`` with ``_shared.PeakAnon`` sampling RssAnon every 10 ms:
 
 - HF -> SAT: 4 safetensors shards in, one ``mp_rank_00_model_states.pt`` out;
-- SAT -> HF: that one file in, ``--to hf --shard-size`` (the HF stand-in's largest shard) so that ~4 shards come out.
+- SAT -> HF: that one file in, ``--to hf --shard-size`` (the HF stand-in's largest shard) so that ~4 shards come out;
+- HF -> SAT with ``--dtype bf16`` and SAT -> SAT ``--mp 2``: the two that copy tensors (a cast; a rank's slices).
 
 Directions alternate, ``--runs`` times each; the output folder is removed after each run. The goal's denominator is
 the largest shard of the 4-shard (HF) side: the input's for HF -> SAT, the output's for SAT -> HF (the SAT side is
@@ -188,12 +189,15 @@ def main() -> dict:
          + ", ".join(f"{b:,}" for b in hf_shards.values()) + f" bytes (largest {largest_hf:,}); SAT copy "
          + ", ".join(f"{n} {b:,}" for n, b in sat_files.items()))
     directions = {"hf_to_sat": (hf, ["--to", "sat"]),
-                  "sat_to_hf": (sat, ["--to", "hf", "--shard-size", str(largest_hf)])}
+                  "sat_to_hf": (sat, ["--to", "hf", "--shard-size", str(largest_hf)]),
+                  # the two that copy tensors: a dtype change, and a split's per-rank slices
+                  "hf_to_sat_bf16": (hf, ["--to", "sat", "--dtype", "bf16"]),
+                  "sat_to_mp2": (sat, ["--mp", "2"])}
     samples: dict[str, list[dict]] = {d: [] for d in directions}
     for run in range(opts.runs):  # alternating, so drift on a busy machine hits both alike
         for name, (src, extra) in directions.items():
             r = convert_once(src, root / f"out-{name}", extra)
-            hf_side = hf_shards if name == "hf_to_sat" else r["output_files"]
+            hf_side = r["output_files"] if name == "sat_to_hf" else hf_shards
             r["largest_hf_shard_bytes"] = max(hf_side.values())
             r["hf_shards"] = len(hf_side)
             r["peak_per_largest_hf_shard"] = r["peak_above_baseline_bytes"] / r["largest_hf_shard_bytes"]
@@ -228,10 +232,10 @@ def main() -> dict:
     save("convert_memory", result)
     print(f"stand-in {weights_bytes / 1e9:.2f} GB fp16, {len(hf_shards)} shards, largest {largest_hf / 1e6:.0f} MB; "
           f"peak RssAnon above baseline, sampled every 10 ms ({opts.runs} runs, alternating):")
-    print(f"  {'direction':<10} {'peak MiB (median, max)':>24} {'x largest shard':>16} {'wall s':>8}")
+    print(f"  {'direction':<14} {'peak MiB (median, max)':>24} {'x largest shard':>16} {'wall s':>8}")
     for name, d in per_direction.items():
         p, x, w = d["peak_above_baseline_bytes"], d["peak_per_largest_hf_shard"], d["wall_s"]
-        print(f"  {name:<10} {p['median'] / 2**20:>14.0f} {p['max'] / 2**20:>9.0f} "
+        print(f"  {name:<14} {p['median'] / 2**20:>14.0f} {p['max'] / 2**20:>9.0f} "
               f"{x['median']:>10.2f} {x['max']:>5.2f} {w['median']:>8.1f}")
     print(f"goal <= {GOAL_RATIO:g}x the largest shard: {'met' if result['goal_met'] else 'NOT met'} "
           f"(worst {worst:.2f}x)")

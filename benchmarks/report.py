@@ -134,6 +134,18 @@ def rows() -> list[tuple[str, str, str]]:
                     "per file byte: porter / usual",
                     f"{memory['porter_over_baseline_per_file_byte']:.2f} / {memory['usual_over_baseline_per_file_byte']:.2f} "
                     f"(n={memory['runs']}, alternating)", "bench_load_memory.py"))
+    convert = _load("convert_memory.json")
+    if convert:
+        sizes = convert["standin"]
+        labels = {"hf_to_sat": "HF -> SAT", "sat_to_hf": "SAT -> HF", "hf_to_sat_bf16": "HF -> SAT --dtype bf16",
+                  "sat_to_mp2": "SAT -> SAT --mp 2"}
+        cells = [f"{labels.get(name, name)}: {d['peak_above_baseline_bytes']['median'] / 2**20:.0f} MiB "
+                 f"({d['peak_per_largest_hf_shard']['max']:.2f}x the largest shard), {d['wall_s']['median']:.1f} s"
+                 for name, d in convert["directions"].items()]
+        out.append((f"`porter run visualglm convert`, a {sizes['weights_bytes'] / 1e9:.2f} GB fp16 checkpoint in "
+                    f"{len(sizes['hf_shard_bytes'])} shards: peak host memory (RssAnon) above the post-import baseline",
+                    "; ".join(cells) + f"; goal <= 2x the largest shard: {'met' if convert['goal_met'] else '**not met**'} "
+                    f"(n={convert['runs']}, alternating)", "bench_convert_memory.py"))
     accuracy = _load("quant_accuracy.json")
     if accuracy:
         demo, heavy = accuracy["demo"], accuracy["heavy_tailed"]
