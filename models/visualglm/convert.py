@@ -534,6 +534,8 @@ def run(args) -> int:
         config_name = "config.json"
     total = sum(f.nbytes for f in files)
     check_space(dst, total)
+    for stale in stale_temporaries(dst):
+        say(f"note: {stale} is what an interrupted conversion to {dst} left (not a checkpoint); remove it")
     for note in src.notes:
         say(f"note: {note}")
     if merged:
@@ -583,6 +585,17 @@ def check_destination(dst: Path) -> None:
         raise OutputError(f"{dst}: its parent folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{dst}: cannot write in {parent} (permission denied)")
+
+
+def stale_temporaries(dst: Path) -> list[Path]:
+    """Hidden folders an earlier conversion to ``dst`` left when it was killed (its process is gone). They are
+    named, not removed: a process id alone does not prove this porter made them."""
+    out = []
+    for p in dst.parent.glob(f".{dst.name}.porter-convert-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            out.append(p)
+    return sorted(out)
 
 
 def check_space(dst: Path, total: int) -> None:

@@ -279,6 +279,14 @@ def test_a_failure_while_writing_leaves_nothing_behind(sat_release, tmp_path, mo
     assert not (tmp_path / "hf").exists() and not leftovers(tmp_path)
 
 
+def test_what_a_killed_conversion_left_is_named_not_removed(sat_release, tmp_path, capsys):
+    killed = tmp_path / ".hf.porter-convert-999999999"  # no such process: SIGKILL gave no chance to clean up
+    (killed / "1").mkdir(parents=True)
+    convert(sat_release, tmp_path / "hf", "--to", "hf")
+    assert f"note: {killed} is what an interrupted conversion to {tmp_path / 'hf'} left" in capsys.readouterr().err
+    assert killed.is_dir() and (tmp_path / "hf" / "config.json").exists()
+
+
 def test_dtype_casts_floating_weights_only(sat_release, tmp_path):
     convert(sat_release, tmp_path / "hf", "--to", "hf", "--dtype", "bf16")
     hf = hf_tensors(tmp_path / "hf")
