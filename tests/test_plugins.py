@@ -99,7 +99,7 @@ def test_porter_plugins_lists_what_each_registers(porter_env):
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
     assert "targets: sat; rules: sat.compat.prefetch-factor, sat.compat.torch-load" in lines["sat"]
     assert "sat.imports.wandb" in lines["sat"]
-    assert "models: visualglm; datasets: visualglm.coco, visualglm.fewshot; recipes: visualglm.check, visualglm.demo" in lines["visualglm"]
+    assert "models: visualglm; datasets: visualglm.coco, visualglm.fewshot; recipes: visualglm.check, visualglm.convert, visualglm.demo" in lines["visualglm"]
     assert "checks: sat.parity.model, sat.parity.ops, sat.smoke" in lines["sat"]
     assert "targets: toylib; rules: toylib.backend, toylib.config, toylib.sync" in lines["fixture_plugin"]
 

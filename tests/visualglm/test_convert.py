@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from porter_visualglm import conversion as K
 from porter_visualglm import convert as C
 from porter_visualglm import layouts as L
 from porter_visualglm.release import INV_FREQ, STALE_KEY, make_release_folder, tiny_release_config
@@ -269,11 +270,11 @@ def test_a_failure_while_writing_leaves_nothing_behind(sat_release, tmp_path, mo
         written.append(path)
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(C, "write_file", fail_second)
+    monkeypatch.setattr(K, "write_file", fail_second)
     with pytest.raises(PorterError, match="writing failed .No space left on device.; nothing was left behind") as e:
         convert(sat_release, tmp_path / "mp2", "--mp", "2")
     assert e.value.exit_code == 8 and written and not (tmp_path / "mp2").exists() and not leftovers(tmp_path)
-    monkeypatch.setattr(C, "write_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(K, "write_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         convert(sat_release, tmp_path / "hf", "--to", "hf")
     assert not (tmp_path / "hf").exists() and not leftovers(tmp_path)

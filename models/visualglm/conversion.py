@@ -1,0 +1,577 @@
+"""Converting checkpoints between the layouts VisualGLM-6B (and ChatGLM-6B) come in (`porter run visualglm convert`).
+
+- SAT (``latest``, ``model_config.json``, ``<iter>/mp_rank_XX_model_states.pt``) <-> Hugging Face (``config.json``,
+  weight shards and their index), names and ``query_key_value`` rows by the tables of :mod:`.layouts`;
+- ``--merge-lora``: LoRA folded into the weights as SAT's merge does it (P-tuning prefixes are kept);
+- ``--mp N``: a model-parallel checkpoint merged into one file, or one split into N, by SAT's partition arithmetic.
+
+The source is read through memory maps, one tensor at a time, and the output written one tensor at a time
+(:mod:`.tensorio`): memory holds about one tensor beside the file's mapped pages. Everything is checked (layout,
+keys, shapes, adapters, sizes, free disk) before a byte is written, and the output appears only when complete: it
+is written in a hidden folder beside DST and renamed to DST at the end.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from porter.errors import InputError, OutputError, UsageError
+
+from . import layouts as L
+from .tensorio import ReadError, SafetensorsFile, Spec, TorchFile, give_back_freed_memory, write_file
+
+HF_INDEXES = (("model.safetensors.index.json", "model.safetensors"),
+              ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+INDEX_LIMIT = 64 << 20  # bytes: a shard index is a name per tensor
+RANK_FILE = re.compile(r"^mp_rank_(\d{2,})_model_states\.(pt|safetensors)$")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class ConvertError(InputError):
+    pass
+
+
+# -- the source, seen in SAT's names --------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """A checkpoint seen in SAT's current layout whatever it is stored in: ``specs`` by SAT name (grouped
+    query_key_value, model-parallel ranks merged), ``get`` reads one tensor."""
+    layout: str  # "sat" or "hf"
+    folder: Path
+    visual: bool
+    sat_args: dict
+    specs: dict[str, Spec]
+    get: Callable[[str], torch.Tensor]
+    iteration: str = "1"
+    ranks: int = 1
+    notes: list[str] = field(default_factory=list)
+    differs: list[str] = field(default_factory=list)  # tensors every rank holds that differed between ranks
+
+
+def detect(folder: Path) -> str:
+    """"sat" or "hf", or one error saying what each layout needs."""
+    if not folder.is_dir():
+        raise ConvertError(f"{folder}: no such folder")
+    if (folder / "latest").exists() and (folder / "model_config.json").exists():
+        return "sat"
+    if (folder / "config.json").exists() and any((folder / n).exists() for pair in HF_INDEXES for n in pair):
+        return "hf"
+    raise ConvertError(f"{folder}: neither a SAT checkpoint (latest + model_config.json) nor a Hugging Face one "
+                       f"(config.json + model*.safetensors or pytorch_model*.bin, with their index)")
+
+
+def _json_file(path: Path, limit: int, what: str) -> dict:
+    from .checkpoint import _read_small_text
+
+    text = _read_small_text(path, limit, what)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConvertError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConvertError(f"{path}: expected a JSON object ({what})")
+    return value
+
+
+def _plain_name(folder: Path, name, what: str) -> Path:
+    """A file named by an index: a plain file name inside ``folder``, never a path out of it."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise ConvertError(f"{folder / what}: names {name!r}, which is not a file name in {folder}")
+    return folder / name
+
+
+def _open_file(path: Path):
+    from porter.runtime import checkpoints as safe_load
+
+    from .checkpoint import CheckpointError, read_states
+
+    try:
+        safe_load.check_regular_file(path)
+        if path.suffix == ".safetensors":
+            return SafetensorsFile(path)
+        return TorchFile(path, read_states)
+    except safe_load.RefusedCheckpoint as exc:
+        raise ConvertError(str(exc)) from None
+    except ReadError as exc:
+        raise ConvertError(str(exc)) from None
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def open_hf(folder: Path) -> Source:
+    config = _json_file(folder / "config.json", 1 << 20, "Hugging Face's config.json")
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConvertError(f"{folder / 'config.json'}: '{key}' is {value!r}: expected a whole number above 0",
+                               hint="expected ChatGLM-6B's or VisualGLM-6B's config.json")
+    index_name = next((i for i, _ in HF_INDEXES if (folder / i).exists()), None)
+    if index_name is not None:
+        index = _json_file(folder / index_name, INDEX_LIMIT, "a weight_map of tensor names to shard files")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConvertError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
+        files: dict[str, list[str]] = {}
+        for name, file in weight_map.items():
+            files.setdefault(file, []).append(name)
+        missing = [f for f in files if not _plain_name(folder, f, index_name).exists()]
+        if missing:
+            raise ConvertError(f"{folder / index_name}: names {len(missing)} shard(s) not in the folder: "
+                               + ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
+    else:
+        single = next(n for _, n in HF_INDEXES if (folder / n).exists())
+        files, weight_map = {single: []}, None
+    opened, specs, where = {}, {}, {}
+    notes = []
+    for file in files:
+        handle = opened[file] = _open_file(folder / file)
+        names = files[file] if weight_map is not None else list(handle.specs)
+        absent = [n for n in names if n not in handle.specs]
+        if absent:
+            raise ConvertError(f"{folder / file}: lacks {len(absent)} tensor(s) the index puts there: "
+                               + ", ".join(absent[:5]))
+        for name in names:
+            where[name] = handle
+            specs[name] = handle.specs[name]
+    visual = any(n.startswith("image_encoder.") for n in specs) or "eva_config" in config
+    sat_args = L.config_to_sat(config, visual=visual)
+    heads = config["num_attention_heads"]
+    out, sources = {}, {}
+    dropped = [n for n in specs if L.HF_INV_FREQ.match(n)]
+    for name, spec in specs.items():
+        if L.HF_INV_FREQ.match(name):
+            continue
+        sat = L.to_sat_name(name)
+        if sat is None:
+            raise ConvertError(f"{folder}: tensor {name!r} is not part of ChatGLM-6B's or VisualGLM-6B's HF model",
+                               hint="porter converts the released models' tensors (HF P-tuning prefixes and "
+                                    "quantized files are not)")
+        out[sat], sources[sat] = Spec(sat, spec.dtype, spec.shape), name
+    if dropped:
+        notes.append(f"dropped {len(dropped)} rotary inv_freq buffer(s): SAT computes them")
+
+    def get(sat_name: str) -> torch.Tensor:
+        name = sources[sat_name]
+        t = where[name].get(name)
+        return L.reorder_qkv(t, heads, L.GROUPED) if L.LM_QKV.match(sat_name) else t
+
+    return Source("hf", folder, visual, sat_args, out, get, notes=notes)
+
+
+def _rank_files(folder: Path, sat_args: dict) -> tuple[str, list[Path]]:
+    """The iteration ``latest`` names and its rank files, 0..N-1 with none missing or doubled, N as the config says."""
+    from .checkpoint import read_latest
+
+    iteration = read_latest(folder)
+    where = folder / iteration
+    if not where.is_dir():
+        raise ConvertError(f"{where}: iteration folder missing (`latest` says {iteration!r})")
+    found: dict[int, Path] = {}
+    for p in where.iterdir():
+        m = RANK_FILE.match(p.name)
+        if m:
+            if int(m.group(1)) in found:
+                raise ConvertError(f"{where}: two files for rank {int(m.group(1))}: {found[int(m.group(1))].name} "
+                                   f"and {p.name}", hint="remove one of them")
+            found[int(m.group(1))] = p
+    if not found:
+        raise ConvertError(f"{where / 'mp_rank_00_model_states.pt'}: weights file missing")
+    ranks = len(found)
+    if sorted(found) != list(range(ranks)):
+        raise ConvertError(f"{where}: model-parallel ranks {sorted(found)}: expected 0..{ranks - 1} with none missing")
+    declared = sat_args.get("model_parallel_size") or 1
+    if declared != ranks:
+        raise ConvertError(f"{folder / 'model_config.json'}: model_parallel_size {declared!r}, but {where} holds "
+                           f"{ranks} rank file(s)")
+    return iteration, [found[r] for r in range(ranks)]
+
+
+def open_sat(folder: Path, qkv_order: str | None) -> Source:
+    sat_args = _json_file(folder / "model_config.json", 1 << 20, "SAT's model_config.json")
+    iteration, paths = _rank_files(folder, sat_args)
+    ranks = len(paths)
+    found = dict(enumerate(paths))
+    files = [_open_file(found[r]) for r in range(ranks)]
+    for r, f in enumerate(files[1:], 1):
+        if set(f.specs) != set(files[0].specs):
+            odd = sorted(set(f.specs) ^ set(files[0].specs))
+            raise ConvertError(f"{found[r]}: its tensors differ from {found[0].name}'s ({len(odd)}: "
+                               + ", ".join(odd[:3]) + ")")
+    visual = "eva_args" in sat_args or sat_args.get("model_class") == "VisualGLMModel"
+    heads = sat_args.get("num_attention_heads")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ConvertError(f"{folder / 'model_config.json'}: 'num_attention_heads' is {heads!r}: expected a whole "
+                           f"number above 0")
+    if qkv_order is None and "pad_token_id" not in sat_args:
+        raise ConvertError(f"{folder / 'model_config.json'}: no pad_token_id, which SAT writes since 0.4.1: the file "
+                           f"may be from SAT 0.4.0 or before, whose query_key_value rows are per head (HF's order)",
+                           hint="name its order: --qkv-order per-head (SAT 0.4.0 and before) or --qkv-order grouped")
+    order = qkv_order or L.GROUPED
+    notes = []
+    specs = {}
+    for name, spec in files[0].specs.items():
+        if name == L.SAT_STALE or L.DERIVED_SAT.search(name):
+            continue
+        if spec.dtype in (torch.int8, torch.uint8) or name.endswith(("weight_scale", "quant_state")):
+            raise ConvertError(f"{found[0]}: {name} is stored quantized ({spec.dtype}); porter converts 16- and "
+                               f"32-bit checkpoints", hint="convert the 16-bit checkpoint, then load it with --quant")
+        split = L.mp_split_of(name)
+        shape = list(spec.shape)
+        if ranks > 1 and split.dim is not None:
+            shape[split.dim] *= ranks
+        specs[name] = Spec(name, spec.dtype, tuple(shape))
+    if L.SAT_STALE in files[0].specs:
+        notes.append(f"dropped {L.SAT_STALE}: a position table SAT 0.3's ChatGLM kept and never used")
+    if any(L.DERIVED_SAT.search(n) for n in files[0].specs):
+        notes.append("dropped the rotary inv_freq buffer: it is computed, never loaded")
+    if order == L.PER_HEAD:
+        notes.append("query_key_value rows reordered from per-head (SAT 0.4.0) to grouped (SAT 0.4.1 and later)")
+    source = Source("sat", folder, visual, sat_args, specs, lambda name: torch.empty(0), iteration=iteration,
+                    ranks=ranks, notes=notes)
+
+    def get(name: str) -> torch.Tensor:
+        split = L.mp_split_of(name)
+        parts = [f.get(name) for f in files]
+        if split.dim is None and ranks > 1 and any(not torch.equal(parts[0], p) for p in parts[1:]):
+            source.differs.append(name)
+        t = L.merge_ranks(parts, split) if ranks > 1 else parts[0]
+        if order == L.PER_HEAD and L.LM_QKV.match(name):
+            t = L.reorder_qkv(t, heads, L.GROUPED)
+        return t
+
+    source.get = get
+    return source
+
+
+# -- what to write ----------------------------------------------------------------------------------------------------
+def merged_lora(src: Source) -> int:
+    """Replace ``src``'s LoRA tensors with merged weights (lazily); returns how many layers were merged."""
+    groups: dict[str, dict[str, str]] = {}
+    for name in src.specs:
+        m = L.LORA_KEY.match(name)
+        if m:
+            groups.setdefault(m.group("layer"), {})[m.group("part")] = name
+    if not groups:
+        return 0
+    rank = src.sat_args.get("lora_rank")
+    allowed = src.sat_args.get("layer_range")
+    config = src.folder / "model_config.json"
+    scaling_alpha = src.sat_args.get("lora_alpha", 1)  # SAT's default; VisualGLM's fine-tuning never sets it
+    lora: dict[str, tuple[dict[str, str], list[str], list[str], float, torch.dtype]] = {}
+    for layer, parts in groups.items():
+        a = sorted((k for k in parts if k.startswith("matrix_A.")), key=lambda k: int(k.split(".")[1]))
+        b = sorted((k for k in parts if k.startswith("matrix_B.")), key=lambda k: int(k.split(".")[1]))
+        if "original.weight" not in parts or not a or len(a) != len(b):
+            raise ConvertError(f"{src.folder}: {layer}: LoRA parts incomplete ({', '.join(sorted(parts))})")
+        r = src.specs[parts[a[0]]].shape[0]
+        if rank is not None and r != rank:
+            raise ConvertError(f"{config}: lora_rank {rank}, but {layer}.matrix_A.0 has rank {r}",
+                               hint="the weights and model_config.json come from different fine-tunes")
+        n = int(layer.split(".")[2])
+        if isinstance(allowed, list) and allowed and n not in allowed:
+            raise ConvertError(f"{config}: layer_range {allowed}, but layer {n} has LoRA weights")
+        weight = src.specs[parts["original.weight"]]
+        bias = src.specs.get(parts.get("original.bias", ""))
+        out_dtype = bias.dtype if bias is not None else weight.dtype
+        names = {p: parts[p] for p in parts}
+        for p in names.values():
+            del src.specs[p]
+        src.specs[layer + ".weight"] = Spec(layer + ".weight", out_dtype, weight.shape)
+        if bias is not None:
+            src.specs[layer + ".bias"] = Spec(layer + ".bias", bias.dtype, bias.shape)
+        lora[layer] = (names, [names[k] for k in a], [names[k] for k in b], scaling_alpha / r, out_dtype)
+    inner = src.get
+
+    def get(name: str) -> torch.Tensor:
+        layer, _, last = name.rpartition(".")
+        if layer in lora:
+            names, a, b, scaling, dtype = lora[layer]
+            if last == "bias":
+                return inner(names["original.bias"])
+            return L.merge_lora(inner(names["original.weight"]), [inner(k) for k in a], [inner(k) for k in b],
+                                scaling, dtype)
+        return inner(name)
+
+    src.get = get
+    src.sat_args = {**src.sat_args, "use_lora": False}
+    return len(groups)
+
+
+def expected_shapes(src: Source) -> dict[str, tuple]:
+    """Every tensor the config describes and its shape, from SAT's own classes built on the meta device."""
+    if not src.visual:
+        return L.lm_shapes(src.sat_args)
+    from . import import_sat
+    from .checkpoint import ADAPTER_FIELDS, _is_a
+    from .config import VisualGLMConfig
+    from .model import build_model
+
+    import_sat()
+    args = src.sat_args
+    for key, kind in ADAPTER_FIELDS.items():
+        if args.get(key) is not None and not _is_a(args[key], kind):
+            raise ConvertError(f"{src.folder}: config '{key}' is {args[key]!r}: expected {kind}")
+    finetune = "lora" if args.get("use_lora") else "ptuning" if args.get("use_ptuning") else None
+    try:
+        config = VisualGLMConfig.from_sat_args({**args, "model_parallel_size": 1}, str(src.folder))
+        model = build_model(config, finetune=finetune, lora_rank=args.get("lora_rank", 10),
+                            lora_layers=args.get("layer_range"), pre_seq_len=args.get("pre_seq_len", 8), meta=True)
+    except InputError as exc:
+        raise ConvertError(exc.message, hint=exc.hint) from None
+    except (AssertionError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise ConvertError(f"{src.folder}: SAT cannot build the model its config describes ({exc})") from None
+    return {n: tuple(t.shape) for n, t in model.state_dict().items() if not L.DERIVED_SAT.search(n)}
+
+
+def check_shapes(src: Source) -> None:
+    expected = expected_shapes(src)
+    problems = [f"unexpected {n} {list(s.shape)}" for n, s in src.specs.items() if n not in expected]
+    problems += [f"missing {n} {list(shape)}" for n, shape in expected.items() if n not in src.specs]
+    problems += [f"shape of {n}: file {list(s.shape)}, config {list(expected[n])}" for n, s in src.specs.items()
+                 if n in expected and tuple(s.shape) != expected[n]]
+    if problems:
+        config = "config.json" if src.layout == "hf" else "model_config.json"
+        raise ConvertError(f"{src.folder}: the weights do not match its {config} ({len(problems)} problem(s)): "
+                           + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""),
+                           hint="the weights and the config come from different models")
+
+
+@dataclass
+class OutFile:
+    name: str  # relative to the output folder
+    specs: list[Spec]
+    make: Callable[[Spec], torch.Tensor]
+    fmt: str  # "torch" or "safetensors"
+    wrap: Callable[[dict], object] = lambda sd: sd
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.specs)
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() and t.dtype != dtype else t
+
+
+def _spec_dtype(spec: Spec, dtype: torch.dtype | None) -> torch.dtype:
+    return dtype if dtype is not None and spec.dtype.is_floating_point else spec.dtype
+
+
+def plan_sat(src: Source, ranks: int, dtype: torch.dtype | None) -> tuple[list[OutFile], dict, str]:
+    iteration = src.iteration if src.layout == "sat" else "1"
+    args = dict(src.sat_args)
+    args.setdefault("pad_token_id", 3)  # marks the grouped query_key_value order (SAT >= 0.4.1)
+    args["model_parallel_size"] = ranks
+    for part in ("eva_args", "qformer_args"):
+        if isinstance(args.get(part), dict):
+            args[part] = {**args[part], "model_parallel_size": ranks}
+    it = int(iteration) if iteration.isdigit() else iteration
+    files = []
+    for r in range(ranks):
+        specs = [Spec(n, _spec_dtype(s, dtype), L.split_shape(s.shape, L.mp_split_of(n), ranks))
+                 for n, s in src.specs.items()]
+
+        def make(spec: Spec, r=r) -> torch.Tensor:
+            return _cast(L.split_for_rank(src.get(spec.name), L.mp_split_of(spec.name), r, ranks), dtype)
+
+        files.append(OutFile(f"{iteration}/mp_rank_{r:02d}_model_states.pt", specs, make, "torch",
+                             functools.partial(_sat_states, iteration=it)))
+    return files, args, iteration
+
+
+def _sat_states(weights: dict, iteration) -> dict:
+    return {"module": weights, "iteration": iteration}  # what SAT's save_checkpoint writes
+
+
+def _made(makers: dict[str, Callable[[], torch.Tensor]], spec: Spec) -> torch.Tensor:
+    return makers[spec.name]()
+
+
+def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -> tuple[list[OutFile], dict]:
+    heads, hidden = src.sat_args["num_attention_heads"], src.sat_args["hidden_size"]
+    ordered: list[tuple[Spec, Callable[[], torch.Tensor]]] = []
+    for name, spec in src.specs.items():
+        hf = L.to_hf_name(name)
+        if hf is None:
+            raise ConvertError(f"{src.folder}: {name} has no place in the HF model")
+        m = re.match(r"^transformer\.layers\.(\d+)\.attention\.query_key_value\.weight$", name)
+        if m:  # HF keeps a rotary table per layer (fp16, as its remote code makes it)
+            freq = f"transformer.layers.{m.group(1)}.attention.rotary_emb.inv_freq"
+            table = L.inv_freq(hidden, heads, torch.float16)
+            ordered.append((Spec(freq, torch.float16, tuple(table.shape)), functools.partial(torch.clone, table)))
+
+        def make(name=name) -> torch.Tensor:
+            t = src.get(name)
+            return _cast(L.reorder_qkv(t, heads, L.PER_HEAD) if L.LM_QKV.match(name) else t, dtype)
+
+        ordered.append((Spec(hf, _spec_dtype(spec, dtype), spec.shape), make))
+    shards: list[list[tuple[Spec, Callable]]] = [[]]
+    size = 0
+    for item in ordered:
+        if shards[-1] and size + item[0].nbytes > shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += item[0].nbytes
+    stem, suffix = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    files = []
+    for k, shard in enumerate(shards):
+        name = f"{stem}.{suffix}" if len(shards) == 1 else f"{stem}-{k + 1:05d}-of-{len(shards):05d}.{suffix}"
+        makers = {s.name: f for s, f in shard}
+        files.append(OutFile(name, [s for s, _ in shard], functools.partial(_made, makers),
+                             "safetensors" if fmt == "safetensors" else "torch"))
+    floats = [s.dtype for s, _ in ordered if s.dtype.is_floating_point and not s.name.endswith("inv_freq")]
+    main = max(set(floats), key=floats.count) if floats else torch.float16
+    config = L.config_to_hf(src.sat_args, visual=src.visual, dtype=main)
+    return files, config
+
+
+# -- the conversion -------------------------------------------------------------------------------------------------
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def convert(src_folder: Path, dst: Path, *, layout: str, to: str, merge_lora: bool, ranks: int, dtype: str | None,
+            qkv_order: str | None, fmt: str, shard_size: int, say: Callable[[str], None] = _say) -> None:
+    """Read ``src_folder`` (``layout``), check everything, write ``dst`` in ``to``'s layout; raises before writing."""
+    src = open_hf(src_folder) if layout == "hf" else open_sat(src_folder, qkv_order)
+    finetune = "lora" if src.sat_args.get("use_lora") else "ptuning" if src.sat_args.get("use_ptuning") else None
+    merged = merged_lora(src) if merge_lora else 0
+    if merge_lora and finetune == "lora" and not merged:
+        raise ConvertError(f"{src.folder / 'model_config.json'}: use_lora is true but the weights hold no LoRA "
+                           f"matrices")
+    check_adapters(src, finetune if not merged else None, to, ranks)
+    check_shapes(src)
+    if to == "sat" and ranks > 1 and (problems := L.mp_problems(src.sat_args, ranks)):
+        raise UsageError(f"--mp {ranks}: SAT cannot split this model so: " + "; ".join(problems))
+    cast = DTYPES[dtype] if dtype else None
+    if to == "sat":
+        files, config, _ = plan_sat(src, ranks, cast)
+        config_name, extra = "model_config.json", _sat_extra(files, src)
+    else:
+        files, config = plan_hf(src, cast, fmt, shard_size)
+        config_name, extra = "config.json", _hf_extra(files, src.visual)
+    total = sum(f.nbytes for f in files)
+    check_space(dst, total)
+    for stale in stale_temporaries(dst):
+        say(f"note: {stale} is what an interrupted conversion to {dst} left (not a checkpoint); remove it")
+    for note in src.notes:
+        say(f"note: {note}")
+    if merged:
+        say(f"note: LoRA merged into {merged} layer(s) (scaling {src.sat_args.get('lora_alpha', 1)}/rank)")
+    if finetune == "ptuning":
+        say("note: P-tuning prefixes kept as they are (model_config.json still says use_ptuning)")
+    say(f"{src.layout.upper()} {src.folder} -> {to.upper()} {dst}: {len(files)} file(s), {total / 2 ** 30:.2f} GiB")
+    write_folder(dst, files, config_name, config, extra=extra, say=say)
+    if src.differs:
+        say(f"note: {len(src.differs)} tensor(s) every rank holds differed between ranks; rank 0's kept, as SAT's "
+            f"merge does: " + ", ".join(src.differs[:3]))
+    if to == "hf":
+        repo, needed = L.HF_CODE[src.visual]
+        say(f"to load it with transformers (trust_remote_code=True), add from {repo}: " + ", ".join(needed))
+
+
+def check_adapters(src: Source, finetune: str | None, to: str, ranks: int) -> None:
+    """Adapters that have no place in the output: SAT LoRA in HF or across ranks (merge it), P-tuning likewise."""
+    if finetune == "lora" and (to == "hf" or ranks != 1 or src.ranks != 1):
+        why = "HF's ChatGLM has no SAT LoRA" if to == "hf" else "LoRA matrices are not split across ranks here"
+        raise UsageError(f"{src.folder}: a LoRA fine-tune: {why}", hint="add --merge-lora")
+    if finetune == "ptuning" and to == "hf":
+        raise UsageError(f"{src.folder}: a P-tuning fine-tune: SAT's prefixes have no place in HF's ChatGLM "
+                         f"(its own P-tuning differs)", hint="convert to SAT, or fine-tune with LoRA or fully")
+    if finetune == "ptuning" and (ranks != 1 or src.ranks != 1):
+        raise UsageError(f"{src.folder}: P-tuning prefixes are not split across ranks here")
+
+
+def _sat_extra(files: list[OutFile], src: Source) -> dict[str, str]:
+    iteration = files[0].name.split("/")[0]
+    return {"latest": iteration}
+
+
+def _hf_extra(files: list[OutFile], visual: bool) -> dict[str, str]:
+    extra = {}
+    if len(files) > 1:
+        index = "model.safetensors.index.json" if files[0].fmt == "safetensors" else "pytorch_model.bin.index.json"
+        weight_map = {s.name: f.name for f in files for s in f.specs}
+        extra[index] = json.dumps({"metadata": {"total_size": sum(f.nbytes for f in files)},
+                                   "weight_map": weight_map}, indent=2) + "\n"
+    repo, needed = L.HF_CODE[visual]
+    extra["README.md"] = (f"# Converted by porter from SAT's layout\n\nThese are the weights and config.json in the "
+                          f"layout of the Hugging Face repository {repo}. The model's code is not included: copy "
+                          f"these files from {repo} into this folder, then load it with "
+                          f"`AutoModel.from_pretrained(folder, trust_remote_code=True)`:\n\n"
+                          + "".join(f"- `{n}`\n" for n in needed))
+    return extra
+
+
+def check_destination(dst: Path) -> None:
+    if dst.exists() or dst.is_symlink():
+        raise OutputError(f"{dst}: exists; convert writes a new folder and never replaces one",
+                          hint="name a folder that does not exist, or remove this one")
+    parent = dst.parent
+    if not parent.is_dir():
+        raise OutputError(f"{dst}: its parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{dst}: cannot write in {parent} (permission denied)")
+
+
+def stale_temporaries(dst: Path) -> list[Path]:
+    """Hidden folders an earlier conversion to ``dst`` left when it was killed (its process is gone). They are
+    named, not removed: a process id alone does not prove this porter made them."""
+    out = []
+    for p in dst.parent.glob(f".{dst.name}.porter-convert-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            out.append(p)
+    return sorted(out)
+
+
+def check_space(dst: Path, total: int) -> None:
+    free = shutil.disk_usage(dst.parent).free
+    if total + (64 << 20) > free:
+        raise OutputError(f"{dst}: needs {total / 2 ** 30:.2f} GiB, {dst.parent} has {free / 2 ** 30:.2f} GiB free")
+
+
+def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict, extra: dict[str, str],
+                 say) -> None:
+    """Everything into a hidden folder beside ``dst``, renamed to ``dst`` when complete; on any failure (or
+    Ctrl-C) the hidden folder, which this call made, is removed and ``dst`` never appears."""
+    tmp = dst.parent / f".{dst.name}.porter-convert-{os.getpid()}"
+    give_back_freed_memory()
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot create {tmp} ({exc.strerror or exc})") from None
+    try:
+        for f in files:
+            path = tmp / f.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            say(f"writing {f.name}: {len(f.specs)} tensors, {f.nbytes / 2 ** 30:.2f} GiB")
+            write_file(path, f.specs, f.make, fmt=f.fmt, wrap=f.wrap)
+        (tmp / config_name).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        for name, text in extra.items():  # SAT's `latest` last: its presence says the folder is complete
+            (tmp / name).write_text(text)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if dst.exists() or dst.is_symlink():
+            raise OutputError(f"{dst}: appeared while converting; the conversion is discarded")
+        os.rename(tmp, dst)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{dst}: writing failed ({exc.strerror or exc}); nothing was left behind") from None
+        raise
