@@ -295,3 +295,20 @@ def test_dtype_casts_floating_weights_only(sat_release, tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     source = sat_tensors(sat_release)["transformer.layers.0.mlp.dense_h_to_4h.weight"]
     assert torch.equal(hf["transformer.layers.0.mlp.dense_h_to_4h.weight"], source.to(torch.bfloat16))
+
+
+def test_p_tuning_prefixes_are_kept_and_said_so_and_have_no_place_in_hf(tmp_path, tiny_config, capsys):
+    from porter_visualglm.checkpoint import load_model, save_model
+    from porter_visualglm.model import build_model
+
+    model = build_model(tiny_config, finetune="ptuning", pre_seq_len=4, seed=2)
+    save_model(model, tiny_config, tmp_path / "pt", finetune="ptuning", pre_seq_len=4, tokenizer_type="porter-standin")
+    convert(tmp_path / "pt", tmp_path / "out", "--merge-lora")
+    assert "note: P-tuning prefixes kept as they are" in capsys.readouterr().err
+    before = {k: v for k, v in sat_tensors(tmp_path / "pt").items() if "inv_freq" not in k}
+    assert any("prefix" in k for k in before) and same(before, sat_tensors(tmp_path / "out"))
+    loaded, ckpt = load_model(tmp_path / "out")
+    assert ckpt.finetune == "ptuning"
+    with pytest.raises(PorterError, match="a P-tuning fine-tune: SAT's prefixes have no place in HF's ChatGLM") as e:
+        convert(tmp_path / "pt", tmp_path / "hf", "--to", "hf")
+    assert e.value.exit_code == 2 and not (tmp_path / "hf").exists()
