@@ -13,11 +13,15 @@ is written in a hidden folder beside DST and renamed to DST at the end.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import re
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +79,7 @@ def _json_file(path: Path, limit: int, what: str) -> dict:
     text = _read_small_text(path, limit, what)
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting is a RecursionError
         raise ConvertError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ConvertError(f"{path}: expected a JSON object ({what})")
@@ -124,11 +128,12 @@ def open_hf(folder: Path) -> Source:
             raise ConvertError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
         files: dict[str, list[str]] = {}
         for name, file in weight_map.items():
+            _plain_name(folder, file, index_name)
             files.setdefault(file, []).append(name)
-        missing = [f for f in files if not _plain_name(folder, f, index_name).exists()]
+        missing = [f for f in files if not (folder / f).exists()]
         if missing:
             raise ConvertError(f"{folder / index_name}: names {len(missing)} shard(s) not in the folder: "
-                               + ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
+                               + ", ".join(repr(m) for m in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
     else:
         single = next(n for _, n in HF_INDEXES if (folder / n).exists())
         files, weight_map = {single: []}, None
@@ -145,7 +150,10 @@ def open_hf(folder: Path) -> Source:
             where[name] = handle
             specs[name] = handle.specs[name]
     visual = any(n.startswith("image_encoder.") for n in specs) or "eva_config" in config
-    sat_args = L.config_to_sat(config, visual=visual)
+    try:
+        sat_args = L.config_to_sat(config, visual=visual)
+    except ValueError as exc:
+        raise ConvertError(f"{folder / 'config.json'}: {exc}") from None
     heads = config["num_attention_heads"]
     out, sources = {}, {}
     dropped = [n for n in specs if L.HF_INV_FREQ.match(n)]
@@ -180,6 +188,8 @@ def _rank_files(folder: Path, sat_args: dict) -> tuple[str, list[Path]]:
     found: dict[int, Path] = {}
     for p in where.iterdir():
         m = RANK_FILE.match(p.name)
+        if m and m.group(1) != f"{int(m.group(1)):02d}":  # SAT names rank r '{:02d}'; mp_rank_001 is not rank 1's
+            raise ConvertError(f"{p}: not a name SAT gives a rank's file (mp_rank_{int(m.group(1)):02d}_...)")
         if m:
             if int(m.group(1)) in found:
                 raise ConvertError(f"{where}: two files for rank {int(m.group(1))}: {found[int(m.group(1))].name} "
@@ -190,7 +200,12 @@ def _rank_files(folder: Path, sat_args: dict) -> tuple[str, list[Path]]:
     ranks = len(found)
     if sorted(found) != list(range(ranks)):
         raise ConvertError(f"{where}: model-parallel ranks {sorted(found)}: expected 0..{ranks - 1} with none missing")
-    declared = sat_args.get("model_parallel_size") or 1
+    declared = sat_args.get("model_parallel_size")
+    if declared in (None, 0):  # SAT's default: one part
+        declared = 1
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise ConvertError(f"{folder / 'model_config.json'}: 'model_parallel_size' is {declared!r}: expected a whole "
+                           f"number above 0")
     if declared != ranks:
         raise ConvertError(f"{folder / 'model_config.json'}: model_parallel_size {declared!r}, but {where} holds "
                            f"{ranks} rank file(s)")
@@ -208,6 +223,11 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
             odd = sorted(set(f.specs) ^ set(files[0].specs))
             raise ConvertError(f"{found[r]}: its tensors differ from {found[0].name}'s ({len(odd)}: "
                                + ", ".join(odd[:3]) + ")")
+        for name, spec in f.specs.items():  # SAT cuts equal parts: every rank holds the same shapes and dtypes
+            first = files[0].specs[name]
+            if (spec.dtype, spec.shape) != (first.dtype, first.shape):
+                raise ConvertError(f"{found[r]}: {name} is {spec.dtype} {list(spec.shape)}, {found[0].name} holds "
+                                   f"{first.dtype} {list(first.shape)}; model-parallel parts are equal")
     visual = "eva_args" in sat_args or sat_args.get("model_class") == "VisualGLMModel"
     heads = sat_args.get("num_attention_heads")
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
@@ -268,6 +288,8 @@ def merged_lora(src: Source) -> int:
     allowed = src.sat_args.get("layer_range")
     config = src.folder / "model_config.json"
     scaling_alpha = src.sat_args.get("lora_alpha", 1)  # SAT's default; VisualGLM's fine-tuning never sets it
+    if isinstance(scaling_alpha, bool) or not isinstance(scaling_alpha, (int, float)) or not scaling_alpha > 0:
+        raise ConvertError(f"{config}: 'lora_alpha' is {scaling_alpha!r}: expected a number above 0")
     lora: dict[str, tuple[dict[str, str], list[str], list[str], float, torch.dtype]] = {}
     for layer, parts in groups.items():
         a = sorted((k for k in parts if k.startswith("matrix_A.")), key=lambda k: int(k.split(".")[1]))
@@ -433,7 +455,10 @@ def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -
                              "safetensors" if fmt == "safetensors" else "torch"))
     floats = [s.dtype for s, _ in ordered if s.dtype.is_floating_point and not s.name.endswith("inv_freq")]
     main = max(set(floats), key=floats.count) if floats else torch.float16
-    config = L.config_to_hf(src.sat_args, visual=src.visual, dtype=main)
+    try:
+        config = L.config_to_hf(src.sat_args, visual=src.visual, dtype=main)
+    except ValueError as exc:
+        raise ConvertError(f"{src.folder / 'model_config.json'}: {exc}") from None
     return files, config
 
 
@@ -451,6 +476,8 @@ def convert(src_folder: Path, dst: Path, *, layout: str, to: str, merge_lora: bo
     if merge_lora and finetune == "lora" and not merged:
         raise ConvertError(f"{src.folder / 'model_config.json'}: use_lora is true but the weights hold no LoRA "
                            f"matrices")
+    if merge_lora and not merged:
+        say(f"note: --merge-lora: {src.folder} holds no LoRA; nothing merged")
     check_adapters(src, finetune if not merged else None, to, ranks)
     check_shapes(src)
     if to == "sat" and ranks > 1 and (problems := L.mp_problems(src.sat_args, ranks)):
@@ -520,19 +547,30 @@ def check_destination(dst: Path) -> None:
         raise OutputError(f"{dst}: exists; convert writes a new folder and never replaces one",
                           hint="name a folder that does not exist, or remove this one")
     parent = dst.parent
-    if not parent.is_dir():
+    if not parent.exists():
         raise OutputError(f"{dst}: its parent folder {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{dst}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{dst}: cannot write in {parent} (permission denied)")
 
 
+TEMP_MARK = ".porter-convert-"
+
+
+def _temp_prefix(dst: Path) -> str:
+    """The hidden folder's name before its process id: DST's name, cut so the whole name stays under 255 bytes."""
+    return "." + os.fsencode(dst.name)[:150].decode(errors="ignore") + TEMP_MARK
+
+
 def stale_temporaries(dst: Path) -> list[Path]:
-    """Hidden folders an earlier conversion to ``dst`` left when it was killed (its process is gone). They are
-    named, not removed: a process id alone does not prove this porter made them."""
+    """Hidden folders an earlier conversion to ``dst`` left when it was killed (its process gone, or its id now
+    this process's: a container's pids start again). Named, not removed: an id alone does not prove porter made
+    them."""
     out = []
-    for p in dst.parent.glob(f".{dst.name}.porter-convert-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    for p in dst.parent.glob(glob.escape(_temp_prefix(dst)) + "*"):
+        pid = p.name[len(_temp_prefix(dst)):].split("-", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
             out.append(p)
     return sorted(out)
 
@@ -543,16 +581,32 @@ def check_space(dst: Path, total: int) -> None:
         raise OutputError(f"{dst}: needs {total / 2 ** 30:.2f} GiB, {dst.parent} has {free / 2 ** 30:.2f} GiB free")
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP while writing: raised to clean up, then the signal is delivered again."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(signum)
+
+
 def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict, extra: dict[str, str],
                  say) -> None:
-    """Everything into a hidden folder beside ``dst``, renamed to ``dst`` when complete; on any failure (or
-    Ctrl-C) the hidden folder, which this call made, is removed and ``dst`` never appears."""
-    tmp = dst.parent / f".{dst.name}.porter-convert-{os.getpid()}"
+    """Everything into a hidden folder beside ``dst``, renamed to ``dst`` when complete; on any failure, Ctrl-C,
+    SIGTERM or SIGHUP the hidden folder, which this call made, is removed and ``dst`` never appears."""
     give_back_freed_memory()
     try:
-        tmp.mkdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(dst)}{os.getpid()}-", dir=dst.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become DST's
     except OSError as exc:
-        raise OutputError(f"{dst}: cannot create {tmp} ({exc.strerror or exc})") from None
+        raise OutputError(f"{dst}: cannot create a folder in {dst.parent} ({exc.strerror or exc})") from None
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _raise_terminated)
     try:
         for f in files:
             path = tmp / f.name
@@ -572,6 +626,18 @@ def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict
         os.rename(tmp, dst)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, _Terminated):  # cleaned up: now end as the signal would have ended us
+            signal.signal(exc.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), exc.signum)
         if isinstance(exc, OSError):
             raise OutputError(f"{dst}: writing failed ({exc.strerror or exc}); nothing was left behind") from None
         raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -54,9 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qkv-order", choices=QKV_ORDERS, help="the query_key_value row order of a SAT "
                    "source whose model_config.json cannot tell: grouped (SAT 0.4.1 and later), per-head (0.4.0 and "
                    "before; written as grouped)")
-    p.add_argument("--format", choices=("safetensors", "bin"), default="safetensors",
+    p.add_argument("--format", choices=("safetensors", "bin"),
                    help="HF weight files (default safetensors; bin: torch's pytorch_model-*.bin)")
-    p.add_argument("--shard-size", type=_size, default=SHARD_DEFAULT, metavar="SIZE",
+    p.add_argument("--shard-size", type=_size, metavar="SIZE",
                    help="largest HF weight file, e.g. 2GB, 500MB (default 5GB)")
 
 
@@ -85,8 +85,11 @@ def run(args) -> int:
         raise UsageError("--qkv-order names a SAT source's row order; an HF source is always per head")
     if layout == "hf" and args.merge_lora:
         raise UsageError("--merge-lora: a Hugging Face checkpoint has no SAT LoRA to merge")
+    if to == "sat" and (args.format or args.shard_size):
+        raise UsageError("--format and --shard-size shape Hugging Face output; SAT writes one file per rank")
     K.check_destination(dst)
     K.convert(src, dst, layout=layout, to=to, merge_lora=args.merge_lora, ranks=args.mp or 1, dtype=args.dtype,
-              qkv_order=args.qkv_order, fmt=args.format, shard_size=args.shard_size)
+              qkv_order=args.qkv_order, fmt=args.format or "safetensors",
+              shard_size=args.shard_size or SHARD_DEFAULT)
     print(dst)
     return 0

@@ -226,11 +226,23 @@ def _default(value, sizes: dict):
 ABSENT = "porter_absent"  # inside the carried fields: what the other side's file did not have (added here)
 
 
+def _carried(config: dict, key: str) -> tuple[dict, set[str]]:
+    """The other side's fields a file keeps under ``key``, and the list of fields that side did not have; a
+    ValueError naming the field if they are not what porter writes there."""
+    carried = config.get(key) or {}
+    if not isinstance(carried, dict):
+        raise ValueError(f"'{key}' is {type(carried).__name__}: expected an object (the other layout's fields)")
+    carried = dict(carried)
+    absent = carried.pop(ABSENT, []) or []
+    if not isinstance(absent, list) or not all(isinstance(a, str) for a in absent):
+        raise ValueError(f"'{key}.{ABSENT}' is {absent!r}: expected a list of field names")
+    return carried, set(absent)
+
+
 def config_to_hf(sat: dict, *, visual: bool, dtype: torch.dtype) -> dict:
     """HF config.json from SAT's model_config.json. SAT-only fields go under ``sat_args``; a file porter made from
     an HF config gets that config back exactly (its HF-only fields were kept under ``hf_config``)."""
-    carried = dict(sat.get(HF_ONLY_KEY) or {})
-    absent = set(carried.pop(ABSENT, []) or [])
+    carried, absent = _carried(sat, HF_ONLY_KEY)
     out = {"architectures": ["ChatGLMForConditionalGenerationWithImage" if visual
                              else "ChatGLMForConditionalGeneration"],
            "auto_map": HF_AUTO_MAP[visual], **HF_DEFAULTS, **carried}
@@ -252,8 +264,7 @@ def config_to_hf(sat: dict, *, visual: bool, dtype: torch.dtype) -> dict:
 def config_to_sat(hf: dict, *, visual: bool) -> dict:
     """SAT's model_config.json from HF config.json; HF-only fields go under ``hf_config`` (and the reverse of
     :func:`config_to_hf`)."""
-    carried = dict(hf.get(SAT_ONLY_KEY) or {})
-    absent = set(carried.pop(ABSENT, []) or [])
+    carried, absent = _carried(hf, SAT_ONLY_KEY)
     out = {**SAT_DEFAULTS[visual], **carried}
     for s, h, default in CONFIG_FIELDS:
         if h in hf and hf[h] is not None and not (s in absent and hf[h] == _default(default, hf)):

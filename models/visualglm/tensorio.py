@@ -80,6 +80,12 @@ class SafetensorsWriter:
         os.fsync(self.fh.fileno())
         self.fh.close()
 
+    def abandon(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:  # the disk that failed the write may fail the flush too; the file goes with its folder
+            pass
+
 
 def _check(spec: Spec, tensor: torch.Tensor) -> None:
     if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
@@ -130,7 +136,7 @@ class TorchWriter:
                 return None
 
         Pickler(buf, protocol=2).dump(wrap(refs))
-        self.specs, self._next = specs, 0
+        self.specs, self._next, self.path = specs, 0, path
         self.writer = torch._C.PyTorchFileWriter(str(path))  # torch.save's own writer: alignment, zip64
         data = buf.getvalue()
         self.writer.write_record("data.pkl", data, len(data))
@@ -142,14 +148,32 @@ class TorchWriter:
         _check(spec, tensor)
         raw = tensor.detach().cpu().contiguous()
         data = raw.untyped_storage() if raw.numel() else b""
-        self.writer.write_record(f"data/{self._next}", data, spec.nbytes)  # type: ignore[arg-type]
+        try:
+            self.writer.write_record(f"data/{self._next}", data, spec.nbytes)  # type: ignore[arg-type]
+        except RuntimeError as exc:  # the C++ stream's failure (a full disk, a file size limit) has no errno
+            raise OSError(f"{self.path}: {_first_line(exc)}") from None
         self._next += 1
 
     def close(self) -> None:
         if self._next != len(self.specs):
             raise RuntimeError(f"{len(self.specs) - self._next} tensor(s) not written")
-        self.writer.write_end_of_file()
-        del self.writer
+        try:
+            self.writer.write_end_of_file()
+        except RuntimeError as exc:
+            raise OSError(f"{self.path}: {_first_line(exc)}") from None
+
+    def abandon(self) -> None:
+        """After a failure: mark the zip finished without caring whether that works. torch's writer finishes an
+        unfinished file in its destructor, and a second failure there (the disk still full) aborts the process."""
+        try:
+            self.writer.write_end_of_file()
+        except Exception:  # noqa: BLE001 - only the mark matters; the file is deleted with its folder
+            pass
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def write_file(path: Path, specs: list[Spec], make: Callable[[Spec], torch.Tensor], *, fmt: str,
@@ -158,14 +182,18 @@ def write_file(path: Path, specs: list[Spec], make: Callable[[Spec], torch.Tenso
     and dropping it once written; returns the bytes of tensor data written."""
     writer = SafetensorsWriter(path, specs) if fmt == "safetensors" else TorchWriter(path, specs, wrap)
     done = 0
-    for spec in specs:
-        tensor = make(spec)
-        writer.write(tensor)
-        done += spec.nbytes
-        del tensor
-        if progress:
-            progress(spec.nbytes)
-    writer.close()
+    try:
+        for spec in specs:
+            tensor = make(spec)
+            writer.write(tensor)
+            done += spec.nbytes
+            del tensor
+            if progress:
+                progress(spec.nbytes)
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
     if fmt == "torch":  # the zip writer has no fsync of its own
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
@@ -202,7 +230,7 @@ def safetensors_header(path: Path) -> dict:
             raise ReadError(f"{path}: header of {n:,} bytes does not fit the file ({size:,} bytes)")
         try:
             header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ReadError(f"{path}: header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ReadError(f"{path}: header is not a JSON object")

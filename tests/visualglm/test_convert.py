@@ -312,3 +312,77 @@ def test_p_tuning_prefixes_are_kept_and_said_so_and_have_no_place_in_hf(tmp_path
     with pytest.raises(PorterError, match="a P-tuning fine-tune: SAT's prefixes have no place in HF's ChatGLM") as e:
         convert(tmp_path / "pt", tmp_path / "hf", "--to", "hf")
     assert e.value.exit_code == 2 and not (tmp_path / "hf").exists()
+
+
+def test_malformed_sources_found_in_review_are_one_error_each(sat_release, tmp_path):
+    hf = make_hf_folder(tmp_path / "hf", shards=2)
+    cases = {}
+    deep = shutil.copytree(hf, tmp_path / "deep")  # nesting that json's recursion cannot follow
+    (deep / "config.json").write_text("[" * 100000 + "]" * 100000)
+    cases[deep] = "config.json: not valid JSON"
+    listed = shutil.copytree(hf, tmp_path / "listed")
+    index = json.loads((listed / "model.safetensors.index.json").read_text())
+    index["weight_map"]["lm_head.weight"] = ["model-00001-of-00002.safetensors"]
+    (listed / "model.safetensors.index.json").write_text(json.dumps(index))
+    cases[listed] = "names ['model-00001-of-00002.safetensors'], which is not a file name"
+    carried = shutil.copytree(hf, tmp_path / "carried")
+    config = json.loads((carried / "config.json").read_text())
+    config["sat_args"] = ["not", "an", "object"]
+    (carried / "config.json").write_text(json.dumps(config))
+    cases[carried] = "config.json: 'sat_args' is list: expected an object"
+    ranks = tmp_path / "ranks"
+    convert(sat_release, ranks, "--mp", "2")
+    states = ranks / "1" / "mp_rank_01_model_states.pt"
+    weights = torch.load(states, weights_only=True)
+    name = "transformer.layers.0.attention.dense.weight"
+    weights["module"][name] = weights["module"][name].float()
+    torch.save(weights, states)
+    cases[ranks] = f"{states}: {name} is torch.float32 [64, 32], mp_rank_00_model_states.pt holds torch.float16"
+    for src, words in cases.items():
+        with pytest.raises(PorterError) as caught:
+            convert(src, tmp_path / "out", *(("--mp", "1") if src == ranks else ()))
+        assert caught.value.exit_code == 7 and words in caught.value.message, caught.value.message
+        assert "\n" not in caught.value.message and not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_a_full_disk_while_writing_sats_file_is_one_line_and_no_abort(sat_release, tmp_path):
+    """torch's zip writer fails in C++ (no errno) and would finish the file again in its destructor: one line, exit
+    8, nothing left. A file size limit stands in for the full disk."""
+    import resource
+    import subprocess
+    import sys
+
+    limit = 5_000_000  # bytes: the tiny model's file is about 17 MB; the plan cache and the like stay below
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    hf = make_hf_folder(tmp_path / "hf", shards=1)
+    r = subprocess.run([sys.executable, "-m", "porter.cli", "run", "visualglm", "convert", str(hf),
+                        str(tmp_path / "sat")], capture_output=True, text=True, timeout=120, preexec_fn=small_files,
+                       env={**os.environ, **ENV})
+    assert r.returncode == 8, r.stderr[-3000:]
+    assert "writing failed" in r.stderr and "nothing was left behind" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "sat").exists() and not leftovers(tmp_path)
+
+
+def test_sigterm_while_writing_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = hf_config({**tiny_release_config(), "hidden_size": 512, "num_attention_heads": 8,
+                        "inner_hidden_size": 1024, "num_layers": 4}, text_only=True)
+    hf = make_hf_folder(tmp_path / "hf", config, shards=1, text_only=True)  # about 290 MB: a few seconds to write
+    proc = subprocess.Popen([sys.executable, "-m", "porter.cli", "run", "visualglm", "convert", str(hf),
+                             str(tmp_path / "sat"), "--dtype", "fp32"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+    deadline = time.monotonic() + 60
+    while not any((p / "1").exists() for p in tmp_path.glob(".sat.porter-convert-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    assert not (tmp_path / "sat").exists() and not leftovers(tmp_path)
