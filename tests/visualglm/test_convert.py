@@ -224,7 +224,7 @@ def test_bad_input_is_one_error_with_its_exit_code_and_nothing_written(sat_relea
     hf = make_hf_folder(tmp_path / "hf", shards=3)
     missing = shutil.copytree(hf, tmp_path / "missing")
     (missing / "model-00002-of-00003.safetensors").unlink()
-    cases.append((missing, (), 7, "names 1 shard(s) not in the folder: model-00002-of-00003.safetensors"))
+    cases.append((missing, (), 7, "names 1 shard(s) not in the folder: 'model-00002-of-00003.safetensors'"))
     traversal = shutil.copytree(hf, tmp_path / "traversal")
     index = json.loads((traversal / "model.safetensors.index.json").read_text())
     index["weight_map"]["lm_head.weight"] = "../hf/model-00001-of-00003.safetensors"
