@@ -150,6 +150,10 @@ def open_hf(folder: Path) -> Source:
             where[name] = handle
             specs[name] = handle.specs[name]
     visual = any(n.startswith("image_encoder.") for n in specs) or "eva_config" in config
+    for part in ("eva_config", "qformer_config"):
+        if visual and not isinstance(config.get(part), dict):
+            raise ConvertError(f"{folder / 'config.json'}: '{part}' is {config.get(part)!r}: VisualGLM's config.json "
+                               f"describes its image encoder there (SAT's argument names)")
     try:
         sat_args = L.config_to_sat(config, visual=visual)
     except ValueError as exc:
@@ -263,7 +267,8 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
     def get(name: str) -> torch.Tensor:
         split = L.mp_split_of(name)
         parts = [f.get(name) for f in files]
-        if split.dim is None and ranks > 1 and any(not torch.equal(parts[0], p) for p in parts[1:]):
+        if split.dim is None and ranks > 1 and name not in source.differs and \
+                any(not torch.equal(parts[0], p) for p in parts[1:]):
             source.differs.append(name)
         t = L.merge_ranks(parts, split) if ranks > 1 else parts[0]
         if order == L.PER_HEAD and L.LM_QKV.match(name):
