@@ -113,6 +113,27 @@ def _open_file(path: Path):
         raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def _hf_shards(folder: Path) -> dict[str, list[str] | None]:
+    """Each weight file and the tensors the index puts in it (None: the one file of an unsharded folder, all of
+    it); the index's file names are plain names in ``folder`` and every one exists."""
+    index_name = next((i for i, _ in HF_INDEXES if (folder / i).exists()), None)
+    if index_name is None:
+        return {next(n for _, n in HF_INDEXES if (folder / n).exists()): None}
+    index = _json_file(folder / index_name, INDEX_LIMIT, "a weight_map of tensor names to shard files")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConvertError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
+    files: dict[str, list[str] | None] = {}
+    for name, file in weight_map.items():
+        _plain_name(folder, file, index_name)
+        files.setdefault(file, []).append(name)  # type: ignore[union-attr]
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise ConvertError(f"{folder / index_name}: names {len(missing)} shard(s) not in the folder: "
+                           + ", ".join(repr(m) for m in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
+    return files
+
+
 def open_hf(folder: Path) -> Source:
     config = _json_file(folder / "config.json", 1 << 20, "Hugging Face's config.json")
     for key in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size"):
@@ -120,28 +141,13 @@ def open_hf(folder: Path) -> Source:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConvertError(f"{folder / 'config.json'}: '{key}' is {value!r}: expected a whole number above 0",
                                hint="expected ChatGLM-6B's or VisualGLM-6B's config.json")
-    index_name = next((i for i, _ in HF_INDEXES if (folder / i).exists()), None)
-    if index_name is not None:
-        index = _json_file(folder / index_name, INDEX_LIMIT, "a weight_map of tensor names to shard files")
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ConvertError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
-        files: dict[str, list[str]] = {}
-        for name, file in weight_map.items():
-            _plain_name(folder, file, index_name)
-            files.setdefault(file, []).append(name)
-        missing = [f for f in files if not (folder / f).exists()]
-        if missing:
-            raise ConvertError(f"{folder / index_name}: names {len(missing)} shard(s) not in the folder: "
-                               + ", ".join(repr(m) for m in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
-    else:
-        single = next(n for _, n in HF_INDEXES if (folder / n).exists())
-        files, weight_map = {single: []}, None
+    files = _hf_shards(folder)
     opened, specs, where = {}, {}, {}
     notes = []
     for file in files:
         handle = opened[file] = _open_file(folder / file)
-        names = files[file] if weight_map is not None else list(handle.specs)
+        listed = files[file]
+        names = listed if listed is not None else list(handle.specs)
         absent = [n for n in names if n not in handle.specs]
         if absent:
             raise ConvertError(f"{folder / file}: lacks {len(absent)} tensor(s) the index puts there: "
@@ -216,22 +222,29 @@ def _rank_files(folder: Path, sat_args: dict) -> tuple[str, list[Path]]:
     return iteration, [found[r] for r in range(ranks)]
 
 
+def _same_parts(files: list) -> list:
+    """The rank files, once each is found to hold the same tensors in the same dtypes and shapes as rank 0's: SAT
+    cuts every split tensor in equal parts."""
+    first = files[0]
+    for f in files[1:]:
+        if set(f.specs) != set(first.specs):
+            odd = sorted(set(f.specs) ^ set(first.specs))
+            raise ConvertError(f"{f.path}: its tensors differ from {first.path.name}'s ({len(odd)}: "
+                               + ", ".join(odd[:3]) + ")")
+        for name, spec in f.specs.items():
+            was = first.specs[name]
+            if (spec.dtype, spec.shape) != (was.dtype, was.shape):
+                raise ConvertError(f"{f.path}: {name} is {spec.dtype} {list(spec.shape)}, {first.path.name} holds "
+                                   f"{was.dtype} {list(was.shape)}; model-parallel parts are equal")
+    return files
+
+
 def open_sat(folder: Path, qkv_order: str | None) -> Source:
     sat_args = _json_file(folder / "model_config.json", 1 << 20, "SAT's model_config.json")
     iteration, paths = _rank_files(folder, sat_args)
     ranks = len(paths)
     found = dict(enumerate(paths))
-    files = [_open_file(found[r]) for r in range(ranks)]
-    for r, f in enumerate(files[1:], 1):
-        if set(f.specs) != set(files[0].specs):
-            odd = sorted(set(f.specs) ^ set(files[0].specs))
-            raise ConvertError(f"{found[r]}: its tensors differ from {found[0].name}'s ({len(odd)}: "
-                               + ", ".join(odd[:3]) + ")")
-        for name, spec in f.specs.items():  # SAT cuts equal parts: every rank holds the same shapes and dtypes
-            first = files[0].specs[name]
-            if (spec.dtype, spec.shape) != (first.dtype, first.shape):
-                raise ConvertError(f"{found[r]}: {name} is {spec.dtype} {list(spec.shape)}, {found[0].name} holds "
-                                   f"{first.dtype} {list(first.shape)}; model-parallel parts are equal")
+    files = _same_parts([_open_file(p) for p in paths])
     visual = "eva_args" in sat_args or sat_args.get("model_class") == "VisualGLMModel"
     heads = sat_args.get("num_attention_heads")
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:

@@ -55,10 +55,11 @@ def test_the_allow_list_holds_for_the_call_only(tmp_path):
     # once first: torch registers safe globals of its own when a module is first imported (torch.distributed.tensor
     # during a load, where no earlier test imported it), which is not the allow-list this test is about
     checkpoints.load(path)
-    before = list(torch.serialization.get_safe_globals())
-    assert not [g for g in checkpoints.allowed_globals() if g in before and g not in initial]
+    ours = [g for g in checkpoints.allowed_globals() if g not in initial]
+    assert ours and not [g for g in ours if g in torch.serialization.get_safe_globals()]
     checkpoints.load(path)
-    assert list(torch.serialization.get_safe_globals()) == before
+    # torch may add (and reorder) its own entries as its modules are first imported; porter's are gone again
+    assert not [g for g in ours if g in torch.serialization.get_safe_globals()]
     with pytest.raises(pickle.UnpicklingError):  # plain torch.load still refuses numpy's state
         torch.load(path, weights_only=True)
 

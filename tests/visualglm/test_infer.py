@@ -70,7 +70,7 @@ def test_bad_image_and_unknown_recipe():
     r = run_porter("run", "visualglm", "infer", "--image", "/nonexistent.png", env=ENV)
     assert r.returncode == 7 and "/nonexistent.png: image not found" in r.stderr
     r = run_porter("run", "visualglm", "paint")
-    assert r.returncode == 6 and "model 'visualglm' has no recipe 'paint' (recipes: check, demo, eval, infer, serve, train)" in r.stderr
+    assert r.returncode == 6 and "model 'visualglm' has no recipe 'paint' (recipes: check, convert, demo, eval, infer, serve, train)" in r.stderr
     r = run_porter("run")
     assert r.returncode == 0 and "visualglm" in r.stdout
     r = run_porter("run", "visualglm", "infer", "--help")
