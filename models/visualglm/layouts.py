@@ -243,9 +243,8 @@ def config_to_hf(sat: dict, *, visual: bool, dtype: torch.dtype) -> dict:
     """HF config.json from SAT's model_config.json. SAT-only fields go under ``sat_args``; a file porter made from
     an HF config gets that config back exactly (its HF-only fields were kept under ``hf_config``)."""
     carried, absent = _carried(sat, HF_ONLY_KEY)
-    out = {"architectures": ["ChatGLMForConditionalGenerationWithImage" if visual
-                             else "ChatGLMForConditionalGeneration"],
-           "auto_map": HF_AUTO_MAP[visual], **HF_DEFAULTS, **carried}
+    # architectures: what the released config.json files say (docs/checkpoint-layouts.md section 5)
+    out = {"architectures": ["ChatGLMModel"], "auto_map": HF_AUTO_MAP[visual], **HF_DEFAULTS, **carried}
     for s, h, default in CONFIG_FIELDS:
         if s in sat and sat[s] is not None:
             out[h] = sat[s]

@@ -37,8 +37,7 @@ def hf_config(sat_config: dict | None = None, *, text_only: bool = False) -> dic
     c = sat_config or tiny_release_config()
     out = {
         "_name_or_path": "THUDM/chatglm-6b" if text_only else "THUDM/visualglm-6b",
-        "architectures": ["ChatGLMForConditionalGeneration" if text_only
-                          else "ChatGLMForConditionalGenerationWithImage"],
+        "architectures": ["ChatGLMModel"],  # as the released config.json files say
         "auto_map": HF_AUTO_MAP["chatglm" if text_only else "visualglm"],
         "bos_token_id": 130004, "eos_token_id": 130005, "mask_token_id": 130000, "gmask_token_id": 130001,
         "pad_token_id": 3, "hidden_size": c["hidden_size"], "inner_hidden_size": c["inner_hidden_size"],
