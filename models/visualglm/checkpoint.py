@@ -141,21 +141,13 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
     config_file = folder / "model_config.json"
     if not config_file.exists() and not config_file.is_symlink():
         raise CheckpointError(f"{config_file}: missing")
-    text = _read_small_text(config_file, CONFIG_LIMIT, "expected SAT's model_config.json")
-    try:
-        sat_args = json.loads(text)
-    except ValueError as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from None
-    if not isinstance(sat_args, dict):
-        raise CheckpointError(f"{config_file}: expected a JSON object of SAT's arguments")
+    sat_args = read_json_object(config_file, CONFIG_LIMIT, "expected SAT's model_config.json",
+                                "a JSON object of SAT's arguments")
     mp = sat_args.get("model_parallel_size", 1)
     if mp not in (1, None, 0) or isinstance(mp, bool):  # 0 and null: SAT's default, one part
         raise CheckpointError(f"{config_file}: model_parallel_size {mp!r}; porter loads 1",
                               hint=f"merge the model-parallel parts: {convert_command(folder, '-mp1', '--mp 1')}")
-    for key, expected in ADAPTER_FIELDS.items():  # what meta_model passes to the adapters
-        value = sat_args.get(key)
-        if value is not None and not _is_a(value, expected):
-            raise CheckpointError(f"{config_file}: '{key}' is {value!r}: expected {expected}")
+    check_adapter_fields(sat_args, config_file)
     return Checkpoint(folder, iteration, VisualGLMConfig.from_sat_args(sat_args, str(config_file)), sat_args,
                       names[0])
 
@@ -166,6 +158,27 @@ def convert_command(folder: Path, suffix: str, *options: str) -> str:
 
     dst = folder.parent / (folder.name + suffix)
     return " ".join(["porter run visualglm convert", shlex.quote(str(folder)), shlex.quote(str(dst)), *options])
+
+
+def read_json_object(path: Path, limit: int, what: str, expected: str) -> dict:
+    """A small JSON file that must hold an object; one error naming the file otherwise (nesting too deep for
+    the parser included)."""
+    text = _read_small_text(path, limit, what)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # deep nesting is a RecursionError
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected {expected}")
+    return value
+
+
+def check_adapter_fields(sat_args: dict, config_file: Path) -> None:
+    """The fields meta_model passes to the adapters have the types SAT's mixins take."""
+    for key, expected in ADAPTER_FIELDS.items():
+        value = sat_args.get(key)
+        if value is not None and not _is_a(value, expected):
+            raise CheckpointError(f"{config_file}: '{key}' is {value!r}: expected {expected}")
 
 
 ADAPTER_FIELDS = {"use_lora": "true or false", "use_ptuning": "true or false", "lora_rank": "a whole number",

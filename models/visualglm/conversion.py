@@ -28,20 +28,16 @@ from pathlib import Path
 
 import torch
 
-from porter.errors import InputError, OutputError, UsageError
+from porter.errors import OutputError, UsageError
 
 from . import layouts as L
+from .checkpoint import DTYPES, Checkpoint, CheckpointError, check_adapter_fields, meta_model, read_json_object
 from .tensorio import ReadError, SafetensorsFile, Spec, TorchFile, give_back_freed_memory, write_file
 
 HF_INDEXES = (("model.safetensors.index.json", "model.safetensors"),
               ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 INDEX_LIMIT = 64 << 20  # bytes: a shard index is a name per tensor
 RANK_FILE = re.compile(r"^mp_rank_(\d{2,})_model_states\.(pt|safetensors)$")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-class ConvertError(InputError):
-    pass
 
 
 # -- the source, seen in SAT's names --------------------------------------------------------------------------------
@@ -64,39 +60,30 @@ class Source:
 def detect(folder: Path) -> str:
     """"sat" or "hf", or one error saying what each layout needs."""
     if not folder.is_dir():
-        raise ConvertError(f"{folder}: no such folder")
+        raise CheckpointError(f"{folder}: no such folder")
     if (folder / "latest").exists() and (folder / "model_config.json").exists():
         return "sat"
     if (folder / "config.json").exists() and any((folder / n).exists() for pair in HF_INDEXES for n in pair):
         return "hf"
-    raise ConvertError(f"{folder}: neither a SAT checkpoint (latest + model_config.json) nor a Hugging Face one "
+    raise CheckpointError(f"{folder}: neither a SAT checkpoint (latest + model_config.json) nor a Hugging Face one "
                        f"(config.json + model*.safetensors or pytorch_model*.bin, with their index)")
 
 
 def _json_file(path: Path, limit: int, what: str) -> dict:
-    from .checkpoint import _read_small_text
-
-    text = _read_small_text(path, limit, what)
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # deep nesting is a RecursionError
-        raise ConvertError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ConvertError(f"{path}: expected a JSON object ({what})")
-    return value
+    return read_json_object(path, limit, what, f"a JSON object ({what})")
 
 
 def _plain_name(folder: Path, name, what: str) -> Path:
     """A file named by an index: a plain file name inside ``folder``, never a path out of it."""
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") or "\\" in name:
-        raise ConvertError(f"{folder / what}: names {name!r}, which is not a file name in {folder}")
+        raise CheckpointError(f"{folder / what}: names {name!r}, which is not a file name in {folder}")
     return folder / name
 
 
 def _open_file(path: Path):
     from porter.runtime import checkpoints as safe_load
 
-    from .checkpoint import CheckpointError, read_states
+    from .checkpoint import read_states
 
     try:
         safe_load.check_regular_file(path)
@@ -104,13 +91,11 @@ def _open_file(path: Path):
             return SafetensorsFile(path)
         return TorchFile(path, read_states)
     except safe_load.RefusedCheckpoint as exc:
-        raise ConvertError(str(exc)) from None
+        raise CheckpointError(str(exc)) from None
     except ReadError as exc:
-        raise ConvertError(str(exc)) from None
-    except CheckpointError:
-        raise
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
-        raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _hf_shards(folder: Path) -> dict[str, list[str] | None]:
@@ -122,14 +107,14 @@ def _hf_shards(folder: Path) -> dict[str, list[str] | None]:
     index = _json_file(folder / index_name, INDEX_LIMIT, "a weight_map of tensor names to shard files")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ConvertError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
+        raise CheckpointError(f"{folder / index_name}: no 'weight_map' of tensor names to files")
     files: dict[str, list[str] | None] = {}
     for name, file in weight_map.items():
         _plain_name(folder, file, index_name)
         files.setdefault(file, []).append(name)  # type: ignore[union-attr]
     missing = [f for f in files if not (folder / f).exists()]
     if missing:
-        raise ConvertError(f"{folder / index_name}: names {len(missing)} shard(s) not in the folder: "
+        raise CheckpointError(f"{folder / index_name}: names {len(missing)} shard(s) not in the folder: "
                            + ", ".join(repr(m) for m in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else ""))
     return files
 
@@ -139,7 +124,7 @@ def open_hf(folder: Path) -> Source:
     for key in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConvertError(f"{folder / 'config.json'}: '{key}' is {value!r}: expected a whole number above 0",
+            raise CheckpointError(f"{folder / 'config.json'}: '{key}' is {value!r}: expected a whole number above 0",
                                hint="expected ChatGLM-6B's or VisualGLM-6B's config.json")
     files = _hf_shards(folder)
     opened, specs, where = {}, {}, {}
@@ -150,7 +135,7 @@ def open_hf(folder: Path) -> Source:
         names = listed if listed is not None else list(handle.specs)
         absent = [n for n in names if n not in handle.specs]
         if absent:
-            raise ConvertError(f"{folder / file}: lacks {len(absent)} tensor(s) the index puts there: "
+            raise CheckpointError(f"{folder / file}: lacks {len(absent)} tensor(s) the index puts there: "
                                + ", ".join(absent[:5]))
         for name in names:
             where[name] = handle
@@ -158,12 +143,12 @@ def open_hf(folder: Path) -> Source:
     visual = any(n.startswith("image_encoder.") for n in specs) or "eva_config" in config
     for part in ("eva_config", "qformer_config"):
         if visual and not isinstance(config.get(part), dict):
-            raise ConvertError(f"{folder / 'config.json'}: '{part}' is {config.get(part)!r}: VisualGLM's config.json "
+            raise CheckpointError(f"{folder / 'config.json'}: '{part}' is {config.get(part)!r}: VisualGLM's config.json "
                                f"describes its image encoder there (SAT's argument names)")
     try:
         sat_args = L.config_to_sat(config, visual=visual)
     except ValueError as exc:
-        raise ConvertError(f"{folder / 'config.json'}: {exc}") from None
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
     heads = config["num_attention_heads"]
     out, sources = {}, {}
     dropped = [n for n in specs if L.HF_INV_FREQ.match(n)]
@@ -172,7 +157,7 @@ def open_hf(folder: Path) -> Source:
             continue
         sat = L.to_sat_name(name)
         if sat is None:
-            raise ConvertError(f"{folder}: tensor {name!r} is not part of ChatGLM-6B's or VisualGLM-6B's HF model",
+            raise CheckpointError(f"{folder}: tensor {name!r} is not part of ChatGLM-6B's or VisualGLM-6B's HF model",
                                hint="porter converts the released models' tensors (HF P-tuning prefixes and "
                                     "quantized files are not)")
         out[sat], sources[sat] = Spec(sat, spec.dtype, spec.shape), name
@@ -194,30 +179,30 @@ def _rank_files(folder: Path, sat_args: dict) -> tuple[str, list[Path]]:
     iteration = read_latest(folder)
     where = folder / iteration
     if not where.is_dir():
-        raise ConvertError(f"{where}: iteration folder missing (`latest` says {iteration!r})")
+        raise CheckpointError(f"{where}: iteration folder missing (`latest` says {iteration!r})")
     found: dict[int, Path] = {}
     for p in where.iterdir():
         m = RANK_FILE.match(p.name)
         if m and m.group(1) != f"{int(m.group(1)):02d}":  # SAT names rank r '{:02d}'; mp_rank_001 is not rank 1's
-            raise ConvertError(f"{p}: not a name SAT gives a rank's file (mp_rank_{int(m.group(1)):02d}_...)")
+            raise CheckpointError(f"{p}: not a name SAT gives a rank's file (mp_rank_{int(m.group(1)):02d}_...)")
         if m:
             if int(m.group(1)) in found:
-                raise ConvertError(f"{where}: two files for rank {int(m.group(1))}: {found[int(m.group(1))].name} "
+                raise CheckpointError(f"{where}: two files for rank {int(m.group(1))}: {found[int(m.group(1))].name} "
                                    f"and {p.name}", hint="remove one of them")
             found[int(m.group(1))] = p
     if not found:
-        raise ConvertError(f"{where / 'mp_rank_00_model_states.pt'}: weights file missing")
+        raise CheckpointError(f"{where / 'mp_rank_00_model_states.pt'}: weights file missing")
     ranks = len(found)
     if sorted(found) != list(range(ranks)):
-        raise ConvertError(f"{where}: model-parallel ranks {sorted(found)}: expected 0..{ranks - 1} with none missing")
+        raise CheckpointError(f"{where}: model-parallel ranks {sorted(found)}: expected 0..{ranks - 1} with none missing")
     declared = sat_args.get("model_parallel_size")
     if declared in (None, 0):  # SAT's default: one part
         declared = 1
     if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
-        raise ConvertError(f"{folder / 'model_config.json'}: 'model_parallel_size' is {declared!r}: expected a whole "
+        raise CheckpointError(f"{folder / 'model_config.json'}: 'model_parallel_size' is {declared!r}: expected a whole "
                            f"number above 0")
     if declared != ranks:
-        raise ConvertError(f"{folder / 'model_config.json'}: model_parallel_size {declared!r}, but {where} holds "
+        raise CheckpointError(f"{folder / 'model_config.json'}: model_parallel_size {declared!r}, but {where} holds "
                            f"{ranks} rank file(s)")
     return iteration, [found[r] for r in range(ranks)]
 
@@ -229,12 +214,12 @@ def _same_parts(files: list) -> list:
     for f in files[1:]:
         if set(f.specs) != set(first.specs):
             odd = sorted(set(f.specs) ^ set(first.specs))
-            raise ConvertError(f"{f.path}: its tensors differ from {first.path.name}'s ({len(odd)}: "
+            raise CheckpointError(f"{f.path}: its tensors differ from {first.path.name}'s ({len(odd)}: "
                                + ", ".join(odd[:3]) + ")")
         for name, spec in f.specs.items():
             was = first.specs[name]
             if (spec.dtype, spec.shape) != (was.dtype, was.shape):
-                raise ConvertError(f"{f.path}: {name} is {spec.dtype} {list(spec.shape)}, {first.path.name} holds "
+                raise CheckpointError(f"{f.path}: {name} is {spec.dtype} {list(spec.shape)}, {first.path.name} holds "
                                    f"{was.dtype} {list(was.shape)}; model-parallel parts are equal")
     return files
 
@@ -248,10 +233,10 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
     visual = "eva_args" in sat_args or sat_args.get("model_class") == "VisualGLMModel"
     heads = sat_args.get("num_attention_heads")
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ConvertError(f"{folder / 'model_config.json'}: 'num_attention_heads' is {heads!r}: expected a whole "
+        raise CheckpointError(f"{folder / 'model_config.json'}: 'num_attention_heads' is {heads!r}: expected a whole "
                            f"number above 0")
     if qkv_order is None and "pad_token_id" not in sat_args:
-        raise ConvertError(f"{folder / 'model_config.json'}: no pad_token_id, which SAT writes since 0.4.1: the file "
+        raise CheckpointError(f"{folder / 'model_config.json'}: no pad_token_id, which SAT writes since 0.4.1: the file "
                            f"may be from SAT 0.4.0 or before, whose query_key_value rows are per head (HF's order)",
                            hint="name its order: --qkv-order per-head (SAT 0.4.0 and before) or --qkv-order grouped")
     order = qkv_order or L.GROUPED
@@ -261,7 +246,7 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
         if name == L.SAT_STALE or L.DERIVED_SAT.search(name):
             continue
         if spec.dtype in (torch.int8, torch.uint8) or name.endswith(("weight_scale", "quant_state")):
-            raise ConvertError(f"{found[0]}: {name} is stored quantized ({spec.dtype}); porter converts 16- and "
+            raise CheckpointError(f"{found[0]}: {name} is stored quantized ({spec.dtype}); porter converts 16- and "
                                f"32-bit checkpoints", hint="convert the 16-bit checkpoint, then load it with --quant")
         split = L.mp_split_of(name)
         shape = list(spec.shape)
@@ -307,20 +292,20 @@ def merged_lora(src: Source) -> int:
     config = src.folder / "model_config.json"
     scaling_alpha = src.sat_args.get("lora_alpha", 1)  # SAT's default; VisualGLM's fine-tuning never sets it
     if isinstance(scaling_alpha, bool) or not isinstance(scaling_alpha, (int, float)) or not scaling_alpha > 0:
-        raise ConvertError(f"{config}: 'lora_alpha' is {scaling_alpha!r}: expected a number above 0")
+        raise CheckpointError(f"{config}: 'lora_alpha' is {scaling_alpha!r}: expected a number above 0")
     lora: dict[str, tuple[dict[str, str], list[str], list[str], float, torch.dtype]] = {}
     for layer, parts in groups.items():
         a = sorted((k for k in parts if k.startswith("matrix_A.")), key=lambda k: int(k.split(".")[1]))
         b = sorted((k for k in parts if k.startswith("matrix_B.")), key=lambda k: int(k.split(".")[1]))
         if "original.weight" not in parts or not a or len(a) != len(b):
-            raise ConvertError(f"{src.folder}: {layer}: LoRA parts incomplete ({', '.join(sorted(parts))})")
+            raise CheckpointError(f"{src.folder}: {layer}: LoRA parts incomplete ({', '.join(sorted(parts))})")
         r = src.specs[parts[a[0]]].shape[0]
         if rank is not None and r != rank:
-            raise ConvertError(f"{config}: lora_rank {rank}, but {layer}.matrix_A.0 has rank {r}",
+            raise CheckpointError(f"{config}: lora_rank {rank}, but {layer}.matrix_A.0 has rank {r}",
                                hint="the weights and model_config.json come from different fine-tunes")
         n = int(layer.split(".")[2])
         if isinstance(allowed, list) and allowed and n not in allowed:
-            raise ConvertError(f"{config}: layer_range {allowed}, but layer {n} has LoRA weights")
+            raise CheckpointError(f"{config}: layer_range {allowed}, but layer {n} has LoRA weights")
         weight = src.specs[parts["original.weight"]]
         bias = src.specs.get(parts.get("original.bias", ""))
         out_dtype = bias.dtype if bias is not None else weight.dtype
@@ -353,24 +338,12 @@ def expected_shapes(src: Source) -> dict[str, tuple]:
     if not src.visual:
         return L.lm_shapes(src.sat_args)
     from . import import_sat
-    from .checkpoint import ADAPTER_FIELDS, _is_a
     from .config import VisualGLMConfig
-    from .model import build_model
 
     import_sat()
-    args = src.sat_args
-    for key, kind in ADAPTER_FIELDS.items():
-        if args.get(key) is not None and not _is_a(args[key], kind):
-            raise ConvertError(f"{src.folder}: config '{key}' is {args[key]!r}: expected {kind}")
-    finetune = "lora" if args.get("use_lora") else "ptuning" if args.get("use_ptuning") else None
-    try:
-        config = VisualGLMConfig.from_sat_args({**args, "model_parallel_size": 1}, str(src.folder))
-        model = build_model(config, finetune=finetune, lora_rank=args.get("lora_rank", 10),
-                            lora_layers=args.get("layer_range"), pre_seq_len=args.get("pre_seq_len", 8), meta=True)
-    except InputError as exc:
-        raise ConvertError(exc.message, hint=exc.hint) from None
-    except (AssertionError, ValueError, TypeError, RuntimeError, IndexError) as exc:
-        raise ConvertError(f"{src.folder}: SAT cannot build the model its config describes ({exc})") from None
+    check_adapter_fields(src.sat_args, src.folder)
+    config = VisualGLMConfig.from_sat_args({**src.sat_args, "model_parallel_size": 1}, str(src.folder))
+    model = meta_model(Checkpoint(src.folder, src.iteration, config, src.sat_args))
     return {n: tuple(t.shape) for n, t in model.state_dict().items() if not L.DERIVED_SAT.search(n)}
 
 
@@ -382,7 +355,7 @@ def check_shapes(src: Source) -> None:
                  if n in expected and tuple(s.shape) != expected[n]]
     if problems:
         config = "config.json" if src.layout == "hf" else "model_config.json"
-        raise ConvertError(f"{src.folder}: the weights do not match its {config} ({len(problems)} problem(s)): "
+        raise CheckpointError(f"{src.folder}: the weights do not match its {config} ({len(problems)} problem(s)): "
                            + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""),
                            hint="the weights and the config come from different models")
 
@@ -444,7 +417,7 @@ def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -
     for name, spec in src.specs.items():
         hf = L.to_hf_name(name)
         if hf is None:
-            raise ConvertError(f"{src.folder}: {name} has no place in the HF model")
+            raise CheckpointError(f"{src.folder}: {name} has no place in the HF model")
         m = re.match(r"^transformer\.layers\.(\d+)\.attention\.query_key_value\.weight$", name)
         if m:  # HF keeps a rotary table per layer (fp16, as its remote code makes it)
             freq = f"transformer.layers.{m.group(1)}.attention.rotary_emb.inv_freq"
@@ -476,7 +449,7 @@ def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -
     try:
         config = L.config_to_hf(src.sat_args, visual=src.visual, dtype=main)
     except ValueError as exc:
-        raise ConvertError(f"{src.folder / 'model_config.json'}: {exc}") from None
+        raise CheckpointError(f"{src.folder / 'model_config.json'}: {exc}") from None
     return files, config
 
 
@@ -492,7 +465,7 @@ def convert(src_folder: Path, dst: Path, *, layout: str, to: str, merge_lora: bo
     finetune = "lora" if src.sat_args.get("use_lora") else "ptuning" if src.sat_args.get("use_ptuning") else None
     merged = merged_lora(src) if merge_lora else 0
     if merge_lora and finetune == "lora" and not merged:
-        raise ConvertError(f"{src.folder / 'model_config.json'}: use_lora is true but the weights hold no LoRA "
+        raise CheckpointError(f"{src.folder / 'model_config.json'}: use_lora is true but the weights hold no LoRA "
                            f"matrices")
     if merge_lora and not merged:
         say(f"note: --merge-lora: {src.folder} holds no LoRA; nothing merged")

@@ -670,9 +670,9 @@ def _sat_args(args, config, run_dir: Path, rank: int, tokenizer_type: str, resum
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = run_dir / f"deepspeed_config.rank{rank}.json"
     # replaced, not rewritten in place: other ranks of a resumed run read rank 0's for its ZeRO stage (zero_stage)
-    partial = ds_path.with_name(ds_path.name + ".tmp")
-    partial.write_text(json.dumps(deepspeed_config(args, device_name), indent=2))
-    os.replace(partial, ds_path)
+    from porter.diskio import atomic_write
+
+    atomic_write(ds_path, json.dumps(deepspeed_config(args, device_name), indent=2).encode())
     parser = argparse.ArgumentParser()
     classes()["VisualGLMModel"].add_model_specific_args(parser)
     with contextlib.redirect_stdout(sys.stderr):
