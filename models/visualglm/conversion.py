@@ -207,9 +207,9 @@ def _rank_files(folder: Path, sat_args: dict) -> tuple[str, list[Path]]:
     return iteration, [found[r] for r in range(ranks)]
 
 
-def _same_parts(files: list) -> list:
-    """The rank files, once each is found to hold the same tensors in the same dtypes and shapes as rank 0's: SAT
-    cuts every split tensor in equal parts."""
+def _check_same_parts(files: list) -> None:
+    """Every rank file holds the same tensors in the same dtypes and shapes as rank 0's: SAT cuts every split
+    tensor in equal parts."""
     first = files[0]
     for f in files[1:]:
         if set(f.specs) != set(first.specs):
@@ -221,15 +221,14 @@ def _same_parts(files: list) -> list:
             if (spec.dtype, spec.shape) != (was.dtype, was.shape):
                 raise CheckpointError(f"{f.path}: {name} is {spec.dtype} {list(spec.shape)}, {first.path.name} holds "
                                    f"{was.dtype} {list(was.shape)}; model-parallel parts are equal")
-    return files
 
 
 def open_sat(folder: Path, qkv_order: str | None) -> Source:
     sat_args = _json_file(folder / "model_config.json", 1 << 20, "SAT's model_config.json")
     iteration, paths = _rank_files(folder, sat_args)
     ranks = len(paths)
-    found = dict(enumerate(paths))
-    files = _same_parts([_open_file(p) for p in paths])
+    files = [_open_file(p) for p in paths]
+    _check_same_parts(files)
     visual = "eva_args" in sat_args or sat_args.get("model_class") == "VisualGLMModel"
     heads = sat_args.get("num_attention_heads")
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
@@ -246,7 +245,7 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
         if name == L.SAT_STALE or L.DERIVED_SAT.search(name):
             continue
         if spec.dtype in (torch.int8, torch.uint8) or name.endswith(("weight_scale", "quant_state")):
-            raise CheckpointError(f"{found[0]}: {name} is stored quantized ({spec.dtype}); porter converts 16- and "
+            raise CheckpointError(f"{paths[0]}: {name} is stored quantized ({spec.dtype}); porter converts 16- and "
                                f"32-bit checkpoints", hint="convert the 16-bit checkpoint, then load it with --quant")
         split = L.mp_split_of(name)
         shape = list(spec.shape)
@@ -259,22 +258,21 @@ def open_sat(folder: Path, qkv_order: str | None) -> Source:
         notes.append("dropped the rotary inv_freq buffer: it is computed, never loaded")
     if order == L.PER_HEAD:
         notes.append("query_key_value rows reordered from per-head (SAT 0.4.0) to grouped (SAT 0.4.1 and later)")
-    source = Source("sat", folder, visual, sat_args, specs, lambda name: torch.empty(0), iteration=iteration,
-                    ranks=ranks, notes=notes)
+    differs: list[str] = []
 
     def get(name: str) -> torch.Tensor:
         split = L.mp_split_of(name)
         parts = [f.get(name) for f in files]
-        if split.dim is None and ranks > 1 and name not in source.differs and \
+        if split.dim is None and ranks > 1 and name not in differs and \
                 any(not torch.equal(parts[0], p) for p in parts[1:]):
-            source.differs.append(name)
+            differs.append(name)
         t = L.merge_ranks(parts, split) if ranks > 1 else parts[0]
         if order == L.PER_HEAD and L.LM_QKV.match(name):
             t = L.reorder_qkv(t, heads, L.GROUPED)
         return t
 
-    source.get = get
-    return source
+    return Source("sat", folder, visual, sat_args, specs, get, iteration=iteration, ranks=ranks, notes=notes,
+                  differs=differs)
 
 
 # -- what to write ----------------------------------------------------------------------------------------------------
@@ -303,13 +301,13 @@ def merged_lora(src: Source) -> int:
         if rank is not None and r != rank:
             raise CheckpointError(f"{config}: lora_rank {rank}, but {layer}.matrix_A.0 has rank {r}",
                                hint="the weights and model_config.json come from different fine-tunes")
-        n = int(layer.split(".")[2])
+        n = int(layer.split(".")[2])  # transformer.layers.<n>....
         if isinstance(allowed, list) and allowed and n not in allowed:
             raise CheckpointError(f"{config}: layer_range {allowed}, but layer {n} has LoRA weights")
         weight = src.specs[parts["original.weight"]]
         bias = src.specs.get(parts.get("original.bias", ""))
         out_dtype = bias.dtype if bias is not None else weight.dtype
-        names = {p: parts[p] for p in parts}
+        names = parts
         for p in names.values():
             del src.specs[p]
         src.specs[layer + ".weight"] = Spec(layer + ".weight", out_dtype, weight.shape)
@@ -381,7 +379,8 @@ def _spec_dtype(spec: Spec, dtype: torch.dtype | None) -> torch.dtype:
     return dtype if dtype is not None and spec.dtype.is_floating_point else spec.dtype
 
 
-def plan_sat(src: Source, ranks: int, dtype: torch.dtype | None) -> tuple[list[OutFile], dict, str]:
+def plan_sat(src: Source, ranks: int, dtype: torch.dtype | None) -> tuple[list[OutFile], dict, dict[str, str]]:
+    """The rank files, model_config.json, and ``latest`` (the iteration folder's name)."""
     iteration = src.iteration if src.layout == "sat" else "1"
     args = dict(src.sat_args)
     args.setdefault("pad_token_id", 3)  # marks the grouped query_key_value order (SAT >= 0.4.1)
@@ -400,7 +399,7 @@ def plan_sat(src: Source, ranks: int, dtype: torch.dtype | None) -> tuple[list[O
 
         files.append(OutFile(f"{iteration}/mp_rank_{r:02d}_model_states.pt", specs, make, "torch",
                              functools.partial(_sat_states, iteration=it)))
-    return files, args, iteration
+    return files, args, {"latest": iteration}
 
 
 def _sat_states(weights: dict, iteration) -> dict:
@@ -411,16 +410,19 @@ def _made(makers: dict[str, Callable[[], torch.Tensor]], spec: Spec) -> torch.Te
     return makers[spec.name]()
 
 
-def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -> tuple[list[OutFile], dict]:
+def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str,
+            shard_size: int) -> tuple[list[OutFile], dict, dict[str, str]]:
+    """The weight shards (at most ``shard_size`` bytes each, a bigger tensor alone), config.json, and the index
+    and README files."""
     heads, hidden = src.sat_args["num_attention_heads"], src.sat_args["hidden_size"]
     ordered: list[tuple[Spec, Callable[[], torch.Tensor]]] = []
     for name, spec in src.specs.items():
         hf = L.to_hf_name(name)
         if hf is None:
             raise CheckpointError(f"{src.folder}: {name} has no place in the HF model")
-        m = re.match(r"^transformer\.layers\.(\d+)\.attention\.query_key_value\.weight$", name)
-        if m:  # HF keeps a rotary table per layer (fp16, as its remote code makes it)
-            freq = f"transformer.layers.{m.group(1)}.attention.rotary_emb.inv_freq"
+        m = L.LM_QKV.match(name)
+        if m and m.group(2) == "weight":  # HF keeps a rotary table per layer (fp16, as its remote code makes it)
+            freq = L.HF_INV_FREQ_NAME.format(layer=m.group(1))
             table = L.inv_freq(hidden, heads, torch.float16)
             ordered.append((Spec(freq, torch.float16, tuple(table.shape)), functools.partial(torch.clone, table)))
 
@@ -450,7 +452,7 @@ def plan_hf(src: Source, dtype: torch.dtype | None, fmt: str, shard_size: int) -
         config = L.config_to_hf(src.sat_args, visual=src.visual, dtype=main)
     except ValueError as exc:
         raise CheckpointError(f"{src.folder / 'model_config.json'}: {exc}") from None
-    return files, config
+    return files, config, _hf_extra(files, src.visual)
 
 
 # -- the conversion -------------------------------------------------------------------------------------------------
@@ -475,11 +477,10 @@ def convert(src_folder: Path, dst: Path, *, layout: str, to: str, merge_lora: bo
         raise UsageError(f"--mp {ranks}: SAT cannot split this model so: " + "; ".join(problems))
     cast = DTYPES[dtype] if dtype else None
     if to == "sat":
-        files, config, _ = plan_sat(src, ranks, cast)
-        config_name, extra = "model_config.json", _sat_extra(files, src)
+        files, config, extra = plan_sat(src, ranks, cast)
     else:
-        files, config = plan_hf(src, cast, fmt, shard_size)
-        config_name, extra = "config.json", _hf_extra(files, src.visual)
+        files, config, extra = plan_hf(src, cast, fmt, shard_size)
+    config_name = "model_config.json" if to == "sat" else "config.json"
     total = sum(f.nbytes for f in files)
     check_space(dst, total)
     for stale in stale_temporaries(dst):
@@ -510,11 +511,6 @@ def check_adapters(src: Source, finetune: str | None, to: str, ranks: int) -> No
                          f"(its own P-tuning differs)", hint="convert to SAT, or fine-tune with LoRA or fully")
     if finetune == "ptuning" and (ranks != 1 or src.ranks != 1):
         raise UsageError(f"{src.folder}: P-tuning prefixes are not split across ranks here")
-
-
-def _sat_extra(files: list[OutFile], src: Source) -> dict[str, str]:
-    iteration = files[0].name.split("/")[0]
-    return {"latest": iteration}
 
 
 def _hf_extra(files: list[OutFile], visual: bool) -> dict[str, str]:

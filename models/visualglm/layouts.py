@@ -21,10 +21,11 @@ RENAMES = (
 )
 # The one tensor whose rows differ: the language model's query_key_value. HF (and SAT <= 0.4.0) keep each head's
 # q, k, v together; SAT >= 0.4.1 keeps all q rows, then all k, then all v.
-LM_QKV = re.compile(r"^transformer\.layers\.\d+\.attention\.query_key_value\.(weight|bias)$")
+LM_QKV = re.compile(r"^transformer\.layers\.(\d+)\.attention\.query_key_value\.(weight|bias)$")
 # Derived buffers: SAT keeps one rotary table (or none), HF one per layer; neither side's loader reads them.
 SAT_INV_FREQ = "mixins.chatglm-attn.rotary_emb.inv_freq"
 HF_INV_FREQ = re.compile(r"^transformer\.layers\.(\d+)\.attention\.rotary_emb\.inv_freq$")
+HF_INV_FREQ_NAME = "transformer.layers.{layer}.attention.rotary_emb.inv_freq"
 # A learned position table SAT 0.3.x's ChatGLM kept and never used (ChatGLM's positions are rotary).
 SAT_STALE = "transformer.position_embeddings.weight"
 DERIVED_SAT = re.compile(r"(^|\.)rotary_emb\.inv_freq$")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -36,10 +37,7 @@ class Spec:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _raw(tensor: torch.Tensor) -> memoryview:
@@ -131,7 +129,7 @@ class TorchWriter:
         class Pickler(pickle.Pickler):
             def persistent_id(self, obj):
                 if isinstance(obj, _StorageRef):
-                    numel = obj.spec.nbytes // torch.empty((), dtype=obj.spec.dtype).element_size()
+                    numel = math.prod(obj.spec.shape)
                     return ("storage", getattr(torch, _STORAGE_CLASSES[obj.spec.dtype]), obj.key, "cpu", numel)
                 return None
 
