@@ -576,8 +576,19 @@ class _Terminated(BaseException):
         self.signum = signum
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated(signum)
+class _Deferred:
+    """SIGTERM and SIGHUP noted by the handler and acted on between tensors. Raised from the handler itself, the
+    exception could land inside a native reader (safetensors' get_tensor turns it into a ValueError)."""
+
+    def __init__(self) -> None:
+        self.signums: list[int] = []
+
+    def note(self, signum, frame) -> None:
+        self.signums.append(signum)
+
+    def check(self, *_) -> None:
+        if self.signums:
+            raise _Terminated(self.signums[0])
 
 
 def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict, extra: dict[str, str],
@@ -590,16 +601,16 @@ def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become DST's
     except OSError as exc:
         raise OutputError(f"{dst}: cannot create a folder in {dst.parent} ({exc.strerror or exc})") from None
-    handlers = {}
+    handlers, deferred = {}, _Deferred()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            handlers[sig] = signal.signal(sig, _raise_terminated)
+            handlers[sig] = signal.signal(sig, deferred.note)
     try:
         for f in files:
             path = tmp / f.name
             path.parent.mkdir(parents=True, exist_ok=True)
             say(f"writing {f.name}: {len(f.specs)} tensors, {f.nbytes / 2 ** 30:.2f} GiB")
-            write_file(path, f.specs, f.make, fmt=f.fmt, wrap=f.wrap)
+            write_file(path, f.specs, f.make, fmt=f.fmt, wrap=f.wrap, progress=deferred.check)
         (tmp / config_name).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         for name, text in extra.items():  # SAT's `latest` last: its presence says the folder is complete
             (tmp / name).write_text(text)
@@ -608,6 +619,7 @@ def write_folder(dst: Path, files: list[OutFile], config_name: str, config: dict
             os.fsync(fd)
         finally:
             os.close(fd)
+        deferred.check()
         if dst.exists() or dst.is_symlink():
             raise OutputError(f"{dst}: appeared while converting; the conversion is discarded")
         os.rename(tmp, dst)
