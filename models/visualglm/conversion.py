@@ -305,6 +305,12 @@ def merged_lora(src: Source) -> int:
         if isinstance(allowed, list) and allowed and n not in allowed:
             raise CheckpointError(f"{config}: layer_range {allowed}, but layer {n} has LoRA weights")
         weight = src.specs[parts["original.weight"]]
+        rows, cols = (weight.shape + (0, 0))[:2]
+        for k in a + b:  # SAT's LoraLinear: A_i is (rank, in), B_i is (out / parts, rank)
+            want = (r, cols) if k in a else (rows // len(b), r)
+            if src.specs[parts[k]].shape != want or rows % len(b):
+                raise CheckpointError(f"{src.folder}: {layer}.{k} is {list(src.specs[parts[k]].shape)}, not "
+                                      f"{list(want)} for a {list(weight.shape)} weight of rank {r}")
         bias = src.specs.get(parts.get("original.bias", ""))
         out_dtype = bias.dtype if bias is not None else weight.dtype
         names = parts

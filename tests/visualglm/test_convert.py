@@ -386,3 +386,30 @@ def test_sigterm_while_writing_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err[-2000:]
     assert not (tmp_path / "sat").exists() and not leftovers(tmp_path)
+
+
+def test_lora_matrices_of_the_wrong_shape_are_refused_before_writing(tmp_path, tiny_config):
+    from porter_visualglm.checkpoint import save_model
+    from porter_visualglm.model import build_model
+
+    model = build_model(tiny_config, finetune="lora", lora_rank=4, seed=2)
+    folder = save_model(model, tiny_config, tmp_path / "lora", finetune="lora", lora_rank=4,
+                        tokenizer_type="porter-standin")
+    states = folder / "1" / "mp_rank_00_model_states.pt"
+    weights = torch.load(states, weights_only=True)
+    name = "transformer.layers.1.attention.query_key_value.matrix_B.2"
+    weights["module"][name] = torch.zeros(64, 5)  # a rank-5 B beside rank-4 A's: the matmul would fail mid-write
+    torch.save(weights, states)
+    with pytest.raises(PorterError) as caught:
+        convert(folder, tmp_path / "out", "--merge-lora")
+    assert caught.value.exit_code == 7 and "matrix_B.2 is [64, 5], not [64, 4]" in caught.value.message
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_the_loader_reads_model_config_through_the_same_json_check(sat_release, tmp_path):
+    from porter_visualglm.checkpoint import CheckpointError, inspect_checkpoint
+
+    deep = shutil.copytree(sat_release, tmp_path / "deep")
+    (deep / "model_config.json").write_text("[" * 100000 + "]" * 100000)  # was a RecursionError traceback
+    with pytest.raises(CheckpointError, match=r"model_config.json: not valid JSON"):
+        inspect_checkpoint(deep)
