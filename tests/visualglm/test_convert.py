@@ -413,3 +413,13 @@ def test_the_loader_reads_model_config_through_the_same_json_check(sat_release, 
     (deep / "model_config.json").write_text("[" * 100000 + "]" * 100000)  # was a RecursionError traceback
     with pytest.raises(CheckpointError, match=r"model_config.json: not valid JSON"):
         inspect_checkpoint(deep)
+
+
+def test_the_hf_config_written_has_the_released_files_fields(sat_release, tmp_path):
+    """The stand-in's config.json is written from the released files' fields (standin_layouts), not from layouts.py:
+    the converter's own config.json must agree with it on everything but what SAT's file carries across."""
+    convert(sat_release, tmp_path / "hf", "--to", "hf")
+    written = json.loads((tmp_path / "hf" / "config.json").read_text())
+    released = hf_config(json.loads((sat_release / "model_config.json").read_text()))
+    for key in set(released) - {"_name_or_path", "transformers_version"}:
+        assert written[key] == released[key], key
