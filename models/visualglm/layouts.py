@@ -67,17 +67,14 @@ def inv_freq(hidden: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def lm_shapes(sat: dict) -> dict[str, tuple]:
-    """Every tensor of a text-only ChatGLM-6B in SAT's names (SAT's ChatGLMModel: the transformer and lm_head)."""
-    h, vocab, layers = sat["hidden_size"], sat["vocab_size"], sat["num_layers"]
-    inner = sat.get("inner_hidden_size") or 4 * h
+    """Every tensor of a text-only ChatGLM-6B in SAT's names (SAT's ChatGLMModel: the transformer and lm_head), by
+    the naming rules release.py writes the released checkpoint's keys with."""
+    from .release import _layer
+
+    h, vocab = sat["hidden_size"], sat["vocab_size"]
     out: dict[str, tuple] = {"transformer.word_embeddings.weight": (vocab, h)}
-    for n in range(layers):
-        p = f"transformer.layers.{n}"
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            out[f"{p}.{norm}.weight"] = out[f"{p}.{norm}.bias"] = (h,)
-        for name, rows, cols in (("attention.query_key_value", 3 * h, h), ("attention.dense", h, h),
-                                 ("mlp.dense_h_to_4h", inner, h), ("mlp.dense_4h_to_h", h, inner)):
-            out[f"{p}.{name}.weight"], out[f"{p}.{name}.bias"] = (rows, cols), (rows,)
+    for n in range(sat["num_layers"]):
+        out.update(_layer(f"transformer.layers.{n}", h, sat.get("inner_hidden_size") or 4 * h))
     out["transformer.final_layernorm.weight"] = out["transformer.final_layernorm.bias"] = (h,)
     out["mixins.chatglm-final.lm_head.weight"] = (vocab, h)
     return out
