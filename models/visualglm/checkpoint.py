@@ -115,7 +115,9 @@ def inspect_checkpoint(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
-    if not (folder / "latest").exists() and (folder / "config.json").exists():
+    from .layouts import is_hf_folder
+
+    if not (folder / "latest").exists() and is_hf_folder(folder):
         raise CheckpointError(f"{folder}: a Hugging Face checkpoint (config.json, no `latest`); porter loads SAT's "
                               f"layout", hint=f"convert it: {convert_command(folder, '-sat')}")
     iteration = read_latest(folder)

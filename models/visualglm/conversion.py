@@ -34,8 +34,6 @@ from . import layouts as L
 from .checkpoint import DTYPES, Checkpoint, CheckpointError, check_adapter_fields, meta_model, read_json_object
 from .tensorio import ReadError, SafetensorsFile, Spec, TorchFile, give_back_freed_memory, write_file
 
-HF_INDEXES = (("model.safetensors.index.json", "model.safetensors"),
-              ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 INDEX_LIMIT = 64 << 20  # bytes: a shard index is a name per tensor
 RANK_FILE = re.compile(r"^mp_rank_(\d{2,})_model_states\.(pt|safetensors)$")
 
@@ -63,7 +61,7 @@ def detect(folder: Path) -> str:
         raise CheckpointError(f"{folder}: no such folder")
     if (folder / "latest").exists() and (folder / "model_config.json").exists():
         return "sat"
-    if (folder / "config.json").exists() and any((folder / n).exists() for pair in HF_INDEXES for n in pair):
+    if L.is_hf_folder(folder):
         return "hf"
     raise CheckpointError(f"{folder}: neither a SAT checkpoint (latest + model_config.json) nor a Hugging Face one "
                        f"(config.json + model*.safetensors or pytorch_model*.bin, with their index)")
@@ -101,9 +99,9 @@ def _open_file(path: Path):
 def _hf_shards(folder: Path) -> dict[str, list[str] | None]:
     """Each weight file and the tensors the index puts in it (None: the one file of an unsharded folder, all of
     it); the index's file names are plain names in ``folder`` and every one exists."""
-    index_name = next((i for i, _ in HF_INDEXES if (folder / i).exists()), None)
+    index_name = next((i for i, _ in L.HF_INDEXES if (folder / i).exists()), None)
     if index_name is None:
-        return {next(n for _, n in HF_INDEXES if (folder / n).exists()): None}
+        return {next(n for _, n in L.HF_INDEXES if (folder / n).exists()): None}
     index = _json_file(folder / index_name, INDEX_LIMIT, "a weight_map of tensor names to shard files")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:

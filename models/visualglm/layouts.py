@@ -30,7 +30,17 @@ HF_INV_FREQ_NAME = "transformer.layers.{layer}.attention.rotary_emb.inv_freq"
 SAT_STALE = "transformer.position_embeddings.weight"
 DERIVED_SAT = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
+# HF's weight files: (the index of a sharded folder, the one file of an unsharded one), safetensors first as
+# transformers prefers it
+HF_INDEXES = (("model.safetensors.index.json", "model.safetensors"),
+              ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+
 GROUPED, PER_HEAD = "grouped", "per-head"  # query_key_value row orders: SAT >= 0.4.1; HF and SAT <= 0.4.0
+
+
+def is_hf_folder(folder) -> bool:
+    """config.json beside HF weight files or their index."""
+    return (folder / "config.json").exists() and any((folder / n).exists() for pair in HF_INDEXES for n in pair)
 
 
 def to_hf_name(sat: str) -> str | None:
